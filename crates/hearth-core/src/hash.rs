@@ -1,0 +1,84 @@
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A 32-byte BLAKE3 content hash (model ids, block ids, tensor digests).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContentHash(pub [u8; 32]);
+
+impl ContentHash {
+    /// Hash of one byte string.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Lower-case hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The first 8 bytes in hex: enough to tell models apart in logs and CLI output.
+    pub fn short(&self) -> String {
+        self.to_hex()[..16].to_string()
+    }
+}
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentHash({})", self.short())
+    }
+}
+
+impl fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Incremental hasher with domain-separated, length-prefixed fields, so that
+/// `("ab", "c")` and `("a", "bc")` hash differently.
+pub struct ContentHasher(blake3::Hasher);
+
+impl ContentHasher {
+    /// A hasher for one kind of object; `domain` keeps different kinds from colliding.
+    pub fn new(domain: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"hearth:");
+        h.update(&(domain.len() as u64).to_le_bytes());
+        h.update(domain.as_bytes());
+        Self(h)
+    }
+
+    /// Adds one length-prefixed field.
+    pub fn field(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+        self
+    }
+
+    pub fn finish(&self) -> ContentHash {
+        ContentHash(*self.0.finalize().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_length_prefixed() {
+        let a = ContentHasher::new("t").field(b"ab").field(b"c").finish();
+        let b = ContentHasher::new("t").field(b"a").field(b"bc").finish();
+        assert_ne!(a, b);
+        let c = ContentHasher::new("u").field(b"ab").field(b"c").finish();
+        assert_ne!(a, c);
+        assert_eq!(a, ContentHasher::new("t").field(b"ab").field(b"c").finish());
+    }
+
+    #[test]
+    fn hex_is_64_chars() {
+        let h = ContentHash::of(b"hearth");
+        assert_eq!(h.to_hex().len(), 64);
+        assert_eq!(h.short().len(), 16);
+        assert!(h.to_hex().starts_with(&h.short()));
+    }
+}

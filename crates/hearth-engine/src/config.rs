@@ -1,0 +1,628 @@
+//! The model's shape, normalised from Hugging Face `config.json` (transformers 4.x and 5.x) or
+//! GGUF metadata into one [`ModelConfig`].
+
+use crate::error::{EngineError, Result};
+use candle_core::quantized::gguf_file;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+/// Supported model families. All are pre-norm decoder-only transformers with RMSNorm, RoPE,
+/// grouped-query attention and a SwiGLU MLP; they differ in biases, tying and RoPE details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Architecture {
+    /// The `model_type` string of HF `config.json`.
+    pub fn hf_model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
+    /// The HF `architectures[0]` class name.
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+
+    /// The `general.architecture` value of GGUF (llama.cpp writes Mistral as `llama`).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Llama | Self::Mistral => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" | "LlamaForCausalLM" => Some(Self::Llama),
+            "mistral" | "MistralForCausalLM" => Some(Self::Mistral),
+            "qwen2" | "Qwen2ForCausalLM" => Some(Self::Qwen2),
+            _ => None,
+        }
+    }
+}
+
+/// How the rotary embedding pairs up the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RopeLayout {
+    /// Dimension `i` rotates with `i + d/2` (HF `rotate_half`, llama.cpp NEOX).
+    Half,
+    /// Dimension `2i` rotates with `2i + 1` (Meta's original layout; llama.cpp permutes the
+    /// q/k weights of Llama-family GGUF files into it).
+    Interleaved,
+}
+
+/// Frequency scaling applied to RoPE for long contexts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RopeScaling {
+    /// Llama 3.1's piecewise scaling (`rope_type: "llama3"`).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Explicit per-frequency divisors, as GGUF files carry them in `rope_freqs.weight`.
+    Factors(Vec<f32>),
+}
+
+/// A normalised model shape: everything needed to allocate and run blocks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub rope_layout: RopeLayout,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on the q, k and v projections (Qwen2).
+    pub attention_bias: bool,
+    /// Attention only looks back this many positions (Mistral 7B v0.1).
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// Reads typed fields from a JSON object and names the field and file in every error.
+struct Fields<'a> {
+    file: &'a Path,
+    obj: &'a serde_json::Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?
+            .ok_or_else(|| EngineError::config(self.file, key, "missing"))
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    EngineError::config(self.file, key, format!("expected an unsigned integer, got {v}"))
+                }),
+        }
+    }
+
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                EngineError::config(self.file, key, format!("expected a number, got {v}"))
+            }),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+                EngineError::config(self.file, key, format!("expected true/false, got {v}"))
+            }),
+        }
+    }
+
+    fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| {
+                EngineError::config(self.file, key, format!("expected a string, got {v}"))
+            }),
+        }
+    }
+
+    fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+        let bad = |v: &Value| EngineError::config(self.file, key, format!("expected a token id or a list of ids, got {v}"));
+        let as_id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(v));
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items.iter().map(as_id).collect(),
+            Some(v) => Ok(vec![as_id(v)?]),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Parses an HF `config.json`, as transformers 4.x (`rope_theta`, `rope_scaling`,
+    /// `torch_dtype`) or 5.x (`rope_parameters`, `dtype`) writes it.
+    pub fn from_hf_json(file: &Path, text: &str) -> Result<Self> {
+        let root: Value = serde_json::from_str(text).map_err(|e| EngineError::Format {
+            path: file.to_path_buf(),
+            format: "JSON",
+            detail: e.to_string(),
+        })?;
+        let obj = root
+            .as_object()
+            .ok_or_else(|| EngineError::config(file, "<root>", "expected a JSON object"))?;
+        let f = Fields { file, obj };
+
+        let model_type = f.opt_str("model_type")?;
+        let class = f
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str);
+        let architecture = model_type
+            .and_then(Architecture::from_name)
+            .or_else(|| class.and_then(Architecture::from_name))
+            .ok_or_else(|| EngineError::Unsupported {
+                what: "architecture",
+                detail: format!(
+                    "{}: model_type {:?} / architectures {:?}; hearth runs llama, mistral and qwen2",
+                    file.display(),
+                    model_type.unwrap_or("<none>"),
+                    class.unwrap_or("<none>")
+                ),
+            })?;
+
+        let hidden_size = f.usize("hidden_size")?;
+        let num_heads = f.usize("num_attention_heads")?;
+        let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+        let head_dim = match f.opt_usize("head_dim")? {
+            Some(d) => d,
+            None if num_heads > 0 => hidden_size / num_heads,
+            None => 0,
+        };
+
+        // transformers 5.x moves rope settings under `rope_parameters`; 4.x keeps `rope_theta`
+        // top-level and the scaling under `rope_scaling`.
+        let rope_params = f.get("rope_parameters").and_then(Value::as_object);
+        let rope_theta = match rope_params {
+            Some(p) => Fields { file, obj: p }.opt_f64("rope_theta")?,
+            None => None,
+        };
+        let rope_theta = match rope_theta {
+            Some(t) => t,
+            None => f.opt_f64("rope_theta")?.unwrap_or(10_000.0),
+        };
+        let scaling_obj = rope_params.or_else(|| f.get("rope_scaling").and_then(Value::as_object));
+        let scaling_field = if rope_params.is_some() {
+            "rope_parameters"
+        } else {
+            "rope_scaling"
+        };
+        let rope_scaling = match scaling_obj {
+            None => None,
+            Some(obj) => parse_hf_rope_scaling(file, scaling_field, obj)?,
+        };
+
+        let attention_bias = match architecture {
+            Architecture::Qwen2 => true,
+            _ => f.opt_bool("attention_bias")?.unwrap_or(false),
+        };
+        let sliding_window = match architecture {
+            Architecture::Qwen2 if !f.opt_bool("use_sliding_window")?.unwrap_or(false) => None,
+            _ => f.opt_usize("sliding_window")?,
+        };
+        let tie_default = architecture == Architecture::Qwen2 && hidden_size <= 2048;
+        let cfg = Self {
+            architecture,
+            hidden_size,
+            intermediate_size: f.usize("intermediate_size")?,
+            num_layers: f.usize("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: f.usize("vocab_size")?,
+            rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            rope_layout: RopeLayout::Half,
+            max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(4096),
+            tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(tie_default),
+            attention_bias,
+            sliding_window,
+            bos_token_id: f.token_ids("bos_token_id")?.first().copied(),
+            eos_token_ids: f.token_ids("eos_token_id")?,
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Reads the shape from GGUF metadata (`general.architecture` and `<arch>.*` keys).
+    /// `tensor_names` tells whether biases, an untied head or RoPE factors are present.
+    pub fn from_gguf(file: &Path, content: &gguf_file::Content) -> Result<Self> {
+        let md = &content.metadata;
+        let arch_name = match md.get("general.architecture") {
+            Some(gguf_file::Value::String(s)) => s.clone(),
+            Some(v) => {
+                return Err(EngineError::config(
+                    file,
+                    "general.architecture",
+                    format!("expected a string, got {v:?}"),
+                ))
+            }
+            None => return Err(EngineError::config(file, "general.architecture", "missing")),
+        };
+        let architecture = match arch_name.as_str() {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            other => {
+                return Err(EngineError::Unsupported {
+                    what: "architecture",
+                    detail: format!(
+                        "{}: general.architecture = {other:?}; hearth runs llama (incl. Mistral) and qwen2",
+                        file.display()
+                    ),
+                })
+            }
+        };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let get_u = |k: &str| -> Result<Option<usize>> {
+            let full = key(k);
+            match md.get(&full) {
+                None => Ok(None),
+                Some(v) => gguf_uint(v)
+                    .map(Some)
+                    .ok_or_else(|| EngineError::config(file, &full, format!("expected an unsigned integer, got {v:?}"))),
+            }
+        };
+        let get_f = |k: &str| -> Result<Option<f64>> {
+            let full = key(k);
+            match md.get(&full) {
+                None => Ok(None),
+                Some(gguf_file::Value::F32(x)) => Ok(Some(*x as f64)),
+                Some(gguf_file::Value::F64(x)) => Ok(Some(*x)),
+                Some(v) => Err(EngineError::config(file, &full, format!("expected a float, got {v:?}"))),
+            }
+        };
+        let need = |k: &str| -> Result<usize> {
+            get_u(k)?.ok_or_else(|| EngineError::config(file, key(k), "missing"))
+        };
+        let hidden_size = need("embedding_length")?;
+        let num_heads = need("attention.head_count")?;
+        let num_kv_heads = get_u("attention.head_count_kv")?.unwrap_or(num_heads);
+        let head_dim = match get_u("attention.key_length")? {
+            Some(d) => d,
+            None if num_heads > 0 => hidden_size / num_heads,
+            None => 0,
+        };
+        let vocab_size = match get_u("vocab_size")? {
+            Some(v) => v,
+            None => match content.tensor_infos.get("token_embd.weight") {
+                Some(info) => info.shape.dims().iter().copied().find(|&d| d != hidden_size).unwrap_or(hidden_size),
+                None => return Err(EngineError::MissingTensor { file: file.to_path_buf(), name: "token_embd.weight".into() }),
+            },
+        };
+        let rope_scaling = match md.get(&key("rope.scaling.type")) {
+            Some(gguf_file::Value::String(t)) if t == "linear" => {
+                let factor = get_f("rope.scaling.factor")?.unwrap_or(1.0);
+                Some(RopeScaling::Linear { factor })
+            }
+            Some(gguf_file::Value::String(t)) if t == "none" => None,
+            Some(v) => {
+                return Err(EngineError::Unsupported {
+                    what: "RoPE scaling",
+                    detail: format!("{}: {} = {v:?}", file.display(), key("rope.scaling.type")),
+                })
+            }
+            // Llama 3.1-style scaling travels as the `rope_freqs.weight` tensor; the loader reads it.
+            None => None,
+        };
+        let eos = match md.get("tokenizer.ggml.eos_token_id") {
+            Some(v) => gguf_uint(v).and_then(|n| u32::try_from(n).ok()).into_iter().collect(),
+            None => Vec::new(),
+        };
+        let bos = md
+            .get("tokenizer.ggml.bos_token_id")
+            .and_then(gguf_uint)
+            .and_then(|n| u32::try_from(n).ok());
+        let cfg = Self {
+            architecture,
+            hidden_size,
+            intermediate_size: need("feed_forward_length")?,
+            num_layers: need("block_count")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size,
+            rms_norm_eps: get_f("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rope_theta: get_f("rope.freq_base")?.unwrap_or(10_000.0),
+            rope_scaling,
+            rope_layout: match architecture {
+                Architecture::Qwen2 => RopeLayout::Half,
+                _ => RopeLayout::Interleaved,
+            },
+            max_position_embeddings: get_u("context_length")?.unwrap_or(4096),
+            tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+            attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            sliding_window: None,
+            bos_token_id: bos,
+            eos_token_ids: eos,
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Checks the internal consistency of the shape.
+    pub fn validate(&self, file: &Path) -> Result<()> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(EngineError::config(file, field, "must be positive"));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(EngineError::config(
+                file,
+                "num_key_value_heads",
+                format!("{} does not divide num_attention_heads = {}", self.num_kv_heads, self.num_heads),
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(EngineError::config(file, "head_dim", "must be even for RoPE"));
+        }
+        if self.num_layers > u32::MAX as usize {
+            return Err(EngineError::config(file, "num_hidden_layers", "too large"));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(EngineError::config(file, "rms_norm_eps", "must be in (0, 1)"));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(EngineError::config(file, "rope_theta", "must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn num_blocks(&self) -> u32 {
+        self.num_layers as u32
+    }
+
+    /// Width of the concatenated key (or value) heads.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Width of the concatenated query heads.
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Parameters of one transformer block (weights and norms, no biases).
+    pub fn block_params(&self) -> usize {
+        let h = self.hidden_size;
+        let attn = h * self.q_dim() + 2 * h * self.kv_dim() + self.q_dim() * h;
+        let mlp = 3 * h * self.intermediate_size;
+        attn + mlp + 2 * h
+    }
+
+    /// Writes an HF `config.json` (transformers 4.x layout) for this shape.
+    pub fn to_hf_json(&self, dtype: &str) -> Value {
+        let mut obj = serde_json::json!({
+            "architectures": [self.architecture.hf_class()],
+            "model_type": self.architecture.hf_model_type(),
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "torch_dtype": dtype,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids,
+        });
+        if self.architecture != Architecture::Qwen2 {
+            obj["attention_bias"] = Value::Bool(self.attention_bias);
+        }
+        if let Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) = &self.rope_scaling
+        {
+            obj["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            });
+        }
+        obj
+    }
+}
+
+fn parse_hf_rope_scaling(
+    file: &Path,
+    field: &str,
+    obj: &serde_json::Map<String, Value>,
+) -> Result<Option<RopeScaling>> {
+    let f = Fields { file, obj };
+    let kind = match f.opt_str("rope_type")? {
+        Some(t) => t,
+        None => f.opt_str("type")?.unwrap_or("default"),
+    };
+    let need_f = |k: &str| -> Result<f64> {
+        f.opt_f64(k)?
+            .ok_or_else(|| EngineError::config(file, format!("{field}.{k}"), "missing"))
+    };
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: need_f("factor")?,
+        })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: need_f("factor")?,
+            low_freq_factor: need_f("low_freq_factor")?,
+            high_freq_factor: need_f("high_freq_factor")?,
+            original_max_position_embeddings: f
+                .opt_usize("original_max_position_embeddings")?
+                .ok_or_else(|| {
+                    EngineError::config(file, format!("{field}.original_max_position_embeddings"), "missing")
+                })?,
+        })),
+        other => Err(EngineError::Unsupported {
+            what: "RoPE scaling",
+            detail: format!("{}: {field}.rope_type = {other:?} (supported: default, linear, llama3)", file.display()),
+        }),
+    }
+}
+
+/// Any unsigned or non-negative integer GGUF value.
+pub(crate) fn gguf_uint(v: &gguf_file::Value) -> Option<usize> {
+    use gguf_file::Value as V;
+    let n: u64 = match *v {
+        V::U8(x) => x.into(),
+        V::U16(x) => x.into(),
+        V::U32(x) => x.into(),
+        V::U64(x) => x,
+        V::I8(x) => u64::try_from(x).ok()?,
+        V::I16(x) => u64::try_from(x).ok()?,
+        V::I32(x) => u64::try_from(x).ok()?,
+        V::I64(x) => u64::try_from(x).ok()?,
+        _ => return None,
+    };
+    usize::try_from(n).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLAMA31_V4: &str = r#"{
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+      "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+      "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+      "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+      "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                       "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+      "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+      "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]
+    }"#;
+
+    const LLAMA31_V5: &str = r#"{
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+      "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+      "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+      "rms_norm_eps": 1e-05, "max_position_embeddings": 131072,
+      "rope_parameters": {"rope_theta": 500000.0, "factor": 8.0, "high_freq_factor": 4.0,
+                          "low_freq_factor": 1.0, "original_max_position_embeddings": 8192,
+                          "rope_type": "llama3"},
+      "tie_word_embeddings": false, "dtype": "bfloat16",
+      "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]
+    }"#;
+
+    #[test]
+    fn transformers_4_and_5_layouts_agree() {
+        let p = Path::new("config.json");
+        let v4 = ModelConfig::from_hf_json(p, LLAMA31_V4).unwrap();
+        let v5 = ModelConfig::from_hf_json(p, LLAMA31_V5).unwrap();
+        assert_eq!(v4, v5);
+        assert_eq!(v4.head_dim, 128);
+        assert_eq!(v4.rope_theta, 500000.0);
+        assert_eq!(v4.eos_token_ids, vec![128001, 128008, 128009]);
+        assert!(matches!(v4.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+    }
+
+    #[test]
+    fn qwen2_has_bias_and_ignores_disabled_sliding_window() {
+        let text = r#"{"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+            "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "vocab_size": 151936, "rope_theta": 1000000.0, "sliding_window": 32768,
+            "use_sliding_window": false, "tie_word_embeddings": true, "eos_token_id": 151643}"#;
+        let c = ModelConfig::from_hf_json(Path::new("c.json"), text).unwrap();
+        assert_eq!(c.architecture, Architecture::Qwen2);
+        assert!(c.attention_bias && c.tie_word_embeddings);
+        assert_eq!(c.sliding_window, None);
+        assert_eq!(c.head_dim, 64);
+        assert_eq!(c.eos_token_ids, vec![151643]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let p = Path::new("/m/config.json");
+        let err = ModelConfig::from_hf_json(p, r#"{"model_type": "llama", "hidden_size": 64}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("num_attention_heads") && err.contains("/m/config.json"), "{err}");
+
+        let err = ModelConfig::from_hf_json(p, r#"{"model_type": "gpt_neox"}"#).unwrap_err().to_string();
+        assert!(err.contains("gpt_neox") && err.contains("unsupported"), "{err}");
+
+        let bad_type = LLAMA31_V4.replace("\"hidden_size\": 4096", "\"hidden_size\": \"big\"");
+        let err = ModelConfig::from_hf_json(p, &bad_type).unwrap_err().to_string();
+        assert!(err.contains("hidden_size"), "{err}");
+
+        let yarn = LLAMA31_V4.replace("\"rope_type\": \"llama3\"", "\"rope_type\": \"yarn\"");
+        let err = ModelConfig::from_hf_json(p, &yarn).unwrap_err().to_string();
+        assert!(err.contains("yarn"), "{err}");
+
+        let kv = LLAMA31_V4.replace("\"num_key_value_heads\": 8", "\"num_key_value_heads\": 7");
+        let err = ModelConfig::from_hf_json(p, &kv).unwrap_err().to_string();
+        assert!(err.contains("num_key_value_heads"), "{err}");
+
+        assert!(ModelConfig::from_hf_json(p, "{ not json").is_err());
+    }
+
+    #[test]
+    fn hf_json_round_trips() {
+        let c = ModelConfig::from_hf_json(Path::new("c"), LLAMA31_V4).unwrap();
+        let text = c.to_hf_json("bfloat16").to_string();
+        assert_eq!(ModelConfig::from_hf_json(Path::new("c"), &text).unwrap(), c);
+    }
+}

@@ -1,0 +1,606 @@
+//! F16 weights: `y = x · wᵀ` with `w` in IEEE half precision, accumulated in
+//! f32 with FMA.
+//!
+//! * Row-major weights ([`matmul_f16`]): for `m <= DOT_MAX_M` each weight row
+//!   is streamed once and dotted with every activation row; for larger `m` a
+//!   `KC`-deep slice of 32 weight rows is transposed and widened into an f32
+//!   panel in per-thread scratch (L2), then reused by every `MR`-row tile.
+//! * [`PackedF16`] stores the same halves re-ordered into 32-feature panels
+//!   (`panel[p][f]`), so the micro-kernel converts them on the fly and nothing
+//!   is repacked per call.
+
+use std::borrow::Cow;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use super::{check_len, chunk_size, mul, par_chunks, with_scratch, AlignedBuf, Isa, KernelError, OutPtr};
+
+/// Output features per panel of [`PackedF16`] (two 16-lane f32 vectors).
+pub const F16_PANEL_WIDTH: usize = 32;
+const NR: usize = F16_PANEL_WIDTH;
+/// Depth of one cache block: an `MR × KC` activation tile (12 KiB) stays in L1
+/// while the weight panels stream from L2.
+const KC: usize = 256;
+/// Activation rows per register tile: `2 * MR` accumulators + 2 weight vectors
+/// + 1 broadcast fit in the 32 zmm registers.
+const MR: usize = 12;
+/// Up to this many activation rows, row-major weights are dotted directly
+/// (memory bound) instead of being transposed per call.
+const DOT_MAX_M: usize = 4;
+/// Weight panels per parallel job of the GEMM path (4 × 32 features).
+const JOB_PANELS: usize = 4;
+const PF: usize = 4096;
+
+/// Checks the lengths of a call with `w_len` weights.
+fn check(x: &[f32], m: usize, k: usize, w_len: usize, n: usize, y: &[f32]) -> Result<(), KernelError> {
+    check_len("x", mul(m, k)?, x.len())?;
+    check_len("w", mul(n, k)?, w_len)?;
+    check_len("y", mul(m, n)?, y.len())
+}
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ`, where `w` is row-major f16 (each output
+/// feature is a row of `k` halves) and `x`, `y` are row-major f32.
+///
+/// Accumulates in f32 (with FMA on the SIMD path). Any `k` is accepted.
+/// Errors if a length does not match the dimensions.
+pub fn matmul_f16(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f16],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check(x, m, k, w.len(), n, y)?;
+    matmul_raw(Isa::detect(), x, m, k, w, n, y);
+    Ok(())
+}
+
+/// Scalar reference for [`matmul_f16`]: widens `w` to f64 and accumulates
+/// every dot product in f64 before rounding once to f32.
+pub fn matmul_f16_reference(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f16],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check(x, m, k, w.len(), n, y)?;
+    for i in 0..m {
+        let xr = &x[i * k..(i + 1) * k];
+        for j in 0..n {
+            let wr = &w[j * k..(j + 1) * k];
+            let s: f64 = xr.iter().zip(wr).map(|(&a, &b)| f64::from(a) * b.to_f64()).sum();
+            y[i * n + j] = s as f32;
+        }
+    }
+    Ok(())
+}
+
+/// [`matmul_f16`] at a given instruction-set level (lengths already checked).
+pub(super) fn matmul_raw(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f16], n: usize, y: &mut [f32]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let out = OutPtr::new(y, m, n);
+    match isa.supported() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` confirmed the AVX-512 features.
+        Isa::Avx512 => unsafe {
+            if m <= DOT_MAX_M {
+                avx512::dot(x, m, k, w, n, out);
+            } else {
+                avx512::gemm(&pack_a(x, m, k), m, k, Weights::Rows(w), n, out);
+            }
+        },
+        _ => scalar_rows(x, m, k, w, n, out),
+    }
+}
+
+/// F16 weights re-ordered at load time into panels of [`F16_PANEL_WIDTH`]
+/// output features: panel `P` holds `w[P * 32 + f][p]` at `p * 32 + f`
+/// (k-major), so one 64-byte load gives one `k` step of 32 features.
+///
+/// Same bytes as the row-major matrix, plus zero padding of the last panel
+/// up to a multiple of 32 features.
+#[derive(Clone)]
+pub struct PackedF16 {
+    n: usize,
+    k: usize,
+    data: AlignedBuf,
+}
+
+impl std::fmt::Debug for PackedF16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedF16").field("n", &self.n).field("k", &self.k).finish()
+    }
+}
+
+impl PackedF16 {
+    /// Re-orders the row-major `w[n, k]`. Errors if `w.len() != n * k`.
+    pub fn pack(w: &[f16], n: usize, k: usize) -> Result<Self, KernelError> {
+        check_len("w", mul(n, k)?, w.len())?;
+        let panel = mul(NR, k)?;
+        let bytes = mul(mul(n.div_ceil(NR), panel)?, 2)?;
+        let mut data = AlignedBuf::zeroed(bytes);
+        if panel > 0 {
+            let dst = f16s_mut(&mut data);
+            dst.par_chunks_mut(panel).enumerate().for_each(|(pi, dst)| {
+                let rows = NR.min(n - pi * NR);
+                let src = &w[pi * NR * k..(pi * NR + rows) * k];
+                // Sequential writes, 32 strided read streams.
+                for (p, d) in dst.chunks_exact_mut(NR).enumerate() {
+                    for (f, v) in d[..rows].iter_mut().enumerate() {
+                        *v = src[f * k + p];
+                    }
+                }
+            });
+        }
+        Ok(PackedF16 { n, k, data })
+    }
+
+    /// Output features (rows of the original matrix).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inner dimension.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes of packed storage.
+    pub fn size_bytes(&self) -> usize {
+        self.data.bytes().len()
+    }
+
+    /// `y[m, n] = x[m, k] · wᵀ`. Errors if `x.len() != m * k` or
+    /// `y.len() != m * n`.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        self.matmul_isa(Isa::detect(), x, m, y)
+    }
+
+    /// [`Self::matmul`] at a given instruction-set level.
+    pub(super) fn matmul_isa(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        let (n, k) = (self.n, self.k);
+        check_len("x", mul(m, k)?, x.len())?;
+        check_len("y", mul(m, n)?, y.len())?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
+        let out = OutPtr::new(y, m, n);
+        let panels = f16s(&self.data);
+        match isa.supported() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `supported()` confirmed the AVX-512 features.
+            Isa::Avx512 => unsafe { avx512::gemm(&pack_a(x, m, k), m, k, Weights::Panels(panels), n, out) },
+            _ => scalar_panels(x, m, k, panels, n, out),
+        }
+        Ok(())
+    }
+}
+
+/// The packed halves of `buf`.
+fn f16s(buf: &AlignedBuf) -> &[f16] {
+    let b = buf.bytes();
+    // SAFETY: `f16` is a transparent u16 (any bit pattern valid) and the buffer
+    // is 64-byte aligned; the length is rounded down to whole halves.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f16>(), b.len() / 2) }
+}
+
+fn f16s_mut(buf: &mut AlignedBuf) -> &mut [f16] {
+    let b = buf.bytes_mut();
+    // SAFETY: as in `f16s`.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<f16>(), b.len() / 2) }
+}
+
+/// Activation rows interleaved in groups of `MR`: group `g` (rows
+/// `g*MR..g*MR+r`, `r <= MR`) holds `x[g*MR + i][p]` at `g*MR*k + p*r + i`, so a
+/// tile broadcasts its `r` values of step `p` from consecutive addresses.
+fn pack_a(x: &[f32], m: usize, k: usize) -> Cow<'_, [f32]> {
+    if m == 1 {
+        return Cow::Borrowed(x);
+    }
+    let mut a = vec![0.0f32; m * k];
+    a.par_chunks_mut(MR * k).enumerate().for_each(|(g, dst)| {
+        let rows = dst.len() / k;
+        let src = &x[g * MR * k..(g * MR + rows) * k];
+        for (p, d) in dst.chunks_exact_mut(rows).enumerate() {
+            for (i, v) in d.iter_mut().enumerate() {
+                *v = src[i * k + p];
+            }
+        }
+    });
+    Cow::Owned(a)
+}
+
+/// Where the weights of the GEMM path come from.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    /// Row-major `[n, k]`, transposed per call into scratch.
+    Rows(&'a [f16]),
+    /// The layout of [`PackedF16`].
+    Panels(&'a [f16]),
+}
+
+/// f32 dot product in 16 independent lanes (vectorizable, and the same
+/// summation shape as the SIMD path).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Portable path for row-major weights: each thread widens one weight row at a
+/// time and dots it with every activation row.
+fn scalar_rows(x: &[f32], m: usize, k: usize, w: &[f16], n: usize, out: OutPtr) {
+    let rows = chunk_size(n, 4);
+    par_chunks(n.div_ceil(rows), |c| {
+        let (j0, j1) = (c * rows, n.min((c + 1) * rows));
+        with_scratch(k * 4, |buf| {
+            let wf = buf.f32s_mut(k);
+            for j in j0..j1 {
+                w[j * k..(j + 1) * k].convert_to_f32_slice(wf);
+                for i in 0..m {
+                    // SAFETY: column `j` belongs to this job only.
+                    let yij = unsafe { out.row_mut(i, j, 1) };
+                    yij[0] = dot(&x[i * k..(i + 1) * k], wf);
+                }
+            }
+        });
+    });
+}
+
+/// Portable path for [`PackedF16`]: widens `KC` steps of a panel at a time and
+/// accumulates 32 features per activation row.
+fn scalar_panels(x: &[f32], m: usize, k: usize, panels: &[f16], n: usize, out: OutPtr) {
+    let np = n.div_ceil(NR);
+    let per = chunk_size(np, 1);
+    par_chunks(np.div_ceil(per), |c| {
+        with_scratch((KC * NR + m * NR) * 4, |buf| {
+            let (bf, acc) = buf.f32s_mut(KC * NR + m * NR).split_at_mut(KC * NR);
+            for pi in c * per..np.min((c + 1) * per) {
+                let panel = &panels[pi * NR * k..(pi + 1) * NR * k];
+                acc.fill(0.0);
+                for k0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - k0);
+                    panel[k0 * NR..(k0 + kc) * NR].convert_to_f32_slice(&mut bf[..kc * NR]);
+                    for (i, a) in acc.chunks_exact_mut(NR).enumerate() {
+                        let xr = &x[i * k + k0..i * k + k0 + kc];
+                        for (&xv, b) in xr.iter().zip(bf.chunks_exact(NR)) {
+                            for f in 0..NR {
+                                a[f] += xv * b[f];
+                            }
+                        }
+                    }
+                }
+                let cols = NR.min(n - pi * NR);
+                for (i, a) in acc.chunks_exact(NR).enumerate() {
+                    // SAFETY: panel `pi`'s columns belong to this job only.
+                    unsafe { out.row_mut(i, pi * NR, cols) }.copy_from_slice(&a[..cols]);
+                }
+            }
+        });
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! AVX-512 paths. Every function here requires the features of
+    //! [`Isa::Avx512`](super::Isa::Avx512); callers check `Isa::supported()`.
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::{chunk_size, par_chunks, with_scratch, OutPtr, Weights, DOT_MAX_M, JOB_PANELS, KC, MR, NR, PF};
+
+    /// Row-major weights, few activation rows: jobs of weight rows, each row
+    /// read once from memory and dotted with all `m <= 4` activation rows.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL, FMA and F16C; `x` is `m * k`, `w`
+    /// is `n * k` and `out` is `m * n`.
+    pub(super) unsafe fn dot(x: &[f32], m: usize, k: usize, w: &[f16], n: usize, out: OutPtr) {
+        debug_assert!(m <= DOT_MAX_M && x.len() == m * k && w.len() == n * k);
+        let rows = chunk_size(n, 16);
+        par_chunks(n.div_ceil(rows), |c| {
+            let (j0, j1) = (c * rows, n.min((c + 1) * rows));
+            // SAFETY: features checked by the caller; rows `j0..j1` are in
+            // bounds and their output columns belong to this job only.
+            unsafe { dot_job(x.as_ptr(), m, k, w.as_ptr().cast(), j0, j1, out) }
+        });
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    unsafe fn dot_job(x: *const f32, m: usize, k: usize, w: *const u16, j0: usize, j1: usize, out: OutPtr) {
+        let mut j = j0;
+        while j < j1 {
+            let rn = if j + 4 <= j1 { 4 } else { 1 };
+            let wj = w.add(j * k);
+            let yj = out.ptr.add(j);
+            macro_rules! go {
+                ($($rm:literal)*) => {
+                    match (m, rn) {
+                        $(($rm, 4) => dot_tile::<$rm, 4>(x, k, wj, yj, out.n),
+                          ($rm, _) => dot_tile::<$rm, 1>(x, k, wj, yj, out.n),)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            go!(1 2 3 4);
+            j += rn;
+        }
+    }
+
+    /// `y[i * ldy + r] = x[i] · w[r]` for `RM` activation rows and `RN` weight
+    /// rows, all of length `k`; `RM * RN` accumulators reduced once at the end.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn dot_tile<const RM: usize, const RN: usize>(x: *const f32, k: usize, w: *const u16, y: *mut f32, ldy: usize) {
+        let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+        let mut p = 0;
+        while p + 16 <= k {
+            dot_step(&mut acc, x, k, w, p, u16::MAX);
+            p += 16;
+        }
+        if p < k {
+            // Masked-off lanes are neither read nor faulted on.
+            dot_step(&mut acc, x, k, w, p, (1u16 << (k - p)) - 1);
+        }
+        for (i, a) in acc.iter().enumerate() {
+            for (r, v) in a.iter().enumerate() {
+                *y.add(i * ldy + r) = _mm512_reduce_add_ps(*v);
+            }
+        }
+    }
+
+    /// One 16-step slice (`mask` selects the valid steps) of [`dot_tile`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn dot_step<const RM: usize, const RN: usize>(
+        acc: &mut [[__m512; RN]; RM],
+        x: *const f32,
+        k: usize,
+        w: *const u16,
+        p: usize,
+        mask: u16,
+    ) {
+        let mut wv = [_mm512_setzero_ps(); RN];
+        for (r, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add(r * k + p).cast()));
+        }
+        for (i, a) in acc.iter_mut().enumerate() {
+            let xv = _mm512_maskz_loadu_ps(mask, x.add(i * k + p));
+            for r in 0..RN {
+                a[r] = _mm512_fmadd_ps(xv, wv[r], a[r]);
+            }
+        }
+    }
+
+    /// GEMM over packed activations `a` (see `pack_a`): jobs of `JOB_PANELS`
+    /// weight panels; inside a job, for each `KC` slice, every `MR`-row tile of
+    /// `a` runs against every panel of the job, so a panel slice is fetched
+    /// from memory once and then reused from L2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL, FMA and F16C; `a` is `m * k`,
+    /// the weights hold `n * k` values (`ceil(n / 32) * 32 * k` for panels),
+    /// `out` is `m * n`.
+    pub(super) unsafe fn gemm(a: &[f32], m: usize, k: usize, w: Weights<'_>, n: usize, out: OutPtr) {
+        let np = n.div_ceil(NR);
+        let per = chunk_size(np, 1).min(JOB_PANELS);
+        let scratch = match w {
+            Weights::Rows(_) => per * KC * NR * 4,
+            Weights::Panels(_) => 0,
+        };
+        par_chunks(np.div_ceil(per), |c| {
+            let (p0, p1) = (c * per, np.min((c + 1) * per));
+            with_scratch(scratch, |buf| {
+                let bbuf = buf.f32s_mut(scratch / 4).as_mut_ptr();
+                // SAFETY: features checked by the caller; panels `p0..p1`
+                // are in bounds and their columns belong to this job only;
+                // the scratch holds `(p1 - p0) * KC * NR` floats.
+                unsafe { gemm_job(a.as_ptr(), m, k, w, n, p0, p1, out, bbuf) }
+            });
+        });
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_job(
+        a: *const f32,
+        m: usize,
+        k: usize,
+        w: Weights<'_>,
+        n: usize,
+        p0: usize,
+        p1: usize,
+        out: OutPtr,
+        bbuf: *mut f32,
+    ) {
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            if let Weights::Rows(w) = w {
+                for pi in p0..p1 {
+                    let rows = NR.min(n - pi * NR);
+                    pack_b(w.as_ptr().add(pi * NR * k + k0).cast(), k, rows, kc, bbuf.add((pi - p0) * KC * NR));
+                }
+            }
+            for r0 in (0..m).step_by(MR) {
+                let mr = MR.min(m - r0);
+                let ap = a.add(r0 * k + k0 * mr);
+                for pi in p0..p1 {
+                    let cols = NR.min(n - pi * NR);
+                    let cp = out.ptr.add(r0 * n + pi * NR);
+                    let acc = k0 > 0;
+                    match w {
+                        Weights::Rows(_) => {
+                            let bp = bbuf.add((pi - p0) * KC * NR).cast::<u8>();
+                            tile_any::<false>(mr, kc, ap, bp, cp, n, cols, acc);
+                        }
+                        Weights::Panels(panels) => {
+                            let bp = panels.as_ptr().add((pi * k + k0) * NR).cast::<u8>();
+                            tile_any::<true>(mr, kc, ap, bp, cp, n, cols, acc);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`tile`] for a run-time row count `mr <= MR`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_any<const HALF: bool>(
+        mr: usize,
+        kc: usize,
+        a: *const f32,
+        b: *const u8,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        macro_rules! go {
+            ($($r:literal)*) => {
+                match mr {
+                    $($r => tile::<$r, HALF>(kc, a, b, c, ldc, cols, accumulate),)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8 9 10 11 12);
+    }
+
+    /// The micro-kernel: `c[i][0..cols] (+)= Σ_p a[p * R + i] · b[p][0..cols]`
+    /// for `R` rows and one 32-wide panel slice of `kc` steps, with all
+    /// `2 * R` accumulators in registers. `b` is f16 (`HALF`, converted on the
+    /// fly) or f32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn tile<const R: usize, const HALF: bool>(
+        kc: usize,
+        a: *const f32,
+        b: *const u8,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let mut c0 = [_mm512_setzero_ps(); R];
+        let mut c1 = [_mm512_setzero_ps(); R];
+        for p in 0..kc {
+            let (b0, b1) = if HALF {
+                let bp = b.cast::<__m256i>().add(2 * p);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(64 * p + PF).cast());
+                (_mm512_cvtph_ps(_mm256_loadu_si256(bp)), _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(1))))
+            } else {
+                let bp = b.cast::<f32>().add(NR * p);
+                (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)))
+            };
+            let ap = a.add(R * p);
+            for i in 0..R {
+                let av = _mm512_set1_ps(*ap.add(i));
+                c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+                c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+            }
+        }
+        let mask = if cols >= 32 { u32::MAX } else { (1u32 << cols) - 1 };
+        let (m0, m1) = (mask as u16, (mask >> 16) as u16);
+        for i in 0..R {
+            let cp = c.add(i * ldc);
+            let mut v0 = c0[i];
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp));
+            }
+            _mm512_mask_storeu_ps(cp, m0, v0);
+            if m1 != 0 {
+                let mut v1 = c1[i];
+                if accumulate {
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.add(16)));
+                }
+                _mm512_mask_storeu_ps(cp.add(16), m1, v1);
+            }
+        }
+    }
+
+    /// Transposes and widens `rows <= 32` weight rows (stride `ldw` halves) ×
+    /// `kc` steps into an f32 panel `out[p * 32 + f]`; rows past `rows` are 0.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    unsafe fn pack_b(w: *const u16, ldw: usize, rows: usize, kc: usize, out: *mut f32) {
+        for f0 in [0, 16] {
+            let mut p0 = 0;
+            while p0 < kc {
+                let len = 16.min(kc - p0);
+                let mask = if len == 16 { u16::MAX } else { (1u16 << len) - 1 };
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (q, v) in r.iter_mut().enumerate() {
+                    if f0 + q < rows {
+                        *v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add((f0 + q) * ldw + p0).cast()));
+                    }
+                }
+                let t = transpose16(r);
+                for (q, v) in t.iter().enumerate().take(len) {
+                    _mm512_storeu_ps(out.add((p0 + q) * NR + f0), *v);
+                }
+                p0 += 16;
+            }
+        }
+    }
+
+    /// 16 × 16 f32 transpose: `out[c][r] = r_in[r][c]`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // Stage 1: interleave pairs of rows.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // Stage 2: u[4g + c] holds, in 128-bit lane L, column 4L + c of rows
+        // 4g..4g+4.
+        let mut u = [_mm512_setzero_ps(); 16];
+        let pd = _mm512_castps_pd;
+        for g in 0..4 {
+            let (lo01, hi01, lo23, hi23) = (pd(t[4 * g]), pd(t[4 * g + 1]), pd(t[4 * g + 2]), pd(t[4 * g + 3]));
+            u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo01, lo23));
+            u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo01, lo23));
+            u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi01, hi23));
+            u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi01, hi23));
+        }
+        // Stages 3 and 4: gather the four 128-bit lanes of each column.
+        let mut v = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            v[c] = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            v[4 + c] = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+            v[8 + c] = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            v[12 + c] = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+        }
+        let mut o = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            o[c] = _mm512_shuffle_f32x4::<0x88>(v[c], v[8 + c]);
+            o[8 + c] = _mm512_shuffle_f32x4::<0xdd>(v[c], v[8 + c]);
+            o[4 + c] = _mm512_shuffle_f32x4::<0x88>(v[4 + c], v[12 + c]);
+            o[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v[4 + c], v[12 + c]);
+        }
+        o
+    }
+}

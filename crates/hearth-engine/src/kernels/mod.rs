@@ -1,0 +1,258 @@
+//! Fast CPU matrix kernels for inference: `y[m, n] = x[m, k] · w[n, k]ᵀ`.
+//!
+//! The weights `w` stay in their file format (F16 stays F16, Q4_0 stays Q4_0,
+//! Q8_0 stays Q8_0); the `Packed*` types re-order them once at load time into a
+//! panel layout of the same size (plus padding of the last panel) that the SIMD
+//! micro-kernels stream without gathers.
+//!
+//! * Decode (`m == 1`) is memory bound: every thread streams its share of the
+//!   weight rows exactly once.
+//! * Prefill (`m` in the tens to hundreds) is compute bound: tiles of
+//!   `MR` activation rows × one weight panel keep all accumulators in registers,
+//!   so each weight panel is loaded once per `MR` rows (and converted or
+//!   unpacked once per `MR` rows, not once per row).
+//! * Quantized formats follow llama.cpp: the activations are quantized once per
+//!   call to int8 with one f32 scale per 32 values, the per-block dot products
+//!   are exact integer sums (`vpdpbusd`), and each block's sum is scaled by
+//!   `d_w · d_x` into an f32 accumulator.
+//!
+//! Work is split over the output features `n` on the global rayon pool.
+//! The SIMD paths need AVX-512 (F, BW, VL, VNNI) with FMA and F16C, detected at
+//! run time; every other CPU (and every other architecture) takes a portable
+//! scalar path that computes the same quantities.
+//!
+//! Every public function checks its lengths up front and returns
+//! [`KernelError`] instead of panicking or reading out of bounds.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+mod fp16;
+mod quant;
+#[cfg(test)]
+mod tests;
+
+pub use fp16::{matmul_f16, matmul_f16_reference, PackedF16, F16_PANEL_WIDTH};
+pub use quant::{
+    matmul_q4_0, matmul_q4_0_reference, matmul_q8_0, matmul_q8_0_reference, PackedQ4_0,
+    PackedQ8_0, QK, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QUANT_PANEL_WIDTH,
+};
+
+/// Why a kernel refused its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// `k` is not a multiple of the 32-value block of a quantized format.
+    KNotBlockMultiple {
+        /// The offending inner dimension.
+        k: usize,
+    },
+    /// A buffer's length is not the one implied by `m`, `k` and `n`.
+    Length {
+        /// Which argument (`"x"`, `"w"` or `"y"`).
+        what: &'static str,
+        /// The length implied by the dimensions.
+        expected: usize,
+        /// The length passed in.
+        actual: usize,
+    },
+    /// The dimensions overflow `usize` when multiplied.
+    Overflow,
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::KNotBlockMultiple { k } => {
+                write!(f, "k = {k} is not a multiple of the block size {QK}")
+            }
+            KernelError::Length {
+                what,
+                expected,
+                actual,
+            } => write!(f, "{what} has {actual} elements, expected {expected}"),
+            KernelError::Overflow => write!(f, "matrix dimensions overflow usize"),
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+/// `a * b`, or [`KernelError::Overflow`].
+fn mul(a: usize, b: usize) -> Result<usize, KernelError> {
+    a.checked_mul(b).ok_or(KernelError::Overflow)
+}
+
+/// Errors unless `actual == expected`.
+fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(KernelError::Length {
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// The instruction-set level a kernel runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust, correct on every target.
+    Scalar,
+    /// x86-64 with AVX-512 F/BW/VL/VNNI, FMA and F16C.
+    Avx512,
+}
+
+impl Isa {
+    /// The best level this CPU supports (detected once, then cached).
+    pub fn detect() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                {
+                    return Isa::Avx512;
+                }
+            }
+            Isa::Scalar
+        })
+    }
+
+    /// `self`, downgraded to what this CPU supports: the SIMD paths are only
+    /// ever entered through this, which is what makes calling them sound.
+    fn supported(self) -> Isa {
+        match self {
+            Isa::Avx512 if Isa::detect() == Isa::Avx512 => Isa::Avx512,
+            _ => Isa::Scalar,
+        }
+    }
+}
+
+/// The output matrix shared by the parallel jobs, each of which writes only
+/// its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+}
+
+// SAFETY: an `OutPtr` is built from a `&mut [f32]` of length `m * n` that
+// outlives the parallel section, and jobs write disjoint column ranges.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn new(y: &mut [f32], m: usize, n: usize) -> Self {
+        debug_assert_eq!(y.len(), m * n);
+        OutPtr {
+            ptr: y.as_mut_ptr(),
+            m,
+            n,
+        }
+    }
+
+    /// Columns `j0..j0 + len` of row `i`.
+    ///
+    /// # Safety
+    /// No other live reference may overlap those elements: callers only touch
+    /// the columns of their own job.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row_mut(&self, i: usize, j0: usize, len: usize) -> &mut [f32] {
+        assert!(i < self.m && j0 + len <= self.n);
+        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.n + j0), len) }
+    }
+}
+
+/// Runs `job(c)` for every chunk `c` in `0..chunks` on the rayon pool.
+fn par_chunks(chunks: usize, job: impl Fn(usize) + Sync + Send) {
+    if chunks <= 1 || rayon::current_num_threads() <= 1 {
+        (0..chunks).for_each(job);
+    } else {
+        (0..chunks).into_par_iter().for_each(job);
+    }
+}
+
+/// Splits `units` (weight panels or rows) into chunks for the pool: about
+/// eight chunks per thread so an uneven machine still balances, but never
+/// chunks smaller than `min_units`.
+fn chunk_size(units: usize, min_units: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    units.div_ceil(threads * 8).max(min_units).max(1)
+}
+
+/// A 64-byte aligned unit of scratch or packed storage, so SIMD loads of a
+/// panel never split a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Aligned storage for packed weights and scratch buffers.
+#[derive(Clone, Default)]
+struct AlignedBuf {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes.
+    fn zeroed(len: usize) -> Self {
+        AlignedBuf {
+            lines: vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// Grows (zero-filling) to hold at least `len` bytes.
+    fn ensure(&mut self, len: usize) {
+        if self.lines.len() * 64 < len {
+            self.lines.resize(len.div_ceil(64), Line([0; 64]));
+        }
+        self.len = self.len.max(len);
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes with no padding.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+
+    /// The first `count` f32s (`count * 4 <= len`).
+    fn f32s_mut(&mut self, count: usize) -> &mut [f32] {
+        assert!(count * 4 <= self.len);
+        // SAFETY: in bounds; 64-byte alignment satisfies f32's, and every bit
+        // pattern is a valid f32.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), count) }
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch (weight tiles converted or repacked per call), kept
+    /// between calls so large buffers are not re-faulted on every matmul.
+    static SCRATCH: std::cell::Cell<AlignedBuf> = std::cell::Cell::new(AlignedBuf::default());
+}
+
+/// Runs `f` with this thread's scratch buffer of at least `len` bytes.
+/// (Taken out of the thread-local while in use, so nesting cannot alias it.)
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut AlignedBuf) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| s.take());
+    buf.ensure(len);
+    let r = f(&mut buf);
+    SCRATCH.with(|s| s.set(buf));
+    r
+}

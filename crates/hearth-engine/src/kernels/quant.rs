@@ -1,0 +1,592 @@
+//! ggml Q4_0 / Q8_0 weights, the llama.cpp way: the activations are quantized
+//! once per call to int8 with one f32 scale per 32 values; each block's dot
+//! product is an exact integer sum, scaled by `d_w · d_x` into f32.
+//!
+//! Weight values are handled *biased* so they are unsigned bytes for the
+//! `u8 × s8` dot-product instruction (`vpdpbusd`): a Q4_0 nibble `q` is the
+//! value `q - 8`; a Q8_0 byte `v` is stored as `v + 128`. The bias is removed
+//! by starting each block's integer sum at `-bias · Σ q_x`, precomputed with
+//! the activations, so it costs nothing in the inner loop.
+//!
+//! The SIMD kernel works on panels of 16 output features (one i32/f32 lane per
+//! feature): for each 4-value step `t` of a block, one 64-byte vector holds the
+//! 4 biased weight bytes of all 16 features, and `vpdpbusd` with the 4
+//! activation bytes broadcast adds that step to all 16 features at once. A
+//! 32-value block is 8 such steps, after which each lane holds a finished
+//! block sum, scaled with one FMA. Row-major ggml weights are repacked into
+//! that layout per call (one panel at a time, in L1/L2); [`PackedQ4_0`] and
+//! [`PackedQ8_0`] do it once at load time.
+
+use rayon::prelude::*;
+
+use super::{check_len, chunk_size, mul, par_chunks, with_scratch, AlignedBuf, Isa, KernelError, OutPtr};
+
+/// Values per quantization block.
+pub const QK: usize = 32;
+/// Bytes of a ggml Q4_0 block: f16 scale, then 16 bytes of nibbles.
+pub const Q4_0_BLOCK_BYTES: usize = 18;
+/// Bytes of a ggml Q8_0 block: f16 scale, then 32 signed bytes.
+pub const Q8_0_BLOCK_BYTES: usize = 34;
+/// Output features per panel of [`PackedQ4_0`] / [`PackedQ8_0`] (16 lanes).
+pub const QUANT_PANEL_WIDTH: usize = 16;
+const NR: usize = QUANT_PANEL_WIDTH;
+/// Activation rows per register tile: `MR` f32 accumulators + 8 unpacked
+/// weight vectors + scales fit in the 32 zmm registers.
+const MR: usize = 8;
+
+/// A quantized weight format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Q4_0,
+    Q8_0,
+}
+
+impl Kind {
+    fn block_bytes(self) -> usize {
+        match self {
+            Kind::Q4_0 => Q4_0_BLOCK_BYTES,
+            Kind::Q8_0 => Q8_0_BLOCK_BYTES,
+        }
+    }
+
+    /// Bytes of the values of one block of a whole panel (scales excluded).
+    fn panel_qs(self) -> usize {
+        NR * (self.block_bytes() - 2)
+    }
+
+    /// What the stored unsigned weight value exceeds the real one by.
+    fn bias(self) -> i32 {
+        match self {
+            Kind::Q4_0 => 8,
+            Kind::Q8_0 => 128,
+        }
+    }
+
+    /// Biased value `e` (0..32) of a raw ggml block.
+    fn raw_value(self, blk: &[u8], e: usize) -> i32 {
+        match self {
+            Kind::Q4_0 => {
+                let q = blk[2 + e % 16];
+                i32::from(if e < 16 { q & 15 } else { q >> 4 })
+            }
+            Kind::Q8_0 => i32::from(blk[2 + e] as i8) + 128,
+        }
+    }
+
+    /// Biased value `e` of feature `f` in one block (`qs`) of a panel.
+    ///
+    /// Q4_0: byte `c * 64 + f * 4 + r` (c < 4, r < 4) holds the nibbles of the
+    /// raw byte `qs[4c + r]`: value `4c + r` low, value `16 + 4c + r` high —
+    /// so the four 4-byte groups of a raw block are copied as they are.
+    /// Q8_0: byte `t * 64 + f * 4 + r` holds value `4t + r`, plus 128.
+    fn panel_value(self, qs: &[u8], f: usize, e: usize) -> i32 {
+        let t = e / 4;
+        match self {
+            Kind::Q4_0 => {
+                let q = qs[(t % 4) * 64 + f * 4 + e % 4];
+                i32::from(if t < 4 { q & 15 } else { q >> 4 })
+            }
+            Kind::Q8_0 => i32::from(qs[t * 64 + f * 4 + e % 4]),
+        }
+    }
+}
+
+/// f16 bits to f32.
+fn f16_bits(lo: u8, hi: u8) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([lo, hi])).to_f32()
+}
+
+/// Checks a quantized call and returns the number of blocks per row.
+fn check(kind: Kind, x: &[f32], m: usize, k: usize, w_len: usize, n: usize, y: &[f32]) -> Result<usize, KernelError> {
+    if k % QK != 0 {
+        return Err(KernelError::KNotBlockMultiple { k });
+    }
+    let nb = k / QK;
+    check_len("x", mul(m, k)?, x.len())?;
+    check_len("w", mul(mul(n, nb)?, kind.block_bytes())?, w_len)?;
+    check_len("y", mul(m, n)?, y.len())?;
+    Ok(nb)
+}
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` with `w` as raw ggml Q4_0 blocks: each row
+/// of `k` values is `k / 32` blocks of 18 bytes (f16 scale `d` little-endian,
+/// then 16 bytes: low nibbles are values 0..16, high nibbles 16..32,
+/// value = `(nibble - 8) · d`).
+///
+/// The activations are quantized to int8 per block of 32 (as llama.cpp does),
+/// so the result differs from [`matmul_q4_0_reference`] by at most
+/// `Σ_blocks (d_x / 2) · Σ|w|` per output, where `d_x = max|x_block| / 127`
+/// (plus f32 rounding). Errors if `k % 32 != 0` or a length does not match.
+pub fn matmul_q4_0(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    let nb = check(Kind::Q4_0, x, m, k, w.len(), n, y)?;
+    matmul_quant(Isa::detect(), Kind::Q4_0, x, m, nb, Weights::Rows(w), n, y);
+    Ok(())
+}
+
+/// Like [`matmul_q4_0`] with raw ggml Q8_0 blocks (34 bytes: f16 `d`, then
+/// 32 signed bytes; value = `q · d`).
+pub fn matmul_q8_0(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    let nb = check(Kind::Q8_0, x, m, k, w.len(), n, y)?;
+    matmul_quant(Isa::detect(), Kind::Q8_0, x, m, nb, Weights::Rows(w), n, y);
+    Ok(())
+}
+
+/// Scalar reference for [`matmul_q4_0`]: dequantizes `w` exactly to f32 and
+/// accumulates each dot product with the unquantized `x` in f64.
+pub fn matmul_q4_0_reference(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    reference(Kind::Q4_0, x, m, k, w, n, y)
+}
+
+/// Scalar reference for [`matmul_q8_0`], as [`matmul_q4_0_reference`].
+pub fn matmul_q8_0_reference(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    reference(Kind::Q8_0, x, m, k, w, n, y)
+}
+
+fn reference(kind: Kind, x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    let nb = check(kind, x, m, k, w.len(), n, y)?;
+    let bb = kind.block_bytes();
+    let mut wf = vec![0.0f32; k];
+    for j in 0..n {
+        for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb].chunks_exact(bb).enumerate() {
+            let d = f16_bits(blk[0], blk[1]);
+            for e in 0..QK {
+                wf[b * QK + e] = (kind.raw_value(blk, e) - kind.bias()) as f32 * d;
+            }
+        }
+        for i in 0..m {
+            let s: f64 = x[i * k..(i + 1) * k].iter().zip(&wf).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            y[i * n + j] = s as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Where the weights come from.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    /// Raw ggml blocks, row-major.
+    Rows(&'a [u8]),
+    /// The panel layout of [`PackedQuant`].
+    Panels(&'a [u8]),
+}
+
+/// A quantized matmul at a given instruction-set level (lengths checked).
+#[allow(clippy::too_many_arguments)]
+fn matmul_quant(isa: Isa, kind: Kind, x: &[f32], m: usize, nb: usize, w: Weights<'_>, n: usize, y: &mut [f32]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if nb == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let xq = QuantX::new(x, m, nb, kind.bias());
+    let out = OutPtr::new(y, m, n);
+    match isa.supported() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` confirmed the AVX-512 features.
+        Isa::Avx512 => unsafe { avx512::gemm(kind, &xq, w, out) },
+        _ => scalar(kind, &xq, w, out),
+    }
+}
+
+/// Activations quantized to int8 per block of 32, in groups of `MR` rows laid
+/// out for the micro-kernel: in group `g` (rows `g*MR..g*MR + r`), the 4 values
+/// of step `t` of block `b` of row `i` are the bytes at
+/// `g*MR*k + ((b*8 + t) * r + i) * 4`; the scale and bias correction of block
+/// `b` of row `i` are at `g*MR*nb + b*r + i`.
+struct QuantX {
+    m: usize,
+    nb: usize,
+    /// int8 values (as bytes).
+    q: Vec<u8>,
+    /// Per-block scales `d_x = max|x| / 127`.
+    d: Vec<f32>,
+    /// Per-block `-bias · Σ q`: the starting value of each integer block sum.
+    corr: Vec<i32>,
+}
+
+impl QuantX {
+    fn new(x: &[f32], m: usize, nb: usize, bias: i32) -> Self {
+        let k = nb * QK;
+        let mut q = vec![0u8; m * k];
+        let mut d = vec![0.0f32; m * nb];
+        let mut corr = vec![0i32; m * nb];
+        q.par_chunks_mut(MR * k)
+            .zip(d.par_chunks_mut(MR * nb))
+            .zip(corr.par_chunks_mut(MR * nb))
+            .enumerate()
+            .for_each(|(g, ((qg, dg), cg))| {
+                let rows = dg.len() / nb;
+                for i in 0..rows {
+                    let xr = &x[(g * MR + i) * k..(g * MR + i + 1) * k];
+                    for (b, xb) in xr.chunks_exact(QK).enumerate() {
+                        let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                        let dx = amax / 127.0;
+                        let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+                        let mut sum = 0i32;
+                        for (t, x4) in xb.chunks_exact(4).enumerate() {
+                            let at = ((b * 8 + t) * rows + i) * 4;
+                            for (r, &v) in x4.iter().enumerate() {
+                                // |v · inv| <= 127 (+ rounding); `as` saturates.
+                                let qv = (v * inv).round_ties_even() as i8;
+                                sum += i32::from(qv);
+                                qg[at + r] = qv as u8;
+                            }
+                        }
+                        dg[b * rows + i] = dx;
+                        cg[b * rows + i] = -bias * sum;
+                    }
+                }
+            });
+        QuantX { m, nb, q, d, corr }
+    }
+
+    /// First row and row count of the group holding row `i`.
+    fn group(&self, i: usize) -> (usize, usize) {
+        let r0 = i / MR * MR;
+        (r0, MR.min(self.m - r0))
+    }
+
+    /// Row `i` as plain int8 values, its scales and its corrections.
+    fn row(&self, i: usize, q: &mut [i8], d: &mut [f32], corr: &mut [i32]) {
+        let (r0, rows) = self.group(i);
+        let (k, nb) = (self.nb * QK, self.nb);
+        for b in 0..nb {
+            for e in 0..QK {
+                q[b * QK + e] = self.q[r0 * k + ((b * 8 + e / 4) * rows + i - r0) * 4 + e % 4] as i8;
+            }
+            d[b] = self.d[r0 * nb + b * rows + i - r0];
+            corr[b] = self.corr[r0 * nb + b * rows + i - r0];
+        }
+    }
+}
+
+/// Portable path: per job of weight rows, unpack the rows' biased values and
+/// scales once, then exact integer block sums against every activation row
+/// (the same integers as the SIMD path, accumulated in the same block order).
+fn scalar(kind: Kind, xq: &QuantX, w: Weights<'_>, out: OutPtr) {
+    let (m, n, nb) = (xq.m, out.n, xq.nb);
+    let k = nb * QK;
+    let rows = chunk_size(n, 4);
+    par_chunks(n.div_ceil(rows), |c| {
+        let (j0, j1) = (c * rows, n.min((c + 1) * rows));
+        let mut wv = vec![0u8; (j1 - j0) * k];
+        let mut wd = vec![0.0f32; (j1 - j0) * nb];
+        for j in j0..j1 {
+            let (v, d) = (&mut wv[(j - j0) * k..][..k], &mut wd[(j - j0) * nb..][..nb]);
+            match w {
+                Weights::Rows(w) => {
+                    let bb = kind.block_bytes();
+                    for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb].chunks_exact(bb).enumerate() {
+                        d[b] = f16_bits(blk[0], blk[1]);
+                        for e in 0..QK {
+                            v[b * QK + e] = kind.raw_value(blk, e) as u8;
+                        }
+                    }
+                }
+                Weights::Panels(p) => {
+                    let (pi, f) = (j / NR, j % NR);
+                    let panel = &p[pi * nb * NR * kind.block_bytes()..];
+                    let (qs, ds) = panel.split_at(nb * kind.panel_qs());
+                    for b in 0..nb {
+                        d[b] = f16_bits(ds[b * 2 * NR + 2 * f], ds[b * 2 * NR + 2 * f + 1]);
+                        for e in 0..QK {
+                            v[b * QK + e] = kind.panel_value(&qs[b * kind.panel_qs()..], f, e) as u8;
+                        }
+                    }
+                }
+            }
+        }
+        let (mut xr, mut xd, mut xc) = (vec![0i8; k], vec![0.0f32; nb], vec![0i32; nb]);
+        for i in 0..m {
+            xq.row(i, &mut xr, &mut xd, &mut xc);
+            // SAFETY: columns `j0..j1` belong to this job only.
+            let yr = unsafe { out.row_mut(i, j0, j1 - j0) };
+            for (jj, yv) in yr.iter_mut().enumerate() {
+                let mut acc = 0.0f32;
+                for b in 0..nb {
+                    let wb = &wv[jj * k + b * QK..][..QK];
+                    let xb = &xr[b * QK..][..QK];
+                    let s = wb.iter().zip(xb).fold(xc[b], |s, (&a, &b)| s + i32::from(a) * i32::from(b));
+                    acc += s as f32 * (wd[jj * nb + b] * xd[b]);
+                }
+                *yv = acc;
+            }
+        }
+    });
+}
+
+/// Writes panel `pi` (features `pi*16..pi*16+16`, zero past `n`) of the
+/// row-major ggml weights `w` into `out`: the biased values of each block
+/// (`kind.panel_qs()` bytes, layout in [`Kind::panel_value`]) for all blocks,
+/// then the 16 f16 scales of each block.
+fn pack_panel(kind: Kind, w: &[u8], nb: usize, n: usize, pi: usize, out: &mut [u8]) {
+    let (bb, pq) = (kind.block_bytes(), kind.panel_qs());
+    let (qs, ds) = out[..nb * NR * bb].split_at_mut(nb * pq);
+    for f in 0..NR {
+        let j = pi * NR + f;
+        if j >= n {
+            // Padding feature: scale 0, value 0.
+            let zero = match kind {
+                Kind::Q4_0 => 0x88,
+                Kind::Q8_0 => 0x80,
+            };
+            for b in 0..nb {
+                ds[b * 2 * NR + 2 * f..][..2].fill(0);
+                for t in 0..pq / 64 {
+                    qs[b * pq + t * 64 + f * 4..][..4].fill(zero);
+                }
+            }
+            continue;
+        }
+        for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb].chunks_exact(bb).enumerate() {
+            ds[b * 2 * NR + 2 * f..][..2].copy_from_slice(&blk[..2]);
+            let q = &mut qs[b * pq..][..pq];
+            for t in 0..pq / 64 {
+                let dst = &mut q[t * 64 + f * 4..][..4];
+                dst.copy_from_slice(&blk[2 + 4 * t..][..4]);
+                if kind == Kind::Q8_0 {
+                    for v in dst {
+                        *v ^= 0x80;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Quantized weights re-ordered at load time into panels of 16 features (see
+/// [`Kind::panel_value`]). Same bytes as the ggml blocks, plus padding of the
+/// last panel to a multiple of 16 features.
+#[derive(Clone)]
+struct PackedQuant {
+    kind: Kind,
+    n: usize,
+    nb: usize,
+    data: AlignedBuf,
+}
+
+impl PackedQuant {
+    fn pack(kind: Kind, w: &[u8], n: usize, k: usize) -> Result<Self, KernelError> {
+        if k % QK != 0 {
+            return Err(KernelError::KNotBlockMultiple { k });
+        }
+        let nb = k / QK;
+        let bb = kind.block_bytes();
+        check_len("w", mul(mul(n, nb)?, bb)?, w.len())?;
+        let panel = mul(mul(nb, NR)?, bb)?;
+        let mut data = AlignedBuf::zeroed(mul(n.div_ceil(NR), panel)?);
+        if panel > 0 {
+            data.bytes_mut()
+                .par_chunks_mut(panel)
+                .enumerate()
+                .for_each(|(pi, dst)| pack_panel(kind, w, nb, n, pi, dst));
+        }
+        Ok(PackedQuant { kind, n, nb, data })
+    }
+
+    fn matmul(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        check_len("x", mul(m, self.nb * QK)?, x.len())?;
+        check_len("y", mul(m, self.n)?, y.len())?;
+        let w = Weights::Panels(self.data.bytes());
+        matmul_quant(isa, self.kind, x, m, self.nb, w, self.n, y);
+        Ok(())
+    }
+}
+
+macro_rules! packed_type {
+    ($name:ident, $kind:expr, $fmt:literal, $raw:ident) => {
+        #[doc = concat!("ggml ", $fmt, " weights re-ordered once at load time into panels of")]
+        #[doc = "16 output features, so the kernel streams them without per-call repacking."]
+        #[doc = concat!("Same bytes as the raw blocks plus padding of the last panel; results are")]
+        #[doc = concat!("identical to [`", stringify!($raw), "`] on the same weights.")]
+        #[derive(Clone)]
+        pub struct $name(PackedQuant);
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).field("n", &self.0.n).field("k", &self.k()).finish()
+            }
+        }
+
+        impl $name {
+            #[doc = concat!("Re-orders raw row-major ", $fmt, " blocks of an `[n, k]` matrix.")]
+            /// Errors if `k % 32 != 0` or `w` has the wrong length.
+            pub fn pack(w: &[u8], n: usize, k: usize) -> Result<Self, KernelError> {
+                PackedQuant::pack($kind, w, n, k).map($name)
+            }
+
+            /// Output features (rows of the original matrix).
+            pub fn n(&self) -> usize {
+                self.0.n
+            }
+
+            /// Inner dimension.
+            pub fn k(&self) -> usize {
+                self.0.nb * QK
+            }
+
+            /// Bytes of packed storage.
+            pub fn size_bytes(&self) -> usize {
+                self.0.data.bytes().len()
+            }
+
+            /// `y[m, n] = x[m, k] · wᵀ`. Errors if `x.len() != m * k` or
+            /// `y.len() != m * n`.
+            pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+                self.0.matmul(Isa::detect(), x, m, y)
+            }
+
+            /// [`Self::matmul`] at a given instruction-set level.
+            #[allow(dead_code)]
+            pub(super) fn matmul_isa(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+                self.0.matmul(isa, x, m, y)
+            }
+        }
+    };
+}
+
+packed_type!(PackedQ4_0, Kind::Q4_0, "Q4_0", matmul_q4_0);
+packed_type!(PackedQ8_0, Kind::Q8_0, "Q8_0", matmul_q8_0);
+
+/// [`matmul_q4_0`] / [`matmul_q8_0`] at a given instruction-set level
+/// (for tests comparing the paths).
+#[cfg(test)]
+pub(super) fn matmul_raw_isa(
+    isa: Isa,
+    q8: bool,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u8],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let kind = if q8 { Kind::Q8_0 } else { Kind::Q4_0 };
+    let nb = check(kind, x, m, k, w.len(), n, y)?;
+    matmul_quant(isa, kind, x, m, nb, Weights::Rows(w), n, y);
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! AVX-512 VNNI path. Every function here requires the features of
+    //! [`Isa::Avx512`](super::Isa::Avx512); callers check `Isa::supported()`.
+    use std::arch::x86_64::*;
+
+    use super::{chunk_size, pack_panel, par_chunks, with_scratch, Kind, OutPtr, QuantX, Weights, MR, NR, QK};
+
+    /// Jobs of weight panels; for each panel (repacked into scratch first if
+    /// the weights are raw) every `MR`-row tile of activations runs over the
+    /// whole depth, accumulators in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL/VNNI; the weights and `out` have
+    /// the sizes implied by `xq` and `out.n`.
+    pub(super) unsafe fn gemm(kind: Kind, xq: &QuantX, w: Weights<'_>, out: OutPtr) {
+        let n = out.n;
+        let np = n.div_ceil(NR);
+        let panel = xq.nb * NR * kind.block_bytes();
+        let per = chunk_size(np, 1);
+        let scratch = match w {
+            Weights::Rows(_) => panel,
+            Weights::Panels(_) => 0,
+        };
+        par_chunks(np.div_ceil(per), |c| {
+            with_scratch(scratch, |buf| {
+                for pi in c * per..np.min((c + 1) * per) {
+                    let wp = match w {
+                        Weights::Rows(w) => {
+                            pack_panel(kind, w, xq.nb, n, pi, buf.bytes_mut());
+                            buf.bytes().as_ptr()
+                        }
+                        Weights::Panels(p) => p[pi * panel..(pi + 1) * panel].as_ptr(),
+                    };
+                    // SAFETY: features checked by the caller; `wp` is one
+                    // whole panel and its columns belong to this job only.
+                    unsafe { panel_job(kind, xq, wp, pi, out) }
+                }
+            });
+        });
+    }
+
+    /// All activation tiles against panel `pi` (at `wp`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn panel_job(kind: Kind, xq: &QuantX, wp: *const u8, pi: usize, out: OutPtr) {
+        let (m, n, nb) = (xq.m, out.n, xq.nb);
+        let k = nb * QK;
+        let wd = wp.add(nb * kind.panel_qs()).cast::<u16>();
+        let cols = NR.min(n - pi * NR);
+        for r0 in (0..m).step_by(MR) {
+            let mr = MR.min(m - r0);
+            let aq = xq.q.as_ptr().add(r0 * k);
+            let ad = xq.d.as_ptr().add(r0 * nb);
+            let ac = xq.corr.as_ptr().add(r0 * nb);
+            let c = out.ptr.add(r0 * n + pi * NR);
+            macro_rules! go {
+                ($($r:literal)*) => {
+                    match (mr, kind) {
+                        $(($r, Kind::Q4_0) => tile::<$r, true>(nb, aq, ad, ac, wp, wd, c, n, cols),
+                          ($r, Kind::Q8_0) => tile::<$r, false>(nb, aq, ad, ac, wp, wd, c, n, cols),)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            go!(1 2 3 4 5 6 7 8);
+        }
+    }
+
+    /// The micro-kernel: `R` activation rows × 16 features over `nb` blocks.
+    /// Per block: unpack the panel's 8 weight vectors once, then per row 8
+    /// `vpdpbusd` (activation bytes broadcast) starting from the bias
+    /// correction, and one FMA by `d_w · d_x`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const Q4: bool>(
+        nb: usize,
+        aq: *const u8,
+        ad: *const f32,
+        ac: *const i32,
+        wq: *const u8,
+        wd: *const u16,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let low = _mm512_set1_epi8(0x0F);
+        for b in 0..nb {
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wd.add(b * NR).cast()));
+            let mut wv = [_mm512_setzero_si512(); 8];
+            if Q4 {
+                let base = wq.add(b * 256);
+                for t in 0..4 {
+                    let v = _mm512_loadu_si512(base.add(t * 64).cast());
+                    wv[t] = _mm512_and_si512(v, low);
+                    wv[t + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                }
+            } else {
+                let base = wq.add(b * 512);
+                for (t, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(base.add(t * 64).cast());
+                }
+            }
+            let aqb = aq.add(b * QK * R);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let mut s = _mm512_set1_epi32(*ac.add(b * R + i));
+                for (t, v) in wv.iter().enumerate() {
+                    let x4 = aqb.add((t * R + i) * 4).cast::<i32>().read_unaligned();
+                    s = _mm512_dpbusd_epi32(s, *v, _mm512_set1_epi32(x4));
+                }
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*ad.add(b * R + i)));
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
+            }
+        }
+        let mask = if cols >= 16 { u16::MAX } else { (1u16 << cols) - 1 };
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(c.add(i * ldc), mask, *a);
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The transformer block and its parts, written for slices: a block knows its index in the model
+//! and nothing about its neighbours.
+
+use crate::config::{ModelConfig, RopeLayout, RopeScaling};
+use crate::error::{EngineError, Result};
+use crate::weights::{BlockTensor, TensorRole, Weight};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor, D};
+
+/// A projection `y = x Wᵀ (+ b)`.
+#[derive(Debug)]
+pub(crate) struct Linear {
+    weight: LinearWeight,
+    bias: Option<Tensor>,
+}
+
+#[derive(Debug)]
+enum LinearWeight {
+    /// Plain weights in the activation dtype.
+    Dense(Tensor),
+    /// ggml blocks, multiplied by candle's quantized kernels.
+    Quantized(QMatMul),
+}
+
+impl Linear {
+    pub(crate) fn new(weight: Weight, bias: Option<Tensor>, act_dtype: DType) -> Result<Self> {
+        let weight = match weight {
+            Weight::Dense(t) => LinearWeight::Dense(t.to_dtype(act_dtype)?),
+            Weight::Quantized(q) => LinearWeight::Quantized(QMatMul::from_arc(q)?),
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => {
+                let (b, t, k) = x.dims3()?;
+                x.reshape((b * t, k))?.matmul(&w.t()?)?.reshape((b, t, ()))?
+            }
+            LinearWeight::Quantized(q) => {
+                let in_dtype = x.dtype();
+                q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?
+            }
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Root-mean-square norm with a learned scale.
+#[derive(Debug)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(weight: Weight, eps: f64, act_dtype: DType) -> Result<Self> {
+        Ok(Self {
+            weight: weight.to_dense(act_dtype)?,
+            eps: eps as f32,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+/// RoPE frequencies for one model; angles are computed per step for the positions in use, which
+/// costs less than a table sized for `max_position_embeddings` (131k positions for Llama 3.1).
+#[derive(Clone, Debug)]
+pub(crate) struct Rope {
+    inv_freq: Vec<f64>,
+    layout: RopeLayout,
+}
+
+impl Rope {
+    pub(crate) fn new(cfg: &ModelConfig, freq_factors: Option<Vec<f32>>) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let mut inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / cfg.head_dim as f64))
+            .collect();
+        let scaling = match freq_factors {
+            Some(f) => Some(RopeScaling::Factors(f)),
+            None => cfg.rope_scaling.clone(),
+        };
+        match scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            Some(RopeScaling::Factors(factors)) => {
+                if factors.len() != half {
+                    return Err(EngineError::TensorShape {
+                        file: Default::default(),
+                        name: "rope_freqs.weight".into(),
+                        expected: vec![half],
+                        got: vec![factors.len()],
+                    });
+                }
+                inv_freq.iter_mut().zip(&factors).for_each(|(f, &d)| *f /= d as f64);
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let orig = original_max_position_embeddings as f64;
+                let low_wavelen = orig / low_freq_factor;
+                let high_wavelen = orig / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    *f = if wavelen < high_wavelen {
+                        *f
+                    } else if wavelen > low_wavelen {
+                        *f / factor
+                    } else {
+                        let smooth = (orig / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * *f / factor + smooth * *f
+                    };
+                }
+            }
+        }
+        Ok(Self {
+            inv_freq,
+            layout: cfg.rope_layout,
+        })
+    }
+
+    /// The per-frequency divisors this RoPE applies relative to plain `rope_theta`, as GGUF's
+    /// `rope_freqs.weight` stores them.
+    pub(crate) fn freq_factors(cfg: &ModelConfig) -> Result<Vec<f32>> {
+        let plain = Rope::new(&ModelConfig { rope_scaling: None, ..cfg.clone() }, None)?;
+        let scaled = Rope::new(cfg, None)?;
+        Ok(plain.inv_freq.iter().zip(&scaled.inv_freq).map(|(p, s)| (p / s) as f32).collect())
+    }
+
+    /// cos and sin of shape `[t, head_dim/2]` for positions `start..start+t`.
+    pub(crate) fn angles(&self, start: usize, t: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in start..start + t {
+            for f in &self.inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (t, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        Ok(match self.layout {
+            RopeLayout::Half => candle_nn::rotary_emb::rope(x, cos, sin)?,
+            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin)?,
+        })
+    }
+}
+
+/// Per-step inputs shared by every block of a slice.
+pub(crate) struct StepContext {
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    /// Additive mask `[n_rep * t, past + t]` (0 or -inf), absent for a plain single-token step.
+    pub(crate) mask: Option<Tensor>,
+}
+
+impl StepContext {
+    pub(crate) fn new(
+        cfg: &ModelConfig,
+        rope: &Rope,
+        past: usize,
+        t: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let (cos, sin) = rope.angles(past, t, device, dtype)?;
+        let total = past + t;
+        let window = cfg.sliding_window.filter(|&w| w < total);
+        let mask = if t > 1 || window.is_some() {
+            let n_rep = cfg.num_heads / cfg.num_kv_heads;
+            let mut m = Vec::with_capacity(n_rep * t * total);
+            // Query rows are grouped per KV head as [n_rep, t]; row r is query position past + r % t.
+            for r in 0..n_rep * t {
+                let pos = past + r % t;
+                for j in 0..total {
+                    let visible = j <= pos && window.is_none_or(|w| pos - j < w);
+                    m.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+            Some(Tensor::from_vec(m, (n_rep * t, total), device)?.to_dtype(dtype)?)
+        } else {
+            None
+        };
+        Ok(Self { cos, sin, mask })
+    }
+}
+
+/// Keys and values of one block for one session, in a buffer that grows by doubling.
+#[derive(Debug)]
+pub(crate) struct LayerCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+}
+
+impl LayerCache {
+    pub(crate) fn new() -> Self {
+        Self { k: None, v: None, len: 0 }
+    }
+
+    /// Forgets positions `len..`, so that a step can be replayed.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Appends `k`, `v` of shape `[1, kv_heads, t, head_dim]` and returns all cached keys and values.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let needed = self.len + t;
+        let capacity = self.k.as_ref().map_or(0, |k| k.dim(2).unwrap_or(0));
+        if needed > capacity {
+            let new_cap = needed.max(capacity * 2).max(64);
+            let (b, h, _, d) = k.dims4()?;
+            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, h, new_cap, d), k.dtype(), k.device())?;
+                if let Some(old) = old {
+                    if self.len > 0 {
+                        buf.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    }
+                }
+                Ok(buf)
+            };
+            self.k = Some(grow(&self.k)?);
+            self.v = Some(grow(&self.v)?);
+        }
+        let (kb, vb) = match (&self.k, &self.v) {
+            (Some(kb), Some(vb)) => (kb, vb),
+            _ => unreachable!("buffers were allocated above"),
+        };
+        kb.slice_set(&k.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = needed;
+        Ok((kb.narrow(2, 0, needed)?, vb.narrow(2, 0, needed)?))
+    }
+}
+
+/// One pre-norm transformer block: attention with grouped-query heads, then a SwiGLU MLP.
+#[derive(Debug)]
+pub(crate) struct Block {
+    attn_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Block {
+    /// Loads block `index` through `load(role, expected_shape)`.
+    pub(crate) fn load(
+        cfg: &ModelConfig,
+        index: u32,
+        act_dtype: DType,
+        load: &mut dyn FnMut(TensorRole, &[usize]) -> Result<Weight>,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let role = |t| TensorRole::Block(index, t);
+        let mut linear = |t: BlockTensor, out: usize, inp: usize, bias: Option<BlockTensor>| -> Result<Linear> {
+            let w = load(role(t), &[out, inp])?;
+            let b = match bias {
+                Some(bt) => Some(load(role(bt), &[out])?.to_dense(act_dtype)?),
+                None => None,
+            };
+            Linear::new(w, b, act_dtype)
+        };
+        let bias = |t| cfg.attention_bias.then_some(t);
+        let q = linear(BlockTensor::Q, cfg.q_dim(), h, bias(BlockTensor::QBias))?;
+        let k = linear(BlockTensor::K, cfg.kv_dim(), h, bias(BlockTensor::KBias))?;
+        let v = linear(BlockTensor::V, cfg.kv_dim(), h, bias(BlockTensor::VBias))?;
+        let o = linear(BlockTensor::O, h, cfg.q_dim(), None)?;
+        let gate = linear(BlockTensor::Gate, cfg.intermediate_size, h, None)?;
+        let up = linear(BlockTensor::Up, cfg.intermediate_size, h, None)?;
+        let down = linear(BlockTensor::Down, h, cfg.intermediate_size, None)?;
+        let attn_norm = RmsNorm::new(load(role(BlockTensor::AttnNorm), &[h])?, cfg.rms_norm_eps, act_dtype)?;
+        let ffn_norm = RmsNorm::new(load(role(BlockTensor::FfnNorm), &[h])?, cfg.rms_norm_eps, act_dtype)?;
+        Ok(Self {
+            attn_norm,
+            q,
+            k,
+            v,
+            o,
+            ffn_norm,
+            gate,
+            up,
+            down,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// Runs the block on `x: [1, t, hidden]`, appending this step's keys and values to `cache`.
+    pub(crate) fn forward(&self, x: &Tensor, ctx: &StepContext, rope: &Rope, cache: &mut LayerCache) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let n_rep = nh / nkv;
+
+        let xn = self.attn_norm.forward(x)?;
+        let q = self.q.forward(&xn)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = self.k.forward(&xn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = self.v.forward(&xn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let q = rope.apply(&q, &ctx.cos, &ctx.sin)?;
+        let k = rope.apply(&k, &ctx.cos, &ctx.sin)?;
+        let (k_all, v_all) = cache.append(&k, &v)?;
+
+        // Grouped-query attention without copying keys per query head: the n_rep query heads that
+        // share a KV head are folded into the row dimension.
+        let q = q.reshape((b, nkv, n_rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k_all.contiguous()?.t()?)? * scale)?;
+        let scores = match &ctx.mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let attn = probs.matmul(&v_all.contiguous()?)?;
+        let attn = attn.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let x = (x + self.o.forward(&attn)?)?;
+
+        let xn = self.ffn_norm.forward(&x)?;
+        let gated = (candle_nn::ops::silu(&self.gate.forward(&xn)?)? * self.up.forward(&xn)?)?;
+        Ok((x + self.down.forward(&gated)?)?)
+    }
+}
+
+/// Checks that `x` is `[1, t, hidden]` with t >= 1, naming the shape in the error.
+pub(crate) fn check_hidden(x: &Tensor, hidden: usize) -> Result<usize> {
+    match *x.dims() {
+        [1, t, h] if t >= 1 && h == hidden => Ok(t),
+        _ => Err(EngineError::HiddenShape {
+            got: x.dims().to_vec(),
+            hidden,
+        }),
+    }
+}
+
+/// Largest absolute difference between two tensors of the same shape (for tests and checks).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok(a.to_dtype(DType::F32)?
+        .sub(&b.to_dtype(DType::F32)?)?
+        .abs()?
+        .flatten_all()?
+        .max(D::Minus1)?
+        .to_scalar::<f32>()?)
+}

@@ -1,0 +1,28 @@
+//! hearth's model engine: load any contiguous slice of a Llama-family model (HF safetensors or
+//! GGUF), run it on hidden states with per-session KV caches, and keep the client's part
+//! (embeddings, final norm, head) separate.
+//!
+//! Invariant: knows nothing of networks. Hidden states in, hidden states out.
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod generate;
+mod layers;
+pub mod model;
+pub mod session;
+pub mod synth;
+pub mod weights;
+mod writer;
+
+pub use config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
+pub use device::parse_device;
+pub use error::{EngineError, Result};
+pub use layers::max_abs_diff;
+pub use model::{ClientHead, LoadOptions, ModelFormat, ModelSlice, ModelSource, SliceCache};
+pub use weights::{BlockTensor, TensorRole, Weight};
+
+pub use candle_core::{DType, Device, Tensor};
+pub use session::{ServerStats, SessionId, SessionLimits, SliceServer};
+pub use synth::{SynthModel, SynthOptions};
+pub use generate::{generate, FinishReason, Generation, HiddenStage, LocalStage, Pipeline};

@@ -1,0 +1,374 @@
+//! Opening a model's files and loading parts of it: a slice of blocks for a node, or the client
+//! head (embeddings, final norm, output projection).
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::layers::{check_hidden, Block, LayerCache, Linear, RmsNorm, Rope, StepContext};
+use crate::weights::{BlockTensor, TensorRole, Weight, WeightIndex};
+use candle_core::{DType, Device, Tensor};
+use hearth_core::BlockRange;
+use hearth_tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+/// The on-disk format of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A Hugging Face folder: `config.json`, safetensors, `tokenizer.json`.
+    HfFolder,
+    /// A single llama.cpp GGUF file with the tokenizer in its metadata.
+    Gguf,
+}
+
+/// How to place and run loaded weights.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Dtype of hidden states and dense weights; `None` picks F32 on CPU and the checkpoint's
+    /// 16-bit dtype on CUDA.
+    pub dtype: Option<DType>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+        }
+    }
+}
+
+/// Progress of a load, in bytes of the file read so far.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(u64);
+
+/// A model on disk whose headers have been read; loading a slice maps the files only then.
+#[derive(Debug)]
+pub struct ModelSource {
+    path: PathBuf,
+    format: ModelFormat,
+    config: ModelConfig,
+    index: WeightIndex,
+    checkpoint_dtype: DType,
+}
+
+impl ModelSource {
+    /// Opens a Hugging Face folder or a `.gguf` file, reading only headers and metadata.
+    pub fn open(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
+        if meta.is_dir() {
+            let config_path = path.join("config.json");
+            let text = std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
+            let config = ModelConfig::from_hf_json(&config_path, &text)?;
+            let index = WeightIndex::open_hf(path)?;
+            let source = Self {
+                path: path.to_path_buf(),
+                format: ModelFormat::HfFolder,
+                config,
+                index,
+                checkpoint_dtype: DType::F32,
+            };
+            let checkpoint_dtype = source.probe_dtype()?;
+            Ok(Self { checkpoint_dtype, ..source })
+        } else {
+            let index = WeightIndex::open_gguf(path)?;
+            let config = match &index {
+                WeightIndex::Gguf { content, .. } => ModelConfig::from_gguf(path, content)?,
+                WeightIndex::Hf { .. } => unreachable!("open_gguf returns a GGUF index"),
+            };
+            Ok(Self {
+                path: path.to_path_buf(),
+                format: ModelFormat::Gguf,
+                config,
+                index,
+                checkpoint_dtype: DType::F32,
+            })
+        }
+    }
+
+    /// The dtype of the first block's q projection in an HF checkpoint.
+    fn probe_dtype(&self) -> Result<DType> {
+        let maps = self.index.map()?;
+        let w = self.index.load(
+            &maps,
+            TensorRole::Block(0, BlockTensor::AttnNorm),
+            &[self.config.hidden_size],
+            &Device::Cpu,
+        )?;
+        Ok(match w {
+            Weight::Dense(t) => t.dtype(),
+            Weight::Quantized(_) => DType::F32,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn format(&self) -> ModelFormat {
+        self.format
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The tokenizer: `tokenizer.json` for a folder, the embedded vocabulary for GGUF.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        Ok(match &self.index {
+            WeightIndex::Hf { .. } => Tokenizer::from_hf_dir(&self.path)?,
+            WeightIndex::Gguf { content, .. } => Tokenizer::from_gguf(content)?,
+        })
+    }
+
+    fn act_dtype(&self, opts: &LoadOptions) -> DType {
+        opts.dtype.unwrap_or(match (&opts.device, self.checkpoint_dtype) {
+            (Device::Cpu, _) => DType::F32,
+            (_, dt @ (DType::F16 | DType::BF16)) => dt,
+            _ => DType::F32,
+        })
+    }
+
+    fn block_roles(&self, range: BlockRange) -> impl Iterator<Item = TensorRole> + '_ {
+        range
+            .as_usize_range()
+            .flat_map(|i| BlockTensor::ALL.iter().map(move |&t| TensorRole::Block(i as u32, t)))
+    }
+
+    fn head_roles(&self) -> [TensorRole; 3] {
+        [TensorRole::Embed, TensorRole::FinalNorm, TensorRole::LmHead]
+    }
+
+    /// Bytes of weights the blocks `range` occupy in the files.
+    pub fn slice_file_bytes(&self, range: BlockRange) -> Result<u64> {
+        let maps = self.index.map()?;
+        Ok(self.block_roles(range).map(|r| self.index.stored_bytes(r, &maps)).sum())
+    }
+
+    /// Bytes of weights the client head occupies in the files.
+    pub fn head_file_bytes(&self) -> Result<u64> {
+        let maps = self.index.map()?;
+        Ok(self.head_roles().iter().map(|&r| self.index.stored_bytes(r, &maps)).sum())
+    }
+
+    /// Per-frequency RoPE divisors stored in the file, if any.
+    fn rope(&self, maps: &crate::weights::MappedFiles) -> Result<Rope> {
+        let factors = if self.index.contains(TensorRole::RopeFreqs) {
+            let dims = self.index.dims(TensorRole::RopeFreqs).unwrap_or_default();
+            let w = self.index.load(maps, TensorRole::RopeFreqs, &dims, &Device::Cpu)?;
+            Some(w.to_dense(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        Rope::new(&self.config, factors)
+    }
+
+    /// Loads blocks `range` and nothing else.
+    pub fn load_slice(&self, range: BlockRange, opts: &LoadOptions, progress: Option<ProgressFn>) -> Result<ModelSlice> {
+        range.check_within(self.config.num_blocks())?;
+        let act_dtype = self.act_dtype(opts);
+        let maps = self.index.map()?;
+        let mut noop = |_: u64| {};
+        let progress = progress.unwrap_or(&mut noop);
+        let mut done = 0u64;
+        let mut load = |role: TensorRole, shape: &[usize]| -> Result<Weight> {
+            let w = self.index.load(&maps, role, shape, &opts.device)?;
+            done += self.index.stored_bytes(role, &maps);
+            progress(done);
+            Ok(w)
+        };
+        let blocks = range
+            .as_usize_range()
+            .map(|i| Block::load(&self.config, i as u32, act_dtype, &mut load))
+            .collect::<Result<Vec<_>>>()?;
+        let rope = self.rope(&maps)?;
+        Ok(ModelSlice {
+            config: self.config.clone(),
+            range,
+            blocks,
+            rope,
+            device: opts.device.clone(),
+            dtype: act_dtype,
+        })
+    }
+
+    /// Loads the client's part: token embeddings, final norm and output head.
+    pub fn load_head(&self, opts: &LoadOptions, progress: Option<ProgressFn>) -> Result<ClientHead> {
+        let cfg = &self.config;
+        let act_dtype = self.act_dtype(opts);
+        let maps = self.index.map()?;
+        let mut noop = |_: u64| {};
+        let progress = progress.unwrap_or(&mut noop);
+        let embed_shape = [cfg.vocab_size, cfg.hidden_size];
+        let embed = self.index.load(&maps, TensorRole::Embed, &embed_shape, &opts.device)?;
+        progress(self.index.stored_bytes(TensorRole::Embed, &maps));
+        let norm = RmsNorm::new(
+            self.index.load(&maps, TensorRole::FinalNorm, &[cfg.hidden_size], &opts.device)?,
+            cfg.rms_norm_eps,
+            act_dtype,
+        )?;
+        let head_weight = if cfg.tie_word_embeddings && !self.index.contains(TensorRole::LmHead) {
+            embed.clone()
+        } else {
+            self.index.load(&maps, TensorRole::LmHead, &embed_shape, &opts.device)?
+        };
+        progress(self.head_file_bytes()?);
+        let embed = match embed {
+            // Quantized embeddings stay quantized: rows are dequantized on lookup.
+            Weight::Quantized(q) => Embedding::Quantized(candle_core::quantized::QMatMul::from_arc(q)?),
+            Weight::Dense(t) => Embedding::Dense(t),
+        };
+        Ok(ClientHead {
+            config: cfg.clone(),
+            embed,
+            norm,
+            lm_head: Linear::new(head_weight, None, act_dtype)?,
+            device: opts.device.clone(),
+            dtype: act_dtype,
+        })
+    }
+}
+
+/// A contiguous range of transformer blocks, ready to run on hidden states.
+///
+/// Holds only its own blocks' weights. Stateless between calls: the caller owns the KV cache
+/// ([`SliceCache`]), so one slice serves many sessions concurrently.
+#[derive(Debug)]
+pub struct ModelSlice {
+    config: ModelConfig,
+    range: BlockRange,
+    blocks: Vec<Block>,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+}
+
+/// The KV cache of one session on one slice.
+#[derive(Debug)]
+pub struct SliceCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl SliceCache {
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets positions `len..` (for replaying or rewinding a step).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        self.layers.iter_mut().for_each(|l| l.truncate(len));
+    }
+}
+
+impl ModelSlice {
+    pub fn range(&self) -> BlockRange {
+        self.range
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Dtype of the hidden states this slice computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// An empty KV cache for a new session.
+    pub fn new_cache(&self) -> SliceCache {
+        SliceCache {
+            layers: self.blocks.iter().map(|_| LayerCache::new()).collect(),
+            len: 0,
+        }
+    }
+
+    /// Bytes of KV cache one position takes on this slice.
+    pub fn cache_bytes_per_token(&self) -> u64 {
+        (self.blocks.len() * 2 * self.config.kv_dim() * self.dtype.size_in_bytes()) as u64
+    }
+
+    /// Runs the blocks on `hidden: [1, t, hidden_size]` at positions `cache.len()..+t` and
+    /// returns the hidden states after the last block, in this slice's dtype.
+    pub fn forward(&self, hidden: &Tensor, cache: &mut SliceCache) -> Result<Tensor> {
+        let t = check_hidden(hidden, self.config.hidden_size)?;
+        let past = cache.len;
+        let ctx = StepContext::new(&self.config, &self.rope, past, t, &self.device, self.dtype)?;
+        let mut x = hidden.to_device(&self.device)?.to_dtype(self.dtype)?;
+        for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward(&x, &ctx, &self.rope, layer)?;
+        }
+        cache.len = past + t;
+        Ok(x)
+    }
+}
+
+#[derive(Debug)]
+enum Embedding {
+    Dense(Tensor),
+    Quantized(candle_core::quantized::QMatMul),
+}
+
+/// What the client keeps: embeddings in, logits out. Prompt tokens never leave it.
+#[derive(Debug)]
+pub struct ClientHead {
+    config: ModelConfig,
+    embed: Embedding,
+    norm: RmsNorm,
+    lm_head: Linear,
+    device: Device,
+    dtype: DType,
+}
+
+impl ClientHead {
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Hidden states `[1, t, hidden]` for token ids; ids outside the vocabulary are an error.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            return Err(EngineError::TokenOutOfRange {
+                id,
+                vocab: self.config.vocab_size,
+            });
+        }
+        let idx = Tensor::new(ids, &self.device)?;
+        let rows = match &self.embed {
+            Embedding::Dense(t) => t.index_select(&idx, 0)?,
+            Embedding::Quantized(q) => q.embedding(&idx)?,
+        };
+        Ok(rows.to_dtype(self.dtype)?.unsqueeze(0)?)
+    }
+
+    /// Logits `[t, vocab]` (f32) for every position of `hidden: [1, t, hidden]`.
+    pub fn logits_all(&self, hidden: &Tensor) -> Result<Tensor> {
+        check_hidden(hidden, self.config.hidden_size)?;
+        let x = hidden.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+
+    /// Logits of the last position only, as a plain vector for sampling.
+    pub fn logits_last(&self, hidden: &Tensor) -> Result<Vec<f32>> {
+        let t = check_hidden(hidden, self.config.hidden_size)?;
+        let last = hidden.narrow(1, t - 1, 1)?;
+        Ok(self.logits_all(&last)?.squeeze(0)?.to_vec1::<f32>()?)
+    }
+}

@@ -1,0 +1,221 @@
+//! Many concurrent generation sessions on one slice, each with its own KV cache, position and
+//! length limit, under a node-wide cache budget.
+//!
+//! Memory is reserved up front for a session's whole `max_len`, so admission is decided when a
+//! session opens, never half-way through a generation.
+
+use crate::error::{EngineError, Result};
+use crate::model::{ModelSlice, SliceCache};
+use candle_core::Tensor;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Identifies a session on one server.
+pub type SessionId = u64;
+
+/// Node-wide limits on sessions.
+#[derive(Clone, Debug)]
+pub struct SessionLimits {
+    /// Bytes of KV cache all sessions together may reserve.
+    pub cache_budget_bytes: u64,
+    /// Sessions idle longer than this are closed.
+    pub idle_timeout: Duration,
+    /// Most sessions open at once.
+    pub max_sessions: usize,
+    /// Longest `max_len` one session may ask for.
+    pub max_len_cap: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            cache_budget_bytes: 2 << 30,
+            idle_timeout: Duration::from_secs(300),
+            max_sessions: 256,
+            max_len_cap: 32_768,
+        }
+    }
+}
+
+struct Session {
+    cache: SliceCache,
+    max_len: usize,
+    reserved: u64,
+    last_used: Instant,
+}
+
+struct Registry {
+    sessions: HashMap<SessionId, Arc<Mutex<Session>>>,
+    reserved: u64,
+    next_id: SessionId,
+}
+
+/// Serves one [`ModelSlice`] to many sessions. Cheap to share (`Arc`); sessions run concurrently,
+/// a single session's steps run one at a time.
+pub struct SliceServer {
+    slice: Arc<ModelSlice>,
+    limits: SessionLimits,
+    registry: Mutex<Registry>,
+}
+
+/// A snapshot of a server's load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerStats {
+    pub sessions: usize,
+    pub reserved_bytes: u64,
+    pub budget_bytes: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a session half-updated in a way that matters
+    // more than losing the server, so recover the guard.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SliceServer {
+    pub fn new(slice: Arc<ModelSlice>, limits: SessionLimits) -> Self {
+        Self {
+            slice,
+            limits,
+            registry: Mutex::new(Registry {
+                sessions: HashMap::new(),
+                reserved: 0,
+                next_id: 1,
+            }),
+        }
+    }
+
+    pub fn slice(&self) -> &Arc<ModelSlice> {
+        &self.slice
+    }
+
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    /// Opens a session that may hold up to `max_len` positions, reserving its cache.
+    pub fn open(&self, max_len: usize) -> Result<SessionId> {
+        if max_len == 0 || max_len > self.limits.max_len_cap {
+            return Err(EngineError::MaxLenTooLarge {
+                requested: max_len,
+                limit: self.limits.max_len_cap,
+            });
+        }
+        let need = self.slice.cache_bytes_per_token().saturating_mul(max_len as u64);
+        self.expire_idle(Instant::now());
+        let mut reg = lock(&self.registry);
+        if reg.sessions.len() >= self.limits.max_sessions {
+            return Err(EngineError::TooManySessions(self.limits.max_sessions));
+        }
+        let available = self.limits.cache_budget_bytes.saturating_sub(reg.reserved);
+        if need > available {
+            return Err(EngineError::CacheBudget {
+                requested: need,
+                available,
+                budget: self.limits.cache_budget_bytes,
+            });
+        }
+        let id = reg.next_id;
+        reg.next_id += 1;
+        reg.reserved += need;
+        reg.sessions.insert(
+            id,
+            Arc::new(Mutex::new(Session {
+                cache: self.slice.new_cache(),
+                max_len,
+                reserved: need,
+                last_used: Instant::now(),
+            })),
+        );
+        Ok(id)
+    }
+
+    fn session(&self, id: SessionId) -> Result<Arc<Mutex<Session>>> {
+        lock(&self.registry)
+            .sessions
+            .get(&id)
+            .cloned()
+            .ok_or(EngineError::UnknownSession(id))
+    }
+
+    /// Runs one step: `hidden: [1, t, hidden]` at positions `start..start+t`.
+    ///
+    /// `start` may be below the cached length to replay or rewind (the cache is cut back), but not
+    /// above it. Prefill is a step with many tokens, decode a step with one.
+    pub fn step(&self, id: SessionId, start: usize, hidden: &Tensor) -> Result<Tensor> {
+        let session = self.session(id)?;
+        let mut s = lock(&session);
+        let cached = s.cache.len();
+        if start > cached {
+            return Err(EngineError::PositionGap {
+                id,
+                requested: start,
+                cached,
+            });
+        }
+        let t = hidden.dims().get(1).copied().unwrap_or(0);
+        if start + t > s.max_len {
+            return Err(EngineError::SessionFull {
+                id,
+                tokens: start + t,
+                max_len: s.max_len,
+            });
+        }
+        s.cache.truncate(start);
+        let out = self.slice.forward(hidden, &mut s.cache);
+        if out.is_err() {
+            // A failed step must not leave a half-written position behind.
+            s.cache.truncate(start);
+        }
+        s.last_used = Instant::now();
+        out
+    }
+
+    /// Positions cached for a session.
+    pub fn session_len(&self, id: SessionId) -> Result<usize> {
+        let session = self.session(id)?;
+        let len = lock(&session).cache.len();
+        Ok(len)
+    }
+
+    /// Closes a session and releases its reservation.
+    pub fn close(&self, id: SessionId) -> Result<()> {
+        let mut reg = lock(&self.registry);
+        let session = reg.sessions.remove(&id).ok_or(EngineError::UnknownSession(id))?;
+        reg.reserved -= lock(&session).reserved;
+        Ok(())
+    }
+
+    /// Closes every session idle since before `now - idle_timeout`; returns how many.
+    pub fn expire_idle(&self, now: Instant) -> usize {
+        let mut reg = lock(&self.registry);
+        let timeout = self.limits.idle_timeout;
+        let stale: Vec<SessionId> = reg
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                // A session busy in a step is in use, not idle.
+                s.try_lock()
+                    .map(|s| now.saturating_duration_since(s.last_used) > timeout)
+                    .unwrap_or(false)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &stale {
+            if let Some(s) = reg.sessions.remove(id) {
+                reg.reserved -= lock(&s).reserved;
+            }
+        }
+        stale.len()
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        let reg = lock(&self.registry);
+        ServerStats {
+            sessions: reg.sessions.len(),
+            reserved_bytes: reg.reserved,
+            budget_bytes: self.limits.cache_budget_bytes,
+        }
+    }
+}

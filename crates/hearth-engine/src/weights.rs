@@ -1,0 +1,448 @@
+//! Reading individual tensors from HF safetensors folders and GGUF files.
+//!
+//! Files are memory-mapped only while a slice is being loaded and only the requested tensors are
+//! touched, so a node that serves blocks `[a, b)` never pages in the rest of the model. Every
+//! offset read from a file header is checked against the file's real length before use.
+
+use crate::error::{EngineError, Result};
+use candle_core::quantized::{gguf_file, GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A tensor's role in the model, independent of the file format's naming scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TensorRole {
+    Embed,
+    FinalNorm,
+    LmHead,
+    /// Per-frequency RoPE divisors (GGUF `rope_freqs.weight`, Llama 3.1 scaling).
+    RopeFreqs,
+    Block(u32, BlockTensor),
+}
+
+/// The tensors of one transformer block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockTensor {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    QBias,
+    KBias,
+    VBias,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+impl BlockTensor {
+    pub const ALL: [BlockTensor; 12] = [
+        Self::AttnNorm,
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::QBias,
+        Self::KBias,
+        Self::VBias,
+        Self::FfnNorm,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    fn hf_suffix(self) -> &'static str {
+        match self {
+            Self::AttnNorm => "input_layernorm.weight",
+            Self::Q => "self_attn.q_proj.weight",
+            Self::K => "self_attn.k_proj.weight",
+            Self::V => "self_attn.v_proj.weight",
+            Self::O => "self_attn.o_proj.weight",
+            Self::QBias => "self_attn.q_proj.bias",
+            Self::KBias => "self_attn.k_proj.bias",
+            Self::VBias => "self_attn.v_proj.bias",
+            Self::FfnNorm => "post_attention_layernorm.weight",
+            Self::Gate => "mlp.gate_proj.weight",
+            Self::Up => "mlp.up_proj.weight",
+            Self::Down => "mlp.down_proj.weight",
+        }
+    }
+
+    fn gguf_suffix(self) -> &'static str {
+        match self {
+            Self::AttnNorm => "attn_norm.weight",
+            Self::Q => "attn_q.weight",
+            Self::K => "attn_k.weight",
+            Self::V => "attn_v.weight",
+            Self::O => "attn_output.weight",
+            Self::QBias => "attn_q.bias",
+            Self::KBias => "attn_k.bias",
+            Self::VBias => "attn_v.bias",
+            Self::FfnNorm => "ffn_norm.weight",
+            Self::Gate => "ffn_gate.weight",
+            Self::Up => "ffn_up.weight",
+            Self::Down => "ffn_down.weight",
+        }
+    }
+}
+
+impl TensorRole {
+    /// The tensor's name in an HF safetensors checkpoint.
+    pub fn hf_name(self) -> String {
+        match self {
+            Self::Embed => "model.embed_tokens.weight".into(),
+            Self::FinalNorm => "model.norm.weight".into(),
+            Self::LmHead => "lm_head.weight".into(),
+            Self::RopeFreqs => "rope_freqs.weight".into(),
+            Self::Block(i, t) => format!("model.layers.{i}.{}", t.hf_suffix()),
+        }
+    }
+
+    /// The tensor's name in a llama.cpp GGUF file.
+    pub fn gguf_name(self) -> String {
+        match self {
+            Self::Embed => "token_embd.weight".into(),
+            Self::FinalNorm => "output_norm.weight".into(),
+            Self::LmHead => "output.weight".into(),
+            Self::RopeFreqs => "rope_freqs.weight".into(),
+            Self::Block(i, t) => format!("blk.{i}.{}", t.gguf_suffix()),
+        }
+    }
+}
+
+/// A loaded weight: a plain tensor, or ggml-quantized blocks.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Weight {
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Self::Dense(t) => t.dims(),
+            Self::Quantized(q) => q.shape().dims(),
+        }
+    }
+
+    /// The weight as a plain tensor of `dtype` (dequantizing if needed).
+    pub fn to_dense(&self, dtype: DType) -> Result<Tensor> {
+        Ok(match self {
+            Self::Dense(t) => t.to_dtype(dtype)?,
+            Self::Quantized(q) => q.dequantize(&q.device())?.to_dtype(dtype)?,
+        })
+    }
+}
+
+/// Where a tensor lives in an HF checkpoint.
+#[derive(Clone, Debug)]
+pub(crate) struct HfTensor {
+    shard: usize,
+}
+
+/// The tensors on offer in a model's files, parsed from their headers only.
+#[derive(Debug)]
+pub(crate) enum WeightIndex {
+    Hf {
+        shards: Vec<PathBuf>,
+        tensors: HashMap<String, HfTensor>,
+    },
+    Gguf {
+        path: PathBuf,
+        content: Box<gguf_file::Content>,
+    },
+}
+
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+    // SAFETY: the mapping is read-only and lives only while tensors are copied out of it. A file
+    // truncated underneath us could fault; every offset is still bounds-checked against the length
+    // we map, and model files are not expected to change while a node loads them.
+    unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))
+}
+
+fn safetensors_error(path: &Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Format {
+        path: path.to_path_buf(),
+        format: "safetensors",
+        detail: e.to_string(),
+    }
+}
+
+impl WeightIndex {
+    /// Indexes an HF folder: `model.safetensors`, or the shards named by
+    /// `model.safetensors.index.json`.
+    pub(crate) fn open_hf(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let shard_names: Vec<String> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| EngineError::io(&index_path, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Format {
+                path: index_path.clone(),
+                format: "JSON",
+                detail: e.to_string(),
+            })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| EngineError::config(&index_path, "weight_map", "missing or not an object"))?;
+            let mut names: Vec<String> = Vec::new();
+            for (tensor, file) in map {
+                let file = file.as_str().ok_or_else(|| {
+                    EngineError::config(&index_path, format!("weight_map.{tensor}"), "expected a file name")
+                })?;
+                // The index may only point at files inside the model folder.
+                if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+                    return Err(EngineError::config(
+                        &index_path,
+                        format!("weight_map.{tensor}"),
+                        format!("{file:?} is not a plain file name in the model folder"),
+                    ));
+                }
+                if !names.iter().any(|n| n == file) {
+                    names.push(file.to_string());
+                }
+            }
+            names.sort();
+            names
+        } else if single.exists() {
+            vec!["model.safetensors".to_string()]
+        } else {
+            return Err(EngineError::io(
+                &single,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors or model.safetensors.index.json in the model folder",
+                ),
+            ));
+        };
+
+        let mut shards = Vec::with_capacity(shard_names.len());
+        let mut tensors = HashMap::new();
+        for (shard, name) in shard_names.iter().enumerate() {
+            let path = dir.join(name);
+            let mmap = map_file(&path)?;
+            // Parses and validates the header only: offsets must lie inside the file.
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| safetensors_error(&path, e))?;
+            for (tensor, _) in st.tensors() {
+                tensors.insert(tensor, HfTensor { shard });
+            }
+            shards.push(path);
+        }
+        Ok(Self::Hf { shards, tensors })
+    }
+
+    /// Indexes a GGUF file (header, metadata and tensor table).
+    pub(crate) fn open_gguf(path: &Path) -> Result<Self> {
+        let mut file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+        let len = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
+        let content = gguf_file::Content::read(&mut file).map_err(|e| EngineError::Format {
+            path: path.to_path_buf(),
+            format: "GGUF",
+            detail: e.to_string(),
+        })?;
+        // A file cut short must be reported now, naming the tensor, not when it is used.
+        for (name, info) in &content.tensor_infos {
+            let (start, end) = gguf_span(&content, info).ok_or_else(|| EngineError::Format {
+                path: path.to_path_buf(),
+                format: "GGUF",
+                detail: format!("tensor `{name}` has an impossible size"),
+            })?;
+            if end > len || start > end {
+                return Err(EngineError::Format {
+                    path: path.to_path_buf(),
+                    format: "GGUF",
+                    detail: format!(
+                        "tensor `{name}` spans bytes {start}..{end} but the file has {len} bytes (truncated?)"
+                    ),
+                });
+            }
+        }
+        Ok(Self::Gguf {
+            path: path.to_path_buf(),
+            content: Box::new(content),
+        })
+    }
+
+    fn name_of(&self, role: TensorRole) -> String {
+        match self {
+            Self::Hf { .. } => role.hf_name(),
+            Self::Gguf { .. } => role.gguf_name(),
+        }
+    }
+
+    /// The file a diagnostic about `role` should name.
+    fn file_of(&self, role: TensorRole) -> PathBuf {
+        match self {
+            Self::Hf { shards, tensors } => tensors
+                .get(&role.hf_name())
+                .map(|t| shards[t.shard].clone())
+                .or_else(|| shards.first().and_then(|p| p.parent().map(Path::to_path_buf)))
+                .unwrap_or_default(),
+            Self::Gguf { path, .. } => path.clone(),
+        }
+    }
+
+    pub(crate) fn contains(&self, role: TensorRole) -> bool {
+        let name = self.name_of(role);
+        match self {
+            Self::Hf { tensors, .. } => tensors.contains_key(&name),
+            Self::Gguf { content, .. } => content.tensor_infos.contains_key(&name),
+        }
+    }
+
+    /// The file's own idea of the tensor's shape (row-major), without loading it.
+    pub(crate) fn dims(&self, role: TensorRole) -> Option<Vec<usize>> {
+        let name = self.name_of(role);
+        match self {
+            Self::Hf { .. } => None,
+            Self::Gguf { content, .. } => content.tensor_infos.get(&name).map(|i| i.shape.dims().to_vec()),
+        }
+    }
+
+    /// Bytes the tensor occupies in its file (0 when absent).
+    pub(crate) fn stored_bytes(&self, role: TensorRole, maps: &MappedFiles) -> u64 {
+        let name = self.name_of(role);
+        match self {
+            Self::Hf { tensors, .. } => tensors
+                .get(&name)
+                .and_then(|t| maps.maps.get(t.shard))
+                .and_then(|m| SafeTensors::deserialize(m).ok().and_then(|st| st.tensor(&name).ok().map(|v| v.data().len() as u64)))
+                .unwrap_or(0),
+            Self::Gguf { content, .. } => content
+                .tensor_infos
+                .get(&name)
+                .and_then(|info| gguf_span(content, info))
+                .map(|(s, e)| e - s)
+                .unwrap_or(0),
+        }
+    }
+
+    /// Maps the model's files for the duration of one load.
+    pub(crate) fn map(&self) -> Result<MappedFiles> {
+        let maps = match self {
+            Self::Hf { shards, .. } => shards.iter().map(|p| map_file(p)).collect::<Result<Vec<_>>>()?,
+            Self::Gguf { path, .. } => vec![map_file(path)?],
+        };
+        Ok(MappedFiles { maps })
+    }
+
+    /// Loads one tensor and checks its shape; `expected` is row-major (`[out, in]` for matrices).
+    pub(crate) fn load(&self, maps: &MappedFiles, role: TensorRole, expected: &[usize], device: &Device) -> Result<Weight> {
+        let name = self.name_of(role);
+        let file = self.file_of(role);
+        let weight = match self {
+            Self::Hf { shards, tensors } => {
+                let entry = tensors.get(&name).ok_or_else(|| EngineError::MissingTensor {
+                    file: file.clone(),
+                    name: name.clone(),
+                })?;
+                let path = &shards[entry.shard];
+                let mmap = &maps.maps[entry.shard];
+                let st = SafeTensors::deserialize(mmap).map_err(|e| safetensors_error(path, e))?;
+                let view = st.tensor(&name).map_err(|e| safetensors_error(path, e))?;
+                let dtype = match view.dtype() {
+                    safetensors::Dtype::F32 => DType::F32,
+                    safetensors::Dtype::F16 => DType::F16,
+                    safetensors::Dtype::BF16 => DType::BF16,
+                    other => {
+                        return Err(EngineError::Unsupported {
+                            what: "tensor dtype",
+                            detail: format!("{}: tensor `{name}` is {other:?}; hearth reads F32, F16 and BF16 safetensors", path.display()),
+                        })
+                    }
+                };
+                check_shape(path, &name, expected, view.shape())?;
+                let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
+                Weight::Dense(t.to_device(device)?)
+            }
+            Self::Gguf { path, content } => {
+                let info = content.tensor_infos.get(&name).ok_or_else(|| EngineError::MissingTensor {
+                    file: file.clone(),
+                    name: name.clone(),
+                })?;
+                check_shape(path, &name, expected, info.shape.dims())?;
+                let (start, end) = gguf_span(content, info).ok_or_else(|| EngineError::Format {
+                    path: path.clone(),
+                    format: "GGUF",
+                    detail: format!("tensor `{name}` has an impossible size"),
+                })?;
+                let bytes = maps.maps[0].get(start as usize..end as usize).ok_or_else(|| EngineError::Format {
+                    path: path.clone(),
+                    format: "GGUF",
+                    detail: format!("tensor `{name}` lies beyond the end of the file"),
+                })?;
+                let dense = |dtype: DType| -> Result<Weight> {
+                    let t = Tensor::from_raw_buffer(bytes, dtype, info.shape.dims(), &Device::Cpu)?;
+                    Ok(Weight::Dense(t.to_device(device)?))
+                };
+                match info.ggml_dtype {
+                    GgmlDType::F32 => dense(DType::F32)?,
+                    GgmlDType::F16 => dense(DType::F16)?,
+                    GgmlDType::BF16 => dense(DType::BF16)?,
+                    dtype => {
+                        let block = dtype.block_size();
+                        if info.shape.dims().last().is_some_and(|&k| k % block != 0) {
+                            return Err(EngineError::Format {
+                                path: path.clone(),
+                                format: "GGUF",
+                                detail: format!("tensor `{name}`: rows are not a whole number of {dtype:?} blocks"),
+                            });
+                        }
+                        let storage = QStorage::from_data(Cow::Borrowed(bytes), device, dtype)?;
+                        Weight::Quantized(Arc::new(QTensor::new(storage, info.shape.clone())?))
+                    }
+                }
+            }
+        };
+        Ok(weight)
+    }
+}
+
+/// The model's files, mapped for one load; dropping it unmaps them.
+pub(crate) struct MappedFiles {
+    maps: Vec<Mmap>,
+}
+
+fn check_shape(path: &Path, name: &str, expected: &[usize], got: &[usize]) -> Result<()> {
+    if expected != got {
+        return Err(EngineError::TensorShape {
+            file: path.to_path_buf(),
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            got: got.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Absolute byte range of a GGUF tensor's data, or None if its size overflows.
+fn gguf_span(content: &gguf_file::Content, info: &gguf_file::TensorInfo) -> Option<(u64, u64)> {
+    let elems = info.shape.dims().iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))?;
+    let block = info.ggml_dtype.block_size() as u64;
+    let size = (elems / block).checked_mul(info.ggml_dtype.type_size() as u64)?;
+    let start = content.tensor_data_offset.checked_add(info.offset)?;
+    Some((start, start.checked_add(size)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_each_format() {
+        let r = TensorRole::Block(7, BlockTensor::Down);
+        assert_eq!(r.hf_name(), "model.layers.7.mlp.down_proj.weight");
+        assert_eq!(r.gguf_name(), "blk.7.ffn_down.weight");
+        assert_eq!(TensorRole::Embed.gguf_name(), "token_embd.weight");
+        assert_eq!(TensorRole::Block(0, BlockTensor::QBias).hf_name(), "model.layers.0.self_attn.q_proj.bias");
+    }
+}

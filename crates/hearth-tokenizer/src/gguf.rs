@@ -1,0 +1,487 @@
+//! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), following llama.cpp's reading of
+//! those keys and Hugging Face's `tokenizer.json` pipelines for the same models.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence, NFC};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+};
+
+use crate::error::TokenizerError;
+use crate::template::ChatTemplate;
+use crate::{Parts, Tokenizer};
+
+/// llama.cpp's `llama_token_type` values found in `tokenizer.ggml.token_type`.
+pub(crate) mod token_type {
+    pub const NORMAL: i64 = 1;
+    pub const UNKNOWN: i64 = 2;
+    pub const CONTROL: i64 = 3;
+    pub const USER_DEFINED: i64 = 4;
+    pub const UNUSED: i64 = 5;
+    pub const BYTE: i64 = 6;
+}
+
+/// Pre-tokenizer regexes, spelled exactly as the models' `tokenizer.json` files spell them so that
+/// the regex engine (Oniguruma, like Hugging Face) sees the same pattern.
+pub(crate) const REGEX_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Keys read by this module.
+const KEY_MODEL: &str = "tokenizer.ggml.model";
+const KEY_PRE: &str = "tokenizer.ggml.pre";
+const KEY_TOKENS: &str = "tokenizer.ggml.tokens";
+const KEY_TYPES: &str = "tokenizer.ggml.token_type";
+const KEY_SCORES: &str = "tokenizer.ggml.scores";
+const KEY_MERGES: &str = "tokenizer.ggml.merges";
+const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+const KEY_ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
+const KEY_TEMPLATE: &str = "tokenizer.chat_template";
+const KEY_BOS: &str = "tokenizer.ggml.bos_token_id";
+const KEY_EOS: &str = "tokenizer.ggml.eos_token_id";
+/// Extra end-of-generation ids (end of turn, end of message) that llama.cpp also stops on.
+const KEYS_EXTRA_EOS: [&str; 2] = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"];
+/// llama.cpp spells this one two ways.
+const KEYS_UNK: [&str; 2] = [
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.unk_token_id",
+];
+
+/// Byte-level BPE flavours, keyed by `tokenizer.ggml.pre`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pre {
+    Gpt2,
+    Llama3,
+    Qwen2,
+}
+
+impl Pre {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "default" | "gpt-2" | "gpt2" => Self::Gpt2,
+            // llama.cpp maps all of these to its LLAMA3 pre-tokenizer.
+            "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" | "dbrx" => Self::Llama3,
+            "qwen2" | "deepseek-r1-qwen" => Self::Qwen2,
+            _ => return None,
+        })
+    }
+}
+
+pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, TokenizerError> {
+    let model = string(required(ct, KEY_MODEL)?, KEY_MODEL)?;
+    let tokens = string_array(required(ct, KEY_TOKENS)?, KEY_TOKENS)?;
+    if tokens.is_empty() {
+        return Err(TokenizerError::bad(KEY_TOKENS, "the vocabulary is empty"));
+    }
+    let types = match ct.metadata.get(KEY_TYPES) {
+        Some(v) => {
+            let types = int_array(v, KEY_TYPES)?;
+            if types.len() != tokens.len() {
+                return Err(TokenizerError::bad(
+                    KEY_TYPES,
+                    format!("{} entries for {} tokens", types.len(), tokens.len()),
+                ));
+            }
+            types
+        }
+        None => vec![token_type::NORMAL; tokens.len()],
+    };
+
+    let (inner, default_add_bos, pieces) = match model.as_str() {
+        "llama" => {
+            let scores = float_array(required(ct, KEY_SCORES)?, KEY_SCORES)?;
+            if scores.len() != tokens.len() {
+                return Err(TokenizerError::bad(
+                    KEY_SCORES,
+                    format!("{} entries for {} tokens", scores.len(), tokens.len()),
+                ));
+            }
+            let add_space_prefix = match ct.metadata.get(KEY_ADD_SPACE_PREFIX) {
+                Some(v) => boolean(v, KEY_ADD_SPACE_PREFIX)?,
+                None => true,
+            };
+            let unk = first_token_id(ct, &KEYS_UNK, tokens.len())?;
+            let spm = build_spm(&tokens, &types, &scores, unk, add_space_prefix)?;
+            (spm, true, crate::stream::PieceKind::SentencePiece)
+        }
+        "gpt2" => {
+            let pre_name = match ct.metadata.get(KEY_PRE) {
+                Some(v) => string(v, KEY_PRE)?,
+                None => "default".to_owned(),
+            };
+            let pre = Pre::parse(&pre_name).ok_or_else(|| TokenizerError::Unsupported {
+                key: KEY_PRE.into(),
+                value: pre_name.clone(),
+            })?;
+            let merges = merges(required(ct, KEY_MERGES)?, &tokens)?;
+            let bpe = build_byte_level(&tokens, merges, pre)?;
+            (bpe, pre == Pre::Llama3, crate::stream::PieceKind::ByteLevel)
+        }
+        other => {
+            return Err(TokenizerError::Unsupported {
+                key: KEY_MODEL.into(),
+                value: other.into(),
+            })
+        }
+    };
+    let mut inner = inner;
+    add_special_tokens(&mut inner, &tokens, &types)?;
+
+    let add_bos = match ct.metadata.get(KEY_ADD_BOS) {
+        Some(v) => boolean(v, KEY_ADD_BOS)?,
+        None => default_add_bos,
+    };
+    let bos = token_id(ct, KEY_BOS, tokens.len())?;
+    let mut eos = Vec::new();
+    for key in std::iter::once(KEY_EOS).chain(KEYS_EXTRA_EOS) {
+        if let Some(id) = token_id(ct, key, tokens.len())? {
+            eos.push(id);
+        }
+    }
+    let template = match ct.metadata.get(KEY_TEMPLATE) {
+        Some(v) => {
+            let text = |id: Option<u32>| id.and_then(|id| tokens.get(id as usize).cloned());
+            let source = string(v, KEY_TEMPLATE)?;
+            let template = ChatTemplate::new(source, text(bos), text(eos.first().copied()))
+                .map_err(|e| TokenizerError::bad(KEY_TEMPLATE, e.to_string()))?;
+            Some(template)
+        }
+        None => None,
+    };
+    Tokenizer::assemble(Parts {
+        inner,
+        vocab_size: tokens.len(),
+        bos,
+        eos,
+        add_bos,
+        pieces,
+        template,
+    })
+}
+
+/// SentencePiece-style BPE: merges are ranked by the score of the token they produce, which is
+/// what llama.cpp's SPM tokenizer does, and characters missing from the vocabulary fall back to
+/// `<0xNN>` byte tokens. Mirrors Hugging Face's `LlamaTokenizerFast` pipeline.
+fn build_spm(
+    tokens: &[String],
+    types: &[i64],
+    scores: &[f32],
+    unk: Option<u32>,
+    add_space_prefix: bool,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let vocab = vocab_map(tokens);
+    // Only ordinary text pieces take part in merges: control, byte and unused tokens must never be
+    // produced by merging text that happens to spell them.
+    let mergeable = |id: u32| {
+        !matches!(
+            types.get(id as usize).copied(),
+            Some(token_type::UNKNOWN | token_type::CONTROL | token_type::UNUSED | token_type::BYTE)
+        )
+    };
+    let mut merges: Vec<(u32, u32, u32)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        let id = id as u32;
+        if !mergeable(id) || vocab.get(piece.as_str()) != Some(&id) {
+            continue;
+        }
+        let start = merges.len();
+        for (split, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(split);
+            if let (Some(&l), Some(&r)) = (vocab.get(l), vocab.get(r)) {
+                if mergeable(l) && mergeable(r) {
+                    merges.push((l, r, id));
+                }
+            }
+        }
+        merges[start..].sort_by_key(|&(l, r, _)| (l, r));
+    }
+    // Stable sort: ties keep vocabulary order, like transformers' SentencePieceExtractor.
+    merges.sort_by(|a, b| scores[b.2 as usize].total_cmp(&scores[a.2 as usize]));
+    let merges = merges
+        .into_iter()
+        .map(|(l, r, _)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .collect();
+
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab_for_bpe(tokens), merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unk) = unk {
+        builder = builder.unk_token(tokens[unk as usize].clone());
+    }
+    let bpe = builder
+        .build()
+        .map_err(|e| TokenizerError::bad(KEY_TOKENS, e.to_string()))?;
+
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        replace("▁", " ")?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if add_space_prefix {
+        normalizers.push(Prepend::new("▁".into()).into());
+        // The decoder undoes the prefix space (as HF and llama.cpp's detokenizer do).
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    normalizers.push(replace(" ", "▁")?.into());
+    tokenizer
+        .with_normalizer(Some(NormalizerSequence::new(normalizers)))
+        .map_err(|e| TokenizerError::Tokenizer(e.to_string()))?;
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(tokenizer)
+}
+
+fn replace(pattern: &str, content: &str) -> Result<Replace, TokenizerError> {
+    Replace::new(pattern, content).map_err(|e| TokenizerError::Tokenizer(e.to_string()))
+}
+
+/// Byte-level BPE as in GPT-2, Llama 3 and Qwen2 `tokenizer.json` files.
+fn build_byte_level(
+    tokens: &[String],
+    merges: Vec<(String, String)>,
+    pre: Pre,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab_for_bpe(tokens), merges)
+        // Llama 3 emits a pre-token that is itself in the vocabulary without merging.
+        .ignore_merges(pre == Pre::Llama3)
+        .build()
+        .map_err(|e| TokenizerError::bad(KEY_MERGES, e.to_string()))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    match pre {
+        // ByteLevel's built-in regex is GPT-2's.
+        Pre::Gpt2 => {
+            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+        Pre::Llama3 => {
+            tokenizer.with_pre_tokenizer(Some(llama3_pre_tokenizer()?));
+        }
+        Pre::Qwen2 => {
+            tokenizer
+                .with_normalizer(Some(NFC))
+                .map_err(|e| TokenizerError::Tokenizer(e.to_string()))?;
+            tokenizer.with_pre_tokenizer(Some(PreSequence::new(vec![
+                regex_split(REGEX_QWEN2)?.into(),
+                ByteLevel::new(false, false, false).into(),
+            ])));
+        }
+    }
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    Ok(tokenizer)
+}
+
+/// Llama 3's pre-tokenizer: split with its regex, then map bytes to the GPT-2 alphabet.
+pub(crate) fn llama3_pre_tokenizer() -> Result<PreTokenizerWrapper, TokenizerError> {
+    Ok(PreSequence::new(vec![
+        regex_split(REGEX_LLAMA3)?.into(),
+        ByteLevel::new(false, true, false).into(),
+    ])
+    .into())
+}
+
+fn regex_split(regex: &str) -> Result<Split, TokenizerError> {
+    Split::new(
+        SplitPattern::Regex(regex.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| TokenizerError::Tokenizer(e.to_string()))
+}
+
+/// Control and unknown tokens become special added tokens (matched in text, skipped when
+/// decoding); user-defined tokens are matched in text but decoded like any other token.
+fn add_special_tokens(
+    tokenizer: &mut tokenizers::Tokenizer,
+    tokens: &[String],
+    types: &[i64],
+) -> Result<(), TokenizerError> {
+    let mut special = Vec::new();
+    let mut user = Vec::new();
+    for (token, &ty) in tokens.iter().zip(types) {
+        match ty {
+            token_type::CONTROL | token_type::UNKNOWN => special.push(token),
+            token_type::USER_DEFINED => user.push(token),
+            _ => {}
+        }
+    }
+    let added = |list: Vec<&String>, special: bool| -> Vec<AddedToken> {
+        list.into_iter()
+            .filter(|t| !t.is_empty())
+            .map(|t| AddedToken::from(t.clone(), special).normalized(false))
+            .collect()
+    };
+    tokenizer
+        .add_special_tokens(added(special, true))
+        .map_err(|e| TokenizerError::bad(KEY_TYPES, e.to_string()))?;
+    tokenizer
+        .add_tokens(added(user, false))
+        .map_err(|e| TokenizerError::bad(KEY_TYPES, e.to_string()))?;
+    Ok(())
+}
+
+/// Token to id; a token that appears twice keeps its first id.
+fn vocab_map(tokens: &[String]) -> HashMap<&str, u32> {
+    let mut map = HashMap::with_capacity(tokens.len());
+    for (id, token) in tokens.iter().enumerate() {
+        map.entry(token.as_str()).or_insert(id as u32);
+    }
+    map
+}
+
+fn vocab_for_bpe(tokens: &[String]) -> Vocab {
+    vocab_map(tokens)
+        .into_iter()
+        .map(|(t, id)| (t.to_owned(), id))
+        .collect()
+}
+
+/// Parses `tokenizer.ggml.merges` ("left right" strings) and checks that every merge refers to
+/// known tokens, so that a bad file gets an error naming the merge rather than a generic one.
+fn merges(value: &Value, tokens: &[String]) -> Result<Vec<(String, String)>, TokenizerError> {
+    let vocab = vocab_map(tokens);
+    let list = string_array(value, KEY_MERGES)?;
+    let mut merges = Vec::with_capacity(list.len());
+    for (i, merge) in list.into_iter().enumerate() {
+        // Like llama.cpp, search from the second byte so that a left part " " still parses.
+        // A space byte is always a char boundary, so slicing at it is safe.
+        let split = merge
+            .bytes()
+            .skip(1)
+            .position(|b| b == b' ')
+            .map(|p| p + 1)
+            .ok_or_else(|| {
+                TokenizerError::bad(KEY_MERGES, format!("entry {i} `{merge}` has no space"))
+            })?;
+        let (left, right) = (&merge[..split], &merge[split + 1..]);
+        for part in [left, right, &format!("{left}{right}")] {
+            if !vocab.contains_key(part) {
+                return Err(TokenizerError::bad(
+                    KEY_MERGES,
+                    format!("entry {i} `{merge}` refers to unknown token `{part}`"),
+                ));
+            }
+        }
+        merges.push((left.to_owned(), right.to_owned()));
+    }
+    Ok(merges)
+}
+
+fn required<'a>(ct: &'a Content, key: &str) -> Result<&'a Value, TokenizerError> {
+    ct.metadata
+        .get(key)
+        .ok_or_else(|| TokenizerError::missing(key))
+}
+
+fn type_error(key: &str, expected: &str, got: &Value) -> TokenizerError {
+    TokenizerError::bad(
+        key,
+        format!("expected {expected}, found {:?}", got.value_type()),
+    )
+}
+
+fn string(v: &Value, key: &str) -> Result<String, TokenizerError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(type_error(key, "a string", other)),
+    }
+}
+
+fn boolean(v: &Value, key: &str) -> Result<bool, TokenizerError> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        other => Err(type_error(key, "a bool", other)),
+    }
+}
+
+fn integer(v: &Value) -> Option<i64> {
+    Some(match *v {
+        Value::U8(x) => x.into(),
+        Value::I8(x) => x.into(),
+        Value::U16(x) => x.into(),
+        Value::I16(x) => x.into(),
+        Value::U32(x) => x.into(),
+        Value::I32(x) => x.into(),
+        Value::U64(x) => i64::try_from(x).ok()?,
+        Value::I64(x) => x,
+        _ => return None,
+    })
+}
+
+fn array<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], TokenizerError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(type_error(key, "an array", other)),
+    }
+}
+
+fn string_array(v: &Value, key: &str) -> Result<Vec<String>, TokenizerError> {
+    array(v, key)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(type_error(&format!("{key}[{i}]"), "a string", other)),
+        })
+        .collect()
+}
+
+fn int_array(v: &Value, key: &str) -> Result<Vec<i64>, TokenizerError> {
+    array(v, key)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            integer(item).ok_or_else(|| type_error(&format!("{key}[{i}]"), "an integer", item))
+        })
+        .collect()
+}
+
+fn float_array(v: &Value, key: &str) -> Result<Vec<f32>, TokenizerError> {
+    array(v, key)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match *item {
+            Value::F32(x) => Ok(x),
+            Value::F64(x) => Ok(x as f32),
+            ref other => Err(type_error(&format!("{key}[{i}]"), "a float", other)),
+        })
+        .collect()
+}
+
+/// An optional token id key, checked against the vocabulary size.
+fn token_id(ct: &Content, key: &str, n_tokens: usize) -> Result<Option<u32>, TokenizerError> {
+    let Some(v) = ct.metadata.get(key) else {
+        return Ok(None);
+    };
+    let id = integer(v).ok_or_else(|| type_error(key, "an integer", v))?;
+    match u32::try_from(id) {
+        Ok(id) if (id as usize) < n_tokens => Ok(Some(id)),
+        _ => Err(TokenizerError::bad(
+            key,
+            format!("token id {id} is out of range for {n_tokens} tokens"),
+        )),
+    }
+}
+
+fn first_token_id(
+    ct: &Content,
+    keys: &[&str],
+    n_tokens: usize,
+) -> Result<Option<u32>, TokenizerError> {
+    for key in keys {
+        if let Some(id) = token_id(ct, key, n_tokens)? {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
