@@ -1,1 +1,57 @@
-fn main() {}
+//! `hearth`: the command-line front end. Thin: parses arguments and wires library crates together.
+
+mod bench;
+mod generate;
+mod model;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "Disaggregated, verifiable LLM inference on idle GPUs")]
+struct Cli {
+    /// Worker threads for tensor kernels (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or inspect model files.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Generate text from a prompt, locally (optionally through a pipeline of slices).
+    Generate(generate::GenerateArgs),
+    /// Measure prefill/decode tokens per second and memory per slice.
+    Bench(bench::BenchArgs),
+    /// Internal: load one slice in this process and report its memory (used by `bench --rss`).
+    #[command(hide = true)]
+    RssProbe(bench::RssProbeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // candle's CPU kernels size their pools from RAYON_NUM_THREADS; set it before any pool exists.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon_pool(n)?;
+    }
+    match cli.command {
+        Command::Model(cmd) => model::run(cmd),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::RssProbe(args) => bench::rss_probe(args),
+    }
+}
+
+fn rayon_pool(n: usize) -> anyhow::Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot size the thread pool: {e}"))
+}

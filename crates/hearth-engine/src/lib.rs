@@ -4,6 +4,7 @@
 //!
 //! Invariant: knows nothing of networks. Hidden states in, hidden states out.
 
+pub mod bench;
 pub mod config;
 pub mod device;
 pub mod error;

@@ -154,7 +154,7 @@ impl SliceServer {
                 cached,
             });
         }
-        let t = hidden.dims().get(1).copied().unwrap_or(0);
+        let t = crate::layers::check_hidden(hidden, self.slice.config().hidden_size)?;
         if start + t > s.max_len {
             return Err(EngineError::SessionFull {
                 id,

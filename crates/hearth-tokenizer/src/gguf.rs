@@ -485,3 +485,73 @@ fn first_token_id(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file::VersionedMagic;
+
+    fn content(entries: Vec<(&str, Value)>) -> Content {
+        Content {
+            magic: VersionedMagic::GgufV3,
+            metadata: entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            tensor_infos: HashMap::new(),
+            tensor_data_offset: 0,
+        }
+    }
+
+    fn strings(items: &[&str]) -> Value {
+        Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
+    }
+
+    /// A toy SentencePiece vocabulary: merges follow the scores of the merged tokens, unknown
+    /// characters fall back to byte tokens.
+    #[test]
+    fn sentencepiece_scores_drive_merges() {
+        let tokens = [
+            "<unk>", "<s>", "</s>", "▁", "a", "b", "ab", "▁ab", "ba", "<0x0A>", "<0xC3>", "<0xA9>",
+        ];
+        let scores = [
+            0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -0.5, -0.1, -0.7, 0.0, 0.0, 0.0,
+        ];
+        let types = [2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 6, 6];
+        let ct = content(vec![
+            (KEY_MODEL, Value::String("llama".into())),
+            (KEY_TOKENS, strings(&tokens)),
+            (KEY_SCORES, Value::Array(scores.map(Value::F32).to_vec())),
+            (KEY_TYPES, Value::Array(types.map(Value::I32).to_vec())),
+            (KEY_BOS, Value::U32(1)),
+            (KEY_EOS, Value::U32(2)),
+            ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+        ]);
+        let t = from_gguf(&ct).unwrap();
+        assert_eq!(t.encode("ab", true).unwrap(), [1, 7]);
+        // "▁aba": "ab" (-0.5) merges before "ba" (-0.7), then "▁" + "ab" makes "▁ab".
+        assert_eq!(t.encode("aba", false).unwrap(), [7, 4]);
+        // "▁bab": "ab" wins again, leaving "▁" and "b" unmerged.
+        assert_eq!(t.encode("bab", false).unwrap(), [3, 5, 6]);
+        assert_eq!(t.encode("a\né", false).unwrap(), [3, 4, 9, 10, 11]);
+        assert_eq!(t.decode(&[1, 7, 4, 9, 10, 11]).unwrap(), "aba\né");
+        assert_eq!(t.token_to_piece(7).unwrap(), b" ab");
+        assert_eq!(t.token_to_piece(10).unwrap(), [0xC3]);
+        assert!(t.is_special(0) && t.is_special(1) && !t.is_special(7));
+    }
+
+    #[test]
+    fn merge_lines_split_after_first_byte() {
+        let tokens: Vec<String> = ["a", "b", "ab", " ", "  "].map(String::from).to_vec();
+        let parsed = merges(&strings(&["a b", "   "]), &tokens).unwrap();
+        assert_eq!(parsed, [("a".into(), "b".into()), (" ".into(), " ".into())]);
+    }
+
+    #[test]
+    fn pre_tokenizer_names() {
+        assert_eq!(Pre::parse("llama-bpe"), Some(Pre::Llama3));
+        assert_eq!(Pre::parse("qwen2"), Some(Pre::Qwen2));
+        assert_eq!(Pre::parse("gpt-2"), Some(Pre::Gpt2));
+        assert_eq!(Pre::parse("tekken"), None);
+    }
+}

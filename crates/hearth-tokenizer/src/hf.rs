@@ -186,3 +186,49 @@ fn read_json_object(path: &Path) -> Result<Option<Map<String, Value>>, Tokenizer
         Err(e) => Err(bad_file(path, e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(value: &Value) -> Field<'_> {
+        Field {
+            path: Path::new("tokenizer_config.json"),
+            name: "chat_template".into(),
+            value: Some(value),
+        }
+    }
+
+    #[test]
+    fn template_lists_prefer_default() {
+        let list = serde_json::json!([
+            {"name": "rag", "template": "R"},
+            {"name": "default", "template": "D"},
+        ]);
+        assert_eq!(
+            field(&list).template_source().unwrap().as_deref(),
+            Some("D")
+        );
+        let list = serde_json::json!([{"name": "rag", "template": "R"}]);
+        assert_eq!(
+            field(&list).template_source().unwrap().as_deref(),
+            Some("R")
+        );
+        assert!(field(&serde_json::json!([]))
+            .template_source()
+            .unwrap()
+            .is_none());
+        assert!(field(&serde_json::json!({"x": 1}))
+            .template_source()
+            .is_err());
+    }
+
+    #[test]
+    fn token_fields() {
+        let text = |v: Value| field(&v).token_text().map(|t| t.unwrap_or_default());
+        assert_eq!(text(serde_json::json!("<s>")).unwrap(), "<s>");
+        assert_eq!(text(serde_json::json!({"content": "<s>"})).unwrap(), "<s>");
+        let err = text(serde_json::json!(["<s>"])).unwrap_err();
+        assert!(err.to_string().contains("chat_template"), "{err}");
+    }
+}

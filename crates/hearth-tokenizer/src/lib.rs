@@ -6,6 +6,8 @@
 //! Llama 2 (SentencePiece), Llama 3, Qwen2 and GPT-2 vocabularies are checked in
 //! `tests/vocab_vectors.rs`.
 
+#![warn(missing_docs)]
+
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -161,7 +163,8 @@ impl Tokenizer {
         TextStream::new(self)
     }
 
-    /// Number of token ids (the model's embedding rows), including special tokens.
+    /// Number of token ids the tokenizer knows, special tokens included (GGUF: the length of
+    /// `tokenizer.ggml.tokens`). A model's embedding may have more rows than this.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
@@ -185,6 +188,12 @@ impl Tokenizer {
     /// The model's chat template, if it ships one.
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.template.as_ref()
+    }
+
+    /// Replaces (or removes) the chat template, e.g. to override a model's template or to pin
+    /// `strftime_now` with [`ChatTemplate::with_fixed_time`].
+    pub fn set_chat_template(&mut self, template: Option<ChatTemplate>) {
+        self.template = template;
     }
 
     /// The vocabulary string of `id` (byte-level or SentencePiece spelling, e.g. `Ġthe`, `▁the`).
@@ -213,14 +222,13 @@ impl Tokenizer {
                 id,
                 vocab_size: self.vocab_size,
             })?;
-        if self.added.contains(&id) {
-            return Ok(token.into_bytes());
-        }
         Ok(match self.pieces {
-            // Like the ByteLevel decoder: a token outside the alphabet is taken literally.
+            // Exactly what the ByteLevel decoder does, added tokens included: map the GPT-2
+            // alphabet back to bytes, and take a token with any other character literally.
             PieceKind::ByteLevel => {
                 byte_level::token_to_bytes(&token).unwrap_or_else(|| token.into_bytes())
             }
+            _ if self.added.contains(&id) => token.into_bytes(),
             PieceKind::SentencePiece => match stream::parse_byte_token(&token) {
                 Some(byte) => vec![byte],
                 None => token.replace('▁', " ").into_bytes(),
@@ -242,5 +250,34 @@ impl Tokenizer {
                 vocab_size: self.vocab_size,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<ChatTemplate>();
+    }
+
+    #[test]
+    fn encode_adds_bos_once() {
+        let vocab = SyntheticVocab::new(300).unwrap();
+        let content = gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata: vocab.gguf_metadata().into_iter().collect(),
+            tensor_infos: Default::default(),
+            tensor_data_offset: 0,
+        };
+        let t = Tokenizer::from_gguf(&content).unwrap();
+        let bos = vocab.bos_id();
+        assert_eq!(t.encode("hi", true).unwrap()[0], bos);
+        assert_ne!(t.encode("hi", false).unwrap()[0], bos);
+        let ids = t.encode("<|begin_of_text|>hi", true).unwrap();
+        assert_eq!(ids.iter().filter(|&&id| id == bos).count(), 1);
     }
 }

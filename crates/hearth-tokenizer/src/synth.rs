@@ -50,7 +50,7 @@ const CHAT_TEMPLATE: &str = "{{- bos_token }}
 pub struct SyntheticVocab {
     tokens: Vec<String>,
     types: Vec<i64>,
-    merges: Vec<(String, String)>,
+    merges: Merges,
 }
 
 impl SyntheticVocab {
@@ -263,10 +263,13 @@ impl SyntheticVocab {
     }
 }
 
+/// Merge rules, as (left, right) token pairs in priority order.
+type Merges = Vec<(String, String)>;
+
 /// Byte-pair-encoding training on [`CORPUS`], pre-tokenized like Llama 3. Returns the merges and
 /// the new tokens (at most `budget`), in creation order. Ties between equally frequent pairs go
 /// to the smallest pair, so the result is deterministic.
-fn train(budget: usize) -> Result<(Vec<(String, String)>, Vec<String>), TokenizerError> {
+fn train(budget: usize) -> Result<(Merges, Vec<String>), TokenizerError> {
     let pre = gguf::llama3_pre_tokenizer()?;
     let mut text = PreTokenizedString::from(CORPUS);
     pre.pre_tokenize(&mut text)
@@ -300,10 +303,9 @@ fn train(budget: usize) -> Result<(Vec<(String, String)>, Vec<String>), Tokenize
             }
             best.map(|((a, b), n)| ((a.to_owned(), b.to_owned()), n))
         };
-        let Some(((a, b), n)) = best else { break };
-        if n < 2 {
-            break;
-        }
+        // Keep going until every corpus word is one token: rare words make merges too, which
+        // gives a few hundred more tokens than stopping at pairs seen twice.
+        let Some(((a, b), _)) = best else { break };
         let merged = format!("{a}{b}");
         for (symbols, _) in &mut words {
             merge_in_place(symbols, &a, &b, &merged);

@@ -31,7 +31,7 @@ const MR: usize = 12;
 const DOT_MAX_M: usize = 4;
 /// Weight panels per parallel job of the GEMM path (4 × 32 features).
 const JOB_PANELS: usize = 4;
-const PF: usize = 4096;
+const PF: usize = 0;
 
 /// Checks the lengths of a call with `w_len` weights.
 fn check(x: &[f32], m: usize, k: usize, w_len: usize, n: usize, y: &[f32]) -> Result<(), KernelError> {
@@ -435,8 +435,14 @@ mod avx512 {
         out: OutPtr,
         bbuf: *mut f32,
     ) {
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
+        // One tile of rows (decode): no reuse to block for, so stream each
+        // panel front to back (one sequential stream per thread).
+        let block = match w {
+            Weights::Panels(_) if m <= MR => k,
+            _ => KC,
+        };
+        for k0 in (0..k).step_by(block) {
+            let kc = block.min(k - k0);
             if let Weights::Rows(w) = w {
                 for pi in p0..p1 {
                     let rows = NR.min(n - pi * NR);
@@ -506,6 +512,11 @@ mod avx512 {
     ) {
         let mut c0 = [_mm512_setzero_ps(); R];
         let mut c1 = [_mm512_setzero_ps(); R];
+        // Few rows (decode): a second set of accumulators for odd steps, so
+        // the FMA latency chains do not limit how far ahead loads issue.
+        let mut d0 = [_mm512_setzero_ps(); R];
+        let mut d1 = [_mm512_setzero_ps(); R];
+        let split = R <= 2;
         for p in 0..kc {
             let (b0, b1) = if HALF {
                 let bp = b.cast::<__m256i>().add(2 * p);
@@ -516,10 +527,17 @@ mod avx512 {
                 (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)))
             };
             let ap = a.add(R * p);
+            let (e0, e1) = if split && p % 2 == 1 { (&mut d0, &mut d1) } else { (&mut c0, &mut c1) };
             for i in 0..R {
                 let av = _mm512_set1_ps(*ap.add(i));
-                c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
-                c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+                e0[i] = _mm512_fmadd_ps(av, b0, e0[i]);
+                e1[i] = _mm512_fmadd_ps(av, b1, e1[i]);
+            }
+        }
+        if split {
+            for i in 0..R {
+                c0[i] = _mm512_add_ps(c0[i], d0[i]);
+                c1[i] = _mm512_add_ps(c1[i], d1[i]);
             }
         }
         let mask = if cols >= 32 { u32::MAX } else { (1u32 << cols) - 1 };

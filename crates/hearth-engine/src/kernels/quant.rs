@@ -54,6 +54,17 @@ impl Kind {
         NR * (self.block_bytes() - 2)
     }
 
+    /// Byte offsets in a panel of block `b`'s 16 scales and of its values.
+    /// Blocks come in pairs `[scales b, scales b+1, values b, values b+1]`
+    /// (a whole number of cache lines; the last block of an odd `nb` is
+    /// alone), so a panel is read as one sequential stream.
+    fn offsets(self, nb: usize, b: usize) -> (usize, usize) {
+        let pq = self.panel_qs();
+        let base = (b / 2) * 2 * (2 * NR + pq);
+        let scales = if b / 2 < nb / 2 { 2 } else { 1 };
+        (base + (b % 2) * 2 * NR, base + scales * 2 * NR + (b % 2) * pq)
+    }
+
     /// What the stored unsigned weight value exceeds the real one by.
     fn bias(self) -> i32 {
         match self {
@@ -288,11 +299,11 @@ fn scalar(kind: Kind, xq: &QuantX, w: Weights<'_>, out: OutPtr) {
                 Weights::Panels(p) => {
                     let (pi, f) = (j / NR, j % NR);
                     let panel = &p[pi * nb * NR * kind.block_bytes()..];
-                    let (qs, ds) = panel.split_at(nb * kind.panel_qs());
                     for b in 0..nb {
-                        d[b] = f16_bits(ds[b * 2 * NR + 2 * f], ds[b * 2 * NR + 2 * f + 1]);
+                        let (so, qo) = kind.offsets(nb, b);
+                        d[b] = f16_bits(panel[so + 2 * f], panel[so + 2 * f + 1]);
                         for e in 0..QK {
-                            v[b * QK + e] = kind.panel_value(&qs[b * kind.panel_qs()..], f, e) as u8;
+                            v[b * QK + e] = kind.panel_value(&panel[qo..], f, e) as u8;
                         }
                     }
                 }
@@ -318,12 +329,12 @@ fn scalar(kind: Kind, xq: &QuantX, w: Weights<'_>, out: OutPtr) {
 }
 
 /// Writes panel `pi` (features `pi*16..pi*16+16`, zero past `n`) of the
-/// row-major ggml weights `w` into `out`: the biased values of each block
-/// (`kind.panel_qs()` bytes, layout in [`Kind::panel_value`]) for all blocks,
-/// then the 16 f16 scales of each block.
+/// row-major ggml weights `w` into `out`: per block the 16 f16 scales and the
+/// biased values (`kind.panel_qs()` bytes, layout in [`Kind::panel_value`]),
+/// placed as [`Kind::offsets`] says.
 fn pack_panel(kind: Kind, w: &[u8], nb: usize, n: usize, pi: usize, out: &mut [u8]) {
     let (bb, pq) = (kind.block_bytes(), kind.panel_qs());
-    let (qs, ds) = out[..nb * NR * bb].split_at_mut(nb * pq);
+    let out = &mut out[..nb * NR * bb];
     for f in 0..NR {
         let j = pi * NR + f;
         if j >= n {
@@ -333,16 +344,18 @@ fn pack_panel(kind: Kind, w: &[u8], nb: usize, n: usize, pi: usize, out: &mut [u
                 Kind::Q8_0 => 0x80,
             };
             for b in 0..nb {
-                ds[b * 2 * NR + 2 * f..][..2].fill(0);
+                let (so, qo) = kind.offsets(nb, b);
+                out[so + 2 * f..][..2].fill(0);
                 for t in 0..pq / 64 {
-                    qs[b * pq + t * 64 + f * 4..][..4].fill(zero);
+                    out[qo + t * 64 + f * 4..][..4].fill(zero);
                 }
             }
             continue;
         }
         for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb].chunks_exact(bb).enumerate() {
-            ds[b * 2 * NR + 2 * f..][..2].copy_from_slice(&blk[..2]);
-            let q = &mut qs[b * pq..][..pq];
+            let (so, qo) = kind.offsets(nb, b);
+            out[so + 2 * f..][..2].copy_from_slice(&blk[..2]);
+            let q = &mut out[qo..][..pq];
             for t in 0..pq / 64 {
                 let dst = &mut q[t * 64 + f * 4..][..4];
                 dst.copy_from_slice(&blk[2 + 4 * t..][..4]);
@@ -475,11 +488,15 @@ mod avx512 {
     //! [`Isa::Avx512`](super::Isa::Avx512); callers check `Isa::supported()`.
     use std::arch::x86_64::*;
 
-    use super::{chunk_size, pack_panel, par_chunks, with_scratch, Kind, OutPtr, QuantX, Weights, MR, NR, QK};
+    use super::{chunk_size, par_chunks, with_scratch, Kind, OutPtr, QuantX, Weights, MR, NR, QK};
 
-    /// Jobs of weight panels; for each panel (repacked into scratch first if
-    /// the weights are raw) every `MR`-row tile of activations runs over the
-    /// whole depth, accumulators in registers.
+    /// Software prefetch distance (bytes) when streaming a packed panel.
+    const PF: usize = 4096;
+
+    /// Jobs of weight panels; for each panel, every `MR`-row tile of
+    /// activations runs over the whole depth with accumulators in registers.
+    /// Raw weights are first transposed into the packed layout in per-thread
+    /// scratch (one panel, L1/L2), which costs a few SIMD shuffles per byte.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F/BW/VL/VNNI; the weights and `out` have
@@ -487,7 +504,9 @@ mod avx512 {
     pub(super) unsafe fn gemm(kind: Kind, xq: &QuantX, w: Weights<'_>, out: OutPtr) {
         let n = out.n;
         let np = n.div_ceil(NR);
-        let panel = xq.nb * NR * kind.block_bytes();
+        let nb = xq.nb;
+        let panel = nb * NR * kind.block_bytes();
+        let stride = nb * kind.block_bytes();
         let per = chunk_size(np, 1);
         let scratch = match w {
             Weights::Rows(_) => panel,
@@ -497,11 +516,15 @@ mod avx512 {
             with_scratch(scratch, |buf| {
                 for pi in c * per..np.min((c + 1) * per) {
                     let wp = match w {
+                        Weights::Panels(p) => p[pi * panel..(pi + 1) * panel].as_ptr(),
                         Weights::Rows(w) => {
-                            pack_panel(kind, w, xq.nb, n, pi, buf.bytes_mut());
+                            let rows = NR.min(n - pi * NR);
+                            let src = &w[pi * NR * stride..(pi * NR + rows) * stride];
+                            // SAFETY: features checked by the caller; `src`
+                            // is `rows` whole rows and the scratch one panel.
+                            unsafe { repack(kind, src.as_ptr(), stride, rows, nb, buf.bytes_mut().as_mut_ptr()) };
                             buf.bytes().as_ptr()
                         }
-                        Weights::Panels(p) => p[pi * panel..(pi + 1) * panel].as_ptr(),
                     };
                     // SAFETY: features checked by the caller; `wp` is one
                     // whole panel and its columns belong to this job only.
@@ -516,7 +539,6 @@ mod avx512 {
     unsafe fn panel_job(kind: Kind, xq: &QuantX, wp: *const u8, pi: usize, out: OutPtr) {
         let (m, n, nb) = (xq.m, out.n, xq.nb);
         let k = nb * QK;
-        let wd = wp.add(nb * kind.panel_qs()).cast::<u16>();
         let cols = NR.min(n - pi * NR);
         for r0 in (0..m).step_by(MR) {
             let mr = MR.min(m - r0);
@@ -527,8 +549,8 @@ mod avx512 {
             macro_rules! go {
                 ($($r:literal)*) => {
                     match (mr, kind) {
-                        $(($r, Kind::Q4_0) => tile::<$r, true>(nb, aq, ad, ac, wp, wd, c, n, cols),
-                          ($r, Kind::Q8_0) => tile::<$r, false>(nb, aq, ad, ac, wp, wd, c, n, cols),)*
+                        $(($r, Kind::Q4_0) => tile::<$r, true>(nb, aq, ad, ac, wp, c, n, cols),
+                          ($r, Kind::Q8_0) => tile::<$r, false>(nb, aq, ad, ac, wp, c, n, cols),)*
                         _ => unreachable!(),
                     }
                 };
@@ -537,9 +559,77 @@ mod avx512 {
         }
     }
 
+    /// Transposes `rows <= 16` raw rows (`stride` bytes apart) into the packed
+    /// panel layout at `out` (see `Kind::panel_value`), 4 rows at a time:
+    /// a 4 × 4 dword transpose turns the rows' 4-byte groups into the panel's
+    /// 16-byte runs. Rows past `rows` become padding (scale 0, value 0).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn repack(kind: Kind, src: *const u8, stride: usize, rows: usize, nb: usize, out: *mut u8) {
+        let (bb, pq) = (kind.block_bytes(), kind.panel_qs());
+        let flip = _mm256_set1_epi8(-128);
+        for b in 0..nb {
+            let (so, qo) = kind.offsets(nb, b);
+            let (qo, dout) = (out.add(qo), out.add(so));
+            for g in 0..NR / 4 {
+                let row = |i: usize| src.wrapping_add((4 * g + i) * stride + b * bb);
+                let live = |i: usize| 4 * g + i < rows;
+                for i in 0..4 {
+                    let d = if live(i) { row(i).cast::<u16>().read_unaligned() } else { 0 };
+                    dout.add(2 * (4 * g + i)).cast::<u16>().write_unaligned(d);
+                }
+                match kind {
+                    Kind::Q4_0 => {
+                        let v: [__m128i; 4] = std::array::from_fn(|i| {
+                            if live(i) {
+                                _mm_loadu_si128(row(i).add(2).cast())
+                            } else {
+                                _mm_set1_epi8(-120) // nibbles 8 = value 0
+                            }
+                        });
+                        let t0 = _mm_unpacklo_epi32(v[0], v[1]);
+                        let t1 = _mm_unpackhi_epi32(v[0], v[1]);
+                        let t2 = _mm_unpacklo_epi32(v[2], v[3]);
+                        let t3 = _mm_unpackhi_epi32(v[2], v[3]);
+                        let o = [
+                            _mm_unpacklo_epi64(t0, t2),
+                            _mm_unpackhi_epi64(t0, t2),
+                            _mm_unpacklo_epi64(t1, t3),
+                            _mm_unpackhi_epi64(t1, t3),
+                        ];
+                        for (c, v) in o.iter().enumerate() {
+                            _mm_storeu_si128(qo.add(c * 64 + 16 * g).cast(), *v);
+                        }
+                    }
+                    Kind::Q8_0 => {
+                        // Same per 128-bit half: the low half gives groups
+                        // 0..4, the high half groups 4..8; bias by 128.
+                        let v: [__m256i; 4] = std::array::from_fn(|i| {
+                            let raw = if live(i) { _mm256_loadu_si256(row(i).add(2).cast()) } else { _mm256_setzero_si256() };
+                            _mm256_xor_si256(raw, flip)
+                        });
+                        let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+                        let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+                        let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+                        let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+                        let o = [
+                            _mm256_unpacklo_epi64(t0, t2),
+                            _mm256_unpackhi_epi64(t0, t2),
+                            _mm256_unpacklo_epi64(t1, t3),
+                            _mm256_unpackhi_epi64(t1, t3),
+                        ];
+                        for (c, v) in o.iter().enumerate() {
+                            _mm_storeu_si128(qo.add(c * 64 + 16 * g).cast(), _mm256_castsi256_si128(*v));
+                            _mm_storeu_si128(qo.add((c + 4) * 64 + 16 * g).cast(), _mm256_extracti128_si256::<1>(*v));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The micro-kernel: `R` activation rows × 16 features over `nb` blocks.
-    /// Per block: unpack the panel's 8 weight vectors once, then per row 8
-    /// `vpdpbusd` (activation bytes broadcast) starting from the bias
+    /// Per block: load and unpack the panel's 8 weight vectors once, then per
+    /// row 8 `vpdpbusd` (activation bytes broadcast) starting from the bias
     /// correction, and one FMA by `d_w · d_x`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
@@ -549,37 +639,44 @@ mod avx512 {
         aq: *const u8,
         ad: *const f32,
         ac: *const i32,
-        wq: *const u8,
-        wd: *const u16,
+        wp: *const u8,
         c: *mut f32,
         ldc: usize,
         cols: usize,
     ) {
         let mut acc = [_mm512_setzero_ps(); R];
         let low = _mm512_set1_epi8(0x0F);
+        let kind = if Q4 { Kind::Q4_0 } else { Kind::Q8_0 };
+        let pq = kind.panel_qs();
         for b in 0..nb {
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wd.add(b * NR).cast()));
+            let (so, qo) = kind.offsets(nb, b);
+            let base = wp.add(qo);
+            // Stream ahead: a panel is read exactly once per tile.
+            for l in 0..pq / 64 {
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PF + 64 * l).cast());
+            }
             let mut wv = [_mm512_setzero_si512(); 8];
+            for (t, v) in wv.iter_mut().enumerate().take(pq / 64) {
+                *v = _mm512_loadu_si512(base.add(t * 64).cast());
+            }
             if Q4 {
-                let base = wq.add(b * 256);
                 for t in 0..4 {
-                    let v = _mm512_loadu_si512(base.add(t * 64).cast());
+                    let v = wv[t];
                     wv[t] = _mm512_and_si512(v, low);
                     wv[t + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
                 }
-            } else {
-                let base = wq.add(b * 512);
-                for (t, v) in wv.iter_mut().enumerate() {
-                    *v = _mm512_loadu_si512(base.add(t * 64).cast());
-                }
             }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(so).cast()));
             let aqb = aq.add(b * QK * R);
             for (i, a) in acc.iter_mut().enumerate() {
-                let mut s = _mm512_set1_epi32(*ac.add(b * R + i));
+                // Two chains of 4 `vpdpbusd` instead of one of 8: with few
+                // rows there is little other work to hide the latency behind.
+                let mut s = [_mm512_set1_epi32(*ac.add(b * R + i)), _mm512_setzero_si512()];
                 for (t, v) in wv.iter().enumerate() {
                     let x4 = aqb.add((t * R + i) * 4).cast::<i32>().read_unaligned();
-                    s = _mm512_dpbusd_epi32(s, *v, _mm512_set1_epi32(x4));
+                    s[t % 2] = _mm512_dpbusd_epi32(s[t % 2], *v, _mm512_set1_epi32(x4));
                 }
+                let s = _mm512_add_epi32(s[0], s[1]);
                 let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*ad.add(b * R + i)));
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
             }

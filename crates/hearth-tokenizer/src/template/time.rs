@@ -101,7 +101,10 @@ pub(super) fn strftime(format: &str, unix_seconds: i64) -> String {
                 write!(out, "{v}")
             };
         };
-        let hour12 = if t.hour % 12 == 0 { 12 } else { t.hour % 12 };
+        let hour12 = match t.hour % 12 {
+            0 => 12,
+            h => h,
+        };
         match spec {
             Some('Y') => {
                 let _ = write!(out, "{}", t.year);

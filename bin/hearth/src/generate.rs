@@ -1,0 +1,166 @@
+//! `hearth generate`: run a prompt locally, optionally through an in-process chain of slices.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hearth_core::BlockRange;
+use hearth_engine::synth::{self, SynthModel, SynthOptions};
+use hearth_engine::{
+    generate, parse_device, DType, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline, SessionLimits,
+    SliceServer,
+};
+use hearth_sampling::SamplingParams;
+use hearth_tokenizer::ChatMessage;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// HF folder or .gguf file.
+    #[arg(long, conflicts_with = "synth")]
+    pub model: Option<PathBuf>,
+    /// Use a synthesized model of this shape (written to $HEARTH_HOME/models on first use).
+    #[arg(long)]
+    pub synth: Option<String>,
+    #[arg(long, short, default_value = "Once upon a time")]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Run the blocks as this many in-process slices, in sequence.
+    #[arg(long, default_value_t = 1)]
+    pub split: u32,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop sequence (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Activation dtype: f32, f16 or bf16 (default: f32 on CPU, the checkpoint's on CUDA).
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+/// Where synthesized models are kept.
+fn hearth_home() -> PathBuf {
+    std::env::var_os("HEARTH_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".hearth")))
+        .unwrap_or_else(|| PathBuf::from(".hearth"))
+}
+
+fn model_path(args: &GenerateArgs) -> Result<PathBuf> {
+    if let Some(p) = &args.model {
+        return Ok(p.clone());
+    }
+    let shape = args.synth.as_deref().unwrap_or("tiny");
+    let dir = hearth_home().join("models").join(format!("synth-{shape}"));
+    if !dir.join("config.json").exists() {
+        eprintln!("synthesizing a {shape}-shaped model into {}", dir.display());
+        let model = SynthModel::new(synth::shape(shape)?, 0)?;
+        model.write_hf(&dir, DType::F32, &SynthOptions::default())?;
+    }
+    Ok(dir)
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => anyhow::bail!("unknown dtype {other:?}: use f32, f16 or bf16"),
+    })
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let path = model_path(&args)?;
+    let src = ModelSource::open(&path).with_context(|| format!("opening model {}", path.display()))?;
+    let tokenizer = src.tokenizer()?;
+    let opts = LoadOptions {
+        device: parse_device(&args.device)?,
+        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+    };
+    let ranges = BlockRange::split_even(src.config().num_blocks(), args.split)?;
+
+    let prompt_text = if args.chat {
+        let template = tokenizer
+            .chat_template()
+            .context("--chat: this model has no chat template")?;
+        template.render(&[ChatMessage::new("user", args.prompt.clone())], true)?
+    } else {
+        args.prompt.clone()
+    };
+    // A chat template writes its own BOS token.
+    let prompt = tokenizer.encode(&prompt_text, !args.chat)?;
+    let max_len = (prompt.len() + args.max_tokens).min(src.config().max_position_embeddings);
+
+    let total: u64 = src.head_file_bytes()? + ranges.iter().map(|r| src.slice_file_bytes(*r)).sum::<Result<u64, _>>()?;
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut loaded = 0u64;
+    bar.set_message("client head");
+    let head = Arc::new(src.load_head(&opts, Some(&mut |b| bar.set_position(loaded + b)))?);
+    loaded += src.head_file_bytes()?;
+    let mut stages: Vec<Box<dyn HiddenStage>> = Vec::new();
+    for range in &ranges {
+        bar.set_message(format!("blocks {range}"));
+        let base = loaded;
+        let slice = src.load_slice(*range, &opts, Some(&mut |b| bar.set_position(base + b)))?;
+        loaded += src.slice_file_bytes(*range)?;
+        let server = Arc::new(SliceServer::new(Arc::new(slice), SessionLimits::default()));
+        stages.push(Box::new(LocalStage::open(server, max_len)?));
+    }
+    bar.finish_and_clear();
+    let route: Vec<String> = stages.iter().map(|s| s.describe()).collect();
+    eprintln!("route: client -> {} -> client", route.join(" -> "));
+
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed: args.seed,
+        stop: args.stop.clone(),
+        max_tokens: args.max_tokens,
+        ..SamplingParams::default()
+    };
+    let mut pipeline = Pipeline { head, stages };
+    let mut stdout = std::io::stdout();
+    print!("{}", args.prompt);
+    let out = generate(&mut pipeline, &tokenizer, &prompt, &params, &mut |text| {
+        print!("{text}");
+        let _ = stdout.flush();
+    })?;
+    println!();
+    eprintln!(
+        "{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s",
+        out.prompt_tokens,
+        out.tokens.len(),
+        out.finish,
+        out.prefill_tokens_per_sec(),
+        out.decode_tokens_per_sec()
+    );
+    Ok(())
+}

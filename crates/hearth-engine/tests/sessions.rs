@@ -1,0 +1,130 @@
+//! Many sessions on one slice: isolation, limits, expiry, explicit close.
+
+use hearth_core::BlockRange;
+use hearth_engine::synth::{shape, SynthModel, SynthOptions};
+use hearth_engine::{max_abs_diff, DType, EngineError, LoadOptions, ModelSource, SessionLimits, SliceServer, Tensor};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn server(limits: SessionLimits) -> (tempfile::TempDir, Arc<SliceServer>, ModelSource) {
+    let dir = tempfile::tempdir().unwrap();
+    SynthModel::new(shape("tiny").unwrap(), 3)
+        .unwrap()
+        .write_hf(dir.path(), DType::F32, &SynthOptions::default())
+        .unwrap();
+    let src = ModelSource::open(dir.path()).unwrap();
+    let slice = src.load_slice(BlockRange::new(1, 4).unwrap(), &LoadOptions::default(), None).unwrap();
+    (dir, Arc::new(SliceServer::new(Arc::new(slice), limits)), src)
+}
+
+fn hidden(src: &ModelSource, ids: &[u32]) -> Tensor {
+    src.load_head(&LoadOptions::default(), None).unwrap().embed(ids).unwrap()
+}
+
+#[test]
+fn interleaved_sessions_do_not_interfere() {
+    let (_d, srv, src) = server(SessionLimits::default());
+    let a_in = hidden(&src, &[1, 2, 3, 4, 5]);
+    let b_in = hidden(&src, &[9, 8, 7]);
+    let step_a = hidden(&src, &[42]);
+    let step_b = hidden(&src, &[17]);
+
+    // Alone.
+    let a = srv.open(64).unwrap();
+    srv.step(a, 0, &a_in).unwrap();
+    let a_ref = srv.step(a, 5, &step_a).unwrap();
+    srv.close(a).unwrap();
+    let b = srv.open(64).unwrap();
+    srv.step(b, 0, &b_in).unwrap();
+    let b_ref = srv.step(b, 3, &step_b).unwrap();
+    srv.close(b).unwrap();
+
+    // Interleaved, and concurrently from two threads.
+    let a = srv.open(64).unwrap();
+    let b = srv.open(64).unwrap();
+    srv.step(a, 0, &a_in).unwrap();
+    srv.step(b, 0, &b_in).unwrap();
+    let (sa, sb) = (srv.clone(), srv.clone());
+    let ta = std::thread::spawn(move || sa.step(a, 5, &step_a).unwrap());
+    let tb = std::thread::spawn(move || sb.step(b, 3, &step_b).unwrap());
+    let (a_out, b_out) = (ta.join().unwrap(), tb.join().unwrap());
+    assert_eq!(max_abs_diff(&a_out, &a_ref).unwrap(), 0.0);
+    assert_eq!(max_abs_diff(&b_out, &b_ref).unwrap(), 0.0);
+    assert_eq!(srv.session_len(a).unwrap(), 6);
+    assert_eq!(srv.session_len(b).unwrap(), 4);
+}
+
+#[test]
+fn cache_budget_is_enforced_and_released() {
+    let probe = server(SessionLimits::default());
+    let per_token = probe.1.slice().cache_bytes_per_token();
+    assert_eq!(per_token, 3 * 2 * 2 * 64 * 4, "3 blocks x (k,v) x 2 kv heads x 64 dims x f32");
+    let limits = SessionLimits {
+        cache_budget_bytes: per_token * 250,
+        ..SessionLimits::default()
+    };
+    let (_d, srv, _src) = server(limits);
+    let a = srv.open(100).unwrap();
+    let _b = srv.open(100).unwrap();
+    let err = srv.open(100).unwrap_err();
+    assert!(matches!(err, EngineError::CacheBudget { .. }), "{err}");
+    assert_eq!(srv.stats().reserved_bytes, per_token * 200);
+    srv.close(a).unwrap();
+    srv.open(100).unwrap();
+    assert!(matches!(srv.close(a), Err(EngineError::UnknownSession(_))));
+}
+
+#[test]
+fn session_count_and_length_limits() {
+    let limits = SessionLimits {
+        max_sessions: 2,
+        max_len_cap: 16,
+        ..SessionLimits::default()
+    };
+    let (_d, srv, src) = server(limits);
+    assert!(matches!(srv.open(17), Err(EngineError::MaxLenTooLarge { .. })));
+    assert!(matches!(srv.open(0), Err(EngineError::MaxLenTooLarge { .. })));
+    let s = srv.open(12).unwrap();
+    srv.open(12).unwrap();
+    assert!(matches!(srv.open(12), Err(EngineError::TooManySessions(2))));
+
+    srv.step(s, 0, &hidden(&src, &[1; 11])).unwrap();
+    let err = srv.step(s, 11, &hidden(&src, &[1, 2])).unwrap_err();
+    assert!(matches!(err, EngineError::SessionFull { tokens: 13, max_len: 12, .. }), "{err}");
+    // The failed step left the cache as it was.
+    assert_eq!(srv.session_len(s).unwrap(), 11);
+    let err = srv.step(s, 12, &hidden(&src, &[1])).unwrap_err();
+    assert!(matches!(err, EngineError::PositionGap { requested: 12, cached: 11, .. }), "{err}");
+}
+
+#[test]
+fn idle_sessions_expire() {
+    let limits = SessionLimits {
+        idle_timeout: Duration::from_secs(60),
+        ..SessionLimits::default()
+    };
+    let (_d, srv, src) = server(limits);
+    let s = srv.open(8).unwrap();
+    assert_eq!(srv.expire_idle(Instant::now()), 0);
+    assert_eq!(srv.expire_idle(Instant::now() + Duration::from_secs(61)), 1);
+    assert_eq!(srv.stats().sessions, 0);
+    assert_eq!(srv.stats().reserved_bytes, 0);
+    assert!(matches!(srv.step(s, 0, &hidden(&src, &[1])), Err(EngineError::UnknownSession(_))));
+}
+
+#[test]
+fn wrong_hidden_states_are_rejected_without_damage() {
+    let (_d, srv, src) = server(SessionLimits::default());
+    let s = srv.open(32).unwrap();
+    srv.step(s, 0, &hidden(&src, &[1, 2, 3])).unwrap();
+    for bad in [
+        Tensor::zeros((1, 2, 255), DType::F32, &hearth_engine::Device::Cpu).unwrap(),
+        Tensor::zeros((2, 2, 256), DType::F32, &hearth_engine::Device::Cpu).unwrap(),
+        Tensor::zeros((2, 256), DType::F32, &hearth_engine::Device::Cpu).unwrap(),
+        Tensor::zeros((1, 0, 256), DType::F32, &hearth_engine::Device::Cpu).unwrap(),
+    ] {
+        let err = srv.step(s, 3, &bad).unwrap_err();
+        assert!(matches!(err, EngineError::HiddenShape { hidden: 256, .. }), "{err}");
+    }
+    assert_eq!(srv.session_len(s).unwrap(), 3);
+}
