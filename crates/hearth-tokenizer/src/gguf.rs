@@ -96,7 +96,7 @@ pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, TokenizerError> {
         None => vec![token_type::NORMAL; tokens.len()],
     };
 
-    let (inner, default_add_bos, pieces) = match model.as_str() {
+    let (mut inner, default_add_bos, pieces) = match model.as_str() {
         "llama" => {
             let scores = float_array(required(ct, KEY_SCORES)?, KEY_SCORES)?;
             if scores.len() != tokens.len() {
@@ -133,7 +133,6 @@ pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, TokenizerError> {
             })
         }
     };
-    let mut inner = inner;
     add_special_tokens(&mut inner, &tokens, &types)?;
 
     let add_bos = match ct.metadata.get(KEY_ADD_BOS) {

@@ -44,7 +44,8 @@ const CHAT_TEMPLATE: &str = "{{- bos_token }}
 ///
 /// Layout: ids 0..256 are the bytes (in GPT-2's byte-to-unicode spelling), 256..261 the special
 /// tokens `<|begin_of_text|>`, `<|end_of_text|>`, `<|start_header_id|>`, `<|end_header_id|>`,
-/// `<|eot_id|>`, then merged tokens learnt from a built-in text, then `<|reserved_N|>` filler
+/// `<|eot_id|>`, then merged tokens learnt from a built-in text (about 600 at most), then
+/// `<|reserved_N|>` filler
 /// tokens (never produced by encoding) up to the requested size. Any UTF-8 text round-trips.
 #[derive(Debug, Clone)]
 pub struct SyntheticVocab {
@@ -301,11 +302,11 @@ fn train(budget: usize) -> Result<(Merges, Vec<String>), TokenizerError> {
                     best = Some((pair, n));
                 }
             }
-            best.map(|((a, b), n)| ((a.to_owned(), b.to_owned()), n))
+            best.map(|((a, b), _)| (a.to_owned(), b.to_owned()))
         };
         // Keep going until every corpus word is one token: rare words make merges too, which
         // gives a few hundred more tokens than stopping at pairs seen twice.
-        let Some(((a, b), _)) = best else { break };
+        let Some((a, b)) = best else { break };
         let merged = format!("{a}{b}");
         for (symbols, _) in &mut words {
             merge_in_place(symbols, &a, &b, &merged);

@@ -31,7 +31,7 @@ const MR: usize = 12;
 const DOT_MAX_M: usize = 4;
 /// Weight panels per parallel job of the GEMM path (4 × 32 features).
 const JOB_PANELS: usize = 4;
-const PF: usize = 0;
+const PF: usize = 4096;
 
 /// Checks the lengths of a call with `w_len` weights.
 fn check(x: &[f32], m: usize, k: usize, w_len: usize, n: usize, y: &[f32]) -> Result<(), KernelError> {
@@ -330,67 +330,51 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     unsafe fn dot_job(x: *const f32, m: usize, k: usize, w: *const u16, j0: usize, j1: usize, out: OutPtr) {
-        let mut j = j0;
-        while j < j1 {
-            let rn = if j + 4 <= j1 { 4 } else { 1 };
-            let wj = w.add(j * k);
-            let yj = out.ptr.add(j);
-            macro_rules! go {
-                ($($rm:literal)*) => {
-                    match (m, rn) {
-                        $(($rm, 4) => dot_tile::<$rm, 4>(x, k, wj, yj, out.n),
-                          ($rm, _) => dot_tile::<$rm, 1>(x, k, wj, yj, out.n),)*
-                        _ => unreachable!(),
-                    }
-                };
+        // One weight row at a time: the job's rows are contiguous, so this is
+        // a single sequential stream for the prefetchers.
+        for j in j0..j1 {
+            let (wj, yj) = (w.add(j * k), out.ptr.add(j));
+            match m {
+                1 => dot_row::<1>(x, k, wj, yj, out.n),
+                2 => dot_row::<2>(x, k, wj, yj, out.n),
+                3 => dot_row::<3>(x, k, wj, yj, out.n),
+                4 => dot_row::<4>(x, k, wj, yj, out.n),
+                _ => unreachable!(),
             }
-            go!(1 2 3 4);
-            j += rn;
         }
     }
 
-    /// `y[i * ldy + r] = x[i] · w[r]` for `RM` activation rows and `RN` weight
-    /// rows, all of length `k`; `RM * RN` accumulators reduced once at the end.
+    /// `y[i * ldy] = x[i] · w` for `RM` activation rows and one weight row of
+    /// length `k`. Four accumulators per activation row (steps of 64) keep
+    /// the FMA latency chains off the critical path; reduced once at the end.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
-    unsafe fn dot_tile<const RM: usize, const RN: usize>(x: *const f32, k: usize, w: *const u16, y: *mut f32, ldy: usize) {
-        let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    unsafe fn dot_row<const RM: usize>(x: *const f32, k: usize, w: *const u16, y: *mut f32, ldy: usize) {
+        let mut acc = [[_mm512_setzero_ps(); 4]; RM];
         let mut p = 0;
-        while p + 16 <= k {
-            dot_step(&mut acc, x, k, w, p, u16::MAX);
+        while p + 64 <= k {
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2).cast());
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2 + 32).cast());
+            let wv: [__m512; 4] = std::array::from_fn(|u| _mm512_cvtph_ps(_mm256_loadu_si256(w.add(p + 16 * u).cast())));
+            for (i, a) in acc.iter_mut().enumerate() {
+                for u in 0..4 {
+                    a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(i * k + p + 16 * u)), wv[u], a[u]);
+                }
+            }
+            p += 64;
+        }
+        while p < k {
+            // Masked-off lanes are neither read nor faulted on.
+            let mask = if p + 16 <= k { u16::MAX } else { (1u16 << (k - p)) - 1 };
+            let wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add(p).cast()));
+            for (i, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x.add(i * k + p)), wv, a[0]);
+            }
             p += 16;
         }
-        if p < k {
-            // Masked-off lanes are neither read nor faulted on.
-            dot_step(&mut acc, x, k, w, p, (1u16 << (k - p)) - 1);
-        }
         for (i, a) in acc.iter().enumerate() {
-            for (r, v) in a.iter().enumerate() {
-                *y.add(i * ldy + r) = _mm512_reduce_add_ps(*v);
-            }
-        }
-    }
-
-    /// One 16-step slice (`mask` selects the valid steps) of [`dot_tile`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    #[inline]
-    unsafe fn dot_step<const RM: usize, const RN: usize>(
-        acc: &mut [[__m512; RN]; RM],
-        x: *const f32,
-        k: usize,
-        w: *const u16,
-        p: usize,
-        mask: u16,
-    ) {
-        let mut wv = [_mm512_setzero_ps(); RN];
-        for (r, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add(r * k + p).cast()));
-        }
-        for (i, a) in acc.iter_mut().enumerate() {
-            let xv = _mm512_maskz_loadu_ps(mask, x.add(i * k + p));
-            for r in 0..RN {
-                a[r] = _mm512_fmadd_ps(xv, wv[r], a[r]);
-            }
+            let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+            *y.add(i * ldy) = _mm512_reduce_add_ps(s);
         }
     }
 

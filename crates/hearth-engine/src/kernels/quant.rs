@@ -565,7 +565,7 @@ mod avx512 {
     /// 16-byte runs. Rows past `rows` become padding (scale 0, value 0).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn repack(kind: Kind, src: *const u8, stride: usize, rows: usize, nb: usize, out: *mut u8) {
-        let (bb, pq) = (kind.block_bytes(), kind.panel_qs());
+        let bb = kind.block_bytes();
         let flip = _mm256_set1_epi8(-128);
         for b in 0..nb {
             let (so, qo) = kind.offsets(nb, b);
