@@ -51,7 +51,11 @@ fn model_path(args: &BenchArgs) -> Result<PathBuf> {
     if let Some(p) = &args.model {
         return Ok(p.clone());
     }
-    let path = args.cache.join(format!("{}-{}.gguf", args.shape, args.quant.to_ascii_lowercase()));
+    let path = args.cache.join(format!(
+        "{}-{}.gguf",
+        args.shape,
+        args.quant.to_ascii_lowercase()
+    ));
     if !path.exists() {
         std::fs::create_dir_all(&args.cache)?;
         eprintln!("synthesizing {} ...", path.display());
@@ -105,7 +109,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     if let Some((rss, hwm)) = rss_bytes() {
-        println!("this process: RSS {:.0} MiB, peak {:.0} MiB", mib(rss), mib(hwm));
+        println!(
+            "this process: RSS {:.0} MiB, peak {:.0} MiB",
+            mib(rss),
+            mib(hwm)
+        );
     }
     if args.rss {
         rss_table(&path, &src, args.split)?;
@@ -127,7 +135,11 @@ fn rss_table(path: &PathBuf, src: &ModelSource, split: u32) -> Result<()> {
             cmd.arg("--blocks").arg(b.to_string());
         }
         let out = cmd.output()?;
-        anyhow::ensure!(out.status.success(), "rss-probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "rss-probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     println!("peak RSS of a process loading only:");
@@ -135,7 +147,12 @@ fn rss_table(path: &PathBuf, src: &ModelSource, split: u32) -> Result<()> {
     let n = src.config().num_blocks();
     for parts in [1, 2, split] {
         let r = BlockRange::split_even(n, parts)?[0];
-        println!("  blocks {r} ({} of {n}): {}  [weights in file: {:.0} MiB]", r.len(), probe(Some(r))?, mib(src.slice_file_bytes(r)?));
+        println!(
+            "  blocks {r} ({} of {n}): {}  [weights in file: {:.0} MiB]",
+            r.len(),
+            probe(Some(r))?,
+            mib(src.slice_file_bytes(r)?)
+        );
     }
     Ok(())
 }

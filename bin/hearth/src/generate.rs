@@ -5,8 +5,8 @@ use clap::Args;
 use hearth_core::BlockRange;
 use hearth_engine::synth::{self, SynthModel, SynthOptions};
 use hearth_engine::{
-    generate, parse_device, DType, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline, SessionLimits,
-    SliceServer,
+    generate, parse_device, DType, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline,
+    SessionLimits, SliceServer,
 };
 use hearth_sampling::SamplingParams;
 use hearth_tokenizer::ChatMessage;
@@ -92,7 +92,8 @@ fn parse_dtype(s: &str) -> Result<DType> {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let path = model_path(&args)?;
-    let src = ModelSource::open(&path).with_context(|| format!("opening model {}", path.display()))?;
+    let src =
+        ModelSource::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let tokenizer = src.tokenizer()?;
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
@@ -112,7 +113,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let prompt = tokenizer.encode(&prompt_text, !args.chat)?;
     let max_len = (prompt.len() + args.max_tokens).min(src.config().max_position_embeddings);
 
-    let total: u64 = src.head_file_bytes()? + ranges.iter().map(|r| src.slice_file_bytes(*r)).sum::<Result<u64, _>>()?;
+    let total: u64 = src.head_file_bytes()?
+        + ranges
+            .iter()
+            .map(|r| src.slice_file_bytes(*r))
+            .sum::<Result<u64, _>>()?;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

@@ -7,7 +7,11 @@ mod model;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hearth", version, about = "Disaggregated, verifiable LLM inference on idle GPUs")]
+#[command(
+    name = "hearth",
+    version,
+    about = "Disaggregated, verifiable LLM inference on idle GPUs"
+)]
 struct Cli {
     /// Worker threads for tensor kernels (default: all cores).
     #[arg(long, global = true)]

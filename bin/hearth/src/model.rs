@@ -88,7 +88,12 @@ pub fn synth(args: &SynthArgs) -> Result<()> {
             model.write_gguf(&args.out.join(name), quant)?;
         }
     }
-    eprintln!("wrote {} ({} shape, seed {})", args.out.display(), args.shape, args.seed);
+    eprintln!(
+        "wrote {} ({} shape, seed {})",
+        args.out.display(),
+        args.shape,
+        args.seed
+    );
     Ok(())
 }
 
@@ -98,10 +103,16 @@ fn info(path: &Path) -> Result<()> {
     println!("format:        {:?}", src.format());
     println!("architecture:  {:?}", c.architecture);
     println!("blocks:        {}", c.num_layers);
-    println!("hidden:        {} (heads {} / kv {} x {})", c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
+    println!(
+        "hidden:        {} (heads {} / kv {} x {})",
+        c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+    );
     println!("mlp:           {}", c.intermediate_size);
     println!("vocab:         {}", c.vocab_size);
-    println!("rope:          theta {} {:?} {:?}", c.rope_theta, c.rope_layout, c.rope_scaling);
+    println!(
+        "rope:          theta {} {:?} {:?}",
+        c.rope_theta, c.rope_layout, c.rope_scaling
+    );
     println!("tied head:     {}", c.tie_word_embeddings);
     let full = hearth_core::BlockRange::full(c.num_blocks())?;
     println!("block bytes:   {}", src.slice_file_bytes(full)?);

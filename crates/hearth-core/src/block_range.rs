@@ -18,7 +18,11 @@ pub enum BlockRangeError {
     #[error("block range {start}..{end} is empty or reversed")]
     Empty { start: u32, end: u32 },
     #[error("block range {start}..{end} is out of bounds for a model with {num_blocks} blocks")]
-    OutOfBounds { start: u32, end: u32, num_blocks: u32 },
+    OutOfBounds {
+        start: u32,
+        end: u32,
+        num_blocks: u32,
+    },
     #[error("cannot parse block range {0:?}: expected `A..B` with A < B")]
     Parse(String),
     #[error("cannot split {num_blocks} blocks into {parts} non-empty slices")]

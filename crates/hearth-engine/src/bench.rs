@@ -16,7 +16,12 @@ pub struct BenchRun {
 }
 
 /// Builds an in-process pipeline with `slices` even slices.
-pub fn build_pipeline(src: &ModelSource, slices: u32, opts: &LoadOptions, max_len: usize) -> Result<Pipeline> {
+pub fn build_pipeline(
+    src: &ModelSource,
+    slices: u32,
+    opts: &LoadOptions,
+    max_len: usize,
+) -> Result<Pipeline> {
     let head = Arc::new(src.load_head(opts, None)?);
     let ranges = BlockRange::split_even(src.config().num_blocks(), slices)?;
     let stages = ranges
@@ -32,8 +37,15 @@ pub fn build_pipeline(src: &ModelSource, slices: u32, opts: &LoadOptions, max_le
 
 /// Runs prefill of `prompt_tokens` tokens then `gen_tokens` greedy decode steps. Token ids are
 /// fixed (not sampled) so every run does identical work.
-pub fn run_once(p: &mut Pipeline, vocab: usize, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchRun> {
-    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+pub fn run_once(
+    p: &mut Pipeline,
+    vocab: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> Result<BenchRun> {
+    let prompt: Vec<u32> = (0..prompt_tokens)
+        .map(|i| ((i * 7919 + 13) % vocab) as u32)
+        .collect();
     let t0 = Instant::now();
     p.logits_last(0, &prompt)?;
     let prefill = t0.elapsed().as_secs_f64();

@@ -129,7 +129,11 @@ impl<'a> Fields<'a> {
                 .and_then(|n| usize::try_from(n).ok())
                 .map(Some)
                 .ok_or_else(|| {
-                    EngineError::config(self.file, key, format!("expected an unsigned integer, got {v}"))
+                    EngineError::config(
+                        self.file,
+                        key,
+                        format!("expected an unsigned integer, got {v}"),
+                    )
                 }),
         }
     }
@@ -162,8 +166,18 @@ impl<'a> Fields<'a> {
     }
 
     fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
-        let bad = |v: &Value| EngineError::config(self.file, key, format!("expected a token id or a list of ids, got {v}"));
-        let as_id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(v));
+        let bad = |v: &Value| {
+            EngineError::config(
+                self.file,
+                key,
+                format!("expected a token id or a list of ids, got {v}"),
+            )
+        };
+        let as_id = |v: &Value| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad(v))
+        };
         match self.get(key) {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items.iter().map(as_id).collect(),
@@ -301,9 +315,13 @@ impl ModelConfig {
             let full = key(k);
             match md.get(&full) {
                 None => Ok(None),
-                Some(v) => gguf_uint(v)
-                    .map(Some)
-                    .ok_or_else(|| EngineError::config(file, &full, format!("expected an unsigned integer, got {v:?}"))),
+                Some(v) => gguf_uint(v).map(Some).ok_or_else(|| {
+                    EngineError::config(
+                        file,
+                        &full,
+                        format!("expected an unsigned integer, got {v:?}"),
+                    )
+                }),
             }
         };
         let get_f = |k: &str| -> Result<Option<f64>> {
@@ -312,7 +330,11 @@ impl ModelConfig {
                 None => Ok(None),
                 Some(gguf_file::Value::F32(x)) => Ok(Some(*x as f64)),
                 Some(gguf_file::Value::F64(x)) => Ok(Some(*x)),
-                Some(v) => Err(EngineError::config(file, &full, format!("expected a float, got {v:?}"))),
+                Some(v) => Err(EngineError::config(
+                    file,
+                    &full,
+                    format!("expected a float, got {v:?}"),
+                )),
             }
         };
         let need = |k: &str| -> Result<usize> {
@@ -329,8 +351,19 @@ impl ModelConfig {
         let vocab_size = match get_u("vocab_size")? {
             Some(v) => v,
             None => match content.tensor_infos.get("token_embd.weight") {
-                Some(info) => info.shape.dims().iter().copied().find(|&d| d != hidden_size).unwrap_or(hidden_size),
-                None => return Err(EngineError::MissingTensor { file: file.to_path_buf(), name: "token_embd.weight".into() }),
+                Some(info) => info
+                    .shape
+                    .dims()
+                    .iter()
+                    .copied()
+                    .find(|&d| d != hidden_size)
+                    .unwrap_or(hidden_size),
+                None => {
+                    return Err(EngineError::MissingTensor {
+                        file: file.to_path_buf(),
+                        name: "token_embd.weight".into(),
+                    })
+                }
             },
         };
         let rope_scaling = match md.get(&key("rope.scaling.type")) {
@@ -349,7 +382,10 @@ impl ModelConfig {
             None => None,
         };
         let eos = match md.get("tokenizer.ggml.eos_token_id") {
-            Some(v) => gguf_uint(v).and_then(|n| u32::try_from(n).ok()).into_iter().collect(),
+            Some(v) => gguf_uint(v)
+                .and_then(|n| u32::try_from(n).ok())
+                .into_iter()
+                .collect(),
             None => Vec::new(),
         };
         let bos = md
@@ -400,21 +436,32 @@ impl ModelConfig {
                 return Err(EngineError::config(file, field, "must be positive"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(EngineError::config(
                 file,
                 "num_key_value_heads",
-                format!("{} does not divide num_attention_heads = {}", self.num_kv_heads, self.num_heads),
+                format!(
+                    "{} does not divide num_attention_heads = {}",
+                    self.num_kv_heads, self.num_heads
+                ),
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(EngineError::config(file, "head_dim", "must be even for RoPE"));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(EngineError::config(
+                file,
+                "head_dim",
+                "must be even for RoPE",
+            ));
         }
         if self.num_layers > u32::MAX as usize {
             return Err(EngineError::config(file, "num_hidden_layers", "too large"));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
-            return Err(EngineError::config(file, "rms_norm_eps", "must be in (0, 1)"));
+            return Err(EngineError::config(
+                file,
+                "rms_norm_eps",
+                "must be in (0, 1)",
+            ));
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return Err(EngineError::config(file, "rope_theta", "must be positive"));
@@ -513,12 +560,19 @@ fn parse_hf_rope_scaling(
             original_max_position_embeddings: f
                 .opt_usize("original_max_position_embeddings")?
                 .ok_or_else(|| {
-                    EngineError::config(file, format!("{field}.original_max_position_embeddings"), "missing")
+                    EngineError::config(
+                        file,
+                        format!("{field}.original_max_position_embeddings"),
+                        "missing",
+                    )
                 })?,
         })),
         other => Err(EngineError::Unsupported {
             what: "RoPE scaling",
-            detail: format!("{}: {field}.rope_type = {other:?} (supported: default, linear, llama3)", file.display()),
+            detail: format!(
+                "{}: {field}.rope_type = {other:?} (supported: default, linear, llama3)",
+                file.display()
+            ),
         }),
     }
 }
@@ -576,7 +630,9 @@ mod tests {
         assert_eq!(v4.head_dim, 128);
         assert_eq!(v4.rope_theta, 500000.0);
         assert_eq!(v4.eos_token_ids, vec![128001, 128008, 128009]);
-        assert!(matches!(v4.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        assert!(
+            matches!(v4.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+        );
     }
 
     #[test]
@@ -599,13 +655,23 @@ mod tests {
         let err = ModelConfig::from_hf_json(p, r#"{"model_type": "llama", "hidden_size": 64}"#)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("num_attention_heads") && err.contains("/m/config.json"), "{err}");
+        assert!(
+            err.contains("num_attention_heads") && err.contains("/m/config.json"),
+            "{err}"
+        );
 
-        let err = ModelConfig::from_hf_json(p, r#"{"model_type": "gpt_neox"}"#).unwrap_err().to_string();
-        assert!(err.contains("gpt_neox") && err.contains("unsupported"), "{err}");
+        let err = ModelConfig::from_hf_json(p, r#"{"model_type": "gpt_neox"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gpt_neox") && err.contains("unsupported"),
+            "{err}"
+        );
 
         let bad_type = LLAMA31_V4.replace("\"hidden_size\": 4096", "\"hidden_size\": \"big\"");
-        let err = ModelConfig::from_hf_json(p, &bad_type).unwrap_err().to_string();
+        let err = ModelConfig::from_hf_json(p, &bad_type)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hidden_size"), "{err}");
 
         let yarn = LLAMA31_V4.replace("\"rope_type\": \"llama3\"", "\"rope_type\": \"yarn\"");

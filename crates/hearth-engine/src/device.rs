@@ -19,7 +19,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     };
     Device::new_cuda(ordinal).map_err(|e| EngineError::Unsupported {
         what: "device",
-        detail: format!("{spec}: {e} (build with `--features cuda` on a machine with an NVIDIA GPU)"),
+        detail: format!(
+            "{spec}: {e} (build with `--features cuda` on a machine with an NVIDIA GPU)"
+        ),
     })
 }
 
@@ -31,7 +33,10 @@ mod tests {
     fn parses_cpu_and_rejects_garbage() {
         assert!(parse_device("cpu").unwrap().is_cpu());
         for bad in ["gpu", "cuda:x", "cuda-1", ""] {
-            assert!(matches!(parse_device(bad), Err(EngineError::Device(_))), "{bad}");
+            assert!(
+                matches!(parse_device(bad), Err(EngineError::Device(_))),
+                "{bad}"
+            );
         }
     }
 }

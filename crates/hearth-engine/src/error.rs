@@ -48,13 +48,17 @@ pub enum EngineError {
         tokens: usize,
         max_len: usize,
     },
-    #[error("session {id}: step starts at position {requested} but only {cached} positions are cached")]
+    #[error(
+        "session {id}: step starts at position {requested} but only {cached} positions are cached"
+    )]
     PositionGap {
         id: u64,
         requested: usize,
         cached: usize,
     },
-    #[error("KV-cache budget exhausted: {requested} bytes requested, {available} of {budget} available")]
+    #[error(
+        "KV-cache budget exhausted: {requested} bytes requested, {available} of {budget} available"
+    )]
     CacheBudget {
         requested: u64,
         available: u64,

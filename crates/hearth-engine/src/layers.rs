@@ -35,7 +35,9 @@ impl Linear {
         let y = match &self.weight {
             LinearWeight::Dense(w) => {
                 let (b, t, k) = x.dims3()?;
-                x.reshape((b * t, k))?.matmul(&w.t()?)?.reshape((b, t, ()))?
+                x.reshape((b * t, k))?
+                    .matmul(&w.t()?)?
+                    .reshape((b, t, ()))?
             }
             LinearWeight::Quantized(q) => {
                 let in_dtype = x.dtype();
@@ -99,7 +101,10 @@ impl Rope {
                         got: vec![factors.len()],
                     });
                 }
-                inv_freq.iter_mut().zip(&factors).for_each(|(f, &d)| *f /= d as f64);
+                inv_freq
+                    .iter_mut()
+                    .zip(&factors)
+                    .for_each(|(f, &d)| *f /= d as f64);
             }
             Some(RopeScaling::Llama3 {
                 factor,
@@ -117,7 +122,8 @@ impl Rope {
                     } else if wavelen > low_wavelen {
                         *f / factor
                     } else {
-                        let smooth = (orig / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (orig / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * *f / factor + smooth * *f
                     };
                 }
@@ -132,13 +138,30 @@ impl Rope {
     /// The per-frequency divisors this RoPE applies relative to plain `rope_theta`, as GGUF's
     /// `rope_freqs.weight` stores them.
     pub(crate) fn freq_factors(cfg: &ModelConfig) -> Result<Vec<f32>> {
-        let plain = Rope::new(&ModelConfig { rope_scaling: None, ..cfg.clone() }, None)?;
+        let plain = Rope::new(
+            &ModelConfig {
+                rope_scaling: None,
+                ..cfg.clone()
+            },
+            None,
+        )?;
         let scaled = Rope::new(cfg, None)?;
-        Ok(plain.inv_freq.iter().zip(&scaled.inv_freq).map(|(p, s)| (p / s) as f32).collect())
+        Ok(plain
+            .inv_freq
+            .iter()
+            .zip(&scaled.inv_freq)
+            .map(|(p, s)| (p / s) as f32)
+            .collect())
     }
 
     /// cos and sin of shape `[t, head_dim/2]` for positions `start..start+t`.
-    pub(crate) fn angles(&self, start: usize, t: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn angles(
+        &self,
+        start: usize,
+        t: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
@@ -211,7 +234,11 @@ pub(crate) struct LayerCache {
 
 impl LayerCache {
     pub(crate) fn new() -> Self {
-        Self { k: None, v: None, len: 0 }
+        Self {
+            k: None,
+            v: None,
+            len: 0,
+        }
     }
 
     /// Forgets positions `len..`, so that a step can be replayed.
@@ -277,14 +304,15 @@ impl Block {
     ) -> Result<Self> {
         let h = cfg.hidden_size;
         let role = |t| TensorRole::Block(index, t);
-        let mut linear = |t: BlockTensor, out: usize, inp: usize, bias: Option<BlockTensor>| -> Result<Linear> {
-            let w = load(role(t), &[out, inp])?;
-            let b = match bias {
-                Some(bt) => Some(load(role(bt), &[out])?.to_dense(act_dtype)?),
-                None => None,
+        let mut linear =
+            |t: BlockTensor, out: usize, inp: usize, bias: Option<BlockTensor>| -> Result<Linear> {
+                let w = load(role(t), &[out, inp])?;
+                let b = match bias {
+                    Some(bt) => Some(load(role(bt), &[out])?.to_dense(act_dtype)?),
+                    None => None,
+                };
+                Linear::new(w, b, act_dtype)
             };
-            Linear::new(w, b, act_dtype)
-        };
         let bias = |t| cfg.attention_bias.then_some(t);
         let q = linear(BlockTensor::Q, cfg.q_dim(), h, bias(BlockTensor::QBias))?;
         let k = linear(BlockTensor::K, cfg.kv_dim(), h, bias(BlockTensor::KBias))?;
@@ -293,8 +321,16 @@ impl Block {
         let gate = linear(BlockTensor::Gate, cfg.intermediate_size, h, None)?;
         let up = linear(BlockTensor::Up, cfg.intermediate_size, h, None)?;
         let down = linear(BlockTensor::Down, h, cfg.intermediate_size, None)?;
-        let attn_norm = RmsNorm::new(load(role(BlockTensor::AttnNorm), &[h])?, cfg.rms_norm_eps, act_dtype)?;
-        let ffn_norm = RmsNorm::new(load(role(BlockTensor::FfnNorm), &[h])?, cfg.rms_norm_eps, act_dtype)?;
+        let attn_norm = RmsNorm::new(
+            load(role(BlockTensor::AttnNorm), &[h])?,
+            cfg.rms_norm_eps,
+            act_dtype,
+        )?;
+        let ffn_norm = RmsNorm::new(
+            load(role(BlockTensor::FfnNorm), &[h])?,
+            cfg.rms_norm_eps,
+            act_dtype,
+        )?;
         Ok(Self {
             attn_norm,
             q,
@@ -312,15 +348,35 @@ impl Block {
     }
 
     /// Runs the block on `x: [1, t, hidden]`, appending this step's keys and values to `cache`.
-    pub(crate) fn forward(&self, x: &Tensor, ctx: &StepContext, rope: &Rope, cache: &mut LayerCache) -> Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &StepContext,
+        rope: &Rope,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let n_rep = nh / nkv;
 
         let xn = self.attn_norm.forward(x)?;
-        let q = self.q.forward(&xn)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = self.k.forward(&xn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = self.v.forward(&xn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let q = self
+            .q
+            .forward(&xn)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = self
+            .k
+            .forward(&xn)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = self
+            .v
+            .forward(&xn)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
         let q = rope.apply(&q, &ctx.cos, &ctx.sin)?;
         let k = rope.apply(&k, &ctx.cos, &ctx.sin)?;
         let (k_all, v_all) = cache.append(&k, &v)?;
@@ -336,7 +392,10 @@ impl Block {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let attn = probs.matmul(&v_all.contiguous()?)?;
-        let attn = attn.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let attn = attn
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
         let x = (x + self.o.forward(&attn)?)?;
 
         let xn = self.ffn_norm.forward(&x)?;

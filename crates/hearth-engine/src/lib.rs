@@ -24,6 +24,6 @@ pub use model::{ClientHead, LoadOptions, ModelFormat, ModelSlice, ModelSource, S
 pub use weights::{BlockTensor, TensorRole, Weight};
 
 pub use candle_core::{DType, Device, Tensor};
+pub use generate::{generate, FinishReason, Generation, HiddenStage, LocalStage, Pipeline};
 pub use session::{ServerStats, SessionId, SessionLimits, SliceServer};
 pub use synth::{SynthModel, SynthOptions};
-pub use generate::{generate, FinishReason, Generation, HiddenStage, LocalStage, Pipeline};

@@ -56,7 +56,8 @@ impl ModelSource {
         let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
         if meta.is_dir() {
             let config_path = path.join("config.json");
-            let text = std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
+            let text = std::fs::read_to_string(&config_path)
+                .map_err(|e| EngineError::io(&config_path, e))?;
             let config = ModelConfig::from_hf_json(&config_path, &text)?;
             let index = WeightIndex::open_hf(path)?;
             let source = Self {
@@ -67,7 +68,10 @@ impl ModelSource {
                 checkpoint_dtype: DType::F32,
             };
             let checkpoint_dtype = source.probe_dtype()?;
-            Ok(Self { checkpoint_dtype, ..source })
+            Ok(Self {
+                checkpoint_dtype,
+                ..source
+            })
         } else {
             let index = WeightIndex::open_gguf(path)?;
             let config = match &index {
@@ -120,17 +124,20 @@ impl ModelSource {
     }
 
     fn act_dtype(&self, opts: &LoadOptions) -> DType {
-        opts.dtype.unwrap_or(match (&opts.device, self.checkpoint_dtype) {
-            (Device::Cpu, _) => DType::F32,
-            (_, dt @ (DType::F16 | DType::BF16)) => dt,
-            _ => DType::F32,
-        })
+        opts.dtype
+            .unwrap_or(match (&opts.device, self.checkpoint_dtype) {
+                (Device::Cpu, _) => DType::F32,
+                (_, dt @ (DType::F16 | DType::BF16)) => dt,
+                _ => DType::F32,
+            })
     }
 
     fn block_roles(&self, range: BlockRange) -> impl Iterator<Item = TensorRole> + '_ {
-        range
-            .as_usize_range()
-            .flat_map(|i| BlockTensor::ALL.iter().map(move |&t| TensorRole::Block(i as u32, t)))
+        range.as_usize_range().flat_map(|i| {
+            BlockTensor::ALL
+                .iter()
+                .map(move |&t| TensorRole::Block(i as u32, t))
+        })
     }
 
     fn head_roles(&self) -> [TensorRole; 3] {
@@ -140,20 +147,29 @@ impl ModelSource {
     /// Bytes of weights the blocks `range` occupy in the files.
     pub fn slice_file_bytes(&self, range: BlockRange) -> Result<u64> {
         let maps = self.index.map()?;
-        Ok(self.block_roles(range).map(|r| self.index.stored_bytes(r, &maps)).sum())
+        Ok(self
+            .block_roles(range)
+            .map(|r| self.index.stored_bytes(r, &maps))
+            .sum())
     }
 
     /// Bytes of weights the client head occupies in the files.
     pub fn head_file_bytes(&self) -> Result<u64> {
         let maps = self.index.map()?;
-        Ok(self.head_roles().iter().map(|&r| self.index.stored_bytes(r, &maps)).sum())
+        Ok(self
+            .head_roles()
+            .iter()
+            .map(|&r| self.index.stored_bytes(r, &maps))
+            .sum())
     }
 
     /// Per-frequency RoPE divisors stored in the file, if any.
     fn rope(&self, maps: &crate::weights::MappedFiles) -> Result<Rope> {
         let factors = if self.index.contains(TensorRole::RopeFreqs) {
             let dims = self.index.dims(TensorRole::RopeFreqs).unwrap_or_default();
-            let w = self.index.load(maps, TensorRole::RopeFreqs, &dims, &Device::Cpu)?;
+            let w = self
+                .index
+                .load(maps, TensorRole::RopeFreqs, &dims, &Device::Cpu)?;
             Some(w.to_dense(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         } else {
             None
@@ -162,7 +178,12 @@ impl ModelSource {
     }
 
     /// Loads blocks `range` and nothing else.
-    pub fn load_slice(&self, range: BlockRange, opts: &LoadOptions, progress: Option<ProgressFn>) -> Result<ModelSlice> {
+    pub fn load_slice(
+        &self,
+        range: BlockRange,
+        opts: &LoadOptions,
+        progress: Option<ProgressFn>,
+    ) -> Result<ModelSlice> {
         range.check_within(self.config.num_blocks())?;
         let act_dtype = self.act_dtype(opts);
         let maps = self.index.map()?;
@@ -191,29 +212,43 @@ impl ModelSource {
     }
 
     /// Loads the client's part: token embeddings, final norm and output head.
-    pub fn load_head(&self, opts: &LoadOptions, progress: Option<ProgressFn>) -> Result<ClientHead> {
+    pub fn load_head(
+        &self,
+        opts: &LoadOptions,
+        progress: Option<ProgressFn>,
+    ) -> Result<ClientHead> {
         let cfg = &self.config;
         let act_dtype = self.act_dtype(opts);
         let maps = self.index.map()?;
         let mut noop = |_: u64| {};
         let progress = progress.unwrap_or(&mut noop);
         let embed_shape = [cfg.vocab_size, cfg.hidden_size];
-        let embed = self.index.load(&maps, TensorRole::Embed, &embed_shape, &opts.device)?;
+        let embed = self
+            .index
+            .load(&maps, TensorRole::Embed, &embed_shape, &opts.device)?;
         progress(self.index.stored_bytes(TensorRole::Embed, &maps));
         let norm = RmsNorm::new(
-            self.index.load(&maps, TensorRole::FinalNorm, &[cfg.hidden_size], &opts.device)?,
+            self.index.load(
+                &maps,
+                TensorRole::FinalNorm,
+                &[cfg.hidden_size],
+                &opts.device,
+            )?,
             cfg.rms_norm_eps,
             act_dtype,
         )?;
         let head_weight = if cfg.tie_word_embeddings && !self.index.contains(TensorRole::LmHead) {
             embed.clone()
         } else {
-            self.index.load(&maps, TensorRole::LmHead, &embed_shape, &opts.device)?
+            self.index
+                .load(&maps, TensorRole::LmHead, &embed_shape, &opts.device)?
         };
         progress(self.head_file_bytes()?);
         let embed = match embed {
             // Quantized embeddings stay quantized: rows are dequantized on lookup.
-            Weight::Quantized(q) => Embedding::Quantized(candle_core::quantized::QMatMul::from_arc(q)?),
+            Weight::Quantized(q) => {
+                Embedding::Quantized(candle_core::quantized::QMatMul::from_arc(q)?)
+            }
             Weight::Dense(t) => Embedding::Dense(t),
         };
         Ok(ClientHead {
@@ -343,7 +378,10 @@ impl ClientHead {
 
     /// Hidden states `[1, t, hidden]` for token ids; ids outside the vocabulary are an error.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+        if let Some(&id) = ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
             return Err(EngineError::TokenOutOfRange {
                 id,
                 vocab: self.config.vocab_size,

@@ -102,7 +102,10 @@ impl SliceServer {
                 limit: self.limits.max_len_cap,
             });
         }
-        let need = self.slice.cache_bytes_per_token().saturating_mul(max_len as u64);
+        let need = self
+            .slice
+            .cache_bytes_per_token()
+            .saturating_mul(max_len as u64);
         self.expire_idle(Instant::now());
         let mut reg = lock(&self.registry);
         if reg.sessions.len() >= self.limits.max_sessions {
@@ -182,7 +185,10 @@ impl SliceServer {
     /// Closes a session and releases its reservation.
     pub fn close(&self, id: SessionId) -> Result<()> {
         let mut reg = lock(&self.registry);
-        let session = reg.sessions.remove(&id).ok_or(EngineError::UnknownSession(id))?;
+        let session = reg
+            .sessions
+            .remove(&id)
+            .ok_or(EngineError::UnknownSession(id))?;
         reg.reserved -= lock(&session).reserved;
         Ok(())
     }

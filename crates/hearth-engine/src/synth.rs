@@ -103,20 +103,11 @@ pub fn shape(name: &str) -> Result<ModelConfig> {
 }
 
 /// Knobs for synthesis.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SynthOptions {
     pub seed: u64,
     /// Split HF weights into shards of at most this many bytes (`model-0000X-of-0000N`).
     pub shard_bytes: Option<u64>,
-}
-
-impl Default for SynthOptions {
-    fn default() -> Self {
-        Self {
-            seed: 0,
-            shard_bytes: None,
-        }
-    }
 }
 
 /// A shape with its synthetic byte-level vocabulary wired in (bos/eos ids).
@@ -132,7 +123,11 @@ impl SynthModel {
         config.bos_token_id = Some(vocab.bos_id());
         config.eos_token_ids = vec![vocab.eos_id()];
         config.validate(Path::new("<synth>"))?;
-        Ok(Self { config, vocab, seed })
+        Ok(Self {
+            config,
+            vocab,
+            seed,
+        })
     }
 
     /// Tensors in checkpoint order with their row-major shapes.
@@ -178,8 +173,11 @@ impl SynthModel {
         // Uniform in [-1, 1) from the top 24 bits: exact in f32 and identical on every machine.
         let mut uniform = move || (rng.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0;
         let (scale, offset) = match role {
-            TensorRole::FinalNorm | TensorRole::Block(_, BlockTensor::AttnNorm | BlockTensor::FfnNorm) => (0.1, 1.0),
-            TensorRole::Block(_, BlockTensor::QBias | BlockTensor::KBias | BlockTensor::VBias) => (0.1, 0.0),
+            TensorRole::FinalNorm
+            | TensorRole::Block(_, BlockTensor::AttnNorm | BlockTensor::FfnNorm) => (0.1, 1.0),
+            TensorRole::Block(_, BlockTensor::QBias | BlockTensor::KBias | BlockTensor::VBias) => {
+                (0.1, 0.0)
+            }
             TensorRole::Embed => (1.0, 0.0),
             // Unit gain: sqrt(3 / fan_in) makes a uniform weight's output variance match its input's.
             _ => ((3.0 / *dims.last().unwrap_or(&1) as f32).sqrt(), 0.0),
@@ -188,7 +186,12 @@ impl SynthModel {
     }
 
     /// Writes an HF folder: config.json, safetensors (sharded if asked), tokenizer files.
-    pub fn write_hf(&self, dir: &Path, dtype: candle_core::DType, opts: &SynthOptions) -> Result<()> {
+    pub fn write_hf(
+        &self,
+        dir: &Path,
+        dtype: candle_core::DType,
+        opts: &SynthOptions,
+    ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
         let (dtype_name, st_dtype, elem) = match dtype {
             candle_core::DType::F32 => ("float32", "F32", 4),
@@ -205,7 +208,8 @@ impl SynthModel {
             let p = dir.join(name);
             std::fs::write(&p, text).map_err(|e| EngineError::io(&p, e))
         };
-        let config_json = serde_json::to_string_pretty(&self.config.to_hf_json(dtype_name)).unwrap_or_default();
+        let config_json =
+            serde_json::to_string_pretty(&self.config.to_hf_json(dtype_name)).unwrap_or_default();
         write_text("config.json", config_json)?;
         write_text("tokenizer.json", self.vocab.tokenizer_json())?;
         write_text("tokenizer_config.json", self.vocab.tokenizer_config_json())?;
@@ -266,8 +270,12 @@ impl SynthModel {
         }
         if n > 1 {
             let total: usize = specs.iter().map(|s| s.bytes).sum();
-            let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-            write_text("model.safetensors.index.json", serde_json::to_string_pretty(&index).unwrap_or_default())?;
+            let index =
+                serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+            write_text(
+                "model.safetensors.index.json",
+                serde_json::to_string_pretty(&index).unwrap_or_default(),
+            )?;
         }
         Ok(())
     }
@@ -286,14 +294,26 @@ impl SynthModel {
         ];
         let a = |k: &str| format!("{arch}.{k}");
         md.push((a("block_count"), Value::U32(c.num_layers as u32)));
-        md.push((a("context_length"), Value::U32(c.max_position_embeddings as u32)));
+        md.push((
+            a("context_length"),
+            Value::U32(c.max_position_embeddings as u32),
+        ));
         md.push((a("embedding_length"), Value::U32(c.hidden_size as u32)));
-        md.push((a("feed_forward_length"), Value::U32(c.intermediate_size as u32)));
+        md.push((
+            a("feed_forward_length"),
+            Value::U32(c.intermediate_size as u32),
+        ));
         md.push((a("attention.head_count"), Value::U32(c.num_heads as u32)));
-        md.push((a("attention.head_count_kv"), Value::U32(c.num_kv_heads as u32)));
+        md.push((
+            a("attention.head_count_kv"),
+            Value::U32(c.num_kv_heads as u32),
+        ));
         md.push((a("attention.key_length"), Value::U32(c.head_dim as u32)));
         md.push((a("attention.value_length"), Value::U32(c.head_dim as u32)));
-        md.push((a("attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32)));
+        md.push((
+            a("attention.layer_norm_rms_epsilon"),
+            Value::F32(c.rms_norm_eps as f32),
+        ));
         md.push((a("rope.freq_base"), Value::F32(c.rope_theta as f32)));
         md.push((a("rope.dimension_count"), Value::U32(c.head_dim as u32)));
         md.push((a("vocab_size"), Value::U32(c.vocab_size as u32)));
@@ -323,8 +343,12 @@ impl SynthModel {
             };
             if interleave {
                 match role {
-                    TensorRole::Block(_, BlockTensor::Q | BlockTensor::QBias) => v = permute_rows(&v, c.num_heads, dims),
-                    TensorRole::Block(_, BlockTensor::K | BlockTensor::KBias) => v = permute_rows(&v, c.num_kv_heads, dims),
+                    TensorRole::Block(_, BlockTensor::Q | BlockTensor::QBias) => {
+                        v = permute_rows(&v, c.num_heads, dims)
+                    }
+                    TensorRole::Block(_, BlockTensor::K | BlockTensor::KBias) => {
+                        v = permute_rows(&v, c.num_kv_heads, dims)
+                    }
                     _ => {}
                 }
             }
@@ -362,7 +386,7 @@ fn gguf_dtype_for(dims: &[usize], quant: GgmlDType) -> GgmlDType {
     let k = *dims.last().unwrap_or(&0);
     [quant, GgmlDType::Q8_0, GgmlDType::F16]
         .into_iter()
-        .find(|d| k % d.block_size() == 0)
+        .find(|d| k.is_multiple_of(d.block_size()))
         .unwrap_or(GgmlDType::F32)
 }
 
@@ -386,8 +410,14 @@ fn permute_rows(v: &[f32], n_head: usize, dims: &[usize]) -> Vec<f32> {
 
 fn encode_dense(v: &[f32], dtype: candle_core::DType) -> Vec<u8> {
     match dtype {
-        candle_core::DType::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-        candle_core::DType::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+        candle_core::DType::F16 => v
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        candle_core::DType::BF16 => v
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect(),
         _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
     }
 }

@@ -184,20 +184,28 @@ impl WeightIndex {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         let shard_names: Vec<String> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| EngineError::io(&index_path, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Format {
-                path: index_path.clone(),
-                format: "JSON",
-                detail: e.to_string(),
-            })?;
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|e| EngineError::io(&index_path, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| EngineError::Format {
+                    path: index_path.clone(),
+                    format: "JSON",
+                    detail: e.to_string(),
+                })?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .ok_or_else(|| EngineError::config(&index_path, "weight_map", "missing or not an object"))?;
+                .ok_or_else(|| {
+                    EngineError::config(&index_path, "weight_map", "missing or not an object")
+                })?;
             let mut names: Vec<String> = Vec::new();
             for (tensor, file) in map {
                 let file = file.as_str().ok_or_else(|| {
-                    EngineError::config(&index_path, format!("weight_map.{tensor}"), "expected a file name")
+                    EngineError::config(
+                        &index_path,
+                        format!("weight_map.{tensor}"),
+                        "expected a file name",
+                    )
                 })?;
                 // The index may only point at files inside the model folder.
                 if file.contains('/') || file.contains('\\') || file.starts_with('.') {
@@ -285,7 +293,11 @@ impl WeightIndex {
             Self::Hf { shards, tensors } => tensors
                 .get(&role.hf_name())
                 .map(|t| shards[t.shard].clone())
-                .or_else(|| shards.first().and_then(|p| p.parent().map(Path::to_path_buf)))
+                .or_else(|| {
+                    shards
+                        .first()
+                        .and_then(|p| p.parent().map(Path::to_path_buf))
+                })
                 .unwrap_or_default(),
             Self::Gguf { path, .. } => path.clone(),
         }
@@ -304,7 +316,10 @@ impl WeightIndex {
         let name = self.name_of(role);
         match self {
             Self::Hf { .. } => None,
-            Self::Gguf { content, .. } => content.tensor_infos.get(&name).map(|i| i.shape.dims().to_vec()),
+            Self::Gguf { content, .. } => content
+                .tensor_infos
+                .get(&name)
+                .map(|i| i.shape.dims().to_vec()),
         }
     }
 
@@ -315,7 +330,11 @@ impl WeightIndex {
             Self::Hf { tensors, .. } => tensors
                 .get(&name)
                 .and_then(|t| maps.maps.get(t.shard))
-                .and_then(|m| SafeTensors::deserialize(m).ok().and_then(|st| st.tensor(&name).ok().map(|v| v.data().len() as u64)))
+                .and_then(|m| {
+                    SafeTensors::deserialize(m)
+                        .ok()
+                        .and_then(|st| st.tensor(&name).ok().map(|v| v.data().len() as u64))
+                })
                 .unwrap_or(0),
             Self::Gguf { content, .. } => content
                 .tensor_infos
@@ -329,22 +348,33 @@ impl WeightIndex {
     /// Maps the model's files for the duration of one load.
     pub(crate) fn map(&self) -> Result<MappedFiles> {
         let maps = match self {
-            Self::Hf { shards, .. } => shards.iter().map(|p| map_file(p)).collect::<Result<Vec<_>>>()?,
+            Self::Hf { shards, .. } => shards
+                .iter()
+                .map(|p| map_file(p))
+                .collect::<Result<Vec<_>>>()?,
             Self::Gguf { path, .. } => vec![map_file(path)?],
         };
         Ok(MappedFiles { maps })
     }
 
     /// Loads one tensor and checks its shape; `expected` is row-major (`[out, in]` for matrices).
-    pub(crate) fn load(&self, maps: &MappedFiles, role: TensorRole, expected: &[usize], device: &Device) -> Result<Weight> {
+    pub(crate) fn load(
+        &self,
+        maps: &MappedFiles,
+        role: TensorRole,
+        expected: &[usize],
+        device: &Device,
+    ) -> Result<Weight> {
         let name = self.name_of(role);
         let file = self.file_of(role);
         let weight = match self {
             Self::Hf { shards, tensors } => {
-                let entry = tensors.get(&name).ok_or_else(|| EngineError::MissingTensor {
-                    file: file.clone(),
-                    name: name.clone(),
-                })?;
+                let entry = tensors
+                    .get(&name)
+                    .ok_or_else(|| EngineError::MissingTensor {
+                        file: file.clone(),
+                        name: name.clone(),
+                    })?;
                 let path = &shards[entry.shard];
                 let mmap = &maps.maps[entry.shard];
                 let st = SafeTensors::deserialize(mmap).map_err(|e| safetensors_error(path, e))?;
@@ -365,21 +395,27 @@ impl WeightIndex {
                 Weight::Dense(t.to_device(device)?)
             }
             Self::Gguf { path, content } => {
-                let info = content.tensor_infos.get(&name).ok_or_else(|| EngineError::MissingTensor {
-                    file: file.clone(),
-                    name: name.clone(),
-                })?;
+                let info =
+                    content
+                        .tensor_infos
+                        .get(&name)
+                        .ok_or_else(|| EngineError::MissingTensor {
+                            file: file.clone(),
+                            name: name.clone(),
+                        })?;
                 check_shape(path, &name, expected, info.shape.dims())?;
                 let (start, end) = gguf_span(content, info).ok_or_else(|| EngineError::Format {
                     path: path.clone(),
                     format: "GGUF",
                     detail: format!("tensor `{name}` has an impossible size"),
                 })?;
-                let bytes = maps.maps[0].get(start as usize..end as usize).ok_or_else(|| EngineError::Format {
-                    path: path.clone(),
-                    format: "GGUF",
-                    detail: format!("tensor `{name}` lies beyond the end of the file"),
-                })?;
+                let bytes = maps.maps[0]
+                    .get(start as usize..end as usize)
+                    .ok_or_else(|| EngineError::Format {
+                        path: path.clone(),
+                        format: "GGUF",
+                        detail: format!("tensor `{name}` lies beyond the end of the file"),
+                    })?;
                 let dense = |dtype: DType| -> Result<Weight> {
                     let t = Tensor::from_raw_buffer(bytes, dtype, info.shape.dims(), &Device::Cpu)?;
                     Ok(Weight::Dense(t.to_device(device)?))
@@ -390,7 +426,12 @@ impl WeightIndex {
                     GgmlDType::BF16 => dense(DType::BF16)?,
                     dtype => {
                         let block = dtype.block_size();
-                        if info.shape.dims().last().is_some_and(|&k| k % block != 0) {
+                        if info
+                            .shape
+                            .dims()
+                            .last()
+                            .is_some_and(|&k| !k.is_multiple_of(block))
+                        {
                             return Err(EngineError::Format {
                                 path: path.clone(),
                                 format: "GGUF",
@@ -426,7 +467,11 @@ fn check_shape(path: &Path, name: &str, expected: &[usize], got: &[usize]) -> Re
 
 /// Absolute byte range of a GGUF tensor's data, or None if its size overflows.
 fn gguf_span(content: &gguf_file::Content, info: &gguf_file::TensorInfo) -> Option<(u64, u64)> {
-    let elems = info.shape.dims().iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))?;
+    let elems = info
+        .shape
+        .dims()
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))?;
     let block = info.ggml_dtype.block_size() as u64;
     let size = (elems / block).checked_mul(info.ggml_dtype.type_size() as u64)?;
     let start = content.tensor_data_offset.checked_add(info.offset)?;
@@ -443,6 +488,9 @@ mod tests {
         assert_eq!(r.hf_name(), "model.layers.7.mlp.down_proj.weight");
         assert_eq!(r.gguf_name(), "blk.7.ffn_down.weight");
         assert_eq!(TensorRole::Embed.gguf_name(), "token_embd.weight");
-        assert_eq!(TensorRole::Block(0, BlockTensor::QBias).hf_name(), "model.layers.0.self_attn.q_proj.bias");
+        assert_eq!(
+            TensorRole::Block(0, BlockTensor::QBias).hf_name(),
+            "model.layers.0.self_attn.q_proj.bias"
+        );
     }
 }

@@ -141,7 +141,10 @@ fn put_value(buf: &mut Vec<u8>, v: &Value) -> io::Result<()> {
             // GGUF arrays are homogeneous; the element type comes from the first element.
             let elem_type = items.first().map_or(4, value_type);
             if items.iter().any(|i| value_type(i) != elem_type) {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "GGUF arrays must be homogeneous"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "GGUF arrays must be homogeneous",
+                ));
             }
             buf.extend_from_slice(&elem_type.to_le_bytes());
             buf.extend_from_slice(&(items.len() as u64).to_le_bytes());
@@ -185,7 +188,12 @@ pub(crate) fn write_safetensors<W: Write>(
     for (i, t) in tensors.iter().enumerate() {
         let bytes = data(i)?;
         if bytes.len() != t.bytes {
-            return Err(io::Error::other(format!("tensor {} has {} bytes, expected {}", t.name, bytes.len(), t.bytes)));
+            return Err(io::Error::other(format!(
+                "tensor {} has {} bytes, expected {}",
+                t.name,
+                bytes.len(),
+                t.bytes
+            )));
         }
         w.write_all(&bytes)?;
     }

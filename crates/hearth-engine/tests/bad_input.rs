@@ -24,7 +24,11 @@ fn header(bytes: &[u8]) -> (usize, Vec<(String, usize, usize)>) {
     let mut out = Vec::new();
     for (name, info) in json.as_object().unwrap() {
         if let Some(off) = info.get("data_offsets") {
-            out.push((name.clone(), off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize));
+            out.push((
+                name.clone(),
+                off[0].as_u64().unwrap() as usize,
+                off[1].as_u64().unwrap() as usize,
+            ));
         }
     }
     (8 + n, out)
@@ -34,7 +38,11 @@ fn header(bytes: &[u8]) -> (usize, Vec<(String, usize, usize)>) {
 fn missing_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     assert!(open_err(&dir.path().join("nope")).contains("nope"));
-    std::fs::write(dir.path().join("config.json"), shape("tiny").unwrap().to_hf_json("float32").to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        shape("tiny").unwrap().to_hf_json("float32").to_string(),
+    )
+    .unwrap();
     let err = open_err(dir.path());
     assert!(err.contains("model.safetensors"), "{err}");
 }
@@ -48,7 +56,10 @@ fn truncated_and_lying_safetensors_are_reported() {
 
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let err = open_err(dir.path());
-    assert!(err.contains("model.safetensors") && err.contains("safetensors"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
 
     // A header length that points past the end of the file.
     let mut lying = bytes.clone();
@@ -73,14 +84,30 @@ fn config_that_disagrees_with_weights_names_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     synth(dir.path());
     let cfg_path = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).unwrap().replace("\"intermediate_size\": 512", "\"intermediate_size\": 1024");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"intermediate_size\": 512", "\"intermediate_size\": 1024");
     std::fs::write(&cfg_path, text).unwrap();
     let src = ModelSource::open(dir.path()).unwrap();
-    let err = src.load_slice(BlockRange::new(0, 1).unwrap(), &LoadOptions::default(), None).unwrap_err();
+    let err = src
+        .load_slice(
+            BlockRange::new(0, 1).unwrap(),
+            &LoadOptions::default(),
+            None,
+        )
+        .unwrap_err();
     match &err {
-        EngineError::TensorShape { name, expected, got, file } => {
+        EngineError::TensorShape {
+            name,
+            expected,
+            got,
+            file,
+        } => {
             assert_eq!(name, "model.layers.0.mlp.gate_proj.weight");
-            assert_eq!((expected.clone(), got.clone()), (vec![1024, 256], vec![512, 256]));
+            assert_eq!(
+                (expected.clone(), got.clone()),
+                (vec![1024, 256], vec![512, 256])
+            );
             assert!(file.ends_with("model.safetensors"));
         }
         other => panic!("unexpected error {other}"),
@@ -92,10 +119,16 @@ fn unsupported_architecture_is_named() {
     let dir = tempfile::tempdir().unwrap();
     synth(dir.path());
     let cfg_path = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).unwrap().replace("\"llama\"", "\"gpt_neox\"").replace("LlamaForCausalLM", "GPTNeoXForCausalLM");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"llama\"", "\"gpt_neox\"")
+        .replace("LlamaForCausalLM", "GPTNeoXForCausalLM");
     std::fs::write(&cfg_path, text).unwrap();
     let err = open_err(dir.path());
-    assert!(err.contains("gpt_neox") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("gpt_neox") && err.contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -103,10 +136,25 @@ fn block_range_out_of_bounds_and_bad_tokens() {
     let dir = tempfile::tempdir().unwrap();
     synth(dir.path());
     let src = ModelSource::open(dir.path()).unwrap();
-    let err = src.load_slice(BlockRange::new(4, 7).unwrap(), &LoadOptions::default(), None).unwrap_err();
-    assert!(err.to_string().contains("4..7") && err.to_string().contains("6 blocks"), "{err}");
+    let err = src
+        .load_slice(
+            BlockRange::new(4, 7).unwrap(),
+            &LoadOptions::default(),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("4..7") && err.to_string().contains("6 blocks"),
+        "{err}"
+    );
     let head = src.load_head(&LoadOptions::default(), None).unwrap();
-    assert!(matches!(head.embed(&[1, 512]), Err(EngineError::TokenOutOfRange { id: 512, vocab: 512 })));
+    assert!(matches!(
+        head.embed(&[1, 512]),
+        Err(EngineError::TokenOutOfRange {
+            id: 512,
+            vocab: 512
+        })
+    ));
 }
 
 #[test]
@@ -133,7 +181,10 @@ fn truncated_and_unknown_gguf_is_reported() {
     let at = bytes.windows(name.len()).position(|w| w == name).unwrap();
     let type_at = at + name.len() + 4 + 2 * 8;
     let mut bad = bytes.clone();
-    assert_eq!(u32::from_le_bytes(bad[type_at..type_at + 4].try_into().unwrap()), 2);
+    assert_eq!(
+        u32::from_le_bytes(bad[type_at..type_at + 4].try_into().unwrap()),
+        2
+    );
     bad[type_at..type_at + 4].copy_from_slice(&77u32.to_le_bytes());
     std::fs::write(&path, &bad).unwrap();
     let err = open_err(&path);
@@ -147,8 +198,19 @@ fn a_slice_reads_only_its_own_blocks() {
     let opts = LoadOptions::default();
     let range = BlockRange::new(0, 2).unwrap();
     let src = ModelSource::open(dir.path()).unwrap();
-    let x = src.load_head(&opts, None).unwrap().embed(&[1, 2, 3]).unwrap();
-    let before = src.load_slice(range, &opts, None).unwrap().forward(&x, &mut src.load_slice(range, &opts, None).unwrap().new_cache()).unwrap();
+    let x = src
+        .load_head(&opts, None)
+        .unwrap()
+        .embed(&[1, 2, 3])
+        .unwrap();
+    let before = src
+        .load_slice(range, &opts, None)
+        .unwrap()
+        .forward(
+            &x,
+            &mut src.load_slice(range, &opts, None).unwrap().new_cache(),
+        )
+        .unwrap();
 
     // Poison every byte of blocks 2..6 with NaN.
     let file = dir.path().join("model.safetensors");
@@ -156,7 +218,10 @@ fn a_slice_reads_only_its_own_blocks() {
     let (data, tensors) = header(&bytes);
     let mut poisoned = 0;
     for (name, s, e) in tensors {
-        let layer = name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<u32>().ok());
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<u32>().ok());
         if layer.is_some_and(|l| l >= 2) {
             for chunk in bytes[data + s..data + e].chunks_mut(4) {
                 chunk.copy_from_slice(&f32::NAN.to_le_bytes());
@@ -172,7 +237,15 @@ fn a_slice_reads_only_its_own_blocks() {
     let after = slice.forward(&x, &mut slice.new_cache()).unwrap();
     assert_eq!(max_abs_diff(&before, &after).unwrap(), 0.0);
     // The poison is real: the blocks that hold it produce NaN.
-    let rest = src.load_slice(BlockRange::new(2, 6).unwrap(), &opts, None).unwrap();
+    let rest = src
+        .load_slice(BlockRange::new(2, 6).unwrap(), &opts, None)
+        .unwrap();
     let y = rest.forward(&after, &mut rest.new_cache()).unwrap();
-    assert!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().any(|v| v.is_nan()));
+    assert!(y
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .any(|v| v.is_nan()));
 }

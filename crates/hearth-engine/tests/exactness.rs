@@ -5,20 +5,31 @@ use candle_core::quantized::GgmlDType;
 use hearth_core::BlockRange;
 use hearth_engine::synth::{shape, SynthModel, SynthOptions};
 use hearth_engine::{
-    max_abs_diff, DType, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline, SessionLimits, SliceServer,
-    Tensor,
+    max_abs_diff, DType, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline,
+    SessionLimits, SliceServer, Tensor,
 };
 use std::path::Path;
 use std::sync::Arc;
 
 fn synth_hf(dir: &Path, shape_name: &str, dtype: DType, shard_bytes: Option<u64>) -> ModelSource {
     let m = SynthModel::new(shape(shape_name).unwrap(), 7).unwrap();
-    m.write_hf(dir, dtype, &SynthOptions { seed: 7, shard_bytes }).unwrap();
+    m.write_hf(
+        dir,
+        dtype,
+        &SynthOptions {
+            seed: 7,
+            shard_bytes,
+        },
+    )
+    .unwrap();
     ModelSource::open(dir).unwrap()
 }
 
 fn synth_gguf(path: &Path, shape_name: &str, quant: GgmlDType) -> ModelSource {
-    SynthModel::new(shape(shape_name).unwrap(), 7).unwrap().write_gguf(path, quant).unwrap();
+    SynthModel::new(shape(shape_name).unwrap(), 7)
+        .unwrap()
+        .write_gguf(path, quant)
+        .unwrap();
     ModelSource::open(path).unwrap()
 }
 
@@ -44,14 +55,18 @@ const PROMPT: [u32; 11] = [1, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114];
 fn run(p: &mut Pipeline, decode: usize) -> (Vec<Tensor>, Vec<u32>) {
     let mut logits = vec![p.logits_all(0, &PROMPT).unwrap()];
     let mut tokens = Vec::new();
-    let mut pos = PROMPT.len();
-    for _ in 0..decode {
+    for pos in PROMPT.len()..PROMPT.len() + decode {
         let last = logits.last().unwrap();
         let t = last.dim(0).unwrap();
-        let next = last.get(t - 1).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        let next = last
+            .get(t - 1)
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
         tokens.push(next);
         logits.push(p.logits_all(pos, &[next]).unwrap());
-        pos += 1;
     }
     (logits, tokens)
 }
@@ -80,7 +95,11 @@ fn kv_cached_decode_matches_recompute() {
     let dir = tempfile::tempdir().unwrap();
     let src = synth_hf(dir.path(), "tiny", DType::F32, None);
     let (cached, tokens) = run(&mut pipeline(&src, &[2]), 10);
-    let full: Vec<u32> = PROMPT.iter().copied().chain(tokens.iter().copied()).collect();
+    let full: Vec<u32> = PROMPT
+        .iter()
+        .copied()
+        .chain(tokens.iter().copied())
+        .collect();
     // One prefill over the whole sequence, no cache reuse.
     let recomputed = pipeline(&src, &[4]).logits_all(0, &full).unwrap();
     let n = PROMPT.len();
@@ -111,7 +130,10 @@ fn sharded_checkpoint_loads_like_a_single_file() {
     let single = synth_hf(a.path(), "tiny", DType::F32, None);
     let sharded = synth_hf(b.path(), "tiny", DType::F32, Some(600_000));
     assert!(b.path().join("model.safetensors.index.json").exists());
-    assert!(b.path().join("model-00001-of-00007.safetensors").exists() || std::fs::read_dir(b.path()).unwrap().count() > 5);
+    assert!(
+        b.path().join("model-00001-of-00007.safetensors").exists()
+            || std::fs::read_dir(b.path()).unwrap().count() > 5
+    );
     let x = run(&mut pipeline(&single, &[]), 3);
     let y = run(&mut pipeline(&sharded, &[2, 4]), 3);
     assert_same_run(&x, &y, 1e-5, "sharded");
@@ -147,7 +169,12 @@ fn half_precision_splits_give_same_greedy_tokens() {
 #[test]
 fn quantized_gguf_splits_give_same_greedy_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    for quant in [GgmlDType::F16, GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K] {
+    for quant in [
+        GgmlDType::F16,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4K,
+    ] {
         let path = dir.path().join(format!("{quant:?}.gguf"));
         let src = synth_gguf(&path, "tiny", quant);
         let whole = run(&mut pipeline(&src, &[]), 64);

@@ -2,7 +2,9 @@
 
 use hearth_core::BlockRange;
 use hearth_engine::synth::{shape, SynthModel, SynthOptions};
-use hearth_engine::{max_abs_diff, DType, EngineError, LoadOptions, ModelSource, SessionLimits, SliceServer, Tensor};
+use hearth_engine::{
+    max_abs_diff, DType, EngineError, LoadOptions, ModelSource, SessionLimits, SliceServer, Tensor,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,12 +15,25 @@ fn server(limits: SessionLimits) -> (tempfile::TempDir, Arc<SliceServer>, ModelS
         .write_hf(dir.path(), DType::F32, &SynthOptions::default())
         .unwrap();
     let src = ModelSource::open(dir.path()).unwrap();
-    let slice = src.load_slice(BlockRange::new(1, 4).unwrap(), &LoadOptions::default(), None).unwrap();
-    (dir, Arc::new(SliceServer::new(Arc::new(slice), limits)), src)
+    let slice = src
+        .load_slice(
+            BlockRange::new(1, 4).unwrap(),
+            &LoadOptions::default(),
+            None,
+        )
+        .unwrap();
+    (
+        dir,
+        Arc::new(SliceServer::new(Arc::new(slice), limits)),
+        src,
+    )
 }
 
 fn hidden(src: &ModelSource, ids: &[u32]) -> Tensor {
-    src.load_head(&LoadOptions::default(), None).unwrap().embed(ids).unwrap()
+    src.load_head(&LoadOptions::default(), None)
+        .unwrap()
+        .embed(ids)
+        .unwrap()
 }
 
 #[test]
@@ -58,7 +73,11 @@ fn interleaved_sessions_do_not_interfere() {
 fn cache_budget_is_enforced_and_released() {
     let probe = server(SessionLimits::default());
     let per_token = probe.1.slice().cache_bytes_per_token();
-    assert_eq!(per_token, 3 * 2 * 2 * 64 * 4, "3 blocks x (k,v) x 2 kv heads x 64 dims x f32");
+    assert_eq!(
+        per_token,
+        3 * 2 * 2 * 64 * 4,
+        "3 blocks x (k,v) x 2 kv heads x 64 dims x f32"
+    );
     let limits = SessionLimits {
         cache_budget_bytes: per_token * 250,
         ..SessionLimits::default()
@@ -82,19 +101,45 @@ fn session_count_and_length_limits() {
         ..SessionLimits::default()
     };
     let (_d, srv, src) = server(limits);
-    assert!(matches!(srv.open(17), Err(EngineError::MaxLenTooLarge { .. })));
-    assert!(matches!(srv.open(0), Err(EngineError::MaxLenTooLarge { .. })));
+    assert!(matches!(
+        srv.open(17),
+        Err(EngineError::MaxLenTooLarge { .. })
+    ));
+    assert!(matches!(
+        srv.open(0),
+        Err(EngineError::MaxLenTooLarge { .. })
+    ));
     let s = srv.open(12).unwrap();
     srv.open(12).unwrap();
     assert!(matches!(srv.open(12), Err(EngineError::TooManySessions(2))));
 
     srv.step(s, 0, &hidden(&src, &[1; 11])).unwrap();
     let err = srv.step(s, 11, &hidden(&src, &[1, 2])).unwrap_err();
-    assert!(matches!(err, EngineError::SessionFull { tokens: 13, max_len: 12, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EngineError::SessionFull {
+                tokens: 13,
+                max_len: 12,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // The failed step left the cache as it was.
     assert_eq!(srv.session_len(s).unwrap(), 11);
     let err = srv.step(s, 12, &hidden(&src, &[1])).unwrap_err();
-    assert!(matches!(err, EngineError::PositionGap { requested: 12, cached: 11, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EngineError::PositionGap {
+                requested: 12,
+                cached: 11,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -109,7 +154,10 @@ fn idle_sessions_expire() {
     assert_eq!(srv.expire_idle(Instant::now() + Duration::from_secs(61)), 1);
     assert_eq!(srv.stats().sessions, 0);
     assert_eq!(srv.stats().reserved_bytes, 0);
-    assert!(matches!(srv.step(s, 0, &hidden(&src, &[1])), Err(EngineError::UnknownSession(_))));
+    assert!(matches!(
+        srv.step(s, 0, &hidden(&src, &[1])),
+        Err(EngineError::UnknownSession(_))
+    ));
 }
 
 #[test]
@@ -124,7 +172,10 @@ fn wrong_hidden_states_are_rejected_without_damage() {
         Tensor::zeros((1, 0, 256), DType::F32, &hearth_engine::Device::Cpu).unwrap(),
     ] {
         let err = srv.step(s, 3, &bad).unwrap_err();
-        assert!(matches!(err, EngineError::HiddenShape { hidden: 256, .. }), "{err}");
+        assert!(
+            matches!(err, EngineError::HiddenShape { hidden: 256, .. }),
+            "{err}"
+        );
     }
     assert_eq!(srv.session_len(s).unwrap(), 3);
 }

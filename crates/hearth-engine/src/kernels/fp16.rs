@@ -9,13 +9,17 @@
 //!   (`panel[p][f]`), so the micro-kernel converts them on the fly and nothing
 //!   is repacked per call.
 
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use std::borrow::Cow;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::{check_len, chunk_size, mul, par_chunks, with_scratch, AlignedBuf, Isa, KernelError, OutPtr};
+use super::{
+    check_len, chunk_size, mul, par_chunks, with_scratch, AlignedBuf, Isa, KernelError, OutPtr,
+};
 
 /// Output features per panel of [`PackedF16`] (two 16-lane f32 vectors).
 pub const F16_PANEL_WIDTH: usize = 32;
@@ -34,7 +38,14 @@ const JOB_PANELS: usize = 4;
 const PF: usize = 4096;
 
 /// Checks the lengths of a call with `w_len` weights.
-fn check(x: &[f32], m: usize, k: usize, w_len: usize, n: usize, y: &[f32]) -> Result<(), KernelError> {
+fn check(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w_len: usize,
+    n: usize,
+    y: &[f32],
+) -> Result<(), KernelError> {
     check_len("x", mul(m, k)?, x.len())?;
     check_len("w", mul(n, k)?, w_len)?;
     check_len("y", mul(m, n)?, y.len())
@@ -73,7 +84,11 @@ pub fn matmul_f16_reference(
         let xr = &x[i * k..(i + 1) * k];
         for j in 0..n {
             let wr = &w[j * k..(j + 1) * k];
-            let s: f64 = xr.iter().zip(wr).map(|(&a, &b)| f64::from(a) * b.to_f64()).sum();
+            let s: f64 = xr
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| f64::from(a) * b.to_f64())
+                .sum();
             y[i * n + j] = s as f32;
         }
     }
@@ -81,7 +96,15 @@ pub fn matmul_f16_reference(
 }
 
 /// [`matmul_f16`] at a given instruction-set level (lengths already checked).
-pub(super) fn matmul_raw(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f16], n: usize, y: &mut [f32]) {
+pub(super) fn matmul_raw(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f16],
+    n: usize,
+    y: &mut [f32],
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -119,7 +142,10 @@ pub struct PackedF16 {
 
 impl std::fmt::Debug for PackedF16 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackedF16").field("n", &self.n).field("k", &self.k).finish()
+        f.debug_struct("PackedF16")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .finish()
     }
 }
 
@@ -168,7 +194,13 @@ impl PackedF16 {
     }
 
     /// [`Self::matmul`] at a given instruction-set level.
-    pub(super) fn matmul_isa(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    pub(super) fn matmul_isa(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<(), KernelError> {
         let (n, k) = (self.n, self.k);
         check_len("x", mul(m, k)?, x.len())?;
         check_len("y", mul(m, n)?, y.len())?;
@@ -184,7 +216,9 @@ impl PackedF16 {
         match isa.supported() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `supported()` confirmed the AVX-512 features.
-            Isa::Avx512 => unsafe { avx512::gemm(&pack_a(x, m, k), m, k, Weights::Panels(panels), n, out) },
+            Isa::Avx512 => unsafe {
+                avx512::gemm(&pack_a(x, m, k), m, k, Weights::Panels(panels), n, out)
+            },
             _ => scalar_panels(x, m, k, panels, n, out),
         }
         Ok(())
@@ -239,7 +273,12 @@ enum Weights<'a> {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ac.zip(bc) {
         for l in 0..16 {
             acc[l] += x[l] * y[l];
@@ -309,7 +348,10 @@ mod avx512 {
 
     use half::f16;
 
-    use super::{chunk_size, par_chunks, with_scratch, OutPtr, Weights, DOT_MAX_M, JOB_PANELS, KC, MR, NR, PF};
+    use super::{
+        chunk_size, par_chunks, with_scratch, OutPtr, Weights, DOT_MAX_M, JOB_PANELS, KC, MR, NR,
+        PF,
+    };
 
     /// Row-major weights, few activation rows: jobs of weight rows, each row
     /// read once from memory and dotted with all `m <= 4` activation rows.
@@ -329,7 +371,15 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    unsafe fn dot_job(x: *const f32, m: usize, k: usize, w: *const u16, j0: usize, j1: usize, out: OutPtr) {
+    unsafe fn dot_job(
+        x: *const f32,
+        m: usize,
+        k: usize,
+        w: *const u16,
+        j0: usize,
+        j1: usize,
+        out: OutPtr,
+    ) {
         // One weight row at a time: the job's rows are contiguous, so this is
         // a single sequential stream for the prefetchers.
         for j in j0..j1 {
@@ -349,13 +399,21 @@ mod avx512 {
     /// the FMA latency chains off the critical path; reduced once at the end.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
-    unsafe fn dot_row<const RM: usize>(x: *const f32, k: usize, w: *const u16, y: *mut f32, ldy: usize) {
+    unsafe fn dot_row<const RM: usize>(
+        x: *const f32,
+        k: usize,
+        w: *const u16,
+        y: *mut f32,
+        ldy: usize,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 4]; RM];
         let mut p = 0;
         while p + 64 <= k {
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2).cast());
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2 + 32).cast());
-            let wv: [__m512; 4] = std::array::from_fn(|u| _mm512_cvtph_ps(_mm256_loadu_si256(w.add(p + 16 * u).cast())));
+            let wv: [__m512; 4] = std::array::from_fn(|u| {
+                _mm512_cvtph_ps(_mm256_loadu_si256(w.add(p + 16 * u).cast()))
+            });
             for (i, a) in acc.iter_mut().enumerate() {
                 for u in 0..4 {
                     a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(i * k + p + 16 * u)), wv[u], a[u]);
@@ -365,7 +423,11 @@ mod avx512 {
         }
         while p < k {
             // Masked-off lanes are neither read nor faulted on.
-            let mask = if p + 16 <= k { u16::MAX } else { (1u16 << (k - p)) - 1 };
+            let mask = if p + 16 <= k {
+                u16::MAX
+            } else {
+                (1u16 << (k - p)) - 1
+            };
             let wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add(p).cast()));
             for (i, a) in acc.iter_mut().enumerate() {
                 a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x.add(i * k + p)), wv, a[0]);
@@ -387,17 +449,24 @@ mod avx512 {
     /// The CPU must support AVX-512 F/BW/VL, FMA and F16C; `a` is `m * k`,
     /// the weights hold `n * k` values (`ceil(n / 32) * 32 * k` for panels),
     /// `out` is `m * n`.
-    pub(super) unsafe fn gemm(a: &[f32], m: usize, k: usize, w: Weights<'_>, n: usize, out: OutPtr) {
+    pub(super) unsafe fn gemm(
+        a: &[f32],
+        m: usize,
+        k: usize,
+        w: Weights<'_>,
+        n: usize,
+        out: OutPtr,
+    ) {
         let np = n.div_ceil(NR);
         let per = chunk_size(np, 1).min(JOB_PANELS);
         let scratch = match w {
-            Weights::Rows(_) => per * KC * NR * 4,
+            Weights::Rows(_) => per * KC * NR * 2,
             Weights::Panels(_) => 0,
         };
         par_chunks(np.div_ceil(per), |c| {
             let (p0, p1) = (c * per, np.min((c + 1) * per));
             with_scratch(scratch, |buf| {
-                let bbuf = buf.f32s_mut(scratch / 4).as_mut_ptr();
+                let bbuf = buf.bytes_mut().as_mut_ptr().cast::<u16>();
                 // SAFETY: features checked by the caller; panels `p0..p1`
                 // are in bounds and their columns belong to this job only;
                 // the scratch holds `(p1 - p0) * KC * NR` floats.
@@ -417,7 +486,7 @@ mod avx512 {
         p0: usize,
         p1: usize,
         out: OutPtr,
-        bbuf: *mut f32,
+        bbuf: *mut u16,
     ) {
         // One tile of rows (decode): no reuse to block for, so stream each
         // panel front to back (one sequential stream per thread).
@@ -430,7 +499,13 @@ mod avx512 {
             if let Weights::Rows(w) = w {
                 for pi in p0..p1 {
                     let rows = NR.min(n - pi * NR);
-                    pack_b(w.as_ptr().add(pi * NR * k + k0).cast(), k, rows, kc, bbuf.add((pi - p0) * KC * NR));
+                    pack_b(
+                        w.as_ptr().add(pi * NR * k + k0).cast(),
+                        k,
+                        rows,
+                        kc,
+                        bbuf.add((pi - p0) * KC * NR),
+                    );
                 }
             }
             for r0 in (0..m).step_by(MR) {
@@ -443,7 +518,7 @@ mod avx512 {
                     match w {
                         Weights::Rows(_) => {
                             let bp = bbuf.add((pi - p0) * KC * NR).cast::<u8>();
-                            tile_any::<false>(mr, kc, ap, bp, cp, n, cols, acc);
+                            tile_any::<true>(mr, kc, ap, bp, cp, n, cols, acc);
                         }
                         Weights::Panels(panels) => {
                             let bp = panels.as_ptr().add((pi * k + k0) * NR).cast::<u8>();
@@ -505,13 +580,20 @@ mod avx512 {
             let (b0, b1) = if HALF {
                 let bp = b.cast::<__m256i>().add(2 * p);
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(64 * p + PF).cast());
-                (_mm512_cvtph_ps(_mm256_loadu_si256(bp)), _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(1))))
+                (
+                    _mm512_cvtph_ps(_mm256_loadu_si256(bp)),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(1))),
+                )
             } else {
                 let bp = b.cast::<f32>().add(NR * p);
                 (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)))
             };
             let ap = a.add(R * p);
-            let (e0, e1) = if split && p % 2 == 1 { (&mut d0, &mut d1) } else { (&mut c0, &mut c1) };
+            let (e0, e1) = if split && p % 2 == 1 {
+                (&mut d0, &mut d1)
+            } else {
+                (&mut c0, &mut c1)
+            };
             for i in 0..R {
                 let av = _mm512_set1_ps(*ap.add(i));
                 e0[i] = _mm512_fmadd_ps(av, b0, e0[i]);
@@ -524,7 +606,11 @@ mod avx512 {
                 c1[i] = _mm512_add_ps(c1[i], d1[i]);
             }
         }
-        let mask = if cols >= 32 { u32::MAX } else { (1u32 << cols) - 1 };
+        let mask = if cols >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << cols) - 1
+        };
         let (m0, m1) = (mask as u16, (mask >> 16) as u16);
         for i in 0..R {
             let cp = c.add(i * ldc);
@@ -543,24 +629,37 @@ mod avx512 {
         }
     }
 
-    /// Transposes and widens `rows <= 32` weight rows (stride `ldw` halves) ×
-    /// `kc` steps into an f32 panel `out[p * 32 + f]`; rows past `rows` are 0.
+    /// Transposes `rows <= 32` weight rows (stride `ldw` halves) × `kc` steps
+    /// into an f16 panel `out[p * 32 + f]` (the layout of `PackedF16`); rows
+    /// past `rows` are 0. Goes through f32, which is exact both ways.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    unsafe fn pack_b(w: *const u16, ldw: usize, rows: usize, kc: usize, out: *mut f32) {
+    unsafe fn pack_b(w: *const u16, ldw: usize, rows: usize, kc: usize, out: *mut u16) {
         for f0 in [0, 16] {
             let mut p0 = 0;
             while p0 < kc {
                 let len = 16.min(kc - p0);
-                let mask = if len == 16 { u16::MAX } else { (1u16 << len) - 1 };
+                let mask = if len == 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << len) - 1
+                };
                 let mut r = [_mm512_setzero_ps(); 16];
                 for (q, v) in r.iter_mut().enumerate() {
                     if f0 + q < rows {
-                        *v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add((f0 + q) * ldw + p0).cast()));
+                        let row = w.add((f0 + q) * ldw + p0);
+                        *v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row.cast()));
+                        // The next `KC` slice of this row, into L2 while the
+                        // tiles of this slice compute: 32 rows at a time is too
+                        // many streams for the hardware prefetchers.
+                        if p0 % 32 == 0 {
+                            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(KC).cast());
+                        }
                     }
                 }
                 let t = transpose16(r);
                 for (q, v) in t.iter().enumerate().take(len) {
-                    _mm512_storeu_ps(out.add((p0 + q) * NR + f0), *v);
+                    let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(*v);
+                    _mm256_storeu_si256(out.add((p0 + q) * NR + f0).cast(), h);
                 }
                 p0 += 16;
             }
@@ -582,7 +681,12 @@ mod avx512 {
         let mut u = [_mm512_setzero_ps(); 16];
         let pd = _mm512_castps_pd;
         for g in 0..4 {
-            let (lo01, hi01, lo23, hi23) = (pd(t[4 * g]), pd(t[4 * g + 1]), pd(t[4 * g + 2]), pd(t[4 * g + 3]));
+            let (lo01, hi01, lo23, hi23) = (
+                pd(t[4 * g]),
+                pd(t[4 * g + 1]),
+                pd(t[4 * g + 2]),
+                pd(t[4 * g + 3]),
+            );
             u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo01, lo23));
             u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo01, lo23));
             u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi01, hi23));

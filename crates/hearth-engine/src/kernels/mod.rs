@@ -36,8 +36,8 @@ mod tests;
 
 pub use fp16::{matmul_f16, matmul_f16_reference, PackedF16, F16_PANEL_WIDTH};
 pub use quant::{
-    matmul_q4_0, matmul_q4_0_reference, matmul_q8_0, matmul_q8_0_reference, PackedQ4_0,
-    PackedQ8_0, QK, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QUANT_PANEL_WIDTH,
+    matmul_q4_0, matmul_q4_0_reference, matmul_q8_0, matmul_q8_0_reference, PackedQ4_0, PackedQ8_0,
+    Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK, QUANT_PANEL_WIDTH,
 };
 
 /// Why a kernel refused its arguments.

@@ -17,9 +17,13 @@
 //! that layout per call (one panel at a time, in L1/L2); [`PackedQ4_0`] and
 //! [`PackedQ8_0`] do it once at load time.
 
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use rayon::prelude::*;
 
-use super::{check_len, chunk_size, mul, par_chunks, with_scratch, AlignedBuf, Isa, KernelError, OutPtr};
+use super::{
+    check_len, chunk_size, mul, par_chunks, with_scratch, AlignedBuf, Isa, KernelError, OutPtr,
+};
 
 /// Values per quantization block.
 pub const QK: usize = 32;
@@ -62,7 +66,10 @@ impl Kind {
         let pq = self.panel_qs();
         let base = (b / 2) * 2 * (2 * NR + pq);
         let scales = if b / 2 < nb / 2 { 2 } else { 1 };
-        (base + (b % 2) * 2 * NR, base + scales * 2 * NR + (b % 2) * pq)
+        (
+            base + (b % 2) * 2 * NR,
+            base + scales * 2 * NR + (b % 2) * pq,
+        )
     }
 
     /// What the stored unsigned weight value exceeds the real one by.
@@ -108,8 +115,16 @@ fn f16_bits(lo: u8, hi: u8) -> f32 {
 }
 
 /// Checks a quantized call and returns the number of blocks per row.
-fn check(kind: Kind, x: &[f32], m: usize, k: usize, w_len: usize, n: usize, y: &[f32]) -> Result<usize, KernelError> {
-    if k % QK != 0 {
+fn check(
+    kind: Kind,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w_len: usize,
+    n: usize,
+    y: &[f32],
+) -> Result<usize, KernelError> {
+    if !k.is_multiple_of(QK) {
         return Err(KernelError::KNotBlockMultiple { k });
     }
     let nb = k / QK;
@@ -128,7 +143,14 @@ fn check(kind: Kind, x: &[f32], m: usize, k: usize, w_len: usize, n: usize, y: &
 /// so the result differs from [`matmul_q4_0_reference`] by at most
 /// `Σ_blocks (d_x / 2) · Σ|w|` per output, where `d_x = max|x_block| / 127`
 /// (plus f32 rounding). Errors if `k % 32 != 0` or a length does not match.
-pub fn matmul_q4_0(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+pub fn matmul_q4_0(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u8],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
     let nb = check(Kind::Q4_0, x, m, k, w.len(), n, y)?;
     matmul_quant(Isa::detect(), Kind::Q4_0, x, m, nb, Weights::Rows(w), n, y);
     Ok(())
@@ -136,7 +158,14 @@ pub fn matmul_q4_0(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f
 
 /// Like [`matmul_q4_0`] with raw ggml Q8_0 blocks (34 bytes: f16 `d`, then
 /// 32 signed bytes; value = `q · d`).
-pub fn matmul_q8_0(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+pub fn matmul_q8_0(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u8],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
     let nb = check(Kind::Q8_0, x, m, k, w.len(), n, y)?;
     matmul_quant(Isa::detect(), Kind::Q8_0, x, m, nb, Weights::Rows(w), n, y);
     Ok(())
@@ -144,28 +173,57 @@ pub fn matmul_q8_0(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f
 
 /// Scalar reference for [`matmul_q4_0`]: dequantizes `w` exactly to f32 and
 /// accumulates each dot product with the unquantized `x` in f64.
-pub fn matmul_q4_0_reference(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+pub fn matmul_q4_0_reference(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u8],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
     reference(Kind::Q4_0, x, m, k, w, n, y)
 }
 
 /// Scalar reference for [`matmul_q8_0`], as [`matmul_q4_0_reference`].
-pub fn matmul_q8_0_reference(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+pub fn matmul_q8_0_reference(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u8],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
     reference(Kind::Q8_0, x, m, k, w, n, y)
 }
 
-fn reference(kind: Kind, x: &[f32], m: usize, k: usize, w: &[u8], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+fn reference(
+    kind: Kind,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u8],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
     let nb = check(kind, x, m, k, w.len(), n, y)?;
     let bb = kind.block_bytes();
     let mut wf = vec![0.0f32; k];
     for j in 0..n {
-        for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb].chunks_exact(bb).enumerate() {
+        for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb]
+            .chunks_exact(bb)
+            .enumerate()
+        {
             let d = f16_bits(blk[0], blk[1]);
             for e in 0..QK {
                 wf[b * QK + e] = (kind.raw_value(blk, e) - kind.bias()) as f32 * d;
             }
         }
         for i in 0..m {
-            let s: f64 = x[i * k..(i + 1) * k].iter().zip(&wf).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let s: f64 = x[i * k..(i + 1) * k]
+                .iter()
+                .zip(&wf)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
             y[i * n + j] = s as f32;
         }
     }
@@ -183,7 +241,16 @@ enum Weights<'a> {
 
 /// A quantized matmul at a given instruction-set level (lengths checked).
 #[allow(clippy::too_many_arguments)]
-fn matmul_quant(isa: Isa, kind: Kind, x: &[f32], m: usize, nb: usize, w: Weights<'_>, n: usize, y: &mut [f32]) {
+fn matmul_quant(
+    isa: Isa,
+    kind: Kind,
+    x: &[f32],
+    m: usize,
+    nb: usize,
+    w: Weights<'_>,
+    n: usize,
+    y: &mut [f32],
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -265,7 +332,8 @@ impl QuantX {
         let (k, nb) = (self.nb * QK, self.nb);
         for b in 0..nb {
             for e in 0..QK {
-                q[b * QK + e] = self.q[r0 * k + ((b * 8 + e / 4) * rows + i - r0) * 4 + e % 4] as i8;
+                q[b * QK + e] =
+                    self.q[r0 * k + ((b * 8 + e / 4) * rows + i - r0) * 4 + e % 4] as i8;
             }
             d[b] = self.d[r0 * nb + b * rows + i - r0];
             corr[b] = self.corr[r0 * nb + b * rows + i - r0];
@@ -289,7 +357,10 @@ fn scalar(kind: Kind, xq: &QuantX, w: Weights<'_>, out: OutPtr) {
             match w {
                 Weights::Rows(w) => {
                     let bb = kind.block_bytes();
-                    for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb].chunks_exact(bb).enumerate() {
+                    for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb]
+                        .chunks_exact(bb)
+                        .enumerate()
+                    {
                         d[b] = f16_bits(blk[0], blk[1]);
                         for e in 0..QK {
                             v[b * QK + e] = kind.raw_value(blk, e) as u8;
@@ -319,7 +390,10 @@ fn scalar(kind: Kind, xq: &QuantX, w: Weights<'_>, out: OutPtr) {
                 for b in 0..nb {
                     let wb = &wv[jj * k + b * QK..][..QK];
                     let xb = &xr[b * QK..][..QK];
-                    let s = wb.iter().zip(xb).fold(xc[b], |s, (&a, &b)| s + i32::from(a) * i32::from(b));
+                    let s = wb
+                        .iter()
+                        .zip(xb)
+                        .fold(xc[b], |s, (&a, &b)| s + i32::from(a) * i32::from(b));
                     acc += s as f32 * (wd[jj * nb + b] * xd[b]);
                 }
                 *yv = acc;
@@ -352,7 +426,10 @@ fn pack_panel(kind: Kind, w: &[u8], nb: usize, n: usize, pi: usize, out: &mut [u
             }
             continue;
         }
-        for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb].chunks_exact(bb).enumerate() {
+        for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb]
+            .chunks_exact(bb)
+            .enumerate()
+        {
             let (so, qo) = kind.offsets(nb, b);
             out[so + 2 * f..][..2].copy_from_slice(&blk[..2]);
             let q = &mut out[qo..][..pq];
@@ -382,7 +459,7 @@ struct PackedQuant {
 
 impl PackedQuant {
     fn pack(kind: Kind, w: &[u8], n: usize, k: usize) -> Result<Self, KernelError> {
-        if k % QK != 0 {
+        if !k.is_multiple_of(QK) {
             return Err(KernelError::KNotBlockMultiple { k });
         }
         let nb = k / QK;
@@ -419,7 +496,10 @@ macro_rules! packed_type {
 
         impl std::fmt::Debug for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($name)).field("n", &self.0.n).field("k", &self.k()).finish()
+                f.debug_struct(stringify!($name))
+                    .field("n", &self.0.n)
+                    .field("k", &self.k())
+                    .finish()
             }
         }
 
@@ -453,7 +533,13 @@ macro_rules! packed_type {
 
             /// [`Self::matmul`] at a given instruction-set level.
             #[allow(dead_code)]
-            pub(super) fn matmul_isa(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+            pub(super) fn matmul_isa(
+                &self,
+                isa: Isa,
+                x: &[f32],
+                m: usize,
+                y: &mut [f32],
+            ) -> Result<(), KernelError> {
                 self.0.matmul(isa, x, m, y)
             }
         }
@@ -466,6 +552,7 @@ packed_type!(PackedQ8_0, Kind::Q8_0, "Q8_0", matmul_q8_0);
 /// [`matmul_q4_0`] / [`matmul_q8_0`] at a given instruction-set level
 /// (for tests comparing the paths).
 #[cfg(test)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn matmul_raw_isa(
     isa: Isa,
     q8: bool,
@@ -522,7 +609,16 @@ mod avx512 {
                             let src = &w[pi * NR * stride..(pi * NR + rows) * stride];
                             // SAFETY: features checked by the caller; `src`
                             // is `rows` whole rows and the scratch one panel.
-                            unsafe { repack(kind, src.as_ptr(), stride, rows, nb, buf.bytes_mut().as_mut_ptr()) };
+                            unsafe {
+                                repack(
+                                    kind,
+                                    src.as_ptr(),
+                                    stride,
+                                    rows,
+                                    nb,
+                                    buf.bytes_mut().as_mut_ptr(),
+                                )
+                            };
                             buf.bytes().as_ptr()
                         }
                     };
@@ -564,17 +660,35 @@ mod avx512 {
     /// a 4 × 4 dword transpose turns the rows' 4-byte groups into the panel's
     /// 16-byte runs. Rows past `rows` become padding (scale 0, value 0).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn repack(kind: Kind, src: *const u8, stride: usize, rows: usize, nb: usize, out: *mut u8) {
+    unsafe fn repack(
+        kind: Kind,
+        src: *const u8,
+        stride: usize,
+        rows: usize,
+        nb: usize,
+        out: *mut u8,
+    ) {
         let bb = kind.block_bytes();
         let flip = _mm256_set1_epi8(-128);
+        // The 16 rows are one contiguous region read as 16 interleaved
+        // streams, too many for the hardware prefetchers: prefetch the next
+        // panel's region sequentially, a block's worth per block.
+        let next = src.wrapping_add(NR * stride);
         for b in 0..nb {
+            for l in 0..(NR * bb).div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(b * NR * bb + 64 * l).cast());
+            }
             let (so, qo) = kind.offsets(nb, b);
             let (qo, dout) = (out.add(qo), out.add(so));
             for g in 0..NR / 4 {
                 let row = |i: usize| src.wrapping_add((4 * g + i) * stride + b * bb);
                 let live = |i: usize| 4 * g + i < rows;
                 for i in 0..4 {
-                    let d = if live(i) { row(i).cast::<u16>().read_unaligned() } else { 0 };
+                    let d = if live(i) {
+                        row(i).cast::<u16>().read_unaligned()
+                    } else {
+                        0
+                    };
                     dout.add(2 * (4 * g + i)).cast::<u16>().write_unaligned(d);
                 }
                 match kind {
@@ -604,7 +718,11 @@ mod avx512 {
                         // Same per 128-bit half: the low half gives groups
                         // 0..4, the high half groups 4..8; bias by 128.
                         let v: [__m256i; 4] = std::array::from_fn(|i| {
-                            let raw = if live(i) { _mm256_loadu_si256(row(i).add(2).cast()) } else { _mm256_setzero_si256() };
+                            let raw = if live(i) {
+                                _mm256_loadu_si256(row(i).add(2).cast())
+                            } else {
+                                _mm256_setzero_si256()
+                            };
                             _mm256_xor_si256(raw, flip)
                         });
                         let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
@@ -618,8 +736,14 @@ mod avx512 {
                             _mm256_unpackhi_epi64(t1, t3),
                         ];
                         for (c, v) in o.iter().enumerate() {
-                            _mm_storeu_si128(qo.add(c * 64 + 16 * g).cast(), _mm256_castsi256_si128(*v));
-                            _mm_storeu_si128(qo.add((c + 4) * 64 + 16 * g).cast(), _mm256_extracti128_si256::<1>(*v));
+                            _mm_storeu_si128(
+                                qo.add(c * 64 + 16 * g).cast(),
+                                _mm256_castsi256_si128(*v),
+                            );
+                            _mm_storeu_si128(
+                                qo.add((c + 4) * 64 + 16 * g).cast(),
+                                _mm256_extracti128_si256::<1>(*v),
+                            );
                         }
                     }
                 }
@@ -671,7 +795,10 @@ mod avx512 {
             for (i, a) in acc.iter_mut().enumerate() {
                 // Two chains of 4 `vpdpbusd` instead of one of 8: with few
                 // rows there is little other work to hide the latency behind.
-                let mut s = [_mm512_set1_epi32(*ac.add(b * R + i)), _mm512_setzero_si512()];
+                let mut s = [
+                    _mm512_set1_epi32(*ac.add(b * R + i)),
+                    _mm512_setzero_si512(),
+                ];
                 for (t, v) in wv.iter().enumerate() {
                     let x4 = aqb.add((t * R + i) * 4).cast::<i32>().read_unaligned();
                     s[t % 2] = _mm512_dpbusd_epi32(s[t % 2], *v, _mm512_set1_epi32(x4));
@@ -681,7 +808,11 @@ mod avx512 {
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
             }
         }
-        let mask = if cols >= 16 { u16::MAX } else { (1u16 << cols) - 1 };
+        let mask = if cols >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << cols) - 1
+        };
         for (i, a) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(c.add(i * ldc), mask, *a);
         }

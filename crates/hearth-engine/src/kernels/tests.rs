@@ -46,7 +46,9 @@ fn magnitudes(x: &[f32], m: usize, k: usize, wf: &[f32], n: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {
-            out[i * n + j] = (0..k).map(|p| f64::from(x[i * k + p].abs()) * f64::from(wf[j * k + p].abs())).sum();
+            out[i * n + j] = (0..k)
+                .map(|p| f64::from(x[i * k + p].abs()) * f64::from(wf[j * k + p].abs()))
+                .sum();
         }
     }
     out
@@ -56,7 +58,11 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], bound: impl Fn(usize) -> 
     assert_eq!(got.len(), want.len());
     for (idx, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (f64::from(g) - f64::from(w)).abs();
-        assert!(err <= bound(idx), "{what}: element {idx}: got {g}, want {w}, err {err} > {}", bound(idx));
+        assert!(
+            err <= bound(idx),
+            "{what}: element {idx}: got {g}, want {w}, err {err} > {}",
+            bound(idx)
+        );
     }
 }
 
@@ -97,10 +103,17 @@ fn f16_matches_f64_reference() {
         for isa in isas() {
             let mut got = vec![f32::NAN; m * n];
             fp16::matmul_raw(isa, &x, m, k, &w, n, &mut got);
-            assert_close(&format!("f16 {isa:?} {m}x{k}x{n}"), &got, &want, |i| 1e-5 * mag[i] + 1e-30);
+            assert_close(&format!("f16 {isa:?} {m}x{k}x{n}"), &got, &want, |i| {
+                1e-5 * mag[i] + 1e-30
+            });
             let mut got = vec![f32::NAN; m * n];
             packed.matmul_isa(isa, &x, m, &mut got).unwrap();
-            assert_close(&format!("packed f16 {isa:?} {m}x{k}x{n}"), &got, &want, |i| 1e-5 * mag[i] + 1e-30);
+            assert_close(
+                &format!("packed f16 {isa:?} {m}x{k}x{n}"),
+                &got,
+                &want,
+                |i| 1e-5 * mag[i] + 1e-30,
+            );
         }
     }
 }
@@ -117,7 +130,9 @@ fn f16_simd_agrees_with_scalar() {
         fp16::matmul_raw(Isa::Scalar, &x, m, k, &w, n, &mut scalar);
         let mut simd = vec![0.0; m * n];
         matmul_f16(&x, m, k, &w, n, &mut simd).unwrap();
-        assert_close("f16 simd vs scalar", &simd, &scalar, |i| 2e-6 * mag[i] + 1e-30);
+        assert_close("f16 simd vs scalar", &simd, &scalar, |i| {
+            2e-6 * mag[i] + 1e-30
+        });
     }
 }
 
@@ -140,12 +155,22 @@ fn f16_rejects_bad_lengths() {
     let w = vec![f16::ZERO; 6];
     let mut y = vec![0.0; 3];
     let err = matmul_f16(&[0.0; 3], 1, 2, &w, 3, &mut y).unwrap_err();
-    assert_eq!(err, KernelError::Length { what: "x", expected: 2, actual: 3 });
+    assert_eq!(
+        err,
+        KernelError::Length {
+            what: "x",
+            expected: 2,
+            actual: 3
+        }
+    );
     let err = matmul_f16(&[0.0; 2], 1, 2, &w[..5], 3, &mut y).unwrap_err();
     assert!(matches!(err, KernelError::Length { what: "w", .. }));
     let err = matmul_f16(&[0.0; 2], 1, 2, &w, 3, &mut y[..2]).unwrap_err();
     assert!(matches!(err, KernelError::Length { what: "y", .. }));
-    assert_eq!(matmul_f16(&[], usize::MAX, 2, &w, 3, &mut y).unwrap_err(), KernelError::Overflow);
+    assert_eq!(
+        matmul_f16(&[], usize::MAX, 2, &w, 3, &mut y).unwrap_err(),
+        KernelError::Overflow
+    );
     assert!(PackedF16::pack(&w, 4, 2).is_err());
     let packed = PackedF16::pack(&w, 3, 2).unwrap();
     assert!(packed.matmul(&[0.0; 3], 1, &mut y).is_err());
@@ -195,7 +220,10 @@ fn quantization_bound(x: &[f32], m: usize, k: usize, wf: &[f32], n: usize) -> Ve
                 .map(|b| {
                     let xb = &x[i * k + b * QK..][..QK];
                     let dx = f64::from(xb.iter().fold(0.0f32, |a, v| a.max(v.abs()))) / 127.0;
-                    let wsum: f64 = wf[j * k + b * QK..][..QK].iter().map(|v| f64::from(v.abs())).sum();
+                    let wsum: f64 = wf[j * k + b * QK..][..QK]
+                        .iter()
+                        .map(|v| f64::from(v.abs()))
+                        .sum();
                     dx / 2.0 * wsum
                 })
                 .sum();
@@ -206,11 +234,23 @@ fn quantization_bound(x: &[f32], m: usize, k: usize, wf: &[f32], n: usize) -> Ve
 
 fn quant_case(q8: bool, seed: u64, integer_x: bool) {
     let mut rng = Rng(seed);
-    let bb = if q8 { Q8_0_BLOCK_BYTES } else { Q4_0_BLOCK_BYTES };
+    let bb = if q8 {
+        Q8_0_BLOCK_BYTES
+    } else {
+        Q4_0_BLOCK_BYTES
+    };
     for &(m, k, n) in Q_SHAPES {
         let x: Vec<f32> = if integer_x {
             // Integers with 127 in every block: quantization is exact.
-            (0..m * k).map(|p| if p % QK == 5 { 127.0 } else { (rng.f32() * 127.0).round() }).collect()
+            (0..m * k)
+                .map(|p| {
+                    if p % QK == 5 {
+                        127.0
+                    } else {
+                        (rng.f32() * 127.0).round()
+                    }
+                })
+                .collect()
         } else {
             rng.vec(m * k)
         };
@@ -244,16 +284,26 @@ fn quant_case(q8: bool, seed: u64, integer_x: bool) {
             // Packed weights run the same integer sums in the same order.
             let mut packed = vec![f32::NAN; m * n];
             if q8 {
-                packed_q8.as_ref().unwrap().matmul_isa(isa, &x, m, &mut packed).unwrap();
+                packed_q8
+                    .as_ref()
+                    .unwrap()
+                    .matmul_isa(isa, &x, m, &mut packed)
+                    .unwrap();
             } else {
-                packed_q4.as_ref().unwrap().matmul_isa(isa, &x, m, &mut packed).unwrap();
+                packed_q4
+                    .as_ref()
+                    .unwrap()
+                    .matmul_isa(isa, &x, m, &mut packed)
+                    .unwrap();
             }
             assert_eq!(packed, got, "{name}: packed vs raw");
             match &first {
                 None => first = Some(got),
                 // SIMD vs scalar: same integers, f32 accumulation differs by
                 // FMA rounding only.
-                Some(s) => assert_close(&format!("{name} vs scalar"), &got, s, |i| 1e-5 * mag[i] + 1e-30),
+                Some(s) => assert_close(&format!("{name} vs scalar"), &got, s, |i| {
+                    1e-5 * mag[i] + 1e-30
+                }),
             }
         }
     }
