@@ -36,6 +36,9 @@ pub struct BenchArgs {
     pub rss: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Use candle's CPU matmul kernels instead of hearth's (baseline comparison).
+    #[arg(long)]
+    pub candle_kernels: bool,
 }
 
 #[derive(Args)]
@@ -71,6 +74,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
         dtype: None,
+        candle_kernels: args.candle_kernels,
     };
     let vocab = src.config().vocab_size;
     let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

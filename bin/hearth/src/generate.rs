@@ -98,6 +98,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        candle_kernels: false,
     };
     let ranges = BlockRange::split_even(src.config().num_blocks(), args.split)?;
 

@@ -3,8 +3,9 @@
 
 use crate::config::{ModelConfig, RopeLayout, RopeScaling};
 use crate::error::{EngineError, Result};
+use crate::kernels;
 use crate::weights::{BlockTensor, TensorRole, Weight};
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 /// A projection `y = x Wᵀ (+ b)`.
@@ -18,15 +19,85 @@ pub(crate) struct Linear {
 enum LinearWeight {
     /// Plain weights in the activation dtype.
     Dense(Tensor),
-    /// ggml blocks, multiplied by candle's quantized kernels.
+    /// ggml blocks, multiplied by candle's quantized kernels (K-quants, CUDA).
     Quantized(QMatMul),
+    /// F16 / Q4_0 / Q8_0 weights repacked for hearth's own CPU kernels (same size as the file).
+    Packed(PackedWeight),
+}
+
+#[derive(Debug)]
+enum PackedWeight {
+    F16(kernels::PackedF16),
+    Q4_0(kernels::PackedQ4_0),
+    Q8_0(kernels::PackedQ8_0),
+}
+
+impl PackedWeight {
+    /// Repacks `weight` when hearth has a CPU kernel for its format; `None` otherwise.
+    fn try_pack(weight: &Weight) -> Result<Option<Self>> {
+        let kernel_err = |e: kernels::KernelError| EngineError::Unsupported {
+            what: "weight layout",
+            detail: e.to_string(),
+        };
+        Ok(match weight {
+            Weight::Dense(t) if t.dtype() == DType::F16 && t.device().is_cpu() => {
+                let (n, k) = t.dims2()?;
+                let w = t.flatten_all()?.to_vec1::<half::f16>()?;
+                Some(Self::F16(
+                    kernels::PackedF16::pack(&w, n, k).map_err(kernel_err)?,
+                ))
+            }
+            Weight::Quantized(q) if q.device().is_cpu() => {
+                let (n, k) = q.shape().dims2()?;
+                match q.dtype() {
+                    GgmlDType::Q4_0 => Some(Self::Q4_0(
+                        kernels::PackedQ4_0::pack(&q.data()?, n, k).map_err(kernel_err)?,
+                    )),
+                    GgmlDType::Q8_0 => Some(Self::Q8_0(
+                        kernels::PackedQ8_0::pack(&q.data()?, n, k).map_err(kernel_err)?,
+                    )),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+    }
+
+    fn n(&self) -> usize {
+        match self {
+            Self::F16(p) => p.n(),
+            Self::Q4_0(p) => p.n(),
+            Self::Q8_0(p) => p.n(),
+        }
+    }
+
+    fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), kernels::KernelError> {
+        match self {
+            Self::F16(p) => p.matmul(x, m, y),
+            Self::Q4_0(p) => p.matmul(x, m, y),
+            Self::Q8_0(p) => p.matmul(x, m, y),
+        }
+    }
 }
 
 impl Linear {
-    pub(crate) fn new(weight: Weight, bias: Option<Tensor>, act_dtype: DType) -> Result<Self> {
-        let weight = match weight {
-            Weight::Dense(t) => LinearWeight::Dense(t.to_dtype(act_dtype)?),
-            Weight::Quantized(q) => LinearWeight::Quantized(QMatMul::from_arc(q)?),
+    /// `hearth_kernels`: use hearth's CPU kernels where one exists for the weight's format
+    /// (otherwise, and always off the CPU, candle's).
+    pub(crate) fn new(
+        weight: Weight,
+        bias: Option<Tensor>,
+        act_dtype: DType,
+        hearth_kernels: bool,
+    ) -> Result<Self> {
+        let packed = if hearth_kernels && act_dtype == DType::F32 {
+            PackedWeight::try_pack(&weight)?
+        } else {
+            None
+        };
+        let weight = match (packed, weight) {
+            (Some(p), _) => LinearWeight::Packed(p),
+            (None, Weight::Dense(t)) => LinearWeight::Dense(t.to_dtype(act_dtype)?),
+            (None, Weight::Quantized(q)) => LinearWeight::Quantized(QMatMul::from_arc(q)?),
         };
         Ok(Self { weight, bias })
     }
@@ -42,6 +113,18 @@ impl Linear {
             LinearWeight::Quantized(q) => {
                 let in_dtype = x.dtype();
                 q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?
+            }
+            LinearWeight::Packed(p) => {
+                let (b, t, _) = x.dims3()?;
+                let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                let n = p.n();
+                let mut ys = vec![0f32; b * t * n];
+                p.matmul(&xs, b * t, &mut ys)
+                    .map_err(|e| EngineError::Unsupported {
+                        what: "matmul arguments",
+                        detail: e.to_string(),
+                    })?;
+                Tensor::from_vec(ys, (b, t, n), x.device())?
             }
         };
         Ok(match &self.bias {
@@ -300,6 +383,7 @@ impl Block {
         cfg: &ModelConfig,
         index: u32,
         act_dtype: DType,
+        hearth_kernels: bool,
         load: &mut dyn FnMut(TensorRole, &[usize]) -> Result<Weight>,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
@@ -311,7 +395,7 @@ impl Block {
                     Some(bt) => Some(load(role(bt), &[out])?.to_dense(act_dtype)?),
                     None => None,
                 };
-                Linear::new(w, b, act_dtype)
+                Linear::new(w, b, act_dtype, hearth_kernels)
             };
         let bias = |t| cfg.attention_bias.then_some(t);
         let q = linear(BlockTensor::Q, cfg.q_dim(), h, bias(BlockTensor::QBias))?;

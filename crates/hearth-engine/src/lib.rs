@@ -9,6 +9,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod kernels;
 mod layers;
 pub mod model;
 pub mod session;

@@ -26,6 +26,9 @@ pub struct LoadOptions {
     /// Dtype of hidden states and dense weights; `None` picks F32 on CPU and the checkpoint's
     /// 16-bit dtype on CUDA.
     pub dtype: Option<DType>,
+    /// Multiply F16/Q4_0/Q8_0 weights on the CPU with candle's kernels instead of hearth's own
+    /// (for comparison; hearth's are faster and do not duplicate weights).
+    pub candle_kernels: bool,
 }
 
 impl Default for LoadOptions {
@@ -33,6 +36,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: None,
+            candle_kernels: false,
         }
     }
 }
@@ -198,7 +202,15 @@ impl ModelSource {
         };
         let blocks = range
             .as_usize_range()
-            .map(|i| Block::load(&self.config, i as u32, act_dtype, &mut load))
+            .map(|i| {
+                Block::load(
+                    &self.config,
+                    i as u32,
+                    act_dtype,
+                    !opts.candle_kernels,
+                    &mut load,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let rope = self.rope(&maps)?;
         Ok(ModelSlice {
@@ -255,7 +267,7 @@ impl ModelSource {
             config: cfg.clone(),
             embed,
             norm,
-            lm_head: Linear::new(head_weight, None, act_dtype)?,
+            lm_head: Linear::new(head_weight, None, act_dtype, !opts.candle_kernels)?,
             device: opts.device.clone(),
             dtype: act_dtype,
         })
