@@ -237,8 +237,7 @@ impl ModelSource {
         let embed_shape = [cfg.vocab_size, cfg.hidden_size];
         let embed = self
             .index
-            .load(&maps, TensorRole::Embed, &embed_shape, &opts.device)?;
-        progress(self.index.stored_bytes(TensorRole::Embed, &maps));
+            .map_rows(TensorRole::Embed, cfg.vocab_size, cfg.hidden_size)?;
         let norm = RmsNorm::new(
             self.index.load(
                 &maps,
@@ -249,20 +248,15 @@ impl ModelSource {
             cfg.rms_norm_eps,
             act_dtype,
         )?;
-        let head_weight = if cfg.tie_word_embeddings && !self.index.contains(TensorRole::LmHead) {
-            embed.clone()
+        let head_role = if cfg.tie_word_embeddings && !self.index.contains(TensorRole::LmHead) {
+            TensorRole::Embed
         } else {
-            self.index
-                .load(&maps, TensorRole::LmHead, &embed_shape, &opts.device)?
+            TensorRole::LmHead
         };
+        let head_weight = self
+            .index
+            .load(&maps, head_role, &embed_shape, &opts.device)?;
         progress(self.head_file_bytes()?);
-        let embed = match embed {
-            // Quantized embeddings stay quantized: rows are dequantized on lookup.
-            Weight::Quantized(q) => {
-                Embedding::Quantized(candle_core::quantized::QMatMul::from_arc(q)?)
-            }
-            Weight::Dense(t) => Embedding::Dense(t),
-        };
         Ok(ClientHead {
             config: cfg.clone(),
             embed,
@@ -358,17 +352,12 @@ impl ModelSlice {
     }
 }
 
-#[derive(Debug)]
-enum Embedding {
-    Dense(Tensor),
-    Quantized(candle_core::quantized::QMatMul),
-}
-
 /// What the client keeps: embeddings in, logits out. Prompt tokens never leave it.
 #[derive(Debug)]
 pub struct ClientHead {
     config: ModelConfig,
-    embed: Embedding,
+    /// Token embeddings stay in the file; rows are read as tokens are looked up.
+    embed: crate::weights::MappedRows,
     norm: RmsNorm,
     lm_head: Linear,
     device: Device,
@@ -399,12 +388,9 @@ impl ClientHead {
                 vocab: self.config.vocab_size,
             });
         }
-        let idx = Tensor::new(ids, &self.device)?;
-        let rows = match &self.embed {
-            Embedding::Dense(t) => t.index_select(&idx, 0)?,
-            Embedding::Quantized(q) => q.embedding(&idx)?,
-        };
-        Ok(rows.to_dtype(self.dtype)?.unsqueeze(0)?)
+        let rows = self.embed.gather(ids)?;
+        let rows = Tensor::from_vec(rows, (1, ids.len(), self.config.hidden_size), &self.device)?;
+        Ok(rows.to_dtype(self.dtype)?)
     }
 
     /// Logits `[t, vocab]` (f32) for every position of `hidden: [1, t, hidden]`.

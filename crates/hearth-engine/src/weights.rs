@@ -448,6 +448,160 @@ impl WeightIndex {
     }
 }
 
+/// The rows of one 2-D tensor (an embedding table), read from the mapped file on demand.
+///
+/// Looking up a token touches only that row's pages, so a client holds its embeddings without
+/// loading the table, and a tied output head is not duplicated.
+pub(crate) struct MappedRows {
+    mmap: Mmap,
+    start: usize,
+    rows: usize,
+    cols: usize,
+    format: RowFormat,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum RowFormat {
+    Dense(DType),
+    Ggml(GgmlDType),
+}
+
+impl std::fmt::Debug for MappedRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedRows")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl MappedRows {
+    fn row_bytes(&self) -> usize {
+        match self.format {
+            RowFormat::Dense(dt) => self.cols * dt.size_in_bytes(),
+            RowFormat::Ggml(dt) => self.cols / dt.block_size() * dt.type_size(),
+        }
+    }
+
+    /// The rows `ids` as f32, concatenated. Ids must be below `rows`.
+    pub(crate) fn gather(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let rb = self.row_bytes();
+        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        for &id in ids {
+            let at = self.start + id as usize * rb;
+            let bytes = self
+                .mmap
+                .get(at..at + rb)
+                .ok_or(EngineError::TokenOutOfRange {
+                    id,
+                    vocab: self.rows,
+                })?;
+            match self.format {
+                RowFormat::Dense(DType::F32) => out.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
+                RowFormat::Dense(DType::F16) => out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+                RowFormat::Dense(_) => out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+                RowFormat::Ggml(dt) => {
+                    let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dt)?;
+                    let row = QTensor::new(storage, (1, self.cols))?.dequantize(&Device::Cpu)?;
+                    out.extend(row.flatten_all()?.to_vec1::<f32>()?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl WeightIndex {
+    /// Maps the rows of a `[rows, cols]` tensor for on-demand lookup.
+    pub(crate) fn map_rows(
+        &self,
+        role: TensorRole,
+        rows: usize,
+        cols: usize,
+    ) -> Result<MappedRows> {
+        let name = self.name_of(role);
+        let missing = || EngineError::MissingTensor {
+            file: self.file_of(role),
+            name: name.clone(),
+        };
+        match self {
+            Self::Hf { shards, tensors } => {
+                let entry = tensors.get(&name).ok_or_else(missing)?;
+                let path = &shards[entry.shard];
+                let mmap = map_file(path)?;
+                let (start, dtype) = {
+                    let st =
+                        SafeTensors::deserialize(&mmap).map_err(|e| safetensors_error(path, e))?;
+                    let view = st.tensor(&name).map_err(|e| safetensors_error(path, e))?;
+                    check_shape(path, &name, &[rows, cols], view.shape())?;
+                    let dtype = match view.dtype() {
+                        safetensors::Dtype::F32 => DType::F32,
+                        safetensors::Dtype::F16 => DType::F16,
+                        safetensors::Dtype::BF16 => DType::BF16,
+                        other => {
+                            return Err(EngineError::Unsupported {
+                                what: "tensor dtype",
+                                detail: format!("{}: tensor `{name}` is {other:?}", path.display()),
+                            })
+                        }
+                    };
+                    (
+                        view.data().as_ptr() as usize - mmap.as_ptr() as usize,
+                        dtype,
+                    )
+                };
+                Ok(MappedRows {
+                    mmap,
+                    start,
+                    rows,
+                    cols,
+                    format: RowFormat::Dense(dtype),
+                })
+            }
+            Self::Gguf { path, content } => {
+                let info = content.tensor_infos.get(&name).ok_or_else(missing)?;
+                check_shape(path, &name, &[rows, cols], info.shape.dims())?;
+                let (start, _) = gguf_span(content, info).ok_or_else(missing)?;
+                let format = match info.ggml_dtype {
+                    GgmlDType::F32 => RowFormat::Dense(DType::F32),
+                    GgmlDType::F16 => RowFormat::Dense(DType::F16),
+                    GgmlDType::BF16 => RowFormat::Dense(DType::BF16),
+                    dt if cols.is_multiple_of(dt.block_size()) => RowFormat::Ggml(dt),
+                    dt => {
+                        return Err(EngineError::Format {
+                            path: path.clone(),
+                            format: "GGUF",
+                            detail: format!(
+                                "tensor `{name}`: rows are not a whole number of {dt:?} blocks"
+                            ),
+                        })
+                    }
+                };
+                Ok(MappedRows {
+                    mmap: map_file(path)?,
+                    start: start as usize,
+                    rows,
+                    cols,
+                    format,
+                })
+            }
+        }
+    }
+}
+
 /// The model's files, mapped for one load; dropping it unmaps them.
 pub(crate) struct MappedFiles {
     maps: Vec<Mmap>,
