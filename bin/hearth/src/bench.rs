@@ -165,11 +165,18 @@ pub fn rss_probe(args: RssProbeArgs) -> Result<()> {
     let before = rss_bytes().map(|r| r.0).unwrap_or(0);
     let src = ModelSource::open(&args.model)?;
     let opts = LoadOptions::default();
-    match args.blocks {
-        Some(r) => drop(std::hint::black_box(src.load_slice(r, &opts, None)?)),
-        None => drop(std::hint::black_box(src.load_head(&opts, None)?)),
-    }
-    let (_, hwm) = rss_bytes().unwrap_or((0, 0));
-    println!("{:.0} MiB (baseline {:.0} MiB)", mib(hwm), mib(before));
+    // Keep what was loaded alive while measuring: steady-state RSS is what a node pays.
+    let (slice, head) = match args.blocks {
+        Some(r) => (Some(src.load_slice(r, &opts, None)?), None),
+        None => (None, Some(src.load_head(&opts, None)?)),
+    };
+    let (rss, hwm) = rss_bytes().unwrap_or((0, 0));
+    std::hint::black_box((&slice, &head));
+    println!(
+        "{:.0} MiB resident, {:.0} MiB peak while loading (empty process: {:.0} MiB)",
+        mib(rss),
+        mib(hwm),
+        mib(before)
+    );
     Ok(())
 }

@@ -3,10 +3,10 @@
 
 use crate::config::{ModelConfig, RopeLayout, RopeScaling};
 use crate::error::{EngineError, Result};
-use crate::kernels;
-use crate::weights::{BlockTensor, TensorRole, Weight};
-use candle_core::quantized::{GgmlDType, QMatMul};
+use crate::weights::{BlockTensor, PackedWeight, TensorRole, Weight};
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
+use std::sync::Arc;
 
 /// A projection `y = x Wᵀ (+ b)`.
 #[derive(Debug)]
@@ -22,82 +22,15 @@ enum LinearWeight {
     /// ggml blocks, multiplied by candle's quantized kernels (K-quants, CUDA).
     Quantized(QMatMul),
     /// F16 / Q4_0 / Q8_0 weights repacked for hearth's own CPU kernels (same size as the file).
-    Packed(PackedWeight),
-}
-
-#[derive(Debug)]
-enum PackedWeight {
-    F16(kernels::PackedF16),
-    Q4_0(kernels::PackedQ4_0),
-    Q8_0(kernels::PackedQ8_0),
-}
-
-impl PackedWeight {
-    /// Repacks `weight` when hearth has a CPU kernel for its format; `None` otherwise.
-    fn try_pack(weight: &Weight) -> Result<Option<Self>> {
-        let kernel_err = |e: kernels::KernelError| EngineError::Unsupported {
-            what: "weight layout",
-            detail: e.to_string(),
-        };
-        Ok(match weight {
-            Weight::Dense(t) if t.dtype() == DType::F16 && t.device().is_cpu() => {
-                let (n, k) = t.dims2()?;
-                let w = t.flatten_all()?.to_vec1::<half::f16>()?;
-                Some(Self::F16(
-                    kernels::PackedF16::pack(&w, n, k).map_err(kernel_err)?,
-                ))
-            }
-            Weight::Quantized(q) if q.device().is_cpu() => {
-                let (n, k) = q.shape().dims2()?;
-                match q.dtype() {
-                    GgmlDType::Q4_0 => Some(Self::Q4_0(
-                        kernels::PackedQ4_0::pack(&q.data()?, n, k).map_err(kernel_err)?,
-                    )),
-                    GgmlDType::Q8_0 => Some(Self::Q8_0(
-                        kernels::PackedQ8_0::pack(&q.data()?, n, k).map_err(kernel_err)?,
-                    )),
-                    _ => None,
-                }
-            }
-            _ => None,
-        })
-    }
-
-    fn n(&self) -> usize {
-        match self {
-            Self::F16(p) => p.n(),
-            Self::Q4_0(p) => p.n(),
-            Self::Q8_0(p) => p.n(),
-        }
-    }
-
-    fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), kernels::KernelError> {
-        match self {
-            Self::F16(p) => p.matmul(x, m, y),
-            Self::Q4_0(p) => p.matmul(x, m, y),
-            Self::Q8_0(p) => p.matmul(x, m, y),
-        }
-    }
+    Packed(Arc<PackedWeight>),
 }
 
 impl Linear {
-    /// `hearth_kernels`: use hearth's CPU kernels where one exists for the weight's format
-    /// (otherwise, and always off the CPU, candle's).
-    pub(crate) fn new(
-        weight: Weight,
-        bias: Option<Tensor>,
-        act_dtype: DType,
-        hearth_kernels: bool,
-    ) -> Result<Self> {
-        let packed = if hearth_kernels && act_dtype == DType::F32 {
-            PackedWeight::try_pack(&weight)?
-        } else {
-            None
-        };
-        let weight = match (packed, weight) {
-            (Some(p), _) => LinearWeight::Packed(p),
-            (None, Weight::Dense(t)) => LinearWeight::Dense(t.to_dtype(act_dtype)?),
-            (None, Weight::Quantized(q)) => LinearWeight::Quantized(QMatMul::from_arc(q)?),
+    pub(crate) fn new(weight: Weight, bias: Option<Tensor>, act_dtype: DType) -> Result<Self> {
+        let weight = match weight {
+            Weight::Packed(p) => LinearWeight::Packed(p),
+            Weight::Dense(t) => LinearWeight::Dense(t.to_dtype(act_dtype)?),
+            Weight::Quantized(q) => LinearWeight::Quantized(QMatMul::from_arc(q)?),
         };
         Ok(Self { weight, bias })
     }
@@ -383,7 +316,6 @@ impl Block {
         cfg: &ModelConfig,
         index: u32,
         act_dtype: DType,
-        hearth_kernels: bool,
         load: &mut dyn FnMut(TensorRole, &[usize]) -> Result<Weight>,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
@@ -395,7 +327,7 @@ impl Block {
                     Some(bt) => Some(load(role(bt), &[out])?.to_dense(act_dtype)?),
                     None => None,
                 };
-                Linear::new(w, b, act_dtype, hearth_kernels)
+                Linear::new(w, b, act_dtype)
             };
         let bias = |t| cfg.attention_bias.then_some(t);
         let q = linear(BlockTensor::Q, cfg.q_dim(), h, bias(BlockTensor::QBias))?;

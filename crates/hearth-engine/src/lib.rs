@@ -22,7 +22,7 @@ pub use device::parse_device;
 pub use error::{EngineError, Result};
 pub use layers::max_abs_diff;
 pub use model::{ClientHead, LoadOptions, ModelFormat, ModelSlice, ModelSource, SliceCache};
-pub use weights::{BlockTensor, TensorRole, Weight};
+pub use weights::{BlockTensor, PackedWeight, TensorRole, Weight};
 
 pub use candle_core::{DType, Device, Tensor};
 pub use generate::{generate, FinishReason, Generation, HiddenStage, LocalStage, Pipeline};

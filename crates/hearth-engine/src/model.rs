@@ -100,10 +100,11 @@ impl ModelSource {
             TensorRole::Block(0, BlockTensor::AttnNorm),
             &[self.config.hidden_size],
             &Device::Cpu,
+            false,
         )?;
         Ok(match w {
             Weight::Dense(t) => t.dtype(),
-            Weight::Quantized(_) => DType::F32,
+            Weight::Quantized(_) | Weight::Packed(_) => DType::F32,
         })
     }
 
@@ -173,7 +174,7 @@ impl ModelSource {
             let dims = self.index.dims(TensorRole::RopeFreqs).unwrap_or_default();
             let w = self
                 .index
-                .load(maps, TensorRole::RopeFreqs, &dims, &Device::Cpu)?;
+                .load(maps, TensorRole::RopeFreqs, &dims, &Device::Cpu, false)?;
             Some(w.to_dense(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         } else {
             None
@@ -190,27 +191,20 @@ impl ModelSource {
     ) -> Result<ModelSlice> {
         range.check_within(self.config.num_blocks())?;
         let act_dtype = self.act_dtype(opts);
+        let pack = act_dtype == DType::F32 && !opts.candle_kernels;
         let maps = self.index.map()?;
         let mut noop = |_: u64| {};
         let progress = progress.unwrap_or(&mut noop);
         let mut done = 0u64;
         let mut load = |role: TensorRole, shape: &[usize]| -> Result<Weight> {
-            let w = self.index.load(&maps, role, shape, &opts.device)?;
+            let w = self.index.load(&maps, role, shape, &opts.device, pack)?;
             done += self.index.stored_bytes(role, &maps);
             progress(done);
             Ok(w)
         };
         let blocks = range
             .as_usize_range()
-            .map(|i| {
-                Block::load(
-                    &self.config,
-                    i as u32,
-                    act_dtype,
-                    !opts.candle_kernels,
-                    &mut load,
-                )
-            })
+            .map(|i| Block::load(&self.config, i as u32, act_dtype, &mut load))
             .collect::<Result<Vec<_>>>()?;
         let rope = self.rope(&maps)?;
         Ok(ModelSlice {
@@ -244,6 +238,7 @@ impl ModelSource {
                 TensorRole::FinalNorm,
                 &[cfg.hidden_size],
                 &opts.device,
+                false,
             )?,
             cfg.rms_norm_eps,
             act_dtype,
@@ -253,15 +248,16 @@ impl ModelSource {
         } else {
             TensorRole::LmHead
         };
+        let pack = act_dtype == DType::F32 && !opts.candle_kernels;
         let head_weight = self
             .index
-            .load(&maps, head_role, &embed_shape, &opts.device)?;
+            .load(&maps, head_role, &embed_shape, &opts.device, pack)?;
         progress(self.head_file_bytes()?);
         Ok(ClientHead {
             config: cfg.clone(),
             embed,
             norm,
-            lm_head: Linear::new(head_weight, None, act_dtype, !opts.candle_kernels)?,
+            lm_head: Linear::new(head_weight, None, act_dtype)?,
             device: opts.device.clone(),
             dtype: act_dtype,
         })

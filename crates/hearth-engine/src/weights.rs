@@ -5,6 +5,7 @@
 //! offset read from a file header is checked against the file's real length before use.
 
 use crate::error::{EngineError, Result};
+use crate::kernels;
 use candle_core::quantized::{gguf_file, GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
@@ -118,11 +119,80 @@ impl TensorRole {
     }
 }
 
-/// A loaded weight: a plain tensor, or ggml-quantized blocks.
+/// A loaded weight: a plain tensor, ggml-quantized blocks, or a matrix repacked for hearth's CPU
+/// kernels.
 #[derive(Clone, Debug)]
 pub enum Weight {
     Dense(Tensor),
     Quantized(Arc<QTensor>),
+    Packed(Arc<PackedWeight>),
+}
+
+/// An F16, Q4_0 or Q8_0 matrix in hearth's CPU kernel layout: same size as in the file.
+#[derive(Debug)]
+pub enum PackedWeight {
+    F16(kernels::PackedF16),
+    Q4_0(kernels::PackedQ4_0),
+    Q8_0(kernels::PackedQ8_0),
+}
+
+impl PackedWeight {
+    /// Packs a row-major `[n, k]` matrix stored as `bytes` in `format`, if hearth has a kernel
+    /// for it.
+    fn pack(format: StoredFormat, bytes: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
+        let err = |e: kernels::KernelError| EngineError::Unsupported {
+            what: "weight layout",
+            detail: e.to_string(),
+        };
+        Ok(Some(match format {
+            StoredFormat::Dense(DType::F16) => {
+                // Copy out of the file: its bytes need not be 2-byte aligned.
+                let w: Vec<half::f16> = bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                Self::F16(kernels::PackedF16::pack(&w, n, k).map_err(err)?)
+            }
+            StoredFormat::Ggml(GgmlDType::F16) => {
+                return Self::pack(StoredFormat::Dense(DType::F16), bytes, n, k)
+            }
+            StoredFormat::Ggml(GgmlDType::Q4_0) => {
+                Self::Q4_0(kernels::PackedQ4_0::pack(bytes, n, k).map_err(err)?)
+            }
+            StoredFormat::Ggml(GgmlDType::Q8_0) => {
+                Self::Q8_0(kernels::PackedQ8_0::pack(bytes, n, k).map_err(err)?)
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    pub(crate) fn n(&self) -> usize {
+        match self {
+            Self::F16(p) => p.n(),
+            Self::Q4_0(p) => p.n(),
+            Self::Q8_0(p) => p.n(),
+        }
+    }
+
+    pub(crate) fn matmul(
+        &self,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<(), kernels::KernelError> {
+        match self {
+            Self::F16(p) => p.matmul(x, m, y),
+            Self::Q4_0(p) => p.matmul(x, m, y),
+            Self::Q8_0(p) => p.matmul(x, m, y),
+        }
+    }
+}
+
+/// How a tensor's elements are stored in its file.
+#[derive(Clone, Copy, Debug)]
+enum StoredFormat {
+    Dense(DType),
+    Ggml(GgmlDType),
 }
 
 impl Weight {
@@ -130,6 +200,7 @@ impl Weight {
         match self {
             Self::Dense(t) => t.dims(),
             Self::Quantized(q) => q.shape().dims(),
+            Self::Packed(_) => &[],
         }
     }
 
@@ -138,6 +209,12 @@ impl Weight {
         Ok(match self {
             Self::Dense(t) => t.to_dtype(dtype)?,
             Self::Quantized(q) => q.dequantize(&q.device())?.to_dtype(dtype)?,
+            Self::Packed(_) => {
+                return Err(EngineError::Unsupported {
+                    what: "conversion",
+                    detail: "a packed matrix cannot be used as a plain tensor".into(),
+                })
+            }
         })
     }
 }
@@ -364,7 +441,9 @@ impl WeightIndex {
         role: TensorRole,
         expected: &[usize],
         device: &Device,
+        pack: bool,
     ) -> Result<Weight> {
+        let pack = pack && device.is_cpu() && expected.len() == 2;
         let name = self.name_of(role);
         let file = self.file_of(role);
         let weight = match self {
@@ -391,8 +470,29 @@ impl WeightIndex {
                     }
                 };
                 check_shape(path, &name, expected, view.shape())?;
-                let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
-                Weight::Dense(t.to_device(device)?)
+                let packed = match pack {
+                    true => PackedWeight::pack(
+                        StoredFormat::Dense(dtype),
+                        view.data(),
+                        expected[0],
+                        expected[1],
+                    )?,
+                    false => None,
+                };
+                let w = match packed {
+                    Some(p) => Weight::Packed(Arc::new(p)),
+                    None => {
+                        let t = Tensor::from_raw_buffer(
+                            view.data(),
+                            dtype,
+                            view.shape(),
+                            &Device::Cpu,
+                        )?;
+                        Weight::Dense(t.to_device(device)?)
+                    }
+                };
+                maps.release(entry.shard, view.data());
+                w
             }
             Self::Gguf { path, content } => {
                 let info =
@@ -416,11 +516,24 @@ impl WeightIndex {
                         format: "GGUF",
                         detail: format!("tensor `{name}` lies beyond the end of the file"),
                     })?;
+                let packed = match pack {
+                    true => PackedWeight::pack(
+                        StoredFormat::Ggml(info.ggml_dtype),
+                        bytes,
+                        expected[0],
+                        expected[1],
+                    )?,
+                    false => None,
+                };
+                if let Some(p) = packed {
+                    maps.release(0, bytes);
+                    return Ok(Weight::Packed(Arc::new(p)));
+                }
                 let dense = |dtype: DType| -> Result<Weight> {
                     let t = Tensor::from_raw_buffer(bytes, dtype, info.shape.dims(), &Device::Cpu)?;
                     Ok(Weight::Dense(t.to_device(device)?))
                 };
-                match info.ggml_dtype {
+                let w = match info.ggml_dtype {
                     GgmlDType::F32 => dense(DType::F32)?,
                     GgmlDType::F16 => dense(DType::F16)?,
                     GgmlDType::BF16 => dense(DType::BF16)?,
@@ -441,7 +554,9 @@ impl WeightIndex {
                         let storage = QStorage::from_data(Cow::Borrowed(bytes), device, dtype)?;
                         Weight::Quantized(Arc::new(QTensor::new(storage, info.shape.clone())?))
                     }
-                }
+                };
+                maps.release(0, bytes);
+                w
             }
         };
         Ok(weight)
@@ -605,6 +720,29 @@ impl WeightIndex {
 /// The model's files, mapped for one load; dropping it unmaps them.
 pub(crate) struct MappedFiles {
     maps: Vec<Mmap>,
+}
+
+impl MappedFiles {
+    /// Tells the kernel we are done with `bytes` (a sub-slice of map `map`): their pages leave
+    /// this process's resident set now rather than when the whole load ends, so peak memory is
+    /// the loaded weights plus one tensor, not twice the slice.
+    fn release(&self, map: usize, bytes: &[u8]) {
+        let Some(mmap) = self.maps.get(map) else {
+            return;
+        };
+        let page = 4096;
+        let base = mmap.as_ptr() as usize;
+        let start = (bytes.as_ptr() as usize - base).div_ceil(page) * page;
+        let end = (bytes.as_ptr() as usize - base + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: the mapping is private and read-only, and no borrow of these pages outlives
+            // this call (the tensor was copied out); dropped pages are re-read from the file if
+            // touched again.
+            let _ = unsafe {
+                mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
 }
 
 fn check_shape(path: &Path, name: &str, expected: &[usize], got: &[usize]) -> Result<()> {
