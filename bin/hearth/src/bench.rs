@@ -89,22 +89,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.repeat
     );
     let max_len = args.prompt_tokens + args.gen_tokens;
-    let mut rows = Vec::new();
-    for slices in [1, args.split] {
-        let mut p = build_pipeline(&src, slices, &opts, max_len)?;
-        run_once(&mut p, vocab, args.prompt_tokens.min(8), 2)?; // warm-up: first-call costs excluded
-        let mut pp = Vec::new();
-        let mut tg = Vec::new();
-        for _ in 0..args.repeat {
-            let r = run_once(&mut p, vocab, args.prompt_tokens, args.gen_tokens)?;
+    let configs: Vec<u32> = if args.split > 1 {
+        vec![1, args.split]
+    } else {
+        vec![1]
+    };
+    let mut pipelines = configs
+        .iter()
+        .map(|&n| build_pipeline(&src, n, &opts, max_len))
+        .collect::<Result<Vec<_>, _>>()?;
+    for p in &mut pipelines {
+        run_once(p, vocab, args.prompt_tokens, 2)?; // warm-up: first-call costs excluded
+    }
+    // Runs alternate between configurations so that drift in the machine's speed (shared hosts
+    // vary by tens of percent) hits both alike.
+    let mut samples = vec![(Vec::new(), Vec::new()); configs.len()];
+    for _ in 0..args.repeat {
+        for (p, (pp, tg)) in pipelines.iter_mut().zip(samples.iter_mut()) {
+            let r = run_once(p, vocab, args.prompt_tokens, args.gen_tokens)?;
             pp.push(r.prefill_tokens_per_sec);
             tg.push(r.decode_tokens_per_sec);
         }
+    }
+    let mut rows = Vec::new();
+    for (slices, (pp, tg)) in configs.iter().zip(samples) {
         let (pp, tg) = (median(pp), median(tg));
         println!("slices {slices:>2}: prefill {pp:8.2} tok/s   decode {tg:7.2} tok/s");
         rows.push((pp, tg));
-        drop(p);
     }
+    drop(pipelines);
     if let [(pp1, tg1), (ppn, tgn)] = rows[..] {
         println!(
             "split cost: prefill {:+.2} %, decode {:+.2} %",

@@ -336,6 +336,10 @@ impl ModelSlice {
     /// Runs the blocks on `hidden: [1, t, hidden_size]` at positions `cache.len()..+t` and
     /// returns the hidden states after the last block, in this slice's dtype.
     pub fn forward(&self, hidden: &Tensor, cache: &mut SliceCache) -> Result<Tensor> {
+        crate::kernels::on_pool(|| self.forward_here(hidden, cache))
+    }
+
+    fn forward_here(&self, hidden: &Tensor, cache: &mut SliceCache) -> Result<Tensor> {
         let t = check_hidden(hidden, self.config.hidden_size)?;
         let past = cache.len;
         let ctx = StepContext::new(&self.config, &self.rope, past, t, &self.device, self.dtype)?;
@@ -392,9 +396,11 @@ impl ClientHead {
     /// Logits `[t, vocab]` (f32) for every position of `hidden: [1, t, hidden]`.
     pub fn logits_all(&self, hidden: &Tensor) -> Result<Tensor> {
         check_hidden(hidden, self.config.hidden_size)?;
-        let x = hidden.to_device(&self.device)?.to_dtype(self.dtype)?;
-        let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?)
+        crate::kernels::on_pool(|| {
+            let x = hidden.to_device(&self.device)?.to_dtype(self.dtype)?;
+            let x = self.norm.forward(&x)?;
+            Ok(self.lm_head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?)
+        })
     }
 
     /// Logits of the last position only, as a plain vector for sampling.

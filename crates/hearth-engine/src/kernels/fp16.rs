@@ -3,11 +3,14 @@
 //!
 //! * Row-major weights ([`matmul_f16`]): for `m <= DOT_MAX_M` each weight row
 //!   is streamed once and dotted with every activation row; for larger `m` a
-//!   `KC`-deep slice of 32 weight rows is transposed and widened into an f32
-//!   panel in per-thread scratch (L2), then reused by every `MR`-row tile.
+//!   `KC`-deep slice of 32 weight rows is transposed into the panel layout in
+//!   per-thread scratch (L2), then reused by every `MR`-row tile.
 //! * [`PackedF16`] stores the same halves re-ordered into 32-feature panels
-//!   (`panel[p][f]`), so the micro-kernel converts them on the fly and nothing
-//!   is repacked per call.
+//!   (`panel[p][f]`) once at load time, so nothing is repacked per call.
+//!
+//! Either way the micro-kernel widens each 64-byte panel step to two f32
+//! vectors on the fly (`vcvtph2ps`) and broadcasts `MR` activations against
+//! them: `2 * MR` FMAs per 64 bytes of weights.
 
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
@@ -35,6 +38,8 @@ const MR: usize = 12;
 const DOT_MAX_M: usize = 4;
 /// Weight panels per parallel job of the GEMM path (4 × 32 features).
 const JOB_PANELS: usize = 4;
+/// Software prefetch distance (bytes) when streaming weights: the hardware
+/// prefetchers alone leave about a third of the bandwidth unused here.
 const PF: usize = 4096;
 
 /// Checks the lengths of a call with `w_len` weights.
@@ -247,7 +252,7 @@ fn pack_a(x: &[f32], m: usize, k: usize) -> Cow<'_, [f32]> {
         return Cow::Borrowed(x);
     }
     let mut a = vec![0.0f32; m * k];
-    a.par_chunks_mut(MR * k).enumerate().for_each(|(g, dst)| {
+    let group = |(g, dst): (usize, &mut [f32])| {
         let rows = dst.len() / k;
         let src = &x[g * MR * k..(g * MR + rows) * k];
         for (p, d) in dst.chunks_exact_mut(rows).enumerate() {
@@ -255,7 +260,12 @@ fn pack_a(x: &[f32], m: usize, k: usize) -> Cow<'_, [f32]> {
                 *v = src[i * k + p];
             }
         }
-    });
+    };
+    if m <= MR {
+        group((0, &mut a[..]));
+    } else {
+        a.par_chunks_mut(MR * k).enumerate().for_each(group);
+    }
     Cow::Owned(a)
 }
 
@@ -287,10 +297,19 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `a += x · b`. A function of its own so the compiler knows `a` and `b`
+/// do not overlap and vectorizes it.
+#[inline]
+fn axpy(a: &mut [f32; NR], x: f32, b: &[f32; NR]) {
+    for (a, b) in a.iter_mut().zip(b) {
+        *a += x * b;
+    }
+}
+
 /// Portable path for row-major weights: each thread widens one weight row at a
 /// time and dots it with every activation row.
 fn scalar_rows(x: &[f32], m: usize, k: usize, w: &[f16], n: usize, out: OutPtr) {
-    let rows = chunk_size(n, 4);
+    let rows = chunk_size(n, 2 * k);
     par_chunks(n.div_ceil(rows), |c| {
         let (j0, j1) = (c * rows, n.min((c + 1) * rows));
         with_scratch(k * 4, |buf| {
@@ -311,7 +330,7 @@ fn scalar_rows(x: &[f32], m: usize, k: usize, w: &[f16], n: usize, out: OutPtr) 
 /// accumulates 32 features per activation row.
 fn scalar_panels(x: &[f32], m: usize, k: usize, panels: &[f16], n: usize, out: OutPtr) {
     let np = n.div_ceil(NR);
-    let per = chunk_size(np, 1);
+    let per = chunk_size(np, 2 * NR * k);
     par_chunks(np.div_ceil(per), |c| {
         with_scratch((KC * NR + m * NR) * 4, |buf| {
             let (bf, acc) = buf.f32s_mut(KC * NR + m * NR).split_at_mut(KC * NR);
@@ -321,11 +340,17 @@ fn scalar_panels(x: &[f32], m: usize, k: usize, panels: &[f16], n: usize, out: O
                 for k0 in (0..k).step_by(KC) {
                     let kc = KC.min(k - k0);
                     panel[k0 * NR..(k0 + kc) * NR].convert_to_f32_slice(&mut bf[..kc * NR]);
-                    for (i, a) in acc.chunks_exact_mut(NR).enumerate() {
-                        let xr = &x[i * k + k0..i * k + k0 + kc];
-                        for (&xv, b) in xr.iter().zip(bf.chunks_exact(NR)) {
-                            for f in 0..NR {
-                                a[f] += xv * b[f];
+                    // Four activation rows per pass over the widened slice, so
+                    // each weight vector is loaded once per four rows.
+                    let bf = bf[..kc * NR].as_chunks::<NR>().0;
+                    for (i4, a4) in acc.as_chunks_mut::<NR>().0.chunks_mut(4).enumerate() {
+                        let x4: [&[f32]; 4] = std::array::from_fn(|r| {
+                            let i = (4 * i4 + r).min(m - 1);
+                            &x[i * k + k0..i * k + k0 + kc]
+                        });
+                        for (p, b) in bf.iter().enumerate() {
+                            for (r, a) in a4.iter_mut().enumerate() {
+                                axpy(a, x4[r][p], b);
                             }
                         }
                     }
@@ -361,7 +386,7 @@ mod avx512 {
     /// is `n * k` and `out` is `m * n`.
     pub(super) unsafe fn dot(x: &[f32], m: usize, k: usize, w: &[f16], n: usize, out: OutPtr) {
         debug_assert!(m <= DOT_MAX_M && x.len() == m * k && w.len() == n * k);
-        let rows = chunk_size(n, 16);
+        let rows = chunk_size(n, 2 * k);
         par_chunks(n.div_ceil(rows), |c| {
             let (j0, j1) = (c * rows, n.min((c + 1) * rows));
             // SAFETY: features checked by the caller; rows `j0..j1` are in
@@ -458,7 +483,7 @@ mod avx512 {
         out: OutPtr,
     ) {
         let np = n.div_ceil(NR);
-        let per = chunk_size(np, 1).min(JOB_PANELS);
+        let per = chunk_size(np, 2 * NR * k).min(JOB_PANELS);
         let scratch = match w {
             Weights::Rows(_) => per * KC * NR * 2,
             Weights::Panels(_) => 0,
@@ -515,16 +540,11 @@ mod avx512 {
                     let cols = NR.min(n - pi * NR);
                     let cp = out.ptr.add(r0 * n + pi * NR);
                     let acc = k0 > 0;
-                    match w {
-                        Weights::Rows(_) => {
-                            let bp = bbuf.add((pi - p0) * KC * NR).cast::<u8>();
-                            tile_any::<true>(mr, kc, ap, bp, cp, n, cols, acc);
-                        }
-                        Weights::Panels(panels) => {
-                            let bp = panels.as_ptr().add((pi * k + k0) * NR).cast::<u8>();
-                            tile_any::<true>(mr, kc, ap, bp, cp, n, cols, acc);
-                        }
-                    }
+                    let bp = match w {
+                        Weights::Rows(_) => bbuf.add((pi - p0) * KC * NR).cast_const(),
+                        Weights::Panels(panels) => panels.as_ptr().add((pi * k + k0) * NR).cast(),
+                    };
+                    tile_any(mr, kc, ap, bp, cp, n, cols, acc);
                 }
             }
         }
@@ -533,11 +553,11 @@ mod avx512 {
     /// [`tile`] for a run-time row count `mr <= MR`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_any<const HALF: bool>(
+    unsafe fn tile_any(
         mr: usize,
         kc: usize,
         a: *const f32,
-        b: *const u8,
+        b: *const u16,
         c: *mut f32,
         ldc: usize,
         cols: usize,
@@ -546,7 +566,7 @@ mod avx512 {
         macro_rules! go {
             ($($r:literal)*) => {
                 match mr {
-                    $($r => tile::<$r, HALF>(kc, a, b, c, ldc, cols, accumulate),)*
+                    $($r => tile::<$r>(kc, a, b, c, ldc, cols, accumulate),)*
                     _ => unreachable!(),
                 }
             };
@@ -556,14 +576,13 @@ mod avx512 {
 
     /// The micro-kernel: `c[i][0..cols] (+)= Σ_p a[p * R + i] · b[p][0..cols]`
     /// for `R` rows and one 32-wide panel slice of `kc` steps, with all
-    /// `2 * R` accumulators in registers. `b` is f16 (`HALF`, converted on the
-    /// fly) or f32.
+    /// `2 * R` accumulators in registers. `b` is f16, widened on the fly.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
-    unsafe fn tile<const R: usize, const HALF: bool>(
+    unsafe fn tile<const R: usize>(
         kc: usize,
         a: *const f32,
-        b: *const u8,
+        b: *const u16,
         c: *mut f32,
         ldc: usize,
         cols: usize,
@@ -577,17 +596,10 @@ mod avx512 {
         let mut d1 = [_mm512_setzero_ps(); R];
         let split = R <= 2;
         for p in 0..kc {
-            let (b0, b1) = if HALF {
-                let bp = b.cast::<__m256i>().add(2 * p);
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(64 * p + PF).cast());
-                (
-                    _mm512_cvtph_ps(_mm256_loadu_si256(bp)),
-                    _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(1))),
-                )
-            } else {
-                let bp = b.cast::<f32>().add(NR * p);
-                (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)))
-            };
+            let bp = b.add(NR * p);
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF / 2).cast());
+            let b0 = _mm512_cvtph_ps(_mm256_loadu_si256(bp.cast()));
+            let b1 = _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(16).cast()));
             let ap = a.add(R * p);
             let (e0, e1) = if split && p % 2 == 1 {
                 (&mut d0, &mut d1)

@@ -97,6 +97,7 @@ impl Kind {
     /// raw byte `qs[4c + r]`: value `4c + r` low, value `16 + 4c + r` high —
     /// so the four 4-byte groups of a raw block are copied as they are.
     /// Q8_0: byte `t * 64 + f * 4 + r` holds value `4t + r`, plus 128.
+    #[cfg(test)]
     fn panel_value(self, qs: &[u8], f: usize, e: usize) -> i32 {
         let t = e / 4;
         match self {
@@ -290,33 +291,39 @@ impl QuantX {
         let mut q = vec![0u8; m * k];
         let mut d = vec![0.0f32; m * nb];
         let mut corr = vec![0i32; m * nb];
-        q.par_chunks_mut(MR * k)
-            .zip(d.par_chunks_mut(MR * nb))
-            .zip(corr.par_chunks_mut(MR * nb))
-            .enumerate()
-            .for_each(|(g, ((qg, dg), cg))| {
-                let rows = dg.len() / nb;
-                for i in 0..rows {
-                    let xr = &x[(g * MR + i) * k..(g * MR + i + 1) * k];
-                    for (b, xb) in xr.chunks_exact(QK).enumerate() {
-                        let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-                        let dx = amax / 127.0;
-                        let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
-                        let mut sum = 0i32;
-                        for (t, x4) in xb.chunks_exact(4).enumerate() {
-                            let at = ((b * 8 + t) * rows + i) * 4;
-                            for (r, &v) in x4.iter().enumerate() {
-                                // |v · inv| <= 127 (+ rounding); `as` saturates.
-                                let qv = (v * inv).round_ties_even() as i8;
-                                sum += i32::from(qv);
-                                qg[at + r] = qv as u8;
-                            }
+        let group = |g: usize, qg: &mut [u8], dg: &mut [f32], cg: &mut [i32]| {
+            let rows = dg.len() / nb;
+            for i in 0..rows {
+                let xr = &x[(g * MR + i) * k..(g * MR + i + 1) * k];
+                for (b, xb) in xr.chunks_exact(QK).enumerate() {
+                    let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                    let dx = amax / 127.0;
+                    let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+                    let mut sum = 0i32;
+                    for (t, x4) in xb.chunks_exact(4).enumerate() {
+                        let at = ((b * 8 + t) * rows + i) * 4;
+                        for (r, &v) in x4.iter().enumerate() {
+                            // |v · inv| <= 127 (+ rounding); `as` saturates.
+                            let qv = (v * inv).round_ties_even() as i8;
+                            sum += i32::from(qv);
+                            qg[at + r] = qv as u8;
                         }
-                        dg[b * rows + i] = dx;
-                        cg[b * rows + i] = -bias * sum;
                     }
+                    dg[b * rows + i] = dx;
+                    cg[b * rows + i] = -bias * sum;
                 }
-            });
+            }
+        };
+        if m <= MR {
+            // Decode: not worth a trip through the pool.
+            group(0, &mut q, &mut d, &mut corr);
+        } else {
+            q.par_chunks_mut(MR * k)
+                .zip(d.par_chunks_mut(MR * nb))
+                .zip(corr.par_chunks_mut(MR * nb))
+                .enumerate()
+                .for_each(|(g, ((qg, dg), cg))| group(g, qg, dg, cg));
+        }
         QuantX { m, nb, q, d, corr }
     }
 
@@ -326,8 +333,8 @@ impl QuantX {
         (r0, MR.min(self.m - r0))
     }
 
-    /// Row `i` as plain int8 values, its scales and its corrections.
-    fn row(&self, i: usize, q: &mut [i8], d: &mut [f32], corr: &mut [i32]) {
+    /// Row `i` as plain int8 values and its scales.
+    fn row(&self, i: usize, q: &mut [i8], d: &mut [f32]) {
         let (r0, rows) = self.group(i);
         let (k, nb) = (self.nb * QK, self.nb);
         for b in 0..nb {
@@ -336,64 +343,81 @@ impl QuantX {
                     self.q[r0 * k + ((b * 8 + e / 4) * rows + i - r0) * 4 + e % 4] as i8;
             }
             d[b] = self.d[r0 * nb + b * rows + i - r0];
-            corr[b] = self.corr[r0 * nb + b * rows + i - r0];
         }
     }
 }
 
-/// Portable path: per job of weight rows, unpack the rows' biased values and
-/// scales once, then exact integer block sums against every activation row
-/// (the same integers as the SIMD path, accumulated in the same block order).
+/// Portable path: per job of weight rows, unpack the rows' values (signed,
+/// unbiased) and scales once, then exact integer block sums against every
+/// activation row — the same integers as the SIMD path (there the bias is
+/// added and removed), accumulated in the same block order. Fixed-size
+/// 32-value blocks let the compiler vectorize the integer dot products.
 fn scalar(kind: Kind, xq: &QuantX, w: Weights<'_>, out: OutPtr) {
     let (m, n, nb) = (xq.m, out.n, xq.nb);
     let k = nb * QK;
-    let rows = chunk_size(n, 4);
+    let bb = kind.block_bytes();
+    let rows = chunk_size(n, nb * bb);
     par_chunks(n.div_ceil(rows), |c| {
         let (j0, j1) = (c * rows, n.min((c + 1) * rows));
-        let mut wv = vec![0u8; (j1 - j0) * k];
+        let mut wv = vec![[0i8; QK]; (j1 - j0) * nb];
         let mut wd = vec![0.0f32; (j1 - j0) * nb];
         for j in j0..j1 {
-            let (v, d) = (&mut wv[(j - j0) * k..][..k], &mut wd[(j - j0) * nb..][..nb]);
-            match w {
-                Weights::Rows(w) => {
-                    let bb = kind.block_bytes();
-                    for (b, blk) in w[j * nb * bb..(j + 1) * nb * bb]
-                        .chunks_exact(bb)
-                        .enumerate()
-                    {
-                        d[b] = f16_bits(blk[0], blk[1]);
-                        for e in 0..QK {
-                            v[b * QK + e] = kind.raw_value(blk, e) as u8;
+            for b in 0..nb {
+                let (v, d) = (&mut wv[(j - j0) * nb + b], &mut wd[(j - j0) * nb + b]);
+                match w {
+                    Weights::Rows(w) => {
+                        let blk = &w[(j * nb + b) * bb..(j * nb + b + 1) * bb];
+                        *d = f16_bits(blk[0], blk[1]);
+                        match kind {
+                            Kind::Q4_0 => {
+                                for e in 0..QK / 2 {
+                                    v[e] = (blk[2 + e] & 15) as i8 - 8;
+                                    v[e + QK / 2] = (blk[2 + e] >> 4) as i8 - 8;
+                                }
+                            }
+                            Kind::Q8_0 => {
+                                for (v, &q) in v.iter_mut().zip(&blk[2..]) {
+                                    *v = q as i8;
+                                }
+                            }
                         }
                     }
-                }
-                Weights::Panels(p) => {
-                    let (pi, f) = (j / NR, j % NR);
-                    let panel = &p[pi * nb * NR * kind.block_bytes()..];
-                    for b in 0..nb {
+                    Weights::Panels(p) => {
+                        let (pi, f) = (j / NR, j % NR);
+                        let panel = &p[pi * nb * NR * bb..(pi + 1) * nb * NR * bb];
                         let (so, qo) = kind.offsets(nb, b);
-                        d[b] = f16_bits(panel[so + 2 * f], panel[so + 2 * f + 1]);
-                        for e in 0..QK {
-                            v[b * QK + e] = kind.panel_value(&panel[qo..], f, e) as u8;
+                        *d = f16_bits(panel[so + 2 * f], panel[so + 2 * f + 1]);
+                        // The 4-value groups of feature `f` (see `panel_value`).
+                        for t in 0..kind.panel_qs() / 64 {
+                            let g = &panel[qo + t * 64 + f * 4..][..4];
+                            for (r, &q) in g.iter().enumerate() {
+                                match kind {
+                                    Kind::Q4_0 => {
+                                        v[4 * t + r] = (q & 15) as i8 - 8;
+                                        v[16 + 4 * t + r] = (q >> 4) as i8 - 8;
+                                    }
+                                    Kind::Q8_0 => v[4 * t + r] = (q ^ 0x80) as i8,
+                                }
+                            }
                         }
                     }
                 }
             }
         }
-        let (mut xr, mut xd, mut xc) = (vec![0i8; k], vec![0.0f32; nb], vec![0i32; nb]);
+        let (mut xr, mut xd) = (vec![0i8; k], vec![0.0f32; nb]);
         for i in 0..m {
-            xq.row(i, &mut xr, &mut xd, &mut xc);
+            xq.row(i, &mut xr, &mut xd);
             // SAFETY: columns `j0..j1` belong to this job only.
             let yr = unsafe { out.row_mut(i, j0, j1 - j0) };
             for (jj, yv) in yr.iter_mut().enumerate() {
                 let mut acc = 0.0f32;
-                for b in 0..nb {
-                    let wb = &wv[jj * k + b * QK..][..QK];
-                    let xb = &xr[b * QK..][..QK];
-                    let s = wb
+                for (b, xb) in xr.chunks_exact(QK).enumerate() {
+                    let wb = &wv[jj * nb + b];
+                    let s: i32 = wb
                         .iter()
                         .zip(xb)
-                        .fold(xc[b], |s, (&a, &b)| s + i32::from(a) * i32::from(b));
+                        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                        .sum();
                     acc += s as f32 * (wd[jj * nb + b] * xd[b]);
                 }
                 *yv = acc;
@@ -594,7 +618,7 @@ mod avx512 {
         let nb = xq.nb;
         let panel = nb * NR * kind.block_bytes();
         let stride = nb * kind.block_bytes();
-        let per = chunk_size(np, 1);
+        let per = chunk_size(np, panel);
         let scratch = match w {
             Weights::Rows(_) => panel,
             Weights::Panels(_) => 0,
@@ -815,6 +839,49 @@ mod avx512 {
         };
         for (i, a) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(c.add(i * ldc), mask, *a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// Every value and scale of the raw blocks lands where the kernels read
+    /// it, and padding features read as scale 0, value 0.
+    #[test]
+    fn panels_hold_the_raw_values() {
+        for kind in [Kind::Q4_0, Kind::Q8_0] {
+            for (n, nb) in [(16, 2), (21, 3), (5, 1), (40, 4)] {
+                let bb = kind.block_bytes();
+                let w: Vec<u8> = (0..n * nb * bb).map(|i| (i * 37 + 11) as u8).collect();
+                let mut out = vec![0u8; nb * NR * bb];
+                for pi in 0..n.div_ceil(NR) {
+                    pack_panel(kind, &w, nb, n, pi, &mut out);
+                    for f in 0..NR {
+                        let j = pi * NR + f;
+                        for b in 0..nb {
+                            let (so, qo) = kind.offsets(nb, b);
+                            let d = [out[so + 2 * f], out[so + 2 * f + 1]];
+                            for e in 0..QK {
+                                let got = kind.panel_value(&out[qo..], f, e);
+                                if j < n {
+                                    let blk = &w[(j * nb + b) * bb..(j * nb + b + 1) * bb];
+                                    assert_eq!(d, [blk[0], blk[1]]);
+                                    assert_eq!(
+                                        got,
+                                        kind.raw_value(blk, e),
+                                        "{kind:?} j {j} b {b} e {e}"
+                                    );
+                                } else {
+                                    assert_eq!(d, [0, 0]);
+                                    assert_eq!(got, kind.bias());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
