@@ -168,7 +168,7 @@ fn rss_table(path: &PathBuf, src: &ModelSource, split: u32) -> Result<()> {
             "  blocks {r} ({} of {n}): {}  [weights in file: {:.0} MiB]",
             r.len(),
             probe(Some(r))?,
-            mib(src.slice_file_bytes(r)?)
+            mib(src.slice_file_bytes(r))
         );
     }
     Ok(())

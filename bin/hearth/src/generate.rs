@@ -114,11 +114,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let prompt = tokenizer.encode(&prompt_text, !args.chat)?;
     let max_len = (prompt.len() + args.max_tokens).min(src.config().max_position_embeddings);
 
-    let total: u64 = src.head_file_bytes()?
-        + ranges
-            .iter()
-            .map(|r| src.slice_file_bytes(*r))
-            .sum::<Result<u64, _>>()?;
+    let total: u64 =
+        src.head_file_bytes() + ranges.iter().map(|r| src.slice_file_bytes(*r)).sum::<u64>();
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -126,13 +123,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut loaded = 0u64;
     bar.set_message("client head");
     let head = Arc::new(src.load_head(&opts, Some(&mut |b| bar.set_position(loaded + b)))?);
-    loaded += src.head_file_bytes()?;
+    loaded += src.head_file_bytes();
     let mut stages: Vec<Box<dyn HiddenStage>> = Vec::new();
     for range in &ranges {
         bar.set_message(format!("blocks {range}"));
         let base = loaded;
         let slice = src.load_slice(*range, &opts, Some(&mut |b| bar.set_position(base + b)))?;
-        loaded += src.slice_file_bytes(*range)?;
+        loaded += src.slice_file_bytes(*range);
         let server = Arc::new(SliceServer::new(Arc::new(slice), SessionLimits::default()));
         stages.push(Box::new(LocalStage::open(server, max_len)?));
     }

@@ -115,7 +115,7 @@ fn info(path: &Path) -> Result<()> {
     );
     println!("tied head:     {}", c.tie_word_embeddings);
     let full = hearth_core::BlockRange::full(c.num_blocks())?;
-    println!("block bytes:   {}", src.slice_file_bytes(full)?);
-    println!("client bytes:  {}", src.head_file_bytes()?);
+    println!("block bytes:   {}", src.slice_file_bytes(full));
+    println!("client bytes:  {}", src.head_file_bytes());
     Ok(())
 }

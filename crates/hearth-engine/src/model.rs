@@ -150,22 +150,18 @@ impl ModelSource {
     }
 
     /// Bytes of weights the blocks `range` occupy in the files.
-    pub fn slice_file_bytes(&self, range: BlockRange) -> Result<u64> {
-        let maps = self.index.map()?;
-        Ok(self
-            .block_roles(range)
-            .map(|r| self.index.stored_bytes(r, &maps))
-            .sum())
+    pub fn slice_file_bytes(&self, range: BlockRange) -> u64 {
+        self.block_roles(range)
+            .map(|r| self.index.stored_bytes(r))
+            .sum()
     }
 
     /// Bytes of weights the client head occupies in the files.
-    pub fn head_file_bytes(&self) -> Result<u64> {
-        let maps = self.index.map()?;
-        Ok(self
-            .head_roles()
+    pub fn head_file_bytes(&self) -> u64 {
+        self.head_roles()
             .iter()
-            .map(|&r| self.index.stored_bytes(r, &maps))
-            .sum())
+            .map(|&r| self.index.stored_bytes(r))
+            .sum()
     }
 
     /// Per-frequency RoPE divisors stored in the file, if any.
@@ -198,7 +194,7 @@ impl ModelSource {
         let mut done = 0u64;
         let mut load = |role: TensorRole, shape: &[usize]| -> Result<Weight> {
             let w = self.index.load(&maps, role, shape, &opts.device, pack)?;
-            done += self.index.stored_bytes(role, &maps);
+            done += self.index.stored_bytes(role);
             progress(done);
             Ok(w)
         };
@@ -252,7 +248,7 @@ impl ModelSource {
         let head_weight = self
             .index
             .load(&maps, head_role, &embed_shape, &opts.device, pack)?;
-        progress(self.head_file_bytes()?);
+        progress(self.head_file_bytes());
         Ok(ClientHead {
             config: cfg.clone(),
             embed,

@@ -223,6 +223,7 @@ impl Weight {
 #[derive(Clone, Debug)]
 pub(crate) struct HfTensor {
     shard: usize,
+    bytes: u64,
 }
 
 /// The tensors on offer in a model's files, parsed from their headers only.
@@ -317,8 +318,9 @@ impl WeightIndex {
             let mmap = map_file(&path)?;
             // Parses and validates the header only: offsets must lie inside the file.
             let st = SafeTensors::deserialize(&mmap).map_err(|e| safetensors_error(&path, e))?;
-            for (tensor, _) in st.tensors() {
-                tensors.insert(tensor, HfTensor { shard });
+            for (tensor, view) in st.tensors() {
+                let bytes = view.data().len() as u64;
+                tensors.insert(tensor, HfTensor { shard, bytes });
             }
             shards.push(path);
         }
@@ -401,18 +403,10 @@ impl WeightIndex {
     }
 
     /// Bytes the tensor occupies in its file (0 when absent).
-    pub(crate) fn stored_bytes(&self, role: TensorRole, maps: &MappedFiles) -> u64 {
+    pub(crate) fn stored_bytes(&self, role: TensorRole) -> u64 {
         let name = self.name_of(role);
         match self {
-            Self::Hf { tensors, .. } => tensors
-                .get(&name)
-                .and_then(|t| maps.maps.get(t.shard))
-                .and_then(|m| {
-                    SafeTensors::deserialize(m)
-                        .ok()
-                        .and_then(|st| st.tensor(&name).ok().map(|v| v.data().len() as u64))
-                })
-                .unwrap_or(0),
+            Self::Hf { tensors, .. } => tensors.get(&name).map_or(0, |t| t.bytes),
             Self::Gguf { content, .. } => content
                 .tensor_infos
                 .get(&name)
