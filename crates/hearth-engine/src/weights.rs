@@ -452,17 +452,7 @@ impl WeightIndex {
                 let mmap = &maps.maps[entry.shard];
                 let st = SafeTensors::deserialize(mmap).map_err(|e| safetensors_error(path, e))?;
                 let view = st.tensor(&name).map_err(|e| safetensors_error(path, e))?;
-                let dtype = match view.dtype() {
-                    safetensors::Dtype::F32 => DType::F32,
-                    safetensors::Dtype::F16 => DType::F16,
-                    safetensors::Dtype::BF16 => DType::BF16,
-                    other => {
-                        return Err(EngineError::Unsupported {
-                            what: "tensor dtype",
-                            detail: format!("{}: tensor `{name}` is {other:?}; hearth reads F32, F16 and BF16 safetensors", path.display()),
-                        })
-                    }
-                };
+                let dtype = safetensors_dtype(path, &name, view.dtype())?;
                 check_shape(path, &name, expected, view.shape())?;
                 let packed = match pack {
                     true => PackedWeight::pack(
@@ -656,17 +646,7 @@ impl WeightIndex {
                         SafeTensors::deserialize(&mmap).map_err(|e| safetensors_error(path, e))?;
                     let view = st.tensor(&name).map_err(|e| safetensors_error(path, e))?;
                     check_shape(path, &name, &[rows, cols], view.shape())?;
-                    let dtype = match view.dtype() {
-                        safetensors::Dtype::F32 => DType::F32,
-                        safetensors::Dtype::F16 => DType::F16,
-                        safetensors::Dtype::BF16 => DType::BF16,
-                        other => {
-                            return Err(EngineError::Unsupported {
-                                what: "tensor dtype",
-                                detail: format!("{}: tensor `{name}` is {other:?}", path.display()),
-                            })
-                        }
-                    };
+                    let dtype = safetensors_dtype(path, &name, view.dtype())?;
                     (
                         view.data().as_ptr() as usize - mmap.as_ptr() as usize,
                         dtype,
@@ -736,6 +716,22 @@ impl MappedFiles {
                 mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
             };
         }
+    }
+}
+
+/// The candle dtype of a safetensors tensor; hearth reads F32, F16 and BF16.
+fn safetensors_dtype(path: &Path, name: &str, dtype: safetensors::Dtype) -> Result<DType> {
+    match dtype {
+        safetensors::Dtype::F32 => Ok(DType::F32),
+        safetensors::Dtype::F16 => Ok(DType::F16),
+        safetensors::Dtype::BF16 => Ok(DType::BF16),
+        other => Err(EngineError::Unsupported {
+            what: "tensor dtype",
+            detail: format!(
+                "{}: tensor `{name}` is {other:?}; hearth reads F32, F16 and BF16 safetensors",
+                path.display()
+            ),
+        }),
     }
 }
 

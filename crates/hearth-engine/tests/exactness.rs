@@ -33,20 +33,9 @@ fn synth_gguf(path: &Path, shape_name: &str, quant: GgmlDType) -> ModelSource {
     ModelSource::open(path).unwrap()
 }
 
-/// A pipeline of in-process slices cut at `cuts`.
+/// A pipeline of in-process slices cut at `cuts`, with hearth's kernels.
 fn pipeline(src: &ModelSource, cuts: &[u32]) -> Pipeline {
-    let opts = LoadOptions::default();
-    let head = Arc::new(src.load_head(&opts, None).unwrap());
-    let ranges = BlockRange::split_at(src.config().num_blocks(), cuts).unwrap();
-    let stages = ranges
-        .into_iter()
-        .map(|r| {
-            let slice = Arc::new(src.load_slice(r, &opts, None).unwrap());
-            let server = Arc::new(SliceServer::new(slice, SessionLimits::default()));
-            Box::new(LocalStage::open(server, 256).unwrap()) as Box<dyn HiddenStage>
-        })
-        .collect();
-    Pipeline { head, stages }
+    pipeline_with(src, cuts, false)
 }
 
 const PROMPT: [u32; 11] = [1, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114];
