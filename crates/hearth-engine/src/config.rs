@@ -515,6 +515,12 @@ impl ModelConfig {
         if self.architecture != Architecture::Qwen2 {
             obj["attention_bias"] = Value::Bool(self.attention_bias);
         }
+        if let Some(w) = self.sliding_window {
+            obj["sliding_window"] = w.into();
+            if self.architecture == Architecture::Qwen2 {
+                obj["use_sliding_window"] = Value::Bool(true);
+            }
+        }
         if let Some(RopeScaling::Llama3 {
             factor,
             low_freq_factor,
