@@ -128,10 +128,11 @@ pub enum Weight {
     Packed(Arc<PackedWeight>),
 }
 
-/// An F16, Q4_0 or Q8_0 matrix in hearth's CPU kernel layout: same size as in the file.
+/// An F16, BF16, Q4_0 or Q8_0 matrix in hearth's CPU kernel layout: same size as in the file.
 #[derive(Debug)]
 pub enum PackedWeight {
     F16(kernels::PackedF16),
+    BF16(kernels::PackedBF16),
     Q4_0(kernels::PackedQ4_0),
     Q8_0(kernels::PackedQ8_0),
 }
@@ -153,6 +154,16 @@ impl PackedWeight {
                     .collect();
                 Self::F16(kernels::PackedF16::pack(&w, n, k).map_err(err)?)
             }
+            StoredFormat::Dense(DType::BF16) => {
+                let w: Vec<half::bf16> = bytes
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                Self::BF16(kernels::PackedBF16::pack(&w, n, k).map_err(err)?)
+            }
+            StoredFormat::Ggml(GgmlDType::BF16) => {
+                return Self::pack(StoredFormat::Dense(DType::BF16), bytes, n, k)
+            }
             StoredFormat::Ggml(GgmlDType::F16) => {
                 return Self::pack(StoredFormat::Dense(DType::F16), bytes, n, k)
             }
@@ -169,6 +180,7 @@ impl PackedWeight {
     pub(crate) fn n(&self) -> usize {
         match self {
             Self::F16(p) => p.n(),
+            Self::BF16(p) => p.n(),
             Self::Q4_0(p) => p.n(),
             Self::Q8_0(p) => p.n(),
         }
@@ -182,6 +194,7 @@ impl PackedWeight {
     ) -> Result<(), kernels::KernelError> {
         match self {
             Self::F16(p) => p.matmul(x, m, y),
+            Self::BF16(p) => p.matmul(x, m, y),
             Self::Q4_0(p) => p.matmul(x, m, y),
             Self::Q8_0(p) => p.matmul(x, m, y),
         }

@@ -288,3 +288,19 @@ fn sliding_window_attention_is_exact_and_effective() {
             > 1e-3
     );
 }
+
+/// BF16 checkpoints run on hearth's kernels without widening weights: the result equals candle's
+/// f32 computation on the widened weights up to summation order.
+#[test]
+fn bf16_weights_on_hearth_kernels_match_widened_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = synth_hf(dir.path(), "tiny", DType::BF16, None);
+    let ours = pipeline_with(&src, &[2], false)
+        .logits_all(0, &PROMPT)
+        .unwrap();
+    let widened = pipeline_with(&src, &[2], true)
+        .logits_all(0, &PROMPT)
+        .unwrap();
+    let d = max_abs_diff(&ours, &widened).unwrap();
+    assert!(d <= 1e-3, "bf16 kernels vs widened f32: {d}");
+}

@@ -1,5 +1,5 @@
-//! F16 weights: `y = x · wᵀ` with `w` in IEEE half precision, accumulated in
-//! f32 with FMA.
+//! F16 and BF16 weights: `y = x · wᵀ` with `w` in IEEE half precision or
+//! bfloat16, accumulated in f32 with FMA.
 //!
 //! * Row-major weights ([`matmul_f16`]): for `m <= DOT_MAX_M` each weight row
 //!   is streamed once and dotted with every activation row; for larger `m` a
@@ -11,20 +11,29 @@
 //! Either way the micro-kernel widens each 64-byte panel step to two f32
 //! vectors on the fly (`vcvtph2ps`) and broadcasts `MR` activations against
 //! them: `2 * MR` FMAs per 64 bytes of weights.
+//!
+//! BF16 ([`PackedBF16`], [`matmul_bf16`]) shares all of this: the kernels are
+//! generic over [`Half16`], whose only per-format parts are the (exact)
+//! widening to f32 — `vcvtph2ps` for f16, a zero-extension and a 16-bit left
+//! shift (`vpmovzxwd` + `vpslld`) for bf16 — and its exact inverse for the
+//! per-call repack of row-major weights.
 
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use std::borrow::Cow;
 
-use half::f16;
+use std::marker::PhantomData;
+
 use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::{
     check_len, chunk_size, mul, par_chunks, with_scratch, AlignedBuf, Isa, KernelError, OutPtr,
 };
 
-/// Output features per panel of [`PackedF16`] (two 16-lane f32 vectors).
+/// Output features per panel of [`PackedF16`] and [`PackedBF16`] (two
+/// 16-lane f32 vectors).
 pub const F16_PANEL_WIDTH: usize = 32;
 const NR: usize = F16_PANEL_WIDTH;
 /// Depth of one cache block: an `MR × KC` activation tile (12 KiB) stays in L1
@@ -41,6 +50,119 @@ const JOB_PANELS: usize = 4;
 /// Software prefetch distance (bytes) when streaming weights: the hardware
 /// prefetchers alone leave about a third of the bandwidth unused here.
 const PF: usize = 4096;
+
+/// A 16-bit weight format that the kernels widen to f32 on the fly. Only the
+/// conversions differ between formats; tiling, threading and prefetching are
+/// shared and monomorphised per format.
+///
+/// Both conversions are exact for every value of the format (`bf16 → f32` is
+/// a 16-bit shift; `f16 → f32` widens exactly).
+pub(super) trait Half16: Copy + Send + Sync + 'static {
+    /// Widens `src` into `dst` (same length), portable path.
+    fn widen(src: &[Self], dst: &mut [f32]);
+
+    /// The exact value as f64 (for the references).
+    fn to_f64(self) -> f64;
+
+    /// 16 consecutive weights at `p`, widened.
+    ///
+    /// # Safety
+    /// The CPU must support the features of [`Isa::Avx512`]; `p` is valid
+    /// for reading 16 values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512;
+
+    /// The lanes of `mask` of the 16 weights at `p`, widened (other lanes 0,
+    /// and neither read nor faulted on).
+    ///
+    /// # Safety
+    /// As [`Half16::load16`], for the lanes in `mask`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16_maskz(mask: u16, p: *const u16) -> std::arch::x86_64::__m512;
+
+    /// Narrows 16 f32 that are values of this format (exactly) and stores
+    /// them at `p`.
+    ///
+    /// # Safety
+    /// As [`Half16::load16`], for writing.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn store16(p: *mut u16, v: std::arch::x86_64::__m512);
+}
+
+impl Half16 for f16 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+
+    fn to_f64(self) -> f64 {
+        f16::to_f64(self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn load16_maskz(mask: u16, p: *const u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast()))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn store16(p: *mut u16, v: std::arch::x86_64::__m512) {
+        use std::arch::x86_64::*;
+        let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+        _mm256_storeu_si256(p.cast(), h);
+    }
+}
+
+impl Half16 for bf16 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        // Bit shift, no rounding: vectorizes on every target.
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+        }
+    }
+
+    fn to_f64(self) -> f64 {
+        f64::from(f32::from_bits(u32::from(self.to_bits()) << 16))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn load16_maskz(mask: u16, p: *const u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p.cast()));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn store16(p: *mut u16, v: std::arch::x86_64::__m512) {
+        use std::arch::x86_64::*;
+        let h = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(_mm512_castps_si512(v)));
+        _mm256_storeu_si256(p.cast(), h);
+    }
+}
 
 /// Checks the lengths of a call with `w_len` weights.
 fn check(
@@ -84,6 +206,49 @@ pub fn matmul_f16_reference(
     n: usize,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    reference(x, m, k, w, n, y)
+}
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ`, where `w` is row-major bf16 (each output
+/// feature is a row of `k` values) and `x`, `y` are row-major f32.
+///
+/// The same kernels as [`matmul_f16`]; bf16 widens to f32 exactly, so the
+/// result is the f32 matmul of the widened weights up to summation order.
+/// Errors if a length does not match the dimensions.
+pub fn matmul_bf16(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[bf16],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check(x, m, k, w.len(), n, y)?;
+    matmul_raw(Isa::detect(), x, m, k, w, n, y);
+    Ok(())
+}
+
+/// Scalar reference for [`matmul_bf16`] and [`PackedBF16`]: widens `w` to
+/// f64 and accumulates every dot product in f64 before rounding once to f32.
+pub fn matmul_bf16_reference(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[bf16],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    reference(x, m, k, w, n, y)
+}
+
+fn reference<T: Half16>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[T],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
     check(x, m, k, w.len(), n, y)?;
     for i in 0..m {
         let xr = &x[i * k..(i + 1) * k];
@@ -100,13 +265,14 @@ pub fn matmul_f16_reference(
     Ok(())
 }
 
-/// [`matmul_f16`] at a given instruction-set level (lengths already checked).
-pub(super) fn matmul_raw(
+/// [`matmul_f16`] / [`matmul_bf16`] at a given instruction-set level
+/// (lengths already checked).
+pub(super) fn matmul_raw<T: Half16>(
     isa: Isa,
     x: &[f32],
     m: usize,
     k: usize,
-    w: &[f16],
+    w: &[T],
     n: usize,
     y: &mut [f32],
 ) {
@@ -132,37 +298,24 @@ pub(super) fn matmul_raw(
     }
 }
 
-/// F16 weights re-ordered at load time into panels of [`F16_PANEL_WIDTH`]
-/// output features: panel `P` holds `w[P * 32 + f][p]` at `p * 32 + f`
-/// (k-major), so one 64-byte load gives one `k` step of 32 features.
-///
-/// Same bytes as the row-major matrix, plus zero padding of the last panel
-/// up to a multiple of 32 features.
+/// 16-bit weights re-ordered at load time into panels of [`F16_PANEL_WIDTH`]
+/// output features (the storage of [`PackedF16`] and [`PackedBF16`]).
 #[derive(Clone)]
-pub struct PackedF16 {
+struct Panels<T> {
     n: usize,
     k: usize,
     data: AlignedBuf,
+    _format: PhantomData<T>,
 }
 
-impl std::fmt::Debug for PackedF16 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackedF16")
-            .field("n", &self.n)
-            .field("k", &self.k)
-            .finish()
-    }
-}
-
-impl PackedF16 {
-    /// Re-orders the row-major `w[n, k]`. Errors if `w.len() != n * k`.
-    pub fn pack(w: &[f16], n: usize, k: usize) -> Result<Self, KernelError> {
+impl<T: Half16> Panels<T> {
+    fn pack(w: &[T], n: usize, k: usize) -> Result<Self, KernelError> {
         check_len("w", mul(n, k)?, w.len())?;
         let panel = mul(NR, k)?;
         let bytes = mul(mul(n.div_ceil(NR), panel)?, 2)?;
         let mut data = AlignedBuf::zeroed(bytes);
         if panel > 0 {
-            let dst = f16s_mut(&mut data);
+            let dst = halves_mut::<T>(&mut data);
             dst.par_chunks_mut(panel).enumerate().for_each(|(pi, dst)| {
                 let rows = NR.min(n - pi * NR);
                 let src = &w[pi * NR * k..(pi * NR + rows) * k];
@@ -174,38 +327,15 @@ impl PackedF16 {
                 }
             });
         }
-        Ok(PackedF16 { n, k, data })
+        Ok(Panels {
+            n,
+            k,
+            data,
+            _format: PhantomData,
+        })
     }
 
-    /// Output features (rows of the original matrix).
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Inner dimension.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    /// Bytes of packed storage.
-    pub fn size_bytes(&self) -> usize {
-        self.data.bytes().len()
-    }
-
-    /// `y[m, n] = x[m, k] · wᵀ`. Errors if `x.len() != m * k` or
-    /// `y.len() != m * n`.
-    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
-        self.matmul_isa(Isa::detect(), x, m, y)
-    }
-
-    /// [`Self::matmul`] at a given instruction-set level.
-    pub(super) fn matmul_isa(
-        &self,
-        isa: Isa,
-        x: &[f32],
-        m: usize,
-        y: &mut [f32],
-    ) -> Result<(), KernelError> {
+    fn matmul_isa(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
         let (n, k) = (self.n, self.k);
         check_len("x", mul(m, k)?, x.len())?;
         check_len("y", mul(m, n)?, y.len())?;
@@ -217,7 +347,7 @@ impl PackedF16 {
             return Ok(());
         }
         let out = OutPtr::new(y, m, n);
-        let panels = f16s(&self.data);
+        let panels = halves::<T>(&self.data);
         match isa.supported() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `supported()` confirmed the AVX-512 features.
@@ -230,18 +360,99 @@ impl PackedF16 {
     }
 }
 
-/// The packed halves of `buf`.
-fn f16s(buf: &AlignedBuf) -> &[f16] {
-    let b = buf.bytes();
-    // SAFETY: `f16` is a transparent u16 (any bit pattern valid) and the buffer
-    // is 64-byte aligned; the length is rounded down to whole halves.
-    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f16>(), b.len() / 2) }
+macro_rules! packed_type {
+    ($(#[$doc:meta])* $name:ident, $t:ty) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name(Panels<$t>);
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("n", &self.0.n)
+                    .field("k", &self.0.k)
+                    .finish()
+            }
+        }
+
+        impl $name {
+            /// Re-orders the row-major `w[n, k]`. Errors if `w.len() != n * k`.
+            pub fn pack(w: &[$t], n: usize, k: usize) -> Result<Self, KernelError> {
+                Panels::pack(w, n, k).map($name)
+            }
+
+            /// Output features (rows of the original matrix).
+            pub fn n(&self) -> usize {
+                self.0.n
+            }
+
+            /// Inner dimension.
+            pub fn k(&self) -> usize {
+                self.0.k
+            }
+
+            /// Bytes of packed storage.
+            pub fn size_bytes(&self) -> usize {
+                self.0.data.bytes().len()
+            }
+
+            /// `y[m, n] = x[m, k] · wᵀ`. Errors if `x.len() != m * k` or
+            /// `y.len() != m * n`.
+            pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+                self.matmul_isa(Isa::detect(), x, m, y)
+            }
+
+            /// [`Self::matmul`] at a given instruction-set level.
+            pub(super) fn matmul_isa(
+                &self,
+                isa: Isa,
+                x: &[f32],
+                m: usize,
+                y: &mut [f32],
+            ) -> Result<(), KernelError> {
+                self.0.matmul_isa(isa, x, m, y)
+            }
+        }
+    };
 }
 
-fn f16s_mut(buf: &mut AlignedBuf) -> &mut [f16] {
+packed_type!(
+    /// F16 weights re-ordered at load time into panels of [`F16_PANEL_WIDTH`]
+    /// output features: panel `P` holds `w[P * 32 + f][p]` at `p * 32 + f`
+    /// (k-major), so one 64-byte load gives one `k` step of 32 features.
+    ///
+    /// Same bytes as the row-major matrix, plus zero padding of the last panel
+    /// up to a multiple of 32 features.
+    PackedF16,
+    f16
+);
+
+packed_type!(
+    /// BF16 weights (e.g. Hugging Face bf16 checkpoints) in the panel layout
+    /// of [`PackedF16`]: panel `P` holds `w[P * 32 + f][p]` at `p * 32 + f`.
+    /// Widened to f32 on the fly (exactly), never stored as f32.
+    ///
+    /// Same bytes as the row-major matrix, plus zero padding of the last panel
+    /// up to a multiple of 32 features.
+    PackedBF16,
+    bf16
+);
+
+/// The packed 16-bit values of `buf`.
+fn halves<T: Half16>(buf: &AlignedBuf) -> &[T] {
+    const { assert!(std::mem::size_of::<T>() == 2 && std::mem::align_of::<T>() <= 2) };
+    let b = buf.bytes();
+    // SAFETY: `T` is `f16` or `bf16`, a transparent u16 (any bit pattern
+    // valid), and the buffer is 64-byte aligned; the length is rounded down to
+    // whole values.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<T>(), b.len() / 2) }
+}
+
+fn halves_mut<T: Half16>(buf: &mut AlignedBuf) -> &mut [T] {
+    const { assert!(std::mem::size_of::<T>() == 2 && std::mem::align_of::<T>() <= 2) };
     let b = buf.bytes_mut();
-    // SAFETY: as in `f16s`.
-    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<f16>(), b.len() / 2) }
+    // SAFETY: as in `halves`.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<T>(), b.len() / 2) }
 }
 
 /// Activation rows interleaved in groups of `MR`: group `g` (rows
@@ -270,13 +481,21 @@ fn pack_a(x: &[f32], m: usize, k: usize) -> Cow<'_, [f32]> {
 }
 
 /// Where the weights of the GEMM path come from.
-#[derive(Clone, Copy)]
-enum Weights<'a> {
+enum Weights<'a, T> {
     /// Row-major `[n, k]`, transposed per call into scratch.
-    Rows(&'a [f16]),
-    /// The layout of [`PackedF16`].
-    Panels(&'a [f16]),
+    Rows(&'a [T]),
+    /// The layout of [`PackedF16`] / [`PackedBF16`].
+    Panels(&'a [T]),
 }
+
+// Not derived: that would require `T: Copy`.
+impl<T> Clone for Weights<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Weights<'_, T> {}
 
 /// f32 dot product in 16 independent lanes (vectorizable, and the same
 /// summation shape as the SIMD path).
@@ -308,14 +527,14 @@ fn axpy(a: &mut [f32; NR], x: f32, b: &[f32; NR]) {
 
 /// Portable path for row-major weights: each thread widens one weight row at a
 /// time and dots it with every activation row.
-fn scalar_rows(x: &[f32], m: usize, k: usize, w: &[f16], n: usize, out: OutPtr) {
+fn scalar_rows<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize, out: OutPtr) {
     let rows = chunk_size(n, 2 * k);
     par_chunks(n.div_ceil(rows), |c| {
         let (j0, j1) = (c * rows, n.min((c + 1) * rows));
         with_scratch(k * 4, |buf| {
             let wf = buf.f32s_mut(k);
             for j in j0..j1 {
-                w[j * k..(j + 1) * k].convert_to_f32_slice(wf);
+                T::widen(&w[j * k..(j + 1) * k], wf);
                 for i in 0..m {
                     // SAFETY: column `j` belongs to this job only.
                     let yij = unsafe { out.row_mut(i, j, 1) };
@@ -326,9 +545,9 @@ fn scalar_rows(x: &[f32], m: usize, k: usize, w: &[f16], n: usize, out: OutPtr) 
     });
 }
 
-/// Portable path for [`PackedF16`]: widens `KC` steps of a panel at a time and
+/// Portable path for [`PackedF16`] / [`PackedBF16`]: widens `KC` steps of a panel at a time and
 /// accumulates 32 features per activation row.
-fn scalar_panels(x: &[f32], m: usize, k: usize, panels: &[f16], n: usize, out: OutPtr) {
+fn scalar_panels<T: Half16>(x: &[f32], m: usize, k: usize, panels: &[T], n: usize, out: OutPtr) {
     let np = n.div_ceil(NR);
     let per = chunk_size(np, 2 * NR * k);
     par_chunks(np.div_ceil(per), |c| {
@@ -339,7 +558,7 @@ fn scalar_panels(x: &[f32], m: usize, k: usize, panels: &[f16], n: usize, out: O
                 acc.fill(0.0);
                 for k0 in (0..k).step_by(KC) {
                     let kc = KC.min(k - k0);
-                    panel[k0 * NR..(k0 + kc) * NR].convert_to_f32_slice(&mut bf[..kc * NR]);
+                    T::widen(&panel[k0 * NR..(k0 + kc) * NR], &mut bf[..kc * NR]);
                     // Four activation rows per pass over the widened slice, so
                     // each weight vector is loaded once per four rows.
                     let bf = bf[..kc * NR].as_chunks::<NR>().0;
@@ -371,11 +590,9 @@ mod avx512 {
     //! [`Isa::Avx512`](super::Isa::Avx512); callers check `Isa::supported()`.
     use std::arch::x86_64::*;
 
-    use half::f16;
-
     use super::{
-        chunk_size, par_chunks, with_scratch, OutPtr, Weights, DOT_MAX_M, JOB_PANELS, KC, MR, NR,
-        PF,
+        chunk_size, par_chunks, with_scratch, Half16, OutPtr, Weights, DOT_MAX_M, JOB_PANELS, KC,
+        MR, NR, PF,
     };
 
     /// Row-major weights, few activation rows: jobs of weight rows, each row
@@ -384,19 +601,26 @@ mod avx512 {
     /// # Safety
     /// The CPU must support AVX-512 F/BW/VL, FMA and F16C; `x` is `m * k`, `w`
     /// is `n * k` and `out` is `m * n`.
-    pub(super) unsafe fn dot(x: &[f32], m: usize, k: usize, w: &[f16], n: usize, out: OutPtr) {
+    pub(super) unsafe fn dot<T: Half16>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[T],
+        n: usize,
+        out: OutPtr,
+    ) {
         debug_assert!(m <= DOT_MAX_M && x.len() == m * k && w.len() == n * k);
         let rows = chunk_size(n, 2 * k);
         par_chunks(n.div_ceil(rows), |c| {
             let (j0, j1) = (c * rows, n.min((c + 1) * rows));
             // SAFETY: features checked by the caller; rows `j0..j1` are in
             // bounds and their output columns belong to this job only.
-            unsafe { dot_job(x.as_ptr(), m, k, w.as_ptr().cast(), j0, j1, out) }
+            unsafe { dot_job::<T>(x.as_ptr(), m, k, w.as_ptr().cast(), j0, j1, out) }
         });
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    unsafe fn dot_job(
+    unsafe fn dot_job<T: Half16>(
         x: *const f32,
         m: usize,
         k: usize,
@@ -410,10 +634,10 @@ mod avx512 {
         for j in j0..j1 {
             let (wj, yj) = (w.add(j * k), out.ptr.add(j));
             match m {
-                1 => dot_row::<1>(x, k, wj, yj, out.n),
-                2 => dot_row::<2>(x, k, wj, yj, out.n),
-                3 => dot_row::<3>(x, k, wj, yj, out.n),
-                4 => dot_row::<4>(x, k, wj, yj, out.n),
+                1 => dot_row::<T, 1>(x, k, wj, yj, out.n),
+                2 => dot_row::<T, 2>(x, k, wj, yj, out.n),
+                3 => dot_row::<T, 3>(x, k, wj, yj, out.n),
+                4 => dot_row::<T, 4>(x, k, wj, yj, out.n),
                 _ => unreachable!(),
             }
         }
@@ -424,7 +648,7 @@ mod avx512 {
     /// the FMA latency chains off the critical path; reduced once at the end.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
-    unsafe fn dot_row<const RM: usize>(
+    unsafe fn dot_row<T: Half16, const RM: usize>(
         x: *const f32,
         k: usize,
         w: *const u16,
@@ -436,9 +660,7 @@ mod avx512 {
         while p + 64 <= k {
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2).cast());
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2 + 32).cast());
-            let wv: [__m512; 4] = std::array::from_fn(|u| {
-                _mm512_cvtph_ps(_mm256_loadu_si256(w.add(p + 16 * u).cast()))
-            });
+            let wv: [__m512; 4] = std::array::from_fn(|u| T::load16(w.add(p + 16 * u)));
             for (i, a) in acc.iter_mut().enumerate() {
                 for u in 0..4 {
                     a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(i * k + p + 16 * u)), wv[u], a[u]);
@@ -453,7 +675,7 @@ mod avx512 {
             } else {
                 (1u16 << (k - p)) - 1
             };
-            let wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.add(p).cast()));
+            let wv = T::load16_maskz(mask, w.add(p));
             for (i, a) in acc.iter_mut().enumerate() {
                 a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x.add(i * k + p)), wv, a[0]);
             }
@@ -474,11 +696,11 @@ mod avx512 {
     /// The CPU must support AVX-512 F/BW/VL, FMA and F16C; `a` is `m * k`,
     /// the weights hold `n * k` values (`ceil(n / 32) * 32 * k` for panels),
     /// `out` is `m * n`.
-    pub(super) unsafe fn gemm(
+    pub(super) unsafe fn gemm<T: Half16>(
         a: &[f32],
         m: usize,
         k: usize,
-        w: Weights<'_>,
+        w: Weights<'_, T>,
         n: usize,
         out: OutPtr,
     ) {
@@ -502,11 +724,11 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_job(
+    unsafe fn gemm_job<T: Half16>(
         a: *const f32,
         m: usize,
         k: usize,
-        w: Weights<'_>,
+        w: Weights<'_, T>,
         n: usize,
         p0: usize,
         p1: usize,
@@ -524,7 +746,7 @@ mod avx512 {
             if let Weights::Rows(w) = w {
                 for pi in p0..p1 {
                     let rows = NR.min(n - pi * NR);
-                    pack_b(
+                    pack_b::<T>(
                         w.as_ptr().add(pi * NR * k + k0).cast(),
                         k,
                         rows,
@@ -544,7 +766,7 @@ mod avx512 {
                         Weights::Rows(_) => bbuf.add((pi - p0) * KC * NR).cast_const(),
                         Weights::Panels(panels) => panels.as_ptr().add((pi * k + k0) * NR).cast(),
                     };
-                    tile_any(mr, kc, ap, bp, cp, n, cols, acc);
+                    tile_any::<T>(mr, kc, ap, bp, cp, n, cols, acc);
                 }
             }
         }
@@ -553,7 +775,7 @@ mod avx512 {
     /// [`tile`] for a run-time row count `mr <= MR`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_any(
+    unsafe fn tile_any<T: Half16>(
         mr: usize,
         kc: usize,
         a: *const f32,
@@ -566,7 +788,7 @@ mod avx512 {
         macro_rules! go {
             ($($r:literal)*) => {
                 match mr {
-                    $($r => tile::<$r>(kc, a, b, c, ldc, cols, accumulate),)*
+                    $($r => tile::<T, $r>(kc, a, b, c, ldc, cols, accumulate),)*
                     _ => unreachable!(),
                 }
             };
@@ -576,10 +798,10 @@ mod avx512 {
 
     /// The micro-kernel: `c[i][0..cols] (+)= Σ_p a[p * R + i] · b[p][0..cols]`
     /// for `R` rows and one 32-wide panel slice of `kc` steps, with all
-    /// `2 * R` accumulators in registers. `b` is f16, widened on the fly.
+    /// `2 * R` accumulators in registers. `b` is `T`, widened on the fly.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
-    unsafe fn tile<const R: usize>(
+    unsafe fn tile<T: Half16, const R: usize>(
         kc: usize,
         a: *const f32,
         b: *const u16,
@@ -598,8 +820,8 @@ mod avx512 {
         for p in 0..kc {
             let bp = b.add(NR * p);
             _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF / 2).cast());
-            let b0 = _mm512_cvtph_ps(_mm256_loadu_si256(bp.cast()));
-            let b1 = _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(16).cast()));
+            let b0 = T::load16(bp);
+            let b1 = T::load16(bp.add(16));
             let ap = a.add(R * p);
             let (e0, e1) = if split && p % 2 == 1 {
                 (&mut d0, &mut d1)
@@ -642,10 +864,10 @@ mod avx512 {
     }
 
     /// Transposes `rows <= 32` weight rows (stride `ldw` halves) × `kc` steps
-    /// into an f16 panel `out[p * 32 + f]` (the layout of `PackedF16`); rows
-    /// past `rows` are 0. Goes through f32, which is exact both ways.
+    /// into a panel `out[p * 32 + f]` of `T` (the layout of `PackedF16`);
+    /// rows past `rows` are 0. Goes through f32, which is exact both ways.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    unsafe fn pack_b(w: *const u16, ldw: usize, rows: usize, kc: usize, out: *mut u16) {
+    unsafe fn pack_b<T: Half16>(w: *const u16, ldw: usize, rows: usize, kc: usize, out: *mut u16) {
         for f0 in [0, 16] {
             let mut p0 = 0;
             while p0 < kc {
@@ -659,7 +881,7 @@ mod avx512 {
                 for (q, v) in r.iter_mut().enumerate() {
                     if f0 + q < rows {
                         let row = w.add((f0 + q) * ldw + p0);
-                        *v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row.cast()));
+                        *v = T::load16_maskz(mask, row);
                         // The next `KC` slice of this row, into L2 while the
                         // tiles of this slice compute: 32 rows at a time is too
                         // many streams for the hardware prefetchers.
@@ -670,8 +892,7 @@ mod avx512 {
                 }
                 let t = transpose16(r);
                 for (q, v) in t.iter().enumerate().take(len) {
-                    let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(*v);
-                    _mm256_storeu_si256(out.add((p0 + q) * NR + f0).cast(), h);
+                    T::store16(out.add((p0 + q) * NR + f0), *v);
                 }
                 p0 += 16;
             }

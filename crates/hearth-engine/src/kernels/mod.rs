@@ -1,9 +1,9 @@
 //! Fast CPU matrix kernels for inference: `y[m, n] = x[m, k] · w[n, k]ᵀ`.
 //!
-//! The weights `w` stay in their file format (F16 stays F16, Q4_0 stays Q4_0,
-//! Q8_0 stays Q8_0); the `Packed*` types re-order them once at load time into a
-//! panel layout of the same size (plus padding of the last panel) that the SIMD
-//! micro-kernels stream without gathers.
+//! The weights `w` stay in their file format (F16 stays F16, BF16 stays BF16,
+//! Q4_0 stays Q4_0, Q8_0 stays Q8_0); the `Packed*` types re-order them once
+//! at load time into a panel layout of the same size (plus padding of the last
+//! panel) that the SIMD micro-kernels stream without gathers.
 //!
 //! * Decode (`m == 1`) is memory bound: every thread streams its share of the
 //!   weight rows exactly once.
@@ -28,8 +28,9 @@
 //! other architecture) takes a portable scalar path that computes the same
 //! quantities. `HEARTH_KERNELS_SCALAR=1` forces the scalar path.
 //!
-//! Numerics: F16 accumulates in f32 (error well within `1e-5 · Σ|x·w|`,
-//! tested against an f64 reference). Q4_0/Q8_0 differ from the exact
+//! Numerics: F16 and BF16 (widened exactly, sharing F16's kernels) accumulate
+//! in f32 (error well within `1e-5 · Σ|x·w|`, tested against an f64
+//! reference). Q4_0/Q8_0 differ from the exact
 //! dequantized product only by the int8 quantization of the activations, at
 //! most `Σ_blocks (d_x / 2) · Σ|w|` with `d_x = max|x_block| / 127`
 //! (tested), as in llama.cpp; the integer block sums themselves are exact.
@@ -47,7 +48,10 @@ mod quant;
 #[cfg(test)]
 mod tests;
 
-pub use fp16::{matmul_f16, matmul_f16_reference, PackedF16, F16_PANEL_WIDTH};
+pub use fp16::{
+    matmul_bf16, matmul_bf16_reference, matmul_f16, matmul_f16_reference, PackedBF16, PackedF16,
+    F16_PANEL_WIDTH,
+};
 pub use quant::{
     matmul_q4_0, matmul_q4_0_reference, matmul_q8_0, matmul_q8_0_reference, PackedQ4_0, PackedQ8_0,
     Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK, QUANT_PANEL_WIDTH,

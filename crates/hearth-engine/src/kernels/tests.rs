@@ -1,6 +1,6 @@
 //! Kernels against scalar references, and SIMD against the portable path.
 
-use half::f16;
+use half::{bf16, f16};
 
 use super::fp16;
 use super::quant::{self, QK};
@@ -175,6 +175,196 @@ fn f16_rejects_bad_lengths() {
     let packed = PackedF16::pack(&w, 3, 2).unwrap();
     assert!(packed.matmul(&[0.0; 3], 1, &mut y).is_err());
     assert!(packed.matmul(&[0.0; 2], 1, &mut y[..1]).is_err());
+}
+
+/// Random bf16 weights spanning a wide exponent range (bf16 keeps f32's):
+/// uniform in [-1, 1) times 2^e, e in [-40, 40].
+fn random_bf16(rng: &mut Rng, len: usize) -> Vec<bf16> {
+    (0..len)
+        .map(|_| {
+            let e = (rng.next_u64() % 81) as i32 - 40;
+            bf16::from_f32(rng.f32() * 2f32.powi(e))
+        })
+        .collect()
+}
+
+/// Every combination of m in {1, 3, 13, 64}, k in {32, 96, 2048} and
+/// n in {1, 31, 33, 100}, plus odd `k` for the row-major tails.
+fn bf16_shapes() -> Vec<(usize, usize, usize)> {
+    let mut v = Vec::new();
+    for m in [1, 3, 13, 64] {
+        for k in [32, 96, 2048] {
+            for n in [1, 31, 33, 100] {
+                v.push((m, k, n));
+            }
+        }
+    }
+    v.extend([
+        (1, 7, 3),
+        (2, 4097, 9),
+        (4, 33, 5),
+        (5, 300, 70),
+        (25, 520, 97),
+    ]);
+    v
+}
+
+#[test]
+fn bf16_widening_is_exact() {
+    let mut rng = Rng(5);
+    let w = random_bf16(&mut rng, 1000);
+    for v in &w {
+        assert_eq!(f32::from_bits(u32::from(v.to_bits()) << 16), v.to_f32());
+    }
+}
+
+#[test]
+fn bf16_matches_f64_reference() {
+    let mut rng = Rng(3);
+    for (m, k, n) in bf16_shapes() {
+        let x = rng.vec(m * k);
+        let w = random_bf16(&mut rng, n * k);
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let mag = magnitudes(&x, m, k, &wf, n);
+        let mut want = vec![0.0; m * n];
+        matmul_bf16_reference(&x, m, k, &w, n, &mut want).unwrap();
+        let packed = PackedBF16::pack(&w, n, k).unwrap();
+        assert_eq!((packed.n(), packed.k()), (n, k));
+        for isa in isas() {
+            let mut got = vec![f32::NAN; m * n];
+            fp16::matmul_raw(isa, &x, m, k, &w, n, &mut got);
+            assert_close(&format!("bf16 {isa:?} {m}x{k}x{n}"), &got, &want, |i| {
+                1e-5 * mag[i] + 1e-30
+            });
+            let mut got = vec![f32::NAN; m * n];
+            packed.matmul_isa(isa, &x, m, &mut got).unwrap();
+            assert_close(
+                &format!("packed bf16 {isa:?} {m}x{k}x{n}"),
+                &got,
+                &want,
+                |i| 1e-5 * mag[i] + 1e-30,
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_simd_agrees_with_scalar() {
+    let mut rng = Rng(4);
+    for (m, k, n) in bf16_shapes() {
+        let x = rng.vec(m * k);
+        let w = random_bf16(&mut rng, n * k);
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let mag = magnitudes(&x, m, k, &wf, n);
+        let packed = PackedBF16::pack(&w, n, k).unwrap();
+        let mut scalar = vec![0.0; m * n];
+        packed.matmul_isa(Isa::Scalar, &x, m, &mut scalar).unwrap();
+        let mut simd = vec![0.0; m * n];
+        packed.matmul(&x, m, &mut simd).unwrap();
+        assert_close("packed bf16 simd vs scalar", &simd, &scalar, |i| {
+            2e-6 * mag[i] + 1e-30
+        });
+        let mut scalar = vec![0.0; m * n];
+        fp16::matmul_raw(Isa::Scalar, &x, m, k, &w, n, &mut scalar);
+        let mut simd = vec![0.0; m * n];
+        matmul_bf16(&x, m, k, &w, n, &mut simd).unwrap();
+        assert_close("bf16 simd vs scalar", &simd, &scalar, |i| {
+            2e-6 * mag[i] + 1e-30
+        });
+    }
+}
+
+#[test]
+fn bf16_exact_on_exact_products() {
+    // Small integers: every product and partial sum is exact in f32, so every
+    // path must give the exact answer whatever its summation order.
+    let mut rng = Rng(6);
+    let (m, k, n) = (13, 96, 33);
+    let x: Vec<f32> = (0..m * k)
+        .map(|_| (rng.next_u64() % 9) as f32 - 4.0)
+        .collect();
+    let w: Vec<bf16> = (0..n * k)
+        .map(|_| bf16::from_f32((rng.next_u64() % 9) as f32 - 4.0))
+        .collect();
+    let mut want = vec![0.0; m * n];
+    matmul_bf16_reference(&x, m, k, &w, n, &mut want).unwrap();
+    let packed = PackedBF16::pack(&w, n, k).unwrap();
+    for isa in isas() {
+        let mut got = vec![f32::NAN; m * n];
+        packed.matmul_isa(isa, &x, m, &mut got).unwrap();
+        assert_eq!(got, want, "packed bf16 {isa:?}");
+        let mut got = vec![f32::NAN; m * n];
+        fp16::matmul_raw(isa, &x, m, k, &w, n, &mut got);
+        assert_eq!(got, want, "bf16 {isa:?}");
+    }
+}
+
+#[test]
+fn bf16_edge_dimensions() {
+    let w = vec![bf16::ONE; 6];
+    let mut y = vec![1.0; 0];
+    matmul_bf16(&[], 0, 2, &w, 3, &mut y).unwrap();
+    let mut y = vec![7.0; 2 * 3];
+    matmul_bf16(&[], 2, 0, &[], 3, &mut y).unwrap();
+    assert!(y.iter().all(|&v| v == 0.0));
+    for isa in isas() {
+        let packed = PackedBF16::pack(&[], 3, 0).unwrap();
+        let mut y = vec![7.0; 3];
+        packed.matmul_isa(isa, &[], 1, &mut y).unwrap();
+        assert!(y.iter().all(|&v| v == 0.0));
+        let packed = PackedBF16::pack(&[], 0, 5).unwrap();
+        assert_eq!(packed.size_bytes(), 0);
+        packed.matmul_isa(isa, &[0.0; 10], 2, &mut []).unwrap();
+    }
+}
+
+#[test]
+fn bf16_rejects_bad_lengths() {
+    let w = vec![bf16::ZERO; 6];
+    let mut y = vec![0.0; 3];
+    let err = matmul_bf16(&[0.0; 3], 1, 2, &w, 3, &mut y).unwrap_err();
+    assert_eq!(
+        err,
+        KernelError::Length {
+            what: "x",
+            expected: 2,
+            actual: 3
+        }
+    );
+    let err = matmul_bf16(&[0.0; 2], 1, 2, &w[..5], 3, &mut y).unwrap_err();
+    assert!(matches!(err, KernelError::Length { what: "w", .. }));
+    let err = matmul_bf16(&[0.0; 2], 1, 2, &w, 3, &mut y[..2]).unwrap_err();
+    assert!(matches!(err, KernelError::Length { what: "y", .. }));
+    assert_eq!(
+        matmul_bf16(&[], usize::MAX, 2, &w, 3, &mut y).unwrap_err(),
+        KernelError::Overflow
+    );
+    assert!(matches!(
+        PackedBF16::pack(&w, 4, 2).unwrap_err(),
+        KernelError::Length { what: "w", .. }
+    ));
+    assert!(PackedBF16::pack(&w[..5], 3, 2).is_err());
+    assert_eq!(
+        PackedBF16::pack(&w, usize::MAX, 2).unwrap_err(),
+        KernelError::Overflow
+    );
+    let packed = PackedBF16::pack(&w, 3, 2).unwrap();
+    for isa in isas() {
+        assert!(matches!(
+            packed.matmul_isa(isa, &[0.0; 3], 1, &mut y).unwrap_err(),
+            KernelError::Length { what: "x", .. }
+        ));
+        assert!(matches!(
+            packed
+                .matmul_isa(isa, &[0.0; 2], 1, &mut y[..1])
+                .unwrap_err(),
+            KernelError::Length { what: "y", .. }
+        ));
+        assert_eq!(
+            packed.matmul_isa(isa, &[], usize::MAX, &mut y).unwrap_err(),
+            KernelError::Overflow
+        );
+    }
 }
 
 const Q_SHAPES: &[(usize, usize, usize)] = &[
@@ -383,4 +573,15 @@ fn packed_sizes_match_the_file_format() {
     assert_eq!(PackedQ8_0::pack(&q8, n, k).unwrap().size_bytes(), q8.len());
     let h = vec![f16::ZERO; n * k];
     assert_eq!(PackedF16::pack(&h, n, k).unwrap().size_bytes(), h.len() * 2);
+    let b = vec![bf16::ZERO; n * k];
+    assert_eq!(
+        PackedBF16::pack(&b, n, k).unwrap().size_bytes(),
+        b.len() * 2
+    );
+    // The last panel is padded to 32 features.
+    let b = vec![bf16::ZERO; 33 * 96];
+    assert_eq!(
+        PackedBF16::pack(&b, 33, 96).unwrap().size_bytes(),
+        64 * 96 * 2
+    );
 }
