@@ -77,7 +77,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         candle_kernels: args.candle_kernels,
     };
     let vocab = src.config().vocab_size;
-    let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let file_bytes =
+        src.head_file_bytes() + src.slice_file_bytes(BlockRange::full(src.config().num_blocks())?);
     println!(
         "model {} ({} blocks, {:.2} GB), pp{} / tg{}, {} threads, median of {}",
         path.display(),
