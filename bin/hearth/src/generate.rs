@@ -6,7 +6,6 @@ use hearth_core::BlockRange;
 use hearth_engine::synth::{self, SynthModel, SynthOptions};
 use hearth_engine::{
     generate, parse_device, DType, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline,
-    SessionLimits, SliceServer,
 };
 use hearth_sampling::SamplingParams;
 use hearth_tokenizer::ChatMessage;
@@ -128,10 +127,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     for range in &ranges {
         bar.set_message(format!("blocks {range}"));
         let base = loaded;
-        let slice = src.load_slice(*range, &opts, Some(&mut |b| bar.set_position(base + b)))?;
+        let progress = &mut |b| bar.set_position(base + b);
+        stages.push(Box::new(LocalStage::load(
+            &src,
+            *range,
+            &opts,
+            max_len,
+            Some(progress),
+        )?));
         loaded += src.slice_file_bytes(*range);
-        let server = Arc::new(SliceServer::new(Arc::new(slice), SessionLimits::default()));
-        stages.push(Box::new(LocalStage::open(server, max_len)?));
     }
     bar.finish_and_clear();
     let route: Vec<String> = stages.iter().map(|s| s.describe()).collect();

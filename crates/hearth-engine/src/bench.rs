@@ -1,11 +1,9 @@
 //! Measuring prefill and decode speed of a chain of in-process slices, and process memory.
 
 use crate::error::Result;
-use crate::generate::{HiddenStage, LocalStage, Pipeline};
+use crate::generate::Pipeline;
 use crate::model::{LoadOptions, ModelSource};
-use crate::session::{SessionLimits, SliceServer};
 use hearth_core::BlockRange;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// One measurement: `prompt_tokens` of prefill, then `gen_tokens` single-token decode steps.
@@ -22,17 +20,8 @@ pub fn build_pipeline(
     opts: &LoadOptions,
     max_len: usize,
 ) -> Result<Pipeline> {
-    let head = Arc::new(src.load_head(opts, None)?);
     let ranges = BlockRange::split_even(src.config().num_blocks(), slices)?;
-    let stages = ranges
-        .into_iter()
-        .map(|r| {
-            let slice = Arc::new(src.load_slice(r, opts, None)?);
-            let server = Arc::new(SliceServer::new(slice, SessionLimits::default()));
-            Ok(Box::new(LocalStage::open(server, max_len)?) as Box<dyn HiddenStage>)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Pipeline { head, stages })
+    Pipeline::load_local(src, &ranges, opts, max_len)
 }
 
 /// Runs prefill of `prompt_tokens` tokens then `gen_tokens` greedy decode steps. Token ids are

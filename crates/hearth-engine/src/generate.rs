@@ -3,9 +3,10 @@
 //! loop drives in-process slices here and remote nodes in the swarm.
 
 use crate::error::Result;
-use crate::model::ClientHead;
-use crate::session::{SessionId, SliceServer};
+use crate::model::{ClientHead, LoadOptions, ModelSource, ProgressFn};
+use crate::session::{SessionId, SessionLimits, SliceServer};
 use candle_core::Tensor;
+use hearth_core::BlockRange;
 use hearth_sampling::{Sampler, SamplingParams};
 use hearth_tokenizer::Tokenizer;
 use std::sync::Arc;
@@ -30,6 +31,22 @@ impl LocalStage {
     pub fn open(server: Arc<SliceServer>, max_len: usize) -> Result<Self> {
         let session = server.open(max_len)?;
         Ok(Self { server, session })
+    }
+
+    /// Loads blocks `range` of `src` onto a server of its own (default session limits) and opens
+    /// a session of up to `max_len` positions on it.
+    pub fn load(
+        src: &ModelSource,
+        range: BlockRange,
+        opts: &LoadOptions,
+        max_len: usize,
+        progress: Option<ProgressFn>,
+    ) -> Result<Self> {
+        let slice = Arc::new(src.load_slice(range, opts, progress)?);
+        Self::open(
+            Arc::new(SliceServer::new(slice, SessionLimits::default())),
+            max_len,
+        )
     }
 }
 
@@ -57,6 +74,24 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The client head plus one in-process [`LocalStage`] per range (ranges in block order).
+    pub fn load_local(
+        src: &ModelSource,
+        ranges: &[BlockRange],
+        opts: &LoadOptions,
+        max_len: usize,
+    ) -> Result<Self> {
+        let head = Arc::new(src.load_head(opts, None)?);
+        let stages = ranges
+            .iter()
+            .map(|&r| {
+                Ok(Box::new(LocalStage::load(src, r, opts, max_len, None)?)
+                    as Box<dyn HiddenStage>)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { head, stages })
+    }
+
     /// Embeds `ids` (positions `start..`) and runs them through every stage.
     pub fn hidden(&mut self, start: usize, ids: &[u32]) -> Result<Tensor> {
         let mut x = self.head.embed(ids)?;

@@ -209,14 +209,6 @@ enum StoredFormat {
 }
 
 impl Weight {
-    pub fn dims(&self) -> &[usize] {
-        match self {
-            Self::Dense(t) => t.dims(),
-            Self::Quantized(q) => q.shape().dims(),
-            Self::Packed(_) => &[],
-        }
-    }
-
     /// The weight as a plain tensor of `dtype` (dequantizing if needed).
     pub fn to_dense(&self, dtype: DType) -> Result<Tensor> {
         Ok(match self {

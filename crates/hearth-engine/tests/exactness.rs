@@ -4,12 +4,8 @@
 use candle_core::quantized::GgmlDType;
 use hearth_core::BlockRange;
 use hearth_engine::synth::{shape, SynthModel, SynthOptions};
-use hearth_engine::{
-    max_abs_diff, DType, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline,
-    SessionLimits, SliceServer, Tensor,
-};
+use hearth_engine::{max_abs_diff, DType, LoadOptions, ModelSource, Pipeline, Tensor};
 use std::path::Path;
-use std::sync::Arc;
 
 fn synth_hf(dir: &Path, shape_name: &str, dtype: DType, shard_bytes: Option<u64>) -> ModelSource {
     let m = SynthModel::new(shape(shape_name).unwrap(), 7).unwrap();
@@ -180,17 +176,8 @@ fn pipeline_with(src: &ModelSource, cuts: &[u32], candle_kernels: bool) -> Pipel
         candle_kernels,
         ..LoadOptions::default()
     };
-    let head = Arc::new(src.load_head(&opts, None).unwrap());
-    let stages = BlockRange::split_at(src.config().num_blocks(), cuts)
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            let slice = Arc::new(src.load_slice(r, &opts, None).unwrap());
-            let server = Arc::new(SliceServer::new(slice, SessionLimits::default()));
-            Box::new(LocalStage::open(server, 256).unwrap()) as Box<dyn HiddenStage>
-        })
-        .collect();
-    Pipeline { head, stages }
+    let ranges = BlockRange::split_at(src.config().num_blocks(), cuts).unwrap();
+    Pipeline::load_local(src, &ranges, &opts, 256).unwrap()
 }
 
 /// hearth's CPU kernels compute the same function as candle's: on the same quantized file, the
