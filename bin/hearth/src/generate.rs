@@ -3,7 +3,6 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use hearth_core::BlockRange;
-use hearth_engine::synth::{self, SynthModel, SynthOptions};
 use hearth_engine::{
     generate, parse_device, DType, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline,
 };
@@ -56,28 +55,15 @@ pub struct GenerateArgs {
     /// Activation dtype: f32, f16 or bf16 (default: f32 on CPU, the checkpoint's on CUDA).
     #[arg(long)]
     pub dtype: Option<String>,
-}
-
-/// Where synthesized models are kept.
-fn hearth_home() -> PathBuf {
-    std::env::var_os("HEARTH_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".hearth")))
-        .unwrap_or_else(|| PathBuf::from(".hearth"))
-}
-
-fn model_path(args: &GenerateArgs) -> Result<PathBuf> {
-    if let Some(p) = &args.model {
-        return Ok(p.clone());
-    }
-    let shape = args.synth.as_deref().unwrap_or("tiny");
-    let dir = hearth_home().join("models").join(format!("synth-{shape}"));
-    if !dir.join("config.json").exists() {
-        eprintln!("synthesizing a {shape}-shaped model into {}", dir.display());
-        let model = SynthModel::new(synth::shape(shape)?, 0)?;
-        model.write_hf(&dir, DType::F32, &SynthOptions::default())?;
-    }
-    Ok(dir)
+    /// Generate through the swarm: this process keeps only the embeddings and the head; nodes
+    /// found through `--bootstrap` or mDNS run the blocks.
+    #[arg(long)]
+    pub swarm: bool,
+    #[command(flatten)]
+    pub net: crate::swarm::NetArgs,
+    /// Print every verified hop receipt.
+    #[arg(long)]
+    pub receipts: bool,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -90,7 +76,7 @@ fn parse_dtype(s: &str) -> Result<DType> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let path = model_path(&args)?;
+    let path = crate::common::model_path(args.model.as_deref(), args.synth.as_deref())?;
     let src =
         ModelSource::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let tokenizer = src.tokenizer()?;
@@ -113,6 +99,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let prompt = tokenizer.encode(&prompt_text, !args.chat)?;
     let max_len = (prompt.len() + args.max_tokens).min(src.config().max_position_embeddings);
 
+    if args.swarm {
+        let head = Arc::new(src.load_head(&opts, None)?);
+        return crate::swarm::generate_through_swarm(
+            &src,
+            head,
+            &tokenizer,
+            &prompt,
+            &params(&args),
+            &args.net,
+            args.receipts,
+            &args.prompt,
+        );
+    }
     let total: u64 =
         src.head_file_bytes() + ranges.iter().map(|r| src.slice_file_bytes(*r)).sum::<u64>();
     let bar = ProgressBar::new(total).with_style(
@@ -141,18 +140,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let route: Vec<String> = stages.iter().map(|s| s.describe()).collect();
     eprintln!("route: client -> {} -> client", route.join(" -> "));
 
-    let params = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repetition_penalty: args.repeat_penalty,
-        repeat_last_n: args.repeat_last_n,
-        seed: args.seed,
-        stop: args.stop.clone(),
-        max_tokens: args.max_tokens,
-        ..SamplingParams::default()
-    };
+    let params = params(&args);
     let mut pipeline = Pipeline { head, stages };
     let mut stdout = std::io::stdout();
     print!("{}", args.prompt);
@@ -170,4 +158,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         out.decode_tokens_per_sec()
     );
     Ok(())
+}
+
+fn params(args: &GenerateArgs) -> SamplingParams {
+    SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed: args.seed,
+        stop: args.stop.clone(),
+        max_tokens: args.max_tokens,
+        ..SamplingParams::default()
+    }
 }

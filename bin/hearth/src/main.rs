@@ -1,8 +1,10 @@
 //! `hearth`: the command-line front end. Thin: parses arguments and wires library crates together.
 
 mod bench;
+mod common;
 mod generate;
 mod model;
+mod swarm;
 
 use clap::{Parser, Subcommand};
 
@@ -25,8 +27,13 @@ enum Command {
     /// Create or inspect model files.
     #[command(subcommand)]
     Model(model::ModelCommand),
-    /// Generate text from a prompt, locally (optionally through a pipeline of slices).
-    Generate(generate::GenerateArgs),
+    /// Start a local swarm of node processes on loopback and generate through it.
+    Demo(swarm::DemoArgs),
+    /// Serve blocks of a model to the swarm.
+    Node(Box<swarm::NodeArgs>),
+    /// Generate text from a prompt: locally (optionally through a pipeline of slices) or through
+    /// the swarm (`--swarm`).
+    Generate(Box<generate::GenerateArgs>),
     /// Measure prefill/decode tokens per second and memory per slice.
     Bench(bench::BenchArgs),
     /// Internal: load one slice in this process and report its memory (used by `bench --rss`).
@@ -47,7 +54,9 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Model(cmd) => model::run(cmd),
-        Command::Generate(args) => generate::run(args),
+        Command::Demo(args) => swarm::run_demo(args, cli.threads),
+        Command::Node(args) => swarm::run_node(*args),
+        Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::RssProbe(args) => bench::rss_probe(args),
     }

@@ -68,8 +68,13 @@ pub enum EngineError {
     TooManySessions(usize),
     #[error("session length {requested} exceeds the limit {limit}")]
     MaxLenTooLarge { requested: usize, limit: usize },
+    #[error("session {0} appears more than once in one batch; only its first step runs")]
+    DuplicateInBatch(u64),
     #[error("invalid device {0:?}: expected `cpu` or `cuda:N`")]
     Device(String),
+    /// A remote stage (a node of the swarm) failed and could not be replaced.
+    #[error("remote stage: {0}")]
+    Remote(String),
     #[error(transparent)]
     Tokenizer(#[from] hearth_tokenizer::TokenizerError),
     #[error(transparent)]

@@ -1,0 +1,36 @@
+//! Helpers shared by several commands.
+
+use anyhow::Result;
+use hearth_engine::synth::{self, SynthModel, SynthOptions};
+use hearth_engine::DType;
+use std::path::{Path, PathBuf};
+
+/// Where synthesized models, node identities and cached model ids are kept.
+pub fn hearth_home() -> PathBuf {
+    std::env::var_os("HEARTH_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".hearth")))
+        .unwrap_or_else(|| PathBuf::from(".hearth"))
+}
+
+/// `model`, or the synthesized model of shape `synth` (default `tiny`), written to
+/// `$HEARTH_HOME/models` on first use.
+pub fn model_path(model: Option<&Path>, synth: Option<&str>) -> Result<PathBuf> {
+    if let Some(p) = model {
+        return Ok(p.to_path_buf());
+    }
+    let shape = synth.unwrap_or("tiny");
+    let dir = hearth_home().join("models").join(format!("synth-{shape}"));
+    if !dir.join("config.json").exists() {
+        eprintln!("synthesizing a {shape}-shaped model into {}", dir.display());
+        // Write to a scratch folder and rename, so concurrent processes never see half a model.
+        let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+        let model = SynthModel::new(synth::shape(shape)?, 0)?;
+        model.write_hf(&tmp, DType::F32, &SynthOptions::default())?;
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another process won the race; its copy is identical.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    Ok(dir)
+}

@@ -1,0 +1,380 @@
+//! `hearth node`, `hearth demo` and the swarm half of `hearth generate`.
+
+use crate::common::{hearth_home, model_path};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hearth_core::BlockRange;
+use hearth_engine::identity::identity_cached;
+use hearth_engine::{generate, ClientHead, ModelSource, Pipeline};
+use hearth_sampling::SamplingParams;
+use hearth_swarm::client::short_peer;
+use hearth_swarm::node::{Fault, Node, NodeConfig};
+use hearth_swarm::routing::RouteMode;
+use hearth_swarm::{ClientConfig, NetConfig, SwarmClient};
+use hearth_tokenizer::Tokenizer;
+use libp2p::Multiaddr;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a process joins the network.
+#[derive(Args, Clone, Debug)]
+pub struct NetArgs {
+    /// Peer to join through (multiaddr ending in /p2p/<peer id>); repeatable.
+    #[arg(long)]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Address to listen on; repeatable (default: TCP and QUIC on all interfaces, any port).
+    #[arg(long)]
+    pub listen: Vec<Multiaddr>,
+    /// Do not discover peers on the local network by mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Lifetime of DHT records, seconds (nodes refresh theirs at a third of it).
+    #[arg(long, default_value_t = 60)]
+    pub record_ttl: u64,
+    /// Route for throughput (spread parallel streams over replicas) instead of latency.
+    #[arg(long)]
+    pub throughput: bool,
+    /// Seconds to wait for one hop's answer before failing over.
+    #[arg(long, default_value_t = 30)]
+    pub step_timeout: u64,
+}
+
+impl NetArgs {
+    fn net_config(&self, dht_server: bool) -> NetConfig {
+        let mut cfg = NetConfig {
+            bootstrap: self.bootstrap.clone(),
+            mdns: !self.no_mdns,
+            dht_server,
+            record_ttl: Duration::from_secs(self.record_ttl.max(1)),
+            ..NetConfig::default()
+        };
+        if !self.listen.is_empty() {
+            cfg.listen = self.listen.clone();
+        }
+        cfg
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::default();
+        cfg.net = NetConfig {
+            listen: cfg.net.listen.clone(),
+            ..self.net_config(false)
+        };
+        if !self.listen.is_empty() {
+            cfg.net.listen = self.listen.clone();
+        }
+        cfg.mode = if self.throughput {
+            RouteMode::Throughput
+        } else {
+            RouteMode::Latency
+        };
+        cfg.step_timeout = Duration::from_secs(self.step_timeout.max(1));
+        cfg
+    }
+}
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// HF folder or .gguf file.
+    #[arg(long, conflicts_with = "synth")]
+    pub model: Option<PathBuf>,
+    /// Serve a synthesized model of this shape (written to $HEARTH_HOME/models on first use).
+    #[arg(long)]
+    pub synth: Option<String>,
+    /// Blocks to serve, `A..B`; default: chosen from what the swarm lacks.
+    #[arg(long)]
+    pub blocks: Option<BlockRange>,
+    /// With automatic placement: the most blocks this node takes.
+    #[arg(long)]
+    pub max_blocks: Option<u32>,
+    /// Holds node.key (the node's identity) and cached model ids (default: $HEARTH_HOME/node).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Asking price, micro-credits per 1000 block-tokens (announced; charged by the market).
+    #[arg(long, default_value_t = 0)]
+    pub price: u64,
+    /// KV-cache budget for all sessions together, MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub cache_mib: u64,
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Testing only: misbehave in the given way (bad-signature, non-finite, wrong-shape).
+    #[arg(long, hide = true)]
+    pub fault: Option<Fault>,
+    /// Write one line `<multiaddr>/p2p/<peer id>` here once serving (used by `hearth demo`).
+    #[arg(long, hide = true)]
+    pub ready_file: Option<PathBuf>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn run_node(args: NodeArgs) -> Result<()> {
+    let model = model_path(args.model.as_deref(), args.synth.as_deref())?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| hearth_home().join("node"));
+    let mut cfg = NodeConfig::new(model.clone(), data_dir);
+    cfg.blocks = args.blocks;
+    cfg.max_blocks = args.max_blocks;
+    cfg.net = args.net.net_config(true);
+    cfg.announce_ttl = Duration::from_secs(args.net.record_ttl.max(3));
+    cfg.price = args.price;
+    cfg.sessions.cache_budget_bytes = args.cache_mib << 20;
+    cfg.fault = args.fault;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let node = Node::start(cfg).await?;
+        // Give the listeners a moment to report their addresses.
+        let mut addrs = Vec::new();
+        for _ in 0..50 {
+            addrs = node.net.status().await.listen_addrs;
+            if !addrs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let full: Vec<String> = addrs
+            .iter()
+            .map(|a| format!("{a}/p2p/{}", node.peer_id))
+            .collect();
+        println!(
+            "node {} serving blocks {} of {} (model {}, {:.2} ms/block/token) at {}",
+            node.peer_id,
+            node.span,
+            node.n_blocks,
+            node.model_id.short(),
+            node.block_ms,
+            full.join(" ")
+        );
+        let _ = std::io::stdout().flush();
+        if let Some(path) = &args.ready_file {
+            let tcp = full
+                .iter()
+                .find(|a| a.contains("/tcp/"))
+                .or(full.first())
+                .context("node has no listen address")?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{tcp}\n"))?;
+            std::fs::rename(&tmp, path)?;
+        }
+        tokio::signal::ctrl_c().await?;
+        eprintln!("shutting down");
+        Ok(())
+    })
+}
+
+/// Generates through the swarm with `head` kept in this process.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_through_swarm(
+    src: &ModelSource,
+    head: Arc<ClientHead>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    net: &NetArgs,
+    print_receipts: bool,
+    prompt_text: &str,
+) -> Result<()> {
+    let ident = identity_cached(src, &hearth_home().join("model-ids"))?;
+    let n_blocks = src.config().num_layers as u32;
+    let max_len = (prompt.len() + params.max_tokens).min(src.config().max_position_embeddings);
+    let rt = runtime()?;
+    let client = rt.block_on(SwarmClient::start(net.client_config()))?;
+    eprintln!("looking for servers of model {} ...", ident.model_id.short());
+    let servers = rt.block_on(client.wait_for_coverage(&ident.model_id, n_blocks))?;
+    eprintln!("{} servers cover all {n_blocks} blocks", servers.len());
+    let chain = client.chain(ident.model_id, n_blocks, max_len);
+    let log = chain.log();
+    let mut pipeline = Pipeline {
+        head,
+        stages: vec![Box::new(chain)],
+    };
+    let mut stdout = std::io::stdout();
+    print!("{prompt_text}");
+    let out = generate(&mut pipeline, tokenizer, prompt, params, &mut |text| {
+        print!("{text}");
+        let _ = stdout.flush();
+    })?;
+    println!();
+    drop(pipeline);
+    let log = log.lock().map_err(|_| anyhow::anyhow!("log poisoned"))?;
+    let route: Vec<String> = log
+        .route
+        .iter()
+        .map(|(p, r)| format!("{} [{r}]", short_peer(p)))
+        .collect();
+    eprintln!("route: client -> {} -> client", route.join(" -> "));
+    for f in &log.failovers {
+        eprintln!(
+            "failover: {} [{}] dropped ({}); replaced in {:.0} ms replaying {} positions",
+            short_peer(&f.peer),
+            f.range,
+            f.reason,
+            f.recovery.as_secs_f64() * 1000.0,
+            f.replayed_tokens
+        );
+    }
+    let verified = log.receipts.iter().filter(|(_, r)| r.verify().is_ok()).count();
+    eprintln!(
+        "{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s; {} hop receipts, {} verified",
+        out.prompt_tokens,
+        out.tokens.len(),
+        out.finish,
+        out.prefill_tokens_per_sec(),
+        out.decode_tokens_per_sec(),
+        log.receipts.len(),
+        verified
+    );
+    if print_receipts {
+        for (peer, r) in &log.receipts {
+            eprintln!(
+                "receipt: node {} step {} blocks {} in {} out {} sig {}..",
+                short_peer(peer),
+                r.body.step,
+                r.body.span,
+                r.body.input.short(),
+                r.body.output.short(),
+                &hex(&r.signature)[..16]
+            );
+        }
+    }
+    rt.shutdown_timeout(Duration::from_millis(200));
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Node processes to start.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Shape of the synthesized model the swarm serves.
+    #[arg(long, default_value = "tiny")]
+    pub synth: String,
+    #[arg(long, short, default_value = "Hello, hearth")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    /// Seconds to wait for the swarm to cover every block.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Child processes that are killed when the demo ends, however it ends.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn run_demo(args: DemoArgs, threads: Option<usize>) -> Result<()> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let model = model_path(None, Some(&args.synth))?;
+    let src = ModelSource::open(&model)?;
+    let n_blocks = src.config().num_layers as u32;
+    let spans = BlockRange::split_even(n_blocks, args.nodes.min(n_blocks))?;
+    let work = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let mut children = Children(Vec::new());
+    let mut bootstrap: Option<String> = None;
+    let node_threads = threads.unwrap_or(1).to_string();
+    for (i, span) in spans.iter().enumerate() {
+        let ready = work.path().join(format!("node{i}.addr"));
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--threads", &node_threads, "node", "--model"])
+            .arg(&model)
+            .arg("--blocks")
+            .arg(span.to_string())
+            .arg("--data-dir")
+            .arg(work.path().join(format!("node{i}")))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(["--record-ttl", "30"])
+            .env("HEARTH_HOME", hearth_home())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(b) = &bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        let mut child = cmd.spawn().context("starting a node process")?;
+        let stdout = child.stdout.take();
+        children.0.push(child);
+        let addr = wait_for_file(&ready, Duration::from_secs(args.timeout))?;
+        if let Some(out) = stdout {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            print!("{line}");
+        }
+        bootstrap.get_or_insert(addr);
+    }
+    let bootstrap = bootstrap.context("no node started")?;
+    let tokenizer = src.tokenizer()?;
+    let head = Arc::new(src.load_head(&Default::default(), None)?);
+    let prompt = tokenizer.encode(&args.prompt, true)?;
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: args.max_tokens,
+        ..SamplingParams::default()
+    };
+    let net = NetArgs {
+        bootstrap: vec![bootstrap.parse()?],
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        no_mdns: true,
+        record_ttl: 30,
+        throughput: false,
+        step_timeout: 30,
+    };
+    let started = Instant::now();
+    generate_through_swarm(
+        &src,
+        head,
+        &tokenizer,
+        &prompt,
+        &params,
+        &net,
+        true,
+        &args.prompt,
+    )?;
+    eprintln!(
+        "demo finished in {:.1} s; stopping {} nodes",
+        started.elapsed().as_secs_f64(),
+        children.0.len()
+    );
+    Ok(())
+}
+
+fn wait_for_file(path: &std::path::Path, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Some(line) = s.lines().next() {
+                return Ok(line.trim().to_string());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("node did not report ready within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

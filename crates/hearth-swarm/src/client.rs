@@ -1,0 +1,536 @@
+//! The client side: discover servers of a model, route a chain over them, and run hidden states
+//! through it with signed, checked hops and failover that does not change the output.
+
+use crate::dht::{announcement_key, model_key, now_unix_ms, pick_announcement};
+use crate::identity::{public_key_of, NodeIdentity};
+use crate::net::{Net, NetConfig};
+use crate::routing::{find_route, Hop, RouteMode, RouteRequest, ServerView};
+use anyhow::{anyhow, bail, Context};
+use futures::future::join_all;
+use hearth_core::{BlockRange, ContentHash};
+use hearth_engine::{EngineError, HiddenStage, Tensor};
+use hearth_wire::{
+    read_frame, write_frame, Announcement, HiddenDType, HiddenStates, Limits, OpenSession,
+    Receipt, ReceiptBody, Request, Response, SessionKey, Step, INFERENCE_PROTOCOL,
+};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub net: NetConfig,
+    /// Longest wait for one step's answer before the node counts as failed.
+    pub step_timeout: Duration,
+    /// Longest wait for the swarm to cover every block (at start and during failover).
+    pub cover_timeout: Duration,
+    pub mode: RouteMode,
+    pub dtype: HiddenDType,
+    pub limits: Limits,
+    /// RTT assumed for a server not yet pinged.
+    pub default_rtt: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            net: NetConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
+                dht_server: false,
+                ..NetConfig::default()
+            },
+            step_timeout: Duration::from_secs(30),
+            cover_timeout: Duration::from_secs(30),
+            mode: RouteMode::Latency,
+            dtype: HiddenDType::F16,
+            limits: Limits::default(),
+            default_rtt: Duration::from_millis(2),
+        }
+    }
+}
+
+/// A server of the model as the client sees it.
+#[derive(Clone, Debug)]
+pub struct ServerEntry {
+    pub peer: PeerId,
+    pub announcement: Announcement,
+    pub rtt: Option<Duration>,
+}
+
+/// A handle on the swarm for generating through it. Cheap to clone.
+#[derive(Clone)]
+pub struct SwarmClient {
+    net: Net,
+    cfg: Arc<ClientConfig>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl SwarmClient {
+    /// Joins the network with a fresh identity (clients need no persistent name).
+    pub async fn start(cfg: ClientConfig) -> anyhow::Result<Self> {
+        let net = Net::start(&NodeIdentity::generate(), cfg.net.clone()).await?;
+        Ok(Self {
+            net,
+            cfg: Arc::new(cfg),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// Every server that currently announces `model` with a valid, unexpired record.
+    pub async fn servers(&self, model: &ContentHash, n_blocks: u32) -> Vec<ServerEntry> {
+        let providers = self.net.get_providers(model_key(model)).await;
+        let lookups = providers.into_iter().map(|peer| async move {
+            let values = self.net.get_records(announcement_key(model, &peer)).await;
+            pick_announcement(&values, &peer, model, now_unix_ms(), &self.cfg.limits)
+                .filter(|s| s.announcement.n_blocks == n_blocks)
+                .map(|s| (peer, s.announcement))
+        });
+        let found: Vec<_> = join_all(lookups).await.into_iter().flatten().collect();
+        for (peer, a) in &found {
+            let addrs: Vec<Multiaddr> = a
+                .addrs
+                .iter()
+                .filter_map(|b| Multiaddr::try_from(b.clone()).ok())
+                .collect();
+            self.net.dial(*peer, addrs).await;
+        }
+        let status = self.net.status().await;
+        let mut out: Vec<ServerEntry> = found
+            .into_iter()
+            .map(|(peer, announcement)| ServerEntry {
+                peer,
+                rtt: status.rtts.get(&peer).copied(),
+                announcement,
+            })
+            .collect();
+        out.sort_by_key(|s| (s.announcement.span.start(), s.peer));
+        out
+    }
+
+    /// Waits until the servers of `model` cover every block (or `cover_timeout` passes).
+    pub async fn wait_for_coverage(
+        &self,
+        model: &ContentHash,
+        n_blocks: u32,
+    ) -> anyhow::Result<Vec<ServerEntry>> {
+        let deadline = Instant::now() + self.cfg.cover_timeout;
+        loop {
+            let servers = self.servers(model, n_blocks).await;
+            let full = BlockRange::full(n_blocks)?;
+            let views = views(&servers, &self.cfg);
+            let none = HashSet::new();
+            let req = RouteRequest {
+                range: full,
+                need_tokens: 0,
+                banned: &none,
+                mode: self.cfg.mode,
+            };
+            match find_route(&views, &req) {
+                Ok(_) => return Ok(servers),
+                Err(e) if Instant::now() >= deadline => {
+                    bail!(
+                        "the swarm does not cover model {} after {:?}: {e} ({} servers known)",
+                        model.short(),
+                        self.cfg.cover_timeout,
+                        servers.len()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+    }
+
+    /// A chain over the whole model for one generation of up to `max_len` positions. Routing
+    /// happens at the first step.
+    pub fn chain(&self, model: ContentHash, n_blocks: u32, max_len: usize) -> SwarmChain {
+        let mut session = [0u8; 16];
+        session.copy_from_slice(&NodeIdentity::generate().public_key()[..16]);
+        SwarmChain {
+            client: self.clone(),
+            model,
+            n_blocks,
+            max_len,
+            session,
+            hops: Vec::new(),
+            servers: Vec::new(),
+            banned: HashSet::new(),
+            log: Arc::new(Mutex::new(ChainLog::default())),
+        }
+    }
+}
+
+fn views(servers: &[ServerEntry], cfg: &ClientConfig) -> Vec<ServerView> {
+    servers
+        .iter()
+        .map(|s| ServerView {
+            peer: s.peer,
+            span: s.announcement.span,
+            block_ms: f64::from(s.announcement.block_ms),
+            rtt_ms: s.rtt.unwrap_or(cfg.default_rtt).as_secs_f64() * 1000.0,
+            cache_free_tokens: s.announcement.cache_free_tokens,
+            load: s.announcement.active_sessions,
+        })
+        .collect()
+}
+
+/// Why a hop was abandoned.
+#[derive(Clone, Debug)]
+pub struct Failover {
+    pub peer: PeerId,
+    pub range: BlockRange,
+    pub reason: String,
+    /// Time from detection to the replacement being ready (replay included).
+    pub recovery: Duration,
+    /// Positions replayed into the replacement.
+    pub replayed_tokens: usize,
+}
+
+/// What a chain did: its current route, every verified receipt, every failover.
+#[derive(Clone, Debug, Default)]
+pub struct ChainLog {
+    pub route: Vec<(PeerId, BlockRange)>,
+    pub receipts: Vec<(PeerId, Receipt)>,
+    pub failovers: Vec<Failover>,
+    /// Time spent waiting on hops (network + remote compute), per step.
+    pub hop_time: Duration,
+}
+
+struct HopState {
+    peer: PeerId,
+    range: BlockRange,
+    node_key: [u8; 32],
+    stream: Option<libp2p::Stream>,
+    next_step: u64,
+    /// Every input sent and answered, in order: what a replacement must replay.
+    history: Vec<HiddenStates>,
+}
+
+/// The swarm as one [`HiddenStage`] covering every block: the generation loop drives it exactly
+/// as it drives local slices.
+pub struct SwarmChain {
+    client: SwarmClient,
+    model: ContentHash,
+    n_blocks: u32,
+    max_len: usize,
+    session: SessionKey,
+    hops: Vec<HopState>,
+    servers: Vec<ServerEntry>,
+    banned: HashSet<PeerId>,
+    log: Arc<Mutex<ChainLog>>,
+}
+
+/// Failovers one step may go through before the generation gives up.
+const MAX_FAILOVERS_PER_STEP: usize = 8;
+
+impl SwarmChain {
+    /// Shared view of the route, receipts and failovers (readable while or after generating).
+    pub fn log(&self) -> Arc<Mutex<ChainLog>> {
+        self.log.clone()
+    }
+
+    fn log_mut(&self) -> std::sync::MutexGuard<'_, ChainLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish_route(&self) {
+        let route = self.hops.iter().map(|h| (h.peer, h.range)).collect();
+        self.log_mut().route = route;
+    }
+
+    /// Routes `range` over known servers minus banned ones, refreshing the server list (and
+    /// waiting for coverage) when needed.
+    async fn route(&mut self, range: BlockRange) -> anyhow::Result<Vec<Hop>> {
+        let deadline = Instant::now() + self.client.cfg.cover_timeout;
+        let mut refreshed = false;
+        loop {
+            let views = views(&self.servers, &self.client.cfg);
+            let req = RouteRequest {
+                range,
+                need_tokens: self.max_len as u64,
+                banned: &self.banned,
+                mode: self.client.cfg.mode,
+            };
+            match find_route(&views, &req) {
+                Ok(route) => return Ok(route.hops),
+                Err(e) if refreshed && Instant::now() >= deadline => {
+                    bail!("no route for blocks {range}: {e}")
+                }
+                Err(_) => {
+                    if refreshed {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    self.servers = self.client.servers(&self.model, self.n_blocks).await;
+                    refreshed = true;
+                }
+            }
+        }
+    }
+
+    fn new_hop(&self, hop: Hop) -> anyhow::Result<HopState> {
+        let node_key = public_key_of(&hop.peer)
+            .ok_or_else(|| anyhow!("peer {} has no inline ed25519 key", hop.peer))?;
+        Ok(HopState {
+            peer: hop.peer,
+            range: hop.range,
+            node_key,
+            stream: None,
+            next_step: 0,
+            history: Vec::new(),
+        })
+    }
+
+    /// One step on hop `i`: send, await, and check shape, finiteness and the signed receipt.
+    async fn step_hop(&mut self, i: usize, input: &HiddenStates) -> anyhow::Result<HiddenStates> {
+        let cfg = self.client.cfg.clone();
+        let (model, session, max_len) = (self.model, self.session, self.max_len);
+        let hop = &mut self.hops[i];
+        let started = Instant::now();
+        let result = tokio::time::timeout(cfg.step_timeout, async {
+            if hop.stream.is_none() {
+                let mut control = self.client.net.control();
+                let mut stream = control
+                    .open_stream(hop.peer, StreamProtocol::new(INFERENCE_PROTOCOL))
+                    .await
+                    .map_err(|e| anyhow!("cannot open a stream: {e}"))?;
+                let open = Request::Open(OpenSession {
+                    session,
+                    model_id: model,
+                    span: hop.range,
+                    max_len: max_len as u32,
+                    dtype: cfg.dtype,
+                });
+                write_frame(&mut stream, &open.encode()).await?;
+                match read_response(&mut stream, &cfg.limits).await? {
+                    Response::Opened(_) => {}
+                    Response::Error(e) => bail!("refused the session: {:?}: {}", e.code, e.message),
+                    other => bail!("answered open with {other:?}"),
+                }
+                hop.stream = Some(stream);
+            }
+            let stream = hop.stream.as_mut().context("stream just opened")?;
+            let step = hop.next_step;
+            let request = Request::Step(Step {
+                step,
+                hidden: input.clone(),
+            });
+            write_frame(stream, &request.encode()).await?;
+            let done = match read_response(stream, &cfg.limits).await? {
+                Response::StepDone(d) => d,
+                Response::Error(e) => bail!("step failed: {:?}: {}", e.code, e.message),
+                other => bail!("answered a step with {other:?}"),
+            };
+            let out = done.hidden;
+            if done.step != step
+                || out.rows != input.rows
+                || out.cols != input.cols
+                || out.start != input.start
+                || out.dtype != input.dtype
+            {
+                bail!(
+                    "malformed answer: step {} {}×{} at {} (sent step {step} {}×{} at {})",
+                    done.step,
+                    out.rows,
+                    out.cols,
+                    out.start,
+                    input.rows,
+                    input.cols,
+                    input.start
+                );
+            }
+            if let Some((r, c)) = out.first_non_finite() {
+                bail!("non-finite hidden state at row {r}, column {c}");
+            }
+            let expected = ReceiptBody {
+                session,
+                step,
+                model_id: model,
+                span: hop.range,
+                input: input.digest(),
+                output: out.digest(),
+            };
+            done.receipt
+                .verify_from(&hop.node_key, &expected)
+                .map_err(|e| anyhow!("{e}"))?;
+            hop.next_step += 1;
+            Ok((out, done.receipt))
+        })
+        .await;
+        let (out, receipt) = match result {
+            Ok(r) => r?,
+            Err(_) => bail!("no answer within {:?}", cfg.step_timeout),
+        };
+        let peer = hop.peer;
+        hop.history.push(input.clone());
+        let mut log = self.log_mut();
+        log.hop_time += started.elapsed();
+        log.receipts.push((peer, receipt));
+        Ok(out)
+    }
+
+    /// Replaces hop `i` after a failure: bans its node, routes its blocks over other nodes,
+    /// replays its input history into them so their caches match, and splices them in.
+    async fn fail_over(&mut self, i: usize, reason: String) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let old = self.hops.remove(i);
+        tracing::warn!(peer = %old.peer, range = %old.range, "hop failed: {reason}");
+        self.banned.insert(old.peer);
+        let replayed_tokens = old.history.iter().map(|h| h.rows as usize).sum();
+        let hops = self.route(old.range).await?;
+        let new: Vec<HopState> = hops
+            .into_iter()
+            .map(|h| self.new_hop(h))
+            .collect::<anyhow::Result<_>>()?;
+        let n = new.len();
+        for (k, h) in new.into_iter().enumerate() {
+            self.hops.insert(i + k, h);
+        }
+        // Replay as one prefill per hop: the whole cached prefix in a single step.
+        if let Some(mut x) = merge(&old.history) {
+            for k in i..i + n {
+                x = Box::pin(self.step_hop(k, &x)).await?;
+            }
+        }
+        self.publish_route();
+        self.log_mut().failovers.push(Failover {
+            peer: old.peer,
+            range: old.range,
+            reason,
+            recovery: started.elapsed(),
+            replayed_tokens,
+        });
+        Ok(())
+    }
+
+    async fn forward_async(&mut self, input: HiddenStates) -> anyhow::Result<HiddenStates> {
+        if self.hops.is_empty() {
+            let hops = self.route(BlockRange::full(self.n_blocks)?).await?;
+            self.hops = hops
+                .into_iter()
+                .map(|h| self.new_hop(h))
+                .collect::<anyhow::Result<_>>()?;
+            self.publish_route();
+        }
+        let mut x = input;
+        let mut i = 0;
+        let mut failovers = 0;
+        while i < self.hops.len() {
+            match self.step_hop(i, &x).await {
+                Ok(out) => {
+                    x = out;
+                    i += 1;
+                }
+                Err(e) => {
+                    failovers += 1;
+                    if failovers > MAX_FAILOVERS_PER_STEP {
+                        bail!("giving up after {MAX_FAILOVERS_PER_STEP} failovers: {e}");
+                    }
+                    // A failure during replay fails over the replacement in turn.
+                    let mut reason = format!("{e:#}");
+                    while let Err(e2) = self.fail_over(i, reason.clone()).await {
+                        failovers += 1;
+                        if failovers > MAX_FAILOVERS_PER_STEP || self.hops.len() <= i {
+                            return Err(e2);
+                        }
+                        reason = format!("{e2:#}");
+                    }
+                }
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// Concatenates consecutive steps into one (positions must follow on).
+fn merge(history: &[HiddenStates]) -> Option<HiddenStates> {
+    let first = history.first()?;
+    let mut out = first.clone();
+    for h in &history[1..] {
+        if h.start == out.start + out.rows {
+            out.rows += h.rows;
+            out.data.extend_from_slice(&h.data);
+        } else {
+            // A rewind: the later step overwrote positions from h.start on.
+            let keep = (h.start.saturating_sub(out.start)) as usize * out.cols as usize * 2;
+            out.data.truncate(keep);
+            out.rows = h.start.saturating_sub(out.start);
+            out.rows += h.rows;
+            out.data.extend_from_slice(&h.data);
+        }
+    }
+    Some(out)
+}
+
+async fn read_response(stream: &mut libp2p::Stream, limits: &Limits) -> anyhow::Result<Response> {
+    let frame = read_frame(stream, limits.max_frame_bytes)
+        .await?
+        .ok_or_else(|| anyhow!("the node closed the stream"))?;
+    Ok(Response::decode(&frame, limits)?)
+}
+
+impl HiddenStage for SwarmChain {
+    fn forward(&mut self, start: usize, hidden: &Tensor) -> hearth_engine::Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let (rows, cols) = match dims.as_slice() {
+            [1, t, h] => (*t, *h),
+            [t, h] => (*t, *h),
+            _ => {
+                return Err(EngineError::HiddenShape {
+                    got: dims,
+                    hidden: 0,
+                })
+            }
+        };
+        let values = hidden
+            .to_dtype(hearth_engine::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())?;
+        let input = HiddenStates::from_f32(
+            self.client.cfg.dtype,
+            start as u32,
+            rows as u32,
+            cols as u32,
+            &values,
+        );
+        let runtime = self.client.runtime.clone();
+        let out = runtime
+            .block_on(self.forward_async(input))
+            .map_err(|e| EngineError::Remote(format!("{e:#}")))?;
+        let t = Tensor::from_vec(out.to_f32(), (1, rows, cols), hidden.device())?;
+        Ok(t.to_dtype(hidden.dtype())?)
+    }
+
+    fn describe(&self) -> String {
+        let route: Vec<String> = self
+            .hops
+            .iter()
+            .map(|h| format!("{} {}", short_peer(&h.peer), h.range))
+            .collect();
+        format!("swarm [{}]", route.join(" → "))
+    }
+}
+
+/// The last 8 characters of a peer id: enough to tell nodes apart in output.
+pub fn short_peer(peer: &PeerId) -> String {
+    let s = peer.to_string();
+    s[s.len().saturating_sub(8)..].to_string()
+}
+
+impl Drop for SwarmChain {
+    fn drop(&mut self) {
+        // Closing the streams lets nodes free the sessions at once instead of at idle expiry.
+        for hop in &mut self.hops {
+            if let Some(mut s) = hop.stream.take() {
+                let runtime = self.client.runtime.clone();
+                runtime.spawn(async move {
+                    let _ = write_frame(&mut s, &Request::Close.encode()).await;
+                    let _ = futures::AsyncWriteExt::close(&mut s).await;
+                });
+            }
+        }
+    }
+}

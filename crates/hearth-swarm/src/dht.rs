@@ -1,0 +1,65 @@
+//! Where things live in the DHT. A node that serves blocks A..B of model M
+//! - provides `model(M)` (so a client finds every server of M with one query) and
+//!   `block(M, b)` for each served block b (so anyone can ask who serves a given block), and
+//! - stores its signed [`Announcement`] under `announcement(M, node)`.
+//!
+//! Provider records and stored announcements expire after the configured record lifetime unless
+//! the node refreshes them; announcements also carry their own issue time and lifetime, checked by
+//! every reader, so a record that outlives its node on some peer is still ignored.
+
+use crate::identity::peer_of_key;
+use hearth_core::{ContentHash, ContentHasher};
+use hearth_wire::{Limits, SignedAnnouncement};
+use libp2p::kad::RecordKey;
+use libp2p::PeerId;
+
+pub fn model_key(model: &ContentHash) -> RecordKey {
+    RecordKey::new(&ContentHasher::new("dht-model").field(&model.0).finish().0)
+}
+
+pub fn block_key(model: &ContentHash, block: u32) -> RecordKey {
+    RecordKey::new(
+        &ContentHasher::new("dht-block")
+            .field(&model.0)
+            .field(&block.to_le_bytes())
+            .finish()
+            .0,
+    )
+}
+
+pub fn announcement_key(model: &ContentHash, node: &PeerId) -> RecordKey {
+    RecordKey::new(
+        &ContentHasher::new("dht-announcement")
+            .field(&model.0)
+            .field(&node.to_bytes())
+            .finish()
+            .0,
+    )
+}
+
+/// The newest valid, unexpired announcement among `values` that really comes from `node` about
+/// `model`. Anything else (bad signature, another node's key, another model, expired) is dropped.
+pub fn pick_announcement(
+    values: &[Vec<u8>],
+    node: &PeerId,
+    model: &ContentHash,
+    now_unix_ms: u64,
+    limits: &Limits,
+) -> Option<SignedAnnouncement> {
+    values
+        .iter()
+        .filter_map(|v| SignedAnnouncement::decode(v, limits).ok())
+        .filter(|s| {
+            let a = &s.announcement;
+            a.model_id == *model
+                && peer_of_key(&a.node).as_ref() == Some(node)
+                && !a.expired(now_unix_ms)
+        })
+        .max_by_key(|s| s.announcement.issued_unix_ms)
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

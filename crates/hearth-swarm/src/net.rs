@@ -1,0 +1,396 @@
+//! The libp2p host: transports, behaviours, and the one task that owns the `Swarm`. Everything
+//! else talks to it through a cloneable [`Net`] handle (bounded command channel, oneshot replies)
+//! or opens streams directly through [`libp2p_stream::Control`].
+
+use crate::identity::NodeIdentity;
+use futures::StreamExt;
+use libp2p::kad::{self, store::MemoryStore, store::RecordStore, GetProvidersOk, GetRecordOk, QueryId, QueryResult};
+use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    autonat, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm,
+};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Kademlia protocol name: hearth nodes form their own DHT, apart from IPFS's.
+const KAD_PROTOCOL: &str = "/hearth/kad/1";
+const IDENTIFY_PROTOCOL: &str = "/hearth/id/1";
+/// Commands queued for the swarm task; senders wait when it is full (backpressure, no growth).
+const COMMAND_QUEUE: usize = 256;
+
+/// How a host takes part in the network.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Addresses to listen on (e.g. `/ip4/127.0.0.1/tcp/0`, `/ip4/0.0.0.0/udp/0/quic-v1`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (multiaddrs ending in `/p2p/<peer id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the local network by mDNS.
+    pub mdns: bool,
+    /// Serve DHT records (nodes) or only query them (clients).
+    pub dht_server: bool,
+    /// Lifetime of DHT records this host stores for others.
+    pub record_ttl: Duration,
+    /// Interval of the ping protocol, which also measures RTTs.
+    pub ping_interval: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("static multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("static multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            dht_server: true,
+            record_ttl: Duration::from_secs(120),
+            ping_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    relay: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Provide(kad::RecordKey),
+    StopProviding(kad::RecordKey),
+    PutRecord(kad::Record),
+    GetProviders(kad::RecordKey, oneshot::Sender<HashSet<PeerId>>),
+    GetRecords(kad::RecordKey, oneshot::Sender<Vec<Vec<u8>>>),
+    Dial(PeerId, Vec<Multiaddr>),
+    Status(oneshot::Sender<NetStatus>),
+}
+
+/// A snapshot of what the host knows.
+#[derive(Clone, Debug, Default)]
+pub struct NetStatus {
+    pub listen_addrs: Vec<Multiaddr>,
+    pub connected: Vec<PeerId>,
+    /// Latest ping RTT per connected peer.
+    pub rtts: HashMap<PeerId, Duration>,
+    /// Peers found by mDNS since start.
+    pub mdns_peers: Vec<PeerId>,
+}
+
+/// Cloneable handle to the swarm task.
+#[derive(Clone)]
+pub struct Net {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+}
+
+impl Net {
+    /// Builds the host, starts listening and dialling, and spawns its task on the current runtime.
+    pub async fn start(identity: &NodeIdentity, cfg: NetConfig) -> anyhow::Result<Self> {
+        let keypair = identity.keypair();
+        let peer_id = keypair.public().to_peer_id();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(|key, relay| {
+                let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+                kad_cfg
+                    .set_record_ttl(Some(cfg.record_ttl))
+                    .set_provider_record_ttl(Some(cfg.record_ttl))
+                    .set_query_timeout(Duration::from_secs(10))
+                    // The node republishes on its own schedule (announce loop); no blind
+                    // re-replication of stale copies.
+                    .set_publication_interval(None)
+                    .set_provider_publication_interval(None);
+                let mut kad =
+                    kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg);
+                kad.set_mode(Some(if cfg.dht_server {
+                    kad::Mode::Server
+                } else {
+                    kad::Mode::Client
+                }));
+                let mdns = if cfg.mdns {
+                    Some(mdns::tokio::Behaviour::new(
+                        mdns::Config {
+                            query_interval: Duration::from_secs(2),
+                            ..Default::default()
+                        },
+                        peer_id,
+                    )?)
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    kad,
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        IDENTIFY_PROTOCOL.to_string(),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::new(ping::Config::new().with_interval(cfg.ping_interval)),
+                    mdns: mdns.into(),
+                    relay,
+                    dcutr: dcutr::Behaviour::new(peer_id),
+                    autonat: autonat::Behaviour::new(peer_id, Default::default()),
+                    stream: libp2p_stream::Behaviour::new(),
+                })
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        for addr in &cfg.listen {
+            swarm.listen_on(addr.clone())?;
+        }
+        for addr in &cfg.bootstrap {
+            if let Some(peer) = peer_of(addr) {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+            }
+        }
+        let control = swarm.behaviour().stream.new_control();
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        tokio::spawn(run(swarm, rx));
+        Ok(Self {
+            peer_id,
+            commands: tx,
+            control,
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// A stream-opening handle (clone one per concurrent opener).
+    pub fn control(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    async fn send(&self, cmd: Command) {
+        // The task only ends with the runtime; a failed send means we are shutting down.
+        let _ = self.commands.send(cmd).await;
+    }
+
+    pub async fn provide(&self, key: kad::RecordKey) {
+        self.send(Command::Provide(key)).await;
+    }
+
+    pub async fn stop_providing(&self, key: kad::RecordKey) {
+        self.send(Command::StopProviding(key)).await;
+    }
+
+    pub async fn put_record(&self, record: kad::Record) {
+        self.send(Command::PutRecord(record)).await;
+    }
+
+    pub async fn get_providers(&self, key: kad::RecordKey) -> HashSet<PeerId> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::GetProviders(key, tx)).await;
+        rx.await.unwrap_or_default()
+    }
+
+    /// Every value found for `key` (possibly several versions from several holders).
+    pub async fn get_records(&self, key: kad::RecordKey) -> Vec<Vec<u8>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::GetRecords(key, tx)).await;
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        self.send(Command::Dial(peer, addrs)).await;
+    }
+
+    pub async fn status(&self) -> NetStatus {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status(tx)).await;
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// The peer id at the end of a multiaddr (`.../p2p/<id>`), if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+enum Pending {
+    Providers(HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>),
+    Records(Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>),
+}
+
+async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
+    let mut pending: HashMap<QueryId, Pending> = HashMap::new();
+    let mut rtts: HashMap<PeerId, Duration> = HashMap::new();
+    let mut mdns_peers: HashSet<PeerId> = HashSet::new();
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { return };
+                handle_command(&mut swarm, cmd, &mut pending, &rtts, &mdns_peers);
+            }
+            event = swarm.select_next_some() => {
+                handle_event(&mut swarm, event, &mut pending, &mut rtts, &mut mdns_peers);
+            }
+        }
+    }
+}
+
+fn handle_command(
+    swarm: &mut Swarm<Behaviour>,
+    cmd: Command,
+    pending: &mut HashMap<QueryId, Pending>,
+    rtts: &HashMap<PeerId, Duration>,
+    mdns_peers: &HashSet<PeerId>,
+) {
+    let kad = &mut swarm.behaviour_mut().kad;
+    match cmd {
+        Command::Provide(key) => {
+            if let Err(e) = kad.start_providing(key) {
+                tracing::warn!("cannot store provider record: {e}");
+            }
+        }
+        Command::StopProviding(key) => kad.stop_providing(&key),
+        Command::PutRecord(record) => {
+            if let Err(e) = kad.put_record(record, kad::Quorum::One) {
+                tracing::warn!("cannot store record: {e}");
+            }
+        }
+        Command::GetProviders(key, reply) => {
+            let id = kad.get_providers(key);
+            pending.insert(id, Pending::Providers(HashSet::new(), reply));
+        }
+        Command::GetRecords(key, reply) => {
+            // Our own store first: kad's query skips it once the record is found remotely.
+            let local = kad
+                .store_mut()
+                .get(&key)
+                .map(|r| vec![r.value.clone()])
+                .unwrap_or_default();
+            let id = kad.get_record(key);
+            pending.insert(id, Pending::Records(local, reply));
+        }
+        Command::Dial(peer, addrs) => {
+            for a in &addrs {
+                swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+            }
+            if !swarm.is_connected(&peer) {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .build();
+                if let Err(e) = swarm.dial(opts) {
+                    tracing::debug!(%peer, "dial failed: {e}");
+                }
+            }
+        }
+        Command::Status(reply) => {
+            let _ = reply.send(NetStatus {
+                listen_addrs: swarm.listeners().cloned().collect(),
+                connected: swarm.connected_peers().copied().collect(),
+                rtts: rtts.clone(),
+                mdns_peers: mdns_peers.iter().copied().collect(),
+            });
+        }
+    }
+}
+
+fn handle_event(
+    swarm: &mut Swarm<Behaviour>,
+    event: SwarmEvent<BehaviourEvent>,
+    pending: &mut HashMap<QueryId, Pending>,
+    rtts: &mut HashMap<PeerId, Duration>,
+    mdns_peers: &mut HashSet<PeerId>,
+) {
+    match event {
+        SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            num_established: 0,
+            ..
+        } => {
+            rtts.remove(&peer_id);
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+            for (peer, addr) in found {
+                mdns_peers.insert(peer);
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                if !swarm.is_connected(&peer) {
+                    let _ = swarm.dial(addr);
+                }
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            info,
+            ..
+        })) => {
+            // Only peers that speak our DHT protocol go into the routing table.
+            if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
+                for addr in info.listen_addrs {
+                    swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+            peer,
+            result: Ok(rtt),
+            ..
+        })) => {
+            rtts.insert(peer, rtt);
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+            id,
+            result,
+            step,
+            ..
+        })) => {
+            match (result, pending.get_mut(&id)) {
+                (
+                    QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
+                        providers, ..
+                    })),
+                    Some(Pending::Providers(acc, _)),
+                ) => acc.extend(providers),
+                (
+                    QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(rec))),
+                    Some(Pending::Records(acc, _)),
+                ) => {
+                    // Bounded: a query returns at most one record per peer asked.
+                    if acc.len() < 64 {
+                        acc.push(rec.record.value);
+                    }
+                }
+                _ => {}
+            }
+            if step.last {
+                match pending.remove(&id) {
+                    Some(Pending::Providers(acc, reply)) => {
+                        let _ = reply.send(acc);
+                    }
+                    Some(Pending::Records(acc, reply)) => {
+                        let _ = reply.send(acc);
+                    }
+                    None => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,618 @@
+//! A serving node: loads blocks of a model, announces them, and serves inference sessions on
+//! libp2p streams. Steps from concurrent sessions are batched into one forward pass.
+
+use crate::dht::{announcement_key, block_key, model_key, now_unix_ms, pick_announcement};
+use crate::identity::NodeIdentity;
+use crate::net::{Net, NetConfig};
+use crate::placement::{self, SpanInfo};
+use anyhow::Context;
+use futures::{AsyncRead, AsyncWrite};
+use hearth_core::{BlockRange, ContentHash};
+use hearth_engine::identity::identity_cached;
+use hearth_engine::{
+    EngineError, LoadOptions, ModelSource, SessionId, SessionLimits, SliceServer, Tensor,
+};
+use hearth_wire::{
+    read_frame, write_frame, Announcement, ErrorCode, HiddenStates, Limits, OpenSession,
+    Opened, ReceiptBody, Request, Response, Step, StepDone, INFERENCE_PROTOCOL,
+};
+use libp2p::{kad, Multiaddr, PeerId, StreamProtocol};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Deliberate misbehaviour, for tests of the client's defences (hidden CLI flag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Sign receipts with the wrong content.
+    BadSignature,
+    /// Return NaN hidden states.
+    NonFinite,
+    /// Return one row too few.
+    WrongShape,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bad-signature" => Ok(Self::BadSignature),
+            "non-finite" => Ok(Self::NonFinite),
+            "wrong-shape" => Ok(Self::WrongShape),
+            other => Err(format!(
+                "unknown fault {other:?} (bad-signature, non-finite, wrong-shape)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub model: PathBuf,
+    /// Holds `node.key` and cached model ids.
+    pub data_dir: PathBuf,
+    /// Blocks to serve; `None` chooses automatically from what the swarm lacks.
+    pub blocks: Option<BlockRange>,
+    /// With automatic placement: most blocks this node may hold.
+    pub max_blocks: Option<u32>,
+    /// With automatic placement: how long to look at the swarm before choosing.
+    pub discovery_wait: Duration,
+    pub net: NetConfig,
+    pub sessions: SessionLimits,
+    /// Most sessions one peer may hold open at once.
+    pub max_sessions_per_peer: usize,
+    /// Lifetime of this node's DHT announcements (refreshed at a third of it).
+    pub announce_ttl: Duration,
+    /// Asking price, micro-credits per 1000 block-tokens (announced; the market wave charges it).
+    pub price: u64,
+    /// Close a session's stream after this long without a request.
+    pub idle_timeout: Duration,
+    pub limits: Limits,
+    pub fault: Option<Fault>,
+}
+
+impl NodeConfig {
+    pub fn new(model: PathBuf, data_dir: PathBuf) -> Self {
+        Self {
+            model,
+            data_dir,
+            blocks: None,
+            max_blocks: None,
+            discovery_wait: Duration::from_secs(3),
+            net: NetConfig::default(),
+            sessions: SessionLimits::default(),
+            max_sessions_per_peer: 16,
+            announce_ttl: Duration::from_secs(60),
+            price: 0,
+            idle_timeout: Duration::from_secs(120),
+            limits: Limits::default(),
+            fault: None,
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    pub net: Net,
+    pub peer_id: PeerId,
+    pub model_id: ContentHash,
+    pub span: BlockRange,
+    pub n_blocks: u32,
+    /// Measured decode compute per block per token.
+    pub block_ms: f64,
+    state: Arc<NodeState>,
+}
+
+struct NodeState {
+    identity: NodeIdentity,
+    model_id: ContentHash,
+    span: BlockRange,
+    hidden_size: usize,
+    server: Arc<SliceServer>,
+    compute: mpsc::Sender<Job>,
+    limits: Limits,
+    max_per_peer: usize,
+    per_peer: Mutex<HashMap<PeerId, usize>>,
+    idle_timeout: Duration,
+    fault: Option<Fault>,
+}
+
+struct Job {
+    session: SessionId,
+    start: usize,
+    hidden: Tensor,
+    reply: oneshot::Sender<hearth_engine::Result<Tensor>>,
+}
+
+/// Most steps waiting for the compute thread; further senders wait (bounded memory).
+const COMPUTE_QUEUE: usize = 256;
+/// Most steps fused into one forward pass.
+const MAX_BATCH: usize = 64;
+
+impl Node {
+    /// Loads the model slice, joins the network and starts serving. Returns once serving.
+    pub async fn start(cfg: NodeConfig) -> anyhow::Result<Self> {
+        let identity = NodeIdentity::load_or_create(&cfg.data_dir)?;
+        let model_path = cfg.model.clone();
+        let ids_dir = cfg.data_dir.join("model-ids");
+        let (src, ident) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let src = ModelSource::open(&model_path)?;
+            let ident = identity_cached(&src, &ids_dir)?;
+            Ok((src, ident))
+        })
+        .await??;
+        let n_blocks = src.config().num_layers as u32;
+        let net = Net::start(&identity, cfg.net.clone()).await?;
+        let span = match cfg.blocks {
+            Some(span) => {
+                span.check_within(n_blocks)?;
+                span
+            }
+            None => {
+                tokio::time::sleep(cfg.discovery_wait).await;
+                let others = discover_spans(&net, &ident.model_id, n_blocks, &cfg.limits).await;
+                let fit = cfg.max_blocks.unwrap_or(n_blocks).clamp(1, n_blocks);
+                let span = placement::choose_blocks(n_blocks as usize, &others, fit as usize, 1.0)
+                    .map_err(|e| anyhow::anyhow!("choosing blocks: {e}"))?;
+                tracing::info!(%span, known = others.len(), "chose blocks");
+                span
+            }
+        };
+        let src = Arc::new(src);
+        let load_src = src.clone();
+        let slice = tokio::task::spawn_blocking(move || {
+            load_src.load_slice(span, &LoadOptions::default(), None)
+        })
+        .await??;
+        let hidden_size = slice.config().hidden_size;
+        let server = Arc::new(SliceServer::new(Arc::new(slice), cfg.sessions.clone()));
+        let block_ms = {
+            let server = server.clone();
+            tokio::task::spawn_blocking(move || measure_block_ms(&server, hidden_size))
+                .await??
+        };
+        tracing::info!(%span, block_ms, "serving");
+        let (tx, rx) = mpsc::channel(COMPUTE_QUEUE);
+        let compute_server = server.clone();
+        std::thread::Builder::new()
+            .name("hearth-compute".into())
+            .spawn(move || compute_loop(compute_server, rx))
+            .context("starting the compute thread")?;
+        let state = Arc::new(NodeState {
+            identity: identity.clone(),
+            model_id: ident.model_id,
+            span,
+            hidden_size,
+            server,
+            compute: tx,
+            limits: cfg.limits.clone(),
+            max_per_peer: cfg.max_sessions_per_peer,
+            per_peer: Mutex::new(HashMap::new()),
+            idle_timeout: cfg.idle_timeout,
+            fault: cfg.fault,
+        });
+        let mut control = net.control();
+        let mut incoming = control
+            .accept(StreamProtocol::new(INFERENCE_PROTOCOL))
+            .map_err(|e| anyhow::anyhow!("cannot accept inference streams: {e}"))?;
+        {
+            let state = state.clone();
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                while let Some((peer, stream)) = incoming.next().await {
+                    let state = state.clone();
+                    tokio::spawn(async move { serve_stream(state, peer, stream).await });
+                }
+            });
+        }
+        let node = Self {
+            peer_id: net.peer_id(),
+            net,
+            model_id: ident.model_id,
+            span,
+            n_blocks,
+            block_ms,
+            state,
+        };
+        node.spawn_announcer(cfg.announce_ttl, cfg.price);
+        Ok(node)
+    }
+
+    /// Publishes the announcement now and then every third of its lifetime, and expires idle
+    /// sessions.
+    fn spawn_announcer(&self, ttl: Duration, price: u64) {
+        let net = self.net.clone();
+        let state = self.state.clone();
+        let n_blocks = self.n_blocks;
+        let block_ms = self.block_ms;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            loop {
+                tick.tick().await;
+                state.server.expire_idle(Instant::now());
+                let status = net.status().await;
+                let stats = state.server.stats();
+                let per_token = (block_ms * f64::from(state.span.len())).max(1e-3);
+                let announcement = Announcement {
+                    model_id: state.model_id,
+                    n_blocks,
+                    span: state.span,
+                    block_ms: block_ms as f32,
+                    throughput: (1000.0 / per_token) as f32,
+                    cache_free_tokens: stats.budget_bytes.saturating_sub(stats.reserved_bytes)
+                        / state.server.slice().cache_bytes_per_token().max(1),
+                    active_sessions: stats.sessions as u32,
+                    price,
+                    rtts: status
+                        .rtts
+                        .iter()
+                        .filter_map(|(peer, rtt)| {
+                            Some(hearth_wire::PeerRtt {
+                                node: crate::identity::public_key_of(peer)?,
+                                rtt_us: rtt.as_micros().min(u32::MAX as u128) as u32,
+                            })
+                        })
+                        .take(hearth_wire::MAX_RTTS)
+                        .collect(),
+                    addrs: announceable(&status.listen_addrs),
+                    issued_unix_ms: now_unix_ms(),
+                    ttl_secs: ttl.as_secs().max(1) as u32,
+                    node: [0; 32],
+                }
+                .sign(&state.identity.signing_key());
+                let mut record = kad::Record::new(
+                    announcement_key(&state.model_id, &net.peer_id()),
+                    announcement.encode(),
+                );
+                record.expires = Some(Instant::now() + ttl);
+                net.put_record(record).await;
+                net.provide(model_key(&state.model_id)).await;
+                for b in state.span.start()..state.span.end() {
+                    net.provide(block_key(&state.model_id, b)).await;
+                }
+            }
+        });
+    }
+
+    pub fn sessions_open(&self) -> usize {
+        self.state.server.stats().sessions
+    }
+}
+
+/// Listen addresses worth telling others about (concrete ones, not `0.0.0.0`).
+fn announceable(addrs: &[Multiaddr]) -> Vec<Vec<u8>> {
+    addrs
+        .iter()
+        .filter(|a| {
+            !a.iter().any(|p| {
+                matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
+            })
+        })
+        .map(|a| a.to_vec())
+        .collect()
+}
+
+/// Spans (and offered throughput) that other nodes announce for `model`.
+pub(crate) async fn discover_spans(
+    net: &Net,
+    model: &ContentHash,
+    n_blocks: u32,
+    limits: &Limits,
+) -> Vec<SpanInfo> {
+    let me = net.peer_id();
+    let peers = net.get_providers(model_key(model)).await;
+    let mut out = Vec::new();
+    for peer in peers.into_iter().filter(|p| *p != me) {
+        let values = net.get_records(announcement_key(model, &peer)).await;
+        if let Some(s) = pick_announcement(&values, &peer, model, now_unix_ms(), limits) {
+            if s.announcement.n_blocks == n_blocks {
+                out.push(SpanInfo {
+                    peer,
+                    span: s.announcement.span,
+                    throughput: f64::from(s.announcement.throughput),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Times a few single-token steps on a scratch session: compute per block per token, in ms.
+fn measure_block_ms(server: &SliceServer, hidden: usize) -> anyhow::Result<f64> {
+    let session = server.open(16)?;
+    let x = Tensor::zeros((1, 1, hidden), hearth_engine::DType::F32, &hearth_engine::Device::Cpu)?;
+    let mut times = Vec::new();
+    for pos in 0..5 {
+        let t = Instant::now();
+        server.step(session, pos, &x)?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    server.close(session)?;
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2] / f64::from(server.slice().range().len()))
+}
+
+/// The compute thread: takes every step that is waiting and runs them as one batch.
+fn compute_loop(server: Arc<SliceServer>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let (steps, replies): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .map(|j| ((j.session, j.start, j.hidden), j.reply))
+            .unzip();
+        let results = if steps.len() == 1 {
+            steps
+                .into_iter()
+                .map(|(id, start, h)| server.step(id, start, &h))
+                .collect()
+        } else {
+            server.step_batch(steps)
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            // The session's stream may have gone; its result is then dropped.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Releases a peer's session slot when the stream ends, however it ends.
+struct PeerSlot {
+    state: Arc<NodeState>,
+    peer: PeerId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .state
+            .per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+struct OpenState {
+    id: SessionId,
+    open: OpenSession,
+    _slot: PeerSlot,
+}
+
+/// Serves one session on one stream until the client closes it, goes idle, or breaks protocol.
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    state: Arc<NodeState>,
+    peer: PeerId,
+    mut stream: S,
+) {
+    let mut session: Option<OpenState> = None;
+    loop {
+        let frame = match tokio::time::timeout(
+            state.idle_timeout,
+            read_frame(&mut stream, state.limits.max_frame_bytes),
+        )
+        .await
+        {
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "stream error: {e}");
+                let reply = Response::error(ErrorCode::BadRequest, e.to_string());
+                let _ = write_frame(&mut stream, &reply.encode()).await;
+                break;
+            }
+            Err(_) => break,
+        };
+        let request = match Request::decode(&frame, &state.limits) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%peer, "malformed request: {e}");
+                let reply = Response::error(ErrorCode::BadRequest, e.to_string());
+                let _ = write_frame(&mut stream, &reply.encode()).await;
+                break;
+            }
+        };
+        let (reply, keep_going) = match request {
+            Request::Open(open) if session.is_none() => match open_session(&state, peer, open) {
+                Ok((opened, s)) => {
+                    session = Some(s);
+                    (Response::Opened(opened), true)
+                }
+                Err(reply) => (reply, false),
+            },
+            Request::Open(_) => (
+                Response::error(ErrorCode::BadRequest, "session already open on this stream"),
+                false,
+            ),
+            Request::Step(step) => match &session {
+                Some(s) => (run_step(&state, s, step).await, true),
+                None => (
+                    Response::error(ErrorCode::NotOpen, "step before open"),
+                    false,
+                ),
+            },
+            Request::Close => break,
+        };
+        if write_frame(&mut stream, &reply.encode()).await.is_err() || !keep_going {
+            break;
+        }
+    }
+    if let Some(s) = session {
+        let _ = state.server.close(s.id);
+    }
+}
+
+fn open_session(
+    state: &Arc<NodeState>,
+    peer: PeerId,
+    open: OpenSession,
+) -> Result<(Opened, OpenState), Response> {
+    if open.model_id != state.model_id {
+        return Err(Response::error(
+            ErrorCode::NotServed,
+            format!("model {} is not served here", open.model_id.short()),
+        ));
+    }
+    if open.span != state.span {
+        return Err(Response::error(
+            ErrorCode::NotServed,
+            format!("span {} requested, this node serves {}", open.span, state.span),
+        ));
+    }
+    {
+        let mut map = state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(peer).or_insert(0);
+        if *n >= state.max_per_peer {
+            return Err(Response::error(
+                ErrorCode::Busy,
+                format!("at most {} sessions per peer", state.max_per_peer),
+            ));
+        }
+        *n += 1;
+    }
+    let slot = PeerSlot {
+        state: state.clone(),
+        peer,
+    };
+    let id = state
+        .server
+        .open(open.max_len as usize)
+        .map_err(|e| Response::error(ErrorCode::Busy, e.to_string()))?;
+    let stats = state.server.stats();
+    let free = stats.budget_bytes.saturating_sub(stats.reserved_bytes)
+        / state.server.slice().cache_bytes_per_token().max(1);
+    Ok((
+        Opened {
+            cache_free_tokens: free,
+        },
+        OpenState {
+            id,
+            open,
+            _slot: slot,
+        },
+    ))
+}
+
+async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
+    let h = &step.hidden;
+    if h.cols as usize != state.hidden_size || h.dtype != s.open.dtype {
+        return Response::error(
+            ErrorCode::BadRequest,
+            format!(
+                "hidden states {}×{} {} do not match this model ({} wide, session dtype {})",
+                h.rows,
+                h.cols,
+                h.dtype.name(),
+                state.hidden_size,
+                s.open.dtype.name()
+            ),
+        );
+    }
+    if h.first_non_finite().is_some() {
+        return Response::error(ErrorCode::BadRequest, "non-finite input hidden states");
+    }
+    let input = match Tensor::from_vec(
+        h.to_f32(),
+        (1, h.rows as usize, h.cols as usize),
+        &hearth_engine::Device::Cpu,
+    ) {
+        Ok(t) => t,
+        Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
+    };
+    let (tx, rx) = oneshot::channel();
+    let job = Job {
+        session: s.id,
+        start: h.start as usize,
+        hidden: input,
+        reply: tx,
+    };
+    if state.compute.send(job).await.is_err() {
+        return Response::error(ErrorCode::Internal, "compute thread stopped");
+    }
+    let out = match rx.await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return engine_error(e),
+        Err(_) => return Response::error(ErrorCode::Internal, "compute thread stopped"),
+    };
+    let values = match out
+        .to_dtype(hearth_engine::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+    {
+        Ok(v) => v,
+        Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
+    };
+    let mut output = HiddenStates::from_f32(h.dtype, h.start, h.rows, h.cols, &values);
+    let mut body = ReceiptBody {
+        session: s.open.session,
+        step: step.step,
+        model_id: state.model_id,
+        span: state.span,
+        input: h.digest(),
+        output: output.digest(),
+    };
+    match state.fault {
+        Some(Fault::BadSignature) => body.output = ContentHash::of(b"not what was computed"),
+        Some(Fault::NonFinite) => {
+            output = HiddenStates::from_f32(
+                h.dtype,
+                h.start,
+                h.rows,
+                h.cols,
+                &vec![f32::NAN; values.len()],
+            );
+            body.output = output.digest();
+        }
+        Some(Fault::WrongShape) if h.rows > 1 => {
+            output.rows -= 1;
+            output.data.truncate(output.data.len() - 2 * h.cols as usize);
+            body.output = output.digest();
+        }
+        Some(Fault::WrongShape) => {
+            output.cols -= 1;
+            output.data.truncate(output.data.len() - 2);
+            body.output = output.digest();
+        }
+        None => {}
+    }
+    let receipt = body.sign(&state.identity.signing_key());
+    Response::StepDone(StepDone {
+        step: step.step,
+        hidden: output,
+        receipt,
+    })
+}
+
+fn engine_error(e: EngineError) -> Response {
+    let code = match e {
+        EngineError::UnknownSession(_) => ErrorCode::NotOpen,
+        EngineError::HiddenShape { .. }
+        | EngineError::PositionGap { .. }
+        | EngineError::SessionFull { .. } => ErrorCode::BadRequest,
+        _ => ErrorCode::Internal,
+    };
+    Response::error(code, e.to_string())
+}
+
+/// Keeps a node running until Ctrl-C, then shuts down; helper for the CLI.
+pub async fn run_until_ctrl_c(node: Node) -> anyhow::Result<()> {
+    let (_tx, mut rx) = watch::channel(());
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = rx.changed() => {}
+    }
+    drop(node);
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Hidden states on the wire: rows × cols of f16 or bf16, little-endian, with the position of the
+//! first row. Shapes are checked against limits before the payload is touched.
+
+use crate::codec::{Reader, Writer};
+use crate::error::{Result, WireError};
+use crate::Limits;
+use half::{bf16, f16};
+use hearth_core::{ContentHash, ContentHasher};
+
+/// Element type of hidden states in flight. Half precision halves the bytes per hop; the engine
+/// computes in its own dtype on either side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HiddenDType {
+    F16,
+    BF16,
+}
+
+impl HiddenDType {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::F16 => 1,
+            Self::BF16 => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Result<Self> {
+        match code {
+            1 => Ok(Self::F16),
+            2 => Ok(Self::BF16),
+            other => Err(WireError::BadValue {
+                what: "hidden dtype",
+                detail: format!("unknown code {other}"),
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for HiddenDType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::BF16),
+            other => Err(format!("unknown hidden dtype {other:?} (expected f16 or bf16)")),
+        }
+    }
+}
+
+/// `rows` hidden vectors of width `cols`, for positions `start..start + rows`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HiddenStates {
+    pub dtype: HiddenDType,
+    pub start: u32,
+    pub rows: u32,
+    pub cols: u32,
+    /// `rows * cols` little-endian 2-byte values.
+    pub data: Vec<u8>,
+}
+
+impl HiddenStates {
+    /// Rounds `values` (row-major `rows × cols`) to `dtype`.
+    pub fn from_f32(dtype: HiddenDType, start: u32, rows: u32, cols: u32, values: &[f32]) -> Self {
+        debug_assert_eq!(values.len(), rows as usize * cols as usize);
+        let mut data = Vec::with_capacity(values.len() * 2);
+        match dtype {
+            HiddenDType::F16 => {
+                for v in values {
+                    data.extend_from_slice(&f16::from_f32(*v).to_le_bytes());
+                }
+            }
+            HiddenDType::BF16 => {
+                for v in values {
+                    data.extend_from_slice(&bf16::from_f32(*v).to_le_bytes());
+                }
+            }
+        }
+        Self {
+            dtype,
+            start,
+            rows,
+            cols,
+            data,
+        }
+    }
+
+    /// Widens to f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let pairs = self.data.chunks_exact(2);
+        match self.dtype {
+            HiddenDType::F16 => pairs
+                .map(|p| f16::from_le_bytes([p[0], p[1]]).to_f32())
+                .collect(),
+            HiddenDType::BF16 => pairs
+                .map(|p| bf16::from_le_bytes([p[0], p[1]]).to_f32())
+                .collect(),
+        }
+    }
+
+    /// The first non-finite value, if any (NaN or ±Inf), as (row, col).
+    pub fn first_non_finite(&self) -> Option<(u32, u32)> {
+        let cols = self.cols.max(1) as usize;
+        self.data.chunks_exact(2).enumerate().find_map(|(i, p)| {
+            let finite = match self.dtype {
+                HiddenDType::F16 => f16::from_le_bytes([p[0], p[1]]).is_finite(),
+                HiddenDType::BF16 => bf16::from_le_bytes([p[0], p[1]]).is_finite(),
+            };
+            (!finite).then_some(((i / cols) as u32, (i % cols) as u32))
+        })
+    }
+
+    /// The digest receipts sign: binds dtype, shape, positions and every byte.
+    pub fn digest(&self) -> ContentHash {
+        ContentHasher::new("hidden-states")
+            .field(&[self.dtype.code()])
+            .field(&self.start.to_le_bytes())
+            .field(&self.rows.to_le_bytes())
+            .field(&self.cols.to_le_bytes())
+            .field(&self.data)
+            .finish()
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.u8(self.dtype.code())
+            .u32(self.start)
+            .u32(self.rows)
+            .u32(self.cols)
+            .fixed(&self.data);
+    }
+
+    /// Decodes and validates the shape against `limits` before copying the payload.
+    pub(crate) fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self> {
+        let dtype = HiddenDType::from_code(r.u8("hidden dtype")?)?;
+        let start = r.u32("hidden start position")?;
+        let rows = r.u32("hidden rows")?;
+        let cols = r.u32("hidden cols")?;
+        if rows == 0 || rows > limits.max_rows {
+            return Err(WireError::TooLarge {
+                what: "hidden rows (must be 1..=limit)",
+                len: rows as usize,
+                max: limits.max_rows as usize,
+            });
+        }
+        if cols == 0 || cols > limits.max_hidden {
+            return Err(WireError::TooLarge {
+                what: "hidden cols (must be 1..=limit)",
+                len: cols as usize,
+                max: limits.max_hidden as usize,
+            });
+        }
+        if start.checked_add(rows).is_none_or(|end| end > limits.max_positions) {
+            return Err(WireError::TooLarge {
+                what: "hidden end position",
+                len: start as usize + rows as usize,
+                max: limits.max_positions as usize,
+            });
+        }
+        let n = rows as usize * cols as usize * 2;
+        let data = r.take(n, "hidden payload")?.to_vec();
+        Ok(Self {
+            dtype,
+            start,
+            rows,
+            cols,
+            data,
+        })
+    }
+}

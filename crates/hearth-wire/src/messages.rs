@@ -1,0 +1,269 @@
+//! Inference session messages. One libp2p stream carries one session: the client sends `Open`,
+//! then `Step`s, then `Close` (or just closes the stream); the node answers each request with
+//! exactly one response, in order.
+//!
+//! Frame = u32 LE length of the rest, then `version: u8`, `kind: u8`, body. The length is checked
+//! against [`Limits::max_frame_bytes`] before the frame is read.
+
+use crate::codec::{Reader, Writer};
+use crate::error::{Result, WireError};
+use crate::hidden::{HiddenDType, HiddenStates};
+use crate::receipt::{Receipt, SessionKey};
+use crate::{Limits, VERSION};
+use hearth_core::{BlockRange, ContentHash};
+
+/// Longest error message a node may send (longer ones are cut by the sender, rejected here).
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// Opens a session over `span` of model `model_id` for up to `max_len` positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenSession {
+    pub session: SessionKey,
+    pub model_id: ContentHash,
+    pub span: BlockRange,
+    pub max_len: u32,
+    pub dtype: HiddenDType,
+}
+
+/// Runs the session's blocks on `hidden` (positions `hidden.start..`). A start below the cached
+/// length rewinds the cache there first (replay after failover, or a client retry).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub step: u64,
+    pub hidden: HiddenStates,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    Open(OpenSession),
+    Step(Step),
+    Close,
+}
+
+/// The node accepted the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// KV-cache room left on the node after this session's reservation, in tokens of its span.
+    pub cache_free_tokens: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepDone {
+    pub step: u64,
+    pub hidden: HiddenStates,
+    pub receipt: Receipt,
+}
+
+/// Machine-readable reason for a refusal; the message is for humans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed or out-of-protocol request.
+    BadRequest,
+    /// Model or span not served here.
+    NotServed,
+    /// No room: cache budget, session count or per-peer limit.
+    Busy,
+    /// A step for a session that is not open.
+    NotOpen,
+    /// The request was well-formed but the computation failed.
+    Internal,
+}
+
+impl ErrorCode {
+    fn code(self) -> u8 {
+        match self {
+            Self::BadRequest => 1,
+            Self::NotServed => 2,
+            Self::Busy => 3,
+            Self::NotOpen => 4,
+            Self::Internal => 5,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Self> {
+        Ok(match c {
+            1 => Self::BadRequest,
+            2 => Self::NotServed,
+            3 => Self::Busy,
+            4 => Self::NotOpen,
+            5 => Self::Internal,
+            other => {
+                return Err(WireError::BadValue {
+                    what: "error code",
+                    detail: format!("unknown code {other}"),
+                })
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    Opened(Opened),
+    StepDone(StepDone),
+    Error(ErrorReply),
+}
+
+const KIND_OPEN: u8 = 1;
+const KIND_STEP: u8 = 2;
+const KIND_CLOSE: u8 = 3;
+const KIND_OPENED: u8 = 101;
+const KIND_STEP_DONE: u8 = 102;
+const KIND_ERROR: u8 = 103;
+
+fn header(kind: u8, capacity: usize) -> Writer {
+    let mut w = Writer::with_capacity(capacity + 2);
+    w.u8(VERSION).u8(kind);
+    w
+}
+
+fn read_header(r: &mut Reader<'_>) -> Result<u8> {
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(WireError::Version {
+            got: version,
+            supported: VERSION,
+        });
+    }
+    r.u8("message kind")
+}
+
+fn decode_span(r: &mut Reader<'_>, what: &'static str, limits: &Limits) -> Result<BlockRange> {
+    let start = r.u32(what)?;
+    let end = r.u32(what)?;
+    if end > limits.max_blocks {
+        return Err(WireError::TooLarge {
+            what,
+            len: end as usize,
+            max: limits.max_blocks as usize,
+        });
+    }
+    BlockRange::new(start, end).map_err(|e| WireError::BadValue {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+impl Request {
+    /// The frame body (without the length prefix).
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Open(o) => {
+                let mut w = header(KIND_OPEN, 64);
+                w.fixed(&o.session)
+                    .fixed(&o.model_id.0)
+                    .u32(o.span.start())
+                    .u32(o.span.end())
+                    .u32(o.max_len)
+                    .u8(o.dtype.code());
+                w.finish()
+            }
+            Self::Step(s) => {
+                let mut w = header(KIND_STEP, 32 + s.hidden.data.len());
+                w.u64(s.step);
+                s.hidden.encode(&mut w);
+                w.finish()
+            }
+            Self::Close => header(KIND_CLOSE, 0).finish(),
+        }
+    }
+
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        let out = match read_header(&mut r)? {
+            KIND_OPEN => {
+                let session = r.array("open session key")?;
+                let model_id = ContentHash(r.array("open model id")?);
+                let span = decode_span(&mut r, "open span", limits)?;
+                let max_len = r.u32("open max_len")?;
+                if max_len == 0 || max_len > limits.max_positions {
+                    return Err(WireError::TooLarge {
+                        what: "open max_len (must be 1..=limit)",
+                        len: max_len as usize,
+                        max: limits.max_positions as usize,
+                    });
+                }
+                let dtype = HiddenDType::from_code(r.u8("open dtype")?)?;
+                Self::Open(OpenSession {
+                    session,
+                    model_id,
+                    span,
+                    max_len,
+                    dtype,
+                })
+            }
+            KIND_STEP => Self::Step(Step {
+                step: r.u64("step index")?,
+                hidden: HiddenStates::decode(&mut r, limits)?,
+            }),
+            KIND_CLOSE => Self::Close,
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        r.end("request")?;
+        Ok(out)
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Opened(o) => {
+                let mut w = header(KIND_OPENED, 8);
+                w.u64(o.cache_free_tokens);
+                w.finish()
+            }
+            Self::StepDone(s) => {
+                let mut w = header(KIND_STEP_DONE, 256 + s.hidden.data.len());
+                w.u64(s.step);
+                s.hidden.encode(&mut w);
+                s.receipt.encode(&mut w);
+                w.finish()
+            }
+            Self::Error(e) => {
+                let mut w = header(KIND_ERROR, 8 + e.message.len());
+                let mut end = e.message.len().min(MAX_ERROR_MESSAGE);
+                while !e.message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                w.u8(e.code.code()).bytes(&e.message.as_bytes()[..end]);
+                w.finish()
+            }
+        }
+    }
+
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        let out = match read_header(&mut r)? {
+            KIND_OPENED => Self::Opened(Opened {
+                cache_free_tokens: r.u64("opened cache_free_tokens")?,
+            }),
+            KIND_STEP_DONE => Self::StepDone(StepDone {
+                step: r.u64("step index")?,
+                hidden: HiddenStates::decode(&mut r, limits)?,
+                receipt: Receipt::decode(&mut r)?,
+            }),
+            KIND_ERROR => Self::Error(ErrorReply {
+                code: ErrorCode::from_code(r.u8("error code")?)?,
+                message: r.string("error message", MAX_ERROR_MESSAGE)?,
+            }),
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        r.end("response")?;
+        Ok(out)
+    }
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error(ErrorReply {
+            code,
+            message: message.into(),
+        })
+    }
+}
