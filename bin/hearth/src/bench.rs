@@ -1,9 +1,12 @@
-//! `hearth bench`: prefill/decode tokens per second, 1 slice vs N slices, and RSS per slice.
+//! `hearth bench`: prefill/decode tokens per second, 1 slice vs N slices, and RSS per slice; or
+//! (`--batch`) aggregate decode speed of many sessions batched on one server.
 
 use anyhow::{Context, Result};
 use clap::Args;
 use hearth_core::BlockRange;
-use hearth_engine::bench::{build_pipeline, median, rss_bytes, run_once};
+use hearth_engine::bench::{
+    build_pipeline, load_whole, median, rss_bytes, run_once, BatchSessions,
+};
 use hearth_engine::synth::{self, SynthModel};
 use hearth_engine::{parse_device, LoadOptions, ModelSource};
 use std::path::PathBuf;
@@ -39,6 +42,11 @@ pub struct BenchArgs {
     /// Use candle's CPU matmul kernels instead of hearth's (baseline comparison).
     #[arg(long)]
     pub candle_kernels: bool,
+    /// Instead of the slice comparison: for each N given (e.g. `1,4,8,32`), run N concurrent
+    /// sessions on one whole-model server, decoding one token each per round in one batched step,
+    /// and report the aggregate decode tokens/s.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
 }
 
 #[derive(Args)]
@@ -90,6 +98,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.repeat
     );
     let max_len = args.prompt_tokens + args.gen_tokens;
+    if !args.batch.is_empty() {
+        return run_batches(&args, &src, &opts, max_len);
+    }
     let configs: Vec<u32> = if args.split > 1 {
         vec![1, args.split]
     } else {
@@ -135,6 +146,41 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.rss {
         rss_table(&path, &src, args.split)?;
+    }
+    Ok(())
+}
+
+/// `--batch`: aggregate decode speed of N sessions stepped together, for each N.
+fn run_batches(
+    args: &BenchArgs,
+    src: &ModelSource,
+    opts: &LoadOptions,
+    max_len: usize,
+) -> Result<()> {
+    anyhow::ensure!(
+        args.batch.iter().all(|&n| n > 0),
+        "--batch sizes must be at least 1"
+    );
+    let (head, server) = load_whole(src, opts)?;
+    println!(
+        "batched decode: N sessions on one server, one step_batch + one head pass per round \
+         (each session prefilled with its own {}-token prompt, in one batch)",
+        args.prompt_tokens
+    );
+    for &n in &args.batch {
+        let (sessions, prefill) =
+            BatchSessions::open(head.clone(), server.clone(), n, args.prompt_tokens, max_len)?;
+        sessions.decode(2)?; // warm-up: first-call costs excluded
+        let rates = (0..args.repeat)
+            .map(|_| sessions.decode(args.gen_tokens))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tg = median(rates);
+        println!(
+            "batch {n:>3}: decode {tg:8.2} tok/s aggregate ({:6.2} tok/s per session, {:7.1} ms \
+             per round)   prefill {prefill:8.2} tok/s",
+            tg / n as f64,
+            1e3 * n as f64 / tg
+        );
     }
     Ok(())
 }

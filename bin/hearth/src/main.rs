@@ -29,6 +29,8 @@ enum Command {
     Model(model::ModelCommand),
     /// Start a local swarm of node processes on loopback and generate through it.
     Demo(swarm::DemoArgs),
+    /// List the servers the swarm's DHT knows for a model.
+    Peers(swarm::PeersArgs),
     /// Serve blocks of a model to the swarm.
     Node(Box<swarm::NodeArgs>),
     /// Generate text from a prompt: locally (optionally through a pipeline of slices) or through
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Demo(args) => swarm::run_demo(args, cli.threads),
+        Command::Peers(args) => swarm::run_peers(args),
         Command::Node(args) => swarm::run_node(*args),
         Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(args),

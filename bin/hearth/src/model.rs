@@ -117,5 +117,10 @@ fn info(path: &Path) -> Result<()> {
     let full = hearth_core::BlockRange::full(c.num_blocks())?;
     println!("block bytes:   {}", src.slice_file_bytes(full));
     println!("client bytes:  {}", src.head_file_bytes());
+    // Hashes every weight once per file version; later calls read the cache.
+    let ids = crate::common::hearth_home().join("model-ids");
+    let identity = hearth_engine::identity_cached(&src, &ids)
+        .with_context(|| format!("hashing {}", path.display()))?;
+    println!("model id:      {}", identity.model_id.short());
     Ok(())
 }

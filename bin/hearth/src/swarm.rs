@@ -104,6 +104,9 @@ pub struct NodeArgs {
     /// Testing only: misbehave in the given way (bad-signature, non-finite, wrong-shape).
     #[arg(long, hide = true)]
     pub fault: Option<Fault>,
+    /// Testing only: delay every answer by this many milliseconds.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub step_delay_ms: u64,
     /// Write one line `<multiaddr>/p2p/<peer id>` here once serving (used by `hearth demo`).
     #[arg(long, hide = true)]
     pub ready_file: Option<PathBuf>,
@@ -131,6 +134,7 @@ pub fn run_node(args: NodeArgs) -> Result<()> {
     cfg.price = args.price;
     cfg.sessions.cache_budget_bytes = args.cache_mib << 20;
     cfg.fault = args.fault;
+    cfg.step_delay = Duration::from_millis(args.step_delay_ms);
     let rt = runtime()?;
     rt.block_on(async move {
         let node = Node::start(cfg).await?;
@@ -190,7 +194,10 @@ pub fn generate_through_swarm(
     let max_len = (prompt.len() + params.max_tokens).min(src.config().max_position_embeddings);
     let rt = runtime()?;
     let client = rt.block_on(SwarmClient::start(net.client_config()))?;
-    eprintln!("looking for servers of model {} ...", ident.model_id.short());
+    eprintln!(
+        "looking for servers of model {} ...",
+        ident.model_id.short()
+    );
     let servers = rt.block_on(client.wait_for_coverage(&ident.model_id, n_blocks))?;
     eprintln!("{} servers cover all {n_blocks} blocks", servers.len());
     let chain = client.chain(ident.model_id, n_blocks, max_len);
@@ -224,7 +231,11 @@ pub fn generate_through_swarm(
             f.replayed_tokens
         );
     }
-    let verified = log.receipts.iter().filter(|(_, r)| r.verify().is_ok()).count();
+    let verified = log
+        .receipts
+        .iter()
+        .filter(|(_, r)| r.verify().is_ok())
+        .count();
     eprintln!(
         "{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s; {} hop receipts, {} verified",
         out.prompt_tokens,
@@ -377,4 +388,55 @@ fn wait_for_file(path: &std::path::Path, timeout: Duration) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[derive(Args)]
+pub struct PeersArgs {
+    /// HF folder or .gguf file whose servers to list.
+    #[arg(long, conflicts_with = "synth")]
+    pub model: Option<PathBuf>,
+    /// List servers of the synthesized model of this shape.
+    #[arg(long)]
+    pub synth: Option<String>,
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Seconds to spend joining the network before looking.
+    #[arg(long, default_value_t = 2)]
+    pub wait: u64,
+}
+
+/// Lists the servers the DHT currently knows for a model, with their announcements.
+pub fn run_peers(args: PeersArgs) -> Result<()> {
+    let model = model_path(args.model.as_deref(), args.synth.as_deref())?;
+    let src = ModelSource::open(&model)?;
+    let ident = identity_cached(&src, &hearth_home().join("model-ids"))?;
+    let n_blocks = src.config().num_layers as u32;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = SwarmClient::start(args.net.client_config()).await?;
+        tokio::time::sleep(Duration::from_secs(args.wait)).await;
+        let servers = client.servers(&ident.model_id, n_blocks).await;
+        println!(
+            "model {} ({n_blocks} blocks): {} servers",
+            ident.model_id.short(),
+            servers.len()
+        );
+        for s in servers {
+            let a = &s.announcement;
+            println!(
+                "{} blocks {} block_ms {:.3} throughput {:.1} tok/s cache_free {} sessions {} price {} rtt {}",
+                s.peer,
+                a.span,
+                a.block_ms,
+                a.throughput,
+                a.cache_free_tokens,
+                a.active_sessions,
+                a.price,
+                s.rtt.map_or("?".to_string(), |r| format!("{:.2}ms", r.as_secs_f64() * 1000.0))
+            );
+        }
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(Duration::from_millis(200));
+    Ok(())
 }

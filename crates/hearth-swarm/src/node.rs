@@ -13,8 +13,8 @@ use hearth_engine::{
     EngineError, LoadOptions, ModelSource, SessionId, SessionLimits, SliceServer, Tensor,
 };
 use hearth_wire::{
-    read_frame, write_frame, Announcement, ErrorCode, HiddenStates, Limits, OpenSession,
-    Opened, ReceiptBody, Request, Response, Step, StepDone, INFERENCE_PROTOCOL,
+    read_frame, write_frame, Announcement, ErrorCode, HiddenStates, Limits, OpenSession, Opened,
+    ReceiptBody, Request, Response, Step, StepDone, INFERENCE_PROTOCOL,
 };
 use libp2p::{kad, Multiaddr, PeerId, StreamProtocol};
 use std::collections::HashMap;
@@ -71,6 +71,8 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     pub limits: Limits,
     pub fault: Option<Fault>,
+    /// Testing only: sleep this long before answering each step (a slow or distant node).
+    pub step_delay: Duration,
 }
 
 impl NodeConfig {
@@ -89,6 +91,7 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(120),
             limits: Limits::default(),
             fault: None,
+            step_delay: Duration::ZERO,
         }
     }
 }
@@ -117,6 +120,7 @@ struct NodeState {
     per_peer: Mutex<HashMap<PeerId, usize>>,
     idle_timeout: Duration,
     fault: Option<Fault>,
+    step_delay: Duration,
 }
 
 struct Job {
@@ -170,8 +174,7 @@ impl Node {
         let server = Arc::new(SliceServer::new(Arc::new(slice), cfg.sessions.clone()));
         let block_ms = {
             let server = server.clone();
-            tokio::task::spawn_blocking(move || measure_block_ms(&server, hidden_size))
-                .await??
+            tokio::task::spawn_blocking(move || measure_block_ms(&server, hidden_size)).await??
         };
         tracing::info!(%span, block_ms, "serving");
         let (tx, rx) = mpsc::channel(COMPUTE_QUEUE);
@@ -192,6 +195,7 @@ impl Node {
             per_peer: Mutex::new(HashMap::new()),
             idle_timeout: cfg.idle_timeout,
             fault: cfg.fault,
+            step_delay: cfg.step_delay,
         });
         let mut control = net.control();
         let mut incoming = control
@@ -286,9 +290,8 @@ fn announceable(addrs: &[Multiaddr]) -> Vec<Vec<u8>> {
     addrs
         .iter()
         .filter(|a| {
-            !a.iter().any(|p| {
-                matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
-            })
+            !a.iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()))
         })
         .map(|a| a.to_vec())
         .collect()
@@ -322,7 +325,11 @@ pub(crate) async fn discover_spans(
 /// Times a few single-token steps on a scratch session: compute per block per token, in ms.
 fn measure_block_ms(server: &SliceServer, hidden: usize) -> anyhow::Result<f64> {
     let session = server.open(16)?;
-    let x = Tensor::zeros((1, 1, hidden), hearth_engine::DType::F32, &hearth_engine::Device::Cpu)?;
+    let x = Tensor::zeros(
+        (1, 1, hidden),
+        hearth_engine::DType::F32,
+        &hearth_engine::Device::Cpu,
+    )?;
     let mut times = Vec::new();
     for pos in 0..5 {
         let t = Instant::now();
@@ -468,7 +475,10 @@ fn open_session(
     if open.span != state.span {
         return Err(Response::error(
             ErrorCode::NotServed,
-            format!("span {} requested, this node serves {}", open.span, state.span),
+            format!(
+                "span {} requested, this node serves {}",
+                open.span, state.span
+            ),
         ));
     }
     {
@@ -490,6 +500,7 @@ fn open_session(
         .server
         .open(open.max_len as usize)
         .map_err(|e| Response::error(ErrorCode::Busy, e.to_string()))?;
+    tracing::info!(%peer, span = %open.span, max_len = open.max_len, "session opened");
     let stats = state.server.stats();
     let free = stats.budget_bytes.saturating_sub(stats.reserved_bytes)
         / state.server.slice().cache_bytes_per_token().max(1);
@@ -531,6 +542,9 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
         Ok(t) => t,
         Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
     };
+    if !state.step_delay.is_zero() {
+        tokio::time::sleep(state.step_delay).await;
+    }
     let (tx, rx) = oneshot::channel();
     let job = Job {
         session: s.id,
@@ -577,7 +591,9 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
         }
         Some(Fault::WrongShape) if h.rows > 1 => {
             output.rows -= 1;
-            output.data.truncate(output.data.len() - 2 * h.cols as usize);
+            output
+                .data
+                .truncate(output.data.len() - 2 * h.cols as usize);
             body.output = output.digest();
         }
         Some(Fault::WrongShape) => {

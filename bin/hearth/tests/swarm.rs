@@ -1,0 +1,336 @@
+//! Multi-process swarm tests on loopback: real `hearth node` processes, a real client process.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PROMPT: &str = "Hello, hearth";
+
+fn hearth(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    cmd.env("HEARTH_HOME", home)
+        .env("RUST_LOG", "hearth_swarm=info");
+    cmd
+}
+
+/// A node process; killed (SIGKILL) on drop.
+struct NodeProc {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl NodeProc {
+    fn start(
+        home: &Path,
+        name: &str,
+        blocks: &str,
+        bootstrap: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
+        let ready = home.join(format!("{name}.addr"));
+        let mut cmd = hearth(home);
+        cmd.args([
+            "--threads",
+            "1",
+            "node",
+            "--synth",
+            "tiny",
+            "--blocks",
+            blocks,
+        ])
+        .arg("--data-dir")
+        .arg(home.join(name))
+        .arg("--ready-file")
+        .arg(&ready)
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--record-ttl",
+            "3",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if let Some(b) = bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        let mut child = cmd.spawn().expect("start node");
+        let log = capture(child.stderr.take().expect("stderr"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(s) = std::fs::read_to_string(&ready) {
+                break s.trim().to_string();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("node {name} exited with {status}: {}", log.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "node {name} not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Collects a pipe's text in the background.
+fn capture(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let out = buf.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut b = out.lock().unwrap();
+            b.push_str(&line);
+            b.push('\n');
+        }
+    });
+    buf
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn local_text(home: &Path, max_tokens: usize) -> String {
+    let out = hearth(home)
+        .args([
+            "generate", "--synth", "tiny", "--split", "3", "--prompt", PROMPT,
+        ])
+        .args(["--max-tokens", &max_tokens.to_string()])
+        .output()
+        .expect("run local generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn swarm_client(home: &Path, bootstrap: &str, max_tokens: usize) -> Child {
+    hearth(home)
+        .args(["generate", "--swarm", "--synth", "tiny", "--prompt", PROMPT])
+        .args(["--max-tokens", &max_tokens.to_string()])
+        .args([
+            "--bootstrap",
+            bootstrap,
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .args(["--step-timeout", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start client")
+}
+
+fn finish(child: Child) -> (String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("client output");
+    let stderr = String::from_utf8_lossy(&stderr).to_string();
+    assert!(status.success(), "client failed: {stderr}");
+    (String::from_utf8(stdout).expect("utf-8"), stderr)
+}
+
+fn home() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
+
+#[test]
+fn three_node_swarm_generates_the_same_tokens_as_local_generation() {
+    let (_d, home) = home();
+    let expected = local_text(&home, 24);
+    let a = NodeProc::start(&home, "a", "0..2", None, &[]);
+    let _b = NodeProc::start(&home, "b", "2..4", Some(&a.addr), &[]);
+    let _c = NodeProc::start(&home, "c", "4..6", Some(&a.addr), &[]);
+    let (text, log) = finish(swarm_client(&home, &a.addr, 24));
+    assert_eq!(text, expected);
+    // 3 hops × (1 prefill + 23 decode steps), every one verified.
+    assert!(log.contains("72 hop receipts, 72 verified"), "{log}");
+    assert!(log.contains("[0..2] -> "), "{log}");
+}
+
+#[test]
+fn killing_a_middle_node_mid_generation_fails_over_without_changing_the_output() {
+    let (_d, home) = home();
+    let expected = local_text(&home, 48);
+    let slow = ["--step-delay-ms", "40"];
+    let a = NodeProc::start(&home, "a", "0..2", None, &[]);
+    let mut b1 = NodeProc::start(&home, "b1", "2..4", Some(&a.addr), &slow);
+    let mut b2 = NodeProc::start(&home, "b2", "2..4", Some(&a.addr), &slow);
+    let _c = NodeProc::start(&home, "c", "4..6", Some(&a.addr), &[]);
+    let client = swarm_client(&home, &a.addr, 48);
+    wait_for(
+        "a middle node to get the session",
+        Duration::from_secs(60),
+        || b1.log().contains("session opened") || b2.log().contains("session opened"),
+    );
+    // Let a few tokens pass, then kill -9 whichever middle node holds the session.
+    std::thread::sleep(Duration::from_millis(500));
+    let victim = if b1.log().contains("session opened") {
+        &mut b1
+    } else {
+        &mut b2
+    };
+    victim.child.kill().expect("SIGKILL");
+    let (text, log) = finish(client);
+    assert_eq!(text, expected, "{log}");
+    assert!(log.contains("failover:"), "no failover reported: {log}");
+    let survivor = if b1.child.try_wait().ok().flatten().is_some() {
+        &b2
+    } else {
+        &b1
+    };
+    assert!(survivor.log().contains("session opened"), "{log}");
+}
+
+/// A node that misbehaves in the given way is detected, banned and replaced by a good node that
+/// joins only after the failure (so the bad node is certainly tried first).
+fn misbehaving_node_is_routed_around(fault: &str, expected_reason: &str) {
+    let (_d, home) = home();
+    let expected = local_text(&home, 16);
+    let a = NodeProc::start(&home, "a", "0..2", None, &[]);
+    let _bad = NodeProc::start(&home, "bad", "2..4", Some(&a.addr), &["--fault", fault]);
+    let _c = NodeProc::start(&home, "c", "4..6", Some(&a.addr), &[]);
+    let mut client = swarm_client(&home, &a.addr, 16);
+    let err = capture(client.stderr.take().expect("stderr"));
+    wait_for(
+        "the client to detect the bad node",
+        Duration::from_secs(60),
+        || err.lock().unwrap().contains("hop failed"),
+    );
+    let _good = NodeProc::start(&home, "good", "2..4", Some(&a.addr), &[]);
+    let status = client.wait().expect("client");
+    let log = err.lock().unwrap().clone();
+    assert!(status.success(), "{log}");
+    let mut text = String::new();
+    client
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text)
+        .expect("read stdout");
+    assert_eq!(text, expected, "{log}");
+    assert!(log.contains(expected_reason), "{fault}: {log}");
+    assert!(log.contains("failover:"), "{log}");
+}
+
+#[test]
+fn node_with_bad_signatures_is_routed_around() {
+    misbehaving_node_is_routed_around("bad-signature", "bad signature");
+}
+
+#[test]
+fn node_with_non_finite_hidden_states_is_routed_around() {
+    misbehaving_node_is_routed_around("non-finite", "non-finite hidden state");
+}
+
+#[test]
+fn node_with_wrong_shapes_is_routed_around() {
+    misbehaving_node_is_routed_around("wrong-shape", "malformed answer");
+}
+
+fn peers(home: &Path, bootstrap: &str) -> String {
+    let out = hearth(home)
+        .args(["peers", "--synth", "tiny", "--wait", "1", "--no-mdns"])
+        .args(["--bootstrap", bootstrap, "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .output()
+        .expect("run peers");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn dht_records_expire_when_a_node_leaves() {
+    let (_d, home) = home();
+    let a = NodeProc::start(&home, "a", "0..3", None, &[]);
+    let b = NodeProc::start(&home, "b", "3..6", Some(&a.addr), &[]);
+    let b_id = b.addr.rsplit('/').next().expect("peer id").to_string();
+    wait_for("both announcements", Duration::from_secs(30), || {
+        peers(&home, &a.addr).contains("2 servers")
+    });
+    let listed = peers(&home, &a.addr);
+    assert!(listed.contains(&format!("{b_id} blocks 3..6")), "{listed}");
+    drop(b); // SIGKILL: no goodbye, the records must age out (TTL 3 s)
+    let gone = Instant::now();
+    wait_for("b's records to expire", Duration::from_secs(20), || {
+        let listed = peers(&home, &a.addr);
+        listed.contains("1 servers") && !listed.contains(&b_id)
+    });
+    // Not before its lifetime: the record was refreshed at most a TTL ago.
+    assert!(gone.elapsed() >= Duration::from_millis(500));
+    assert!(peers(&home, &a.addr).contains("blocks 0..3"));
+}
+
+/// mDNS never announces loopback addresses, so this test builds a private network namespace
+/// (unprivileged: `unshare -rn`) with a veth pair and runs two nodes and a client in it, with no
+/// bootstrap peers at all.
+#[test]
+fn nodes_and_client_find_each_other_by_mdns_without_bootstrap() {
+    let probe = Command::new("unshare")
+        .args([
+            "-rn", "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "SKIPPED: cannot create a network namespace with a veth pair here (needs `unshare -rn` and `ip`)"
+        );
+        return;
+    }
+    let (_d, home) = home();
+    let expected = local_text(&home, 8);
+    let script = r#"
+set -e
+ip link set lo up
+ip link add v0 type veth peer name v1
+ip link set v0 multicast on
+ip addr add 10.77.0.1/24 dev v0
+ip link set v0 up
+ip link set v1 up
+"$HEARTH" --threads 1 node --synth tiny --blocks 0..3 --data-dir "$HEARTH_HOME/m1" --listen /ip4/10.77.0.1/tcp/0 >/dev/null 2>"$HEARTH_HOME/m1.log" &
+P1=$!
+"$HEARTH" --threads 1 node --synth tiny --blocks 3..6 --data-dir "$HEARTH_HOME/m2" --listen /ip4/10.77.0.1/tcp/0 >/dev/null 2>"$HEARTH_HOME/m2.log" &
+P2=$!
+trap 'kill -9 $P1 $P2' EXIT
+"$HEARTH" generate --swarm --synth tiny --listen /ip4/10.77.0.1/tcp/0 --prompt "$PROMPT" --max-tokens 8
+"#;
+    let out = Command::new("unshare")
+        .args(["-rn", "sh", "-c", script])
+        .env("HEARTH", env!("CARGO_BIN_EXE_hearth"))
+        .env("HEARTH_HOME", &home)
+        .env("PROMPT", PROMPT)
+        .output()
+        .expect("run in namespace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{stderr}");
+    assert!(stderr.contains("2 servers cover all 6 blocks"), "{stderr}");
+}
