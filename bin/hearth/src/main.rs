@@ -5,6 +5,7 @@ mod common;
 mod generate;
 mod model;
 mod swarm;
+mod swarm_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Measure prefill/decode tokens per second and memory per slice.
     Bench(bench::BenchArgs),
+    /// Measure decode throughput through node processes on loopback, and failover time.
+    SwarmBench(swarm_bench::SwarmBenchArgs),
     /// Internal: load one slice in this process and report its memory (used by `bench --rss`).
     #[command(hide = true)]
     RssProbe(bench::RssProbeArgs),
@@ -57,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Demo(args) => swarm::run_demo(args, cli.threads),
+        Command::SwarmBench(args) => swarm_bench::run(args),
         Command::Peers(args) => swarm::run_peers(args),
         Command::Node(args) => swarm::run_node(*args),
         Command::Generate(args) => generate::run(*args),

@@ -57,7 +57,7 @@ impl NetArgs {
         cfg
     }
 
-    fn client_config(&self) -> ClientConfig {
+    pub fn client_config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::default();
         cfg.net = NetConfig {
             listen: cfg.net.listen.clone(),
@@ -284,12 +284,13 @@ pub struct DemoArgs {
     pub timeout: u64,
 }
 
-/// Child processes that are killed when the demo ends, however it ends.
-struct Children(Vec<Child>);
+/// Child processes that are killed when the demo ends, however it ends; with the peer id each
+/// reported.
+pub struct Children(pub Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        for (_, c) in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -305,41 +306,15 @@ pub fn run_demo(args: DemoArgs, threads: Option<usize>) -> Result<()> {
     let n_blocks = src.config().num_layers as u32;
     let spans = BlockRange::split_even(n_blocks, args.nodes.min(n_blocks))?;
     let work = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
-    let mut children = Children(Vec::new());
-    let mut bootstrap: Option<String> = None;
-    let node_threads = threads.unwrap_or(1).to_string();
-    for (i, span) in spans.iter().enumerate() {
-        let ready = work.path().join(format!("node{i}.addr"));
-        let mut cmd = Command::new(&exe);
-        cmd.args(["--threads", &node_threads, "node", "--model"])
-            .arg(&model)
-            .arg("--blocks")
-            .arg(span.to_string())
-            .arg("--data-dir")
-            .arg(work.path().join(format!("node{i}")))
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-            .args(["--record-ttl", "30"])
-            .env("HEARTH_HOME", hearth_home())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if let Some(b) = &bootstrap {
-            cmd.args(["--bootstrap", b]);
-        }
-        let mut child = cmd.spawn().context("starting a node process")?;
-        let stdout = child.stdout.take();
-        children.0.push(child);
-        let addr = wait_for_file(&ready, Duration::from_secs(args.timeout))?;
-        if let Some(out) = stdout {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(out).read_line(&mut line);
-            print!("{line}");
-        }
-        bootstrap.get_or_insert(addr);
-    }
-    let bootstrap = bootstrap.context("no node started")?;
+    let node_threads = threads.unwrap_or(1);
+    let (children, bootstrap) = spawn_nodes(
+        &model,
+        &spans,
+        node_threads,
+        work.path(),
+        Duration::from_secs(args.timeout),
+        true,
+    )?;
     let tokenizer = src.tokenizer()?;
     let head = Arc::new(src.load_head(&Default::default(), None)?);
     let prompt = tokenizer.encode(&args.prompt, true)?;
@@ -373,6 +348,58 @@ pub fn run_demo(args: DemoArgs, threads: Option<usize>) -> Result<()> {
         children.0.len()
     );
     Ok(())
+}
+
+/// Starts one `hearth node` process per span on loopback, the first as everyone's bootstrap
+/// peer; returns once every node serves. With `echo`, prints each node's first line.
+pub fn spawn_nodes(
+    model: &std::path::Path,
+    spans: &[BlockRange],
+    threads: usize,
+    work: &std::path::Path,
+    timeout: Duration,
+    echo: bool,
+) -> Result<(Children, String)> {
+    let exe = std::env::current_exe()?;
+    let mut children = Children(Vec::new());
+    let mut bootstrap: Option<String> = None;
+    for (i, span) in spans.iter().enumerate() {
+        let ready = work.join(format!("node{i}.addr"));
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--threads", &threads.to_string(), "node", "--model"])
+            .arg(model)
+            .arg("--blocks")
+            .arg(span.to_string())
+            .arg("--data-dir")
+            .arg(work.join(format!("node{i}")))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(["--record-ttl", "30"])
+            .env("HEARTH_HOME", hearth_home())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(b) = &bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        let mut child = cmd.spawn().context("starting a node process")?;
+        let stdout = child.stdout.take();
+        children.0.push((String::new(), child));
+        let addr = wait_for_file(&ready, timeout)?;
+        if let Some(out) = stdout {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            if echo {
+                print!("{line}");
+            }
+        }
+        if let Some(last) = children.0.last_mut() {
+            last.0 = addr.rsplit('/').next().unwrap_or_default().to_string();
+        }
+        bootstrap.get_or_insert(addr);
+    }
+    let bootstrap = bootstrap.context("no node started")?;
+    Ok((children, bootstrap))
 }
 
 fn wait_for_file(path: &std::path::Path, timeout: Duration) -> Result<String> {

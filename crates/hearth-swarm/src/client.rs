@@ -10,8 +10,8 @@ use futures::future::join_all;
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{EngineError, HiddenStage, Tensor};
 use hearth_wire::{
-    read_frame, write_frame, Announcement, HiddenDType, HiddenStates, Limits, OpenSession,
-    Receipt, ReceiptBody, Request, Response, SessionKey, Step, INFERENCE_PROTOCOL,
+    read_frame, write_frame, Announcement, HiddenDType, HiddenStates, Limits, OpenSession, Receipt,
+    ReceiptBody, Request, Response, SessionKey, Step, INFERENCE_PROTOCOL,
 };
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use std::collections::HashSet;
@@ -406,7 +406,9 @@ impl SwarmChain {
         Ok(())
     }
 
-    async fn forward_async(&mut self, input: HiddenStates) -> anyhow::Result<HiddenStates> {
+    /// Runs `input` through every block (routing at the first call, failing over as needed).
+    /// The async form of [`HiddenStage::forward`], for callers that drive many chains at once.
+    pub async fn forward_hidden(&mut self, input: HiddenStates) -> anyhow::Result<HiddenStates> {
         if self.hops.is_empty() {
             let hops = self.route(BlockRange::full(self.n_blocks)?).await?;
             self.hops = hops
@@ -498,7 +500,7 @@ impl HiddenStage for SwarmChain {
         );
         let runtime = self.client.runtime.clone();
         let out = runtime
-            .block_on(self.forward_async(input))
+            .block_on(self.forward_hidden(input))
             .map_err(|e| EngineError::Remote(format!("{e:#}")))?;
         let t = Tensor::from_vec(out.to_f32(), (1, rows, cols), hidden.device())?;
         Ok(t.to_dtype(hidden.dtype())?)
