@@ -1,0 +1,221 @@
+//! A node facing a hostile peer: garbage, oversized frames, wrong shapes, unknown sessions,
+//! session floods. Each gets an error or a closed stream; the node keeps serving everyone else.
+
+use futures::AsyncWriteExt;
+use hearth_core::{BlockRange, ContentHash};
+use hearth_engine::synth::{shape, SynthModel, SynthOptions};
+use hearth_engine::DType;
+use hearth_swarm::node::{Node, NodeConfig};
+use hearth_swarm::{ClientConfig, Net, NetConfig, NodeIdentity, SwarmClient};
+use hearth_wire::{
+    read_frame, write_frame, ErrorCode, HiddenDType, HiddenStates, Limits, OpenSession, Request,
+    Response, Step, INFERENCE_PROTOCOL,
+};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use std::time::Duration;
+
+fn loopback() -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        ..NetConfig::default()
+    }
+}
+
+async fn start_node(dir: &std::path::Path) -> Node {
+    let model = dir.join("model");
+    SynthModel::new(shape("tiny").unwrap(), 1)
+        .unwrap()
+        .write_hf(&model, DType::F32, &SynthOptions::default())
+        .unwrap();
+    let mut cfg = NodeConfig::new(model, dir.join("node"));
+    cfg.blocks = Some(BlockRange::new(0, 6).unwrap());
+    cfg.net = loopback();
+    cfg.max_sessions_per_peer = 2;
+    cfg.announce_ttl = Duration::from_secs(3);
+    Node::start(cfg).await.unwrap()
+}
+
+async fn attacker(node: &Node) -> (Net, PeerId) {
+    let net = Net::start(&NodeIdentity::generate(), loopback()).await.unwrap();
+    let addrs = loop {
+        let a = node.net.status().await.listen_addrs;
+        if !a.is_empty() {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    net.dial(node.peer_id, addrs).await;
+    (net, node.peer_id)
+}
+
+async fn stream(net: &Net, peer: PeerId) -> Stream {
+    net.control()
+        .open_stream(peer, StreamProtocol::new(INFERENCE_PROTOCOL))
+        .await
+        .unwrap()
+}
+
+async fn exchange(s: &mut Stream, body: &[u8]) -> Option<Response> {
+    write_frame(s, body).await.ok()?;
+    let frame = read_frame(s, 1 << 26).await.ok()??;
+    Some(Response::decode(&frame, &Limits::default()).unwrap())
+}
+
+fn open(node: &Node, model: ContentHash) -> Vec<u8> {
+    Request::Open(OpenSession {
+        session: [1; 16],
+        model_id: model,
+        span: node.span,
+        max_len: 32,
+        dtype: HiddenDType::F16,
+    })
+    .encode()
+}
+
+fn step(cols: u32, start: u32) -> Vec<u8> {
+    Request::Step(Step {
+        step: 0,
+        hidden: HiddenStates::from_f32(
+            HiddenDType::F16,
+            start,
+            1,
+            cols,
+            &vec![0.5; cols as usize],
+        ),
+    })
+    .encode()
+}
+
+fn code(r: Option<Response>) -> Option<ErrorCode> {
+    match r {
+        Some(Response::Error(e)) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// The peer closed the stream (or reset it): no further frame arrives.
+async fn closed(s: &mut Stream) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), read_frame(s, 1 << 20)).await,
+        Ok(Ok(None)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_gets_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let hidden = 256u32; // the tiny shape's width
+    let (net, peer) = attacker(&node).await;
+
+    // Garbage: an error, then the stream is closed.
+    let mut s = stream(&net, peer).await;
+    assert_eq!(
+        code(exchange(&mut s, b"\x07garbage that is no message").await),
+        Some(ErrorCode::BadRequest)
+    );
+    assert!(closed(&mut s).await);
+
+    // A frame that declares 4 GiB: refused from the length alone, stream closed.
+    let mut s = stream(&net, peer).await;
+    s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    let reply = read_frame(&mut s, 1 << 20).await.unwrap().unwrap();
+    assert!(matches!(
+        Response::decode(&reply, &Limits::default()).unwrap(),
+        Response::Error(e) if e.code == ErrorCode::BadRequest && e.message.contains("exceeds")
+    ));
+    assert!(closed(&mut s).await);
+
+    // A step for a session that was never opened.
+    let mut s = stream(&net, peer).await;
+    assert_eq!(
+        code(exchange(&mut s, &step(hidden, 0)).await),
+        Some(ErrorCode::NotOpen)
+    );
+
+    // Another model's id.
+    let mut s = stream(&net, peer).await;
+    assert_eq!(
+        code(exchange(&mut s, &open(&node, ContentHash::of(b"other model"))).await),
+        Some(ErrorCode::NotServed)
+    );
+
+    // Wrong width and a position gap: errors, but the session survives and serves a good step.
+    let mut s1 = stream(&net, peer).await;
+    assert!(matches!(
+        exchange(&mut s1, &open(&node, node.model_id)).await,
+        Some(Response::Opened(_))
+    ));
+    assert_eq!(
+        code(exchange(&mut s1, &step(hidden + 1, 0)).await),
+        Some(ErrorCode::BadRequest)
+    );
+    assert_eq!(
+        code(exchange(&mut s1, &step(hidden, 5)).await),
+        Some(ErrorCode::BadRequest)
+    );
+    match exchange(&mut s1, &step(hidden, 0)).await {
+        Some(Response::StepDone(d)) => {
+            assert_eq!((d.hidden.rows, d.hidden.cols), (1, hidden));
+            d.receipt.verify().unwrap();
+        }
+        other => panic!("good step after bad ones: {other:?}"),
+    }
+
+    // Flood: the per-peer session limit (2) holds; the third is refused as busy.
+    let mut s2 = stream(&net, peer).await;
+    assert!(matches!(
+        exchange(&mut s2, &open(&node, node.model_id)).await,
+        Some(Response::Opened(_))
+    ));
+    let mut s3 = stream(&net, peer).await;
+    assert_eq!(
+        code(exchange(&mut s3, &open(&node, node.model_id)).await),
+        Some(ErrorCode::Busy)
+    );
+    assert_eq!(node.sessions_open(), 2);
+    // Closing a stream frees its session and the slot.
+    drop(s2);
+    let mut freed = false;
+    for _ in 0..100 {
+        if node.sessions_open() == 1 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "closing a stream did not free its session");
+
+    // Meanwhile an honest client is served normally.
+    let client = SwarmClient::start(ClientConfig {
+        net: NetConfig {
+            bootstrap: vec![format!(
+                "{}/p2p/{}",
+                node.net.status().await.listen_addrs[0],
+                node.peer_id
+            )
+            .parse()
+            .unwrap()],
+            dht_server: false,
+            ..loopback()
+        },
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    client
+        .wait_for_coverage(&node.model_id, node.n_blocks)
+        .await
+        .unwrap();
+    let mut chain = client.chain(node.model_id, node.n_blocks, 8);
+    let x = HiddenStates::from_f32(HiddenDType::F16, 0, 2, hidden, &vec![0.25; 2 * hidden as usize]);
+    let out = chain.forward_hidden(x).await.unwrap();
+    assert_eq!((out.rows, out.cols), (2, hidden));
+    assert!(out.first_non_finite().is_none());
+    let log = chain.log();
+    let log = log.lock().unwrap();
+    assert_eq!(log.receipts.len(), 1);
+    assert!(log.failovers.is_empty());
+}
