@@ -93,6 +93,13 @@ pub struct NodeArgs {
     /// Holds node.key (the node's identity) and cached model ids (default: $HEARTH_HOME/node).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// With automatic placement: seconds between checks whether other blocks would serve the
+    /// swarm better (0: never move).
+    #[arg(long, default_value_t = 60)]
+    pub rebalance_secs: u64,
+    /// Seconds to look at the swarm before choosing blocks automatically.
+    #[arg(long, default_value_t = 3)]
+    pub discovery_secs: u64,
     /// Asking price, micro-credits per 1000 block-tokens (announced; charged by the market).
     #[arg(long, default_value_t = 0)]
     pub price: u64,
@@ -135,6 +142,9 @@ pub fn run_node(args: NodeArgs) -> Result<()> {
     cfg.sessions.cache_budget_bytes = args.cache_mib << 20;
     cfg.fault = args.fault;
     cfg.step_delay = Duration::from_millis(args.step_delay_ms);
+    cfg.rebalance_interval =
+        (args.rebalance_secs > 0).then(|| Duration::from_secs(args.rebalance_secs));
+    cfg.discovery_wait = Duration::from_secs(args.discovery_secs);
     let rt = runtime()?;
     rt.block_on(async move {
         let node = Node::start(cfg).await?;
@@ -154,7 +164,7 @@ pub fn run_node(args: NodeArgs) -> Result<()> {
         println!(
             "node {} serving blocks {} of {} (model {}, {:.2} ms/block/token) at {}",
             node.peer_id,
-            node.span,
+            node.span(),
             node.n_blocks,
             node.model_id.short(),
             node.block_ms,

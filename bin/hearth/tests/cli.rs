@@ -96,6 +96,7 @@ fn synth_gguf_and_info() {
         info.contains("Qwen2") && info.contains("blocks:        5"),
         "{info}"
     );
+    assert!(info.contains("model id:"), "{info}");
     let (text, _) = hearth(
         home.path(),
         &[

@@ -32,29 +32,26 @@ impl NodeProc {
     ) -> Self {
         let ready = home.join(format!("{name}.addr"));
         let mut cmd = hearth(home);
-        cmd.args([
-            "--threads",
-            "1",
-            "node",
-            "--synth",
-            "tiny",
-            "--blocks",
-            blocks,
-        ])
-        .arg("--data-dir")
-        .arg(home.join(name))
-        .arg("--ready-file")
-        .arg(&ready)
-        .args([
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--no-mdns",
-            "--record-ttl",
-            "3",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(["--threads", "1", "node", "--synth", "tiny"]);
+        if blocks == "auto" {
+            cmd.args(["--max-blocks", "3", "--discovery-secs", "1"]);
+        } else {
+            cmd.args(["--blocks", blocks]);
+        }
+        cmd.arg("--data-dir")
+            .arg(home.join(name))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-mdns",
+                "--record-ttl",
+                "3",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         if let Some(b) = bootstrap {
             cmd.args(["--bootstrap", b]);
         }
@@ -251,6 +248,23 @@ fn node_with_non_finite_hidden_states_is_routed_around() {
 #[test]
 fn node_with_wrong_shapes_is_routed_around() {
     misbehaving_node_is_routed_around("wrong-shape", "malformed answer");
+}
+
+#[test]
+fn automatic_placement_covers_the_model_and_serves_it() {
+    let (_d, home) = home();
+    let expected = local_text(&home, 8);
+    let a = NodeProc::start(&home, "a", "auto", None, &[]);
+    // Wait until a's announcement is in the DHT, so b sees what is missing.
+    wait_for("a's announcement", Duration::from_secs(30), || {
+        peers(&home, &a.addr).contains("1 servers")
+    });
+    let _b = NodeProc::start(&home, "b", "auto", Some(&a.addr), &[]);
+    let listed = peers(&home, &a.addr);
+    assert!(listed.contains("blocks 0..3"), "{listed}");
+    assert!(listed.contains("blocks 3..6"), "{listed}");
+    let (text, _) = finish(swarm_client(&home, &a.addr, 8));
+    assert_eq!(text, expected);
 }
 
 fn peers(home: &Path, bootstrap: &str) -> String {

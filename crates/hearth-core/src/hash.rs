@@ -55,6 +55,23 @@ impl ContentHasher {
         self
     }
 
+    /// Adds one length-prefixed field exactly as [`Self::field`] does, absorbing `bytes` in
+    /// pieces of at most `chunk` bytes and calling `absorbed` with each piece once it has been
+    /// hashed (to release memory-mapped pages of a large field as hashing proceeds).
+    pub fn field_chunked(
+        &mut self,
+        bytes: &[u8],
+        chunk: usize,
+        mut absorbed: impl FnMut(&[u8]),
+    ) -> &mut Self {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        for piece in bytes.chunks(chunk.max(1)) {
+            self.0.update(piece);
+            absorbed(piece);
+        }
+        self
+    }
+
     pub fn finish(&self) -> ContentHash {
         ContentHash(*self.0.finalize().as_bytes())
     }
@@ -72,6 +89,21 @@ mod tests {
         let c = ContentHasher::new("u").field(b"ab").field(b"c").finish();
         assert_ne!(a, c);
         assert_eq!(a, ContentHasher::new("t").field(b"ab").field(b"c").finish());
+    }
+
+    #[test]
+    fn chunked_field_hashes_like_a_field() {
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let whole = ContentHasher::new("t").field(&bytes).field(b"x").finish();
+        for chunk in [0, 1, 7, 4096, 10_000, 20_000] {
+            let mut seen = 0;
+            let h = ContentHasher::new("t")
+                .field_chunked(&bytes, chunk, |p| seen += p.len())
+                .field(b"x")
+                .finish();
+            assert_eq!(h, whole, "chunk {chunk}");
+            assert_eq!(seen, bytes.len());
+        }
     }
 
     #[test]

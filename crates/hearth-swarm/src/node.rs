@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 /// Deliberate misbehaviour, for tests of the client's defences (hidden CLI flag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +73,10 @@ pub struct NodeConfig {
     pub fault: Option<Fault>,
     /// Testing only: sleep this long before answering each step (a slow or distant node).
     pub step_delay: Duration,
+    /// With automatic placement: how often to reconsider the span (`None`: never).
+    pub rebalance_interval: Option<Duration>,
+    /// Hysteresis: move only if the swarm's bottleneck rises by this factor.
+    pub rebalance_min_gain: f64,
 }
 
 impl NodeConfig {
@@ -92,6 +96,8 @@ impl NodeConfig {
             limits: Limits::default(),
             fault: None,
             step_delay: Duration::ZERO,
+            rebalance_interval: Some(Duration::from_secs(60)),
+            rebalance_min_gain: 1.2,
         }
     }
 }
@@ -101,19 +107,24 @@ pub struct Node {
     pub net: Net,
     pub peer_id: PeerId,
     pub model_id: ContentHash,
-    pub span: BlockRange,
     pub n_blocks: u32,
     /// Measured decode compute per block per token.
     pub block_ms: f64,
     state: Arc<NodeState>,
 }
 
+/// The blocks a node serves now. Replaced whole when the node rebalances; sessions keep the
+/// `Arc` they opened on, so they finish on the old blocks while new sessions use the new ones.
+struct Served {
+    span: BlockRange,
+    server: Arc<SliceServer>,
+}
+
 struct NodeState {
     identity: NodeIdentity,
     model_id: ContentHash,
-    span: BlockRange,
     hidden_size: usize,
-    server: Arc<SliceServer>,
+    served: std::sync::RwLock<Arc<Served>>,
     compute: mpsc::Sender<Job>,
     limits: Limits,
     max_per_peer: usize,
@@ -124,6 +135,7 @@ struct NodeState {
 }
 
 struct Job {
+    server: Arc<SliceServer>,
     session: SessionId,
     start: usize,
     hidden: Tensor,
@@ -178,17 +190,15 @@ impl Node {
         };
         tracing::info!(%span, block_ms, "serving");
         let (tx, rx) = mpsc::channel(COMPUTE_QUEUE);
-        let compute_server = server.clone();
         std::thread::Builder::new()
             .name("hearth-compute".into())
-            .spawn(move || compute_loop(compute_server, rx))
+            .spawn(move || compute_loop(rx))
             .context("starting the compute thread")?;
         let state = Arc::new(NodeState {
             identity: identity.clone(),
             model_id: ident.model_id,
-            span,
             hidden_size,
-            server,
+            served: std::sync::RwLock::new(Arc::new(Served { span, server })),
             compute: tx,
             limits: cfg.limits.clone(),
             max_per_peer: cfg.max_sessions_per_peer,
@@ -215,12 +225,23 @@ impl Node {
             peer_id: net.peer_id(),
             net,
             model_id: ident.model_id,
-            span,
             n_blocks,
             block_ms,
             state,
         };
         node.spawn_announcer(cfg.announce_ttl, cfg.price);
+        if cfg.blocks.is_none() {
+            if let Some(every) = cfg.rebalance_interval {
+                node.spawn_rebalancer(
+                    src,
+                    every,
+                    cfg.rebalance_min_gain,
+                    cfg.max_blocks,
+                    cfg.limits.clone(),
+                    cfg.sessions.clone(),
+                );
+            }
+        }
         Ok(node)
     }
 
@@ -233,20 +254,22 @@ impl Node {
         let block_ms = self.block_ms;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
+            let mut provided: Option<BlockRange> = None;
             loop {
                 tick.tick().await;
-                state.server.expire_idle(Instant::now());
+                let served = state.current();
+                served.server.expire_idle(Instant::now());
                 let status = net.status().await;
-                let stats = state.server.stats();
-                let per_token = (block_ms * f64::from(state.span.len())).max(1e-3);
+                let stats = served.server.stats();
+                let per_token = (block_ms * f64::from(served.span.len())).max(1e-3);
                 let announcement = Announcement {
                     model_id: state.model_id,
                     n_blocks,
-                    span: state.span,
+                    span: served.span,
                     block_ms: block_ms as f32,
                     throughput: (1000.0 / per_token) as f32,
                     cache_free_tokens: stats.budget_bytes.saturating_sub(stats.reserved_bytes)
-                        / state.server.slice().cache_bytes_per_token().max(1),
+                        / served.server.slice().cache_bytes_per_token().max(1),
                     active_sessions: stats.sessions as u32,
                     price,
                     rtts: status
@@ -273,15 +296,99 @@ impl Node {
                 record.expires = Some(Instant::now() + ttl);
                 net.put_record(record).await;
                 net.provide(model_key(&state.model_id)).await;
-                for b in state.span.start()..state.span.end() {
+                if let Some(old) = provided.filter(|old| *old != served.span) {
+                    for b in old.start()..old.end() {
+                        if !served.span.contains(b) {
+                            net.stop_providing(block_key(&state.model_id, b)).await;
+                        }
+                    }
+                }
+                for b in served.span.start()..served.span.end() {
                     net.provide(block_key(&state.model_id, b)).await;
+                }
+                provided = Some(served.span);
+            }
+        });
+    }
+
+    /// Periodically asks whether moving to other blocks would raise the swarm's bottleneck by
+    /// `min_gain`, and if so loads the new blocks and switches new sessions to them.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_rebalancer(
+        &self,
+        src: Arc<ModelSource>,
+        every: Duration,
+        min_gain: f64,
+        max_blocks: Option<u32>,
+        limits: Limits,
+        sessions: SessionLimits,
+    ) {
+        let net = self.net.clone();
+        let state = self.state.clone();
+        let n_blocks = self.n_blocks;
+        let block_ms = self.block_ms;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let current = state.current();
+                let mut all = discover_spans(&net, &state.model_id, n_blocks, &limits).await;
+                let fit = max_blocks.unwrap_or(n_blocks).clamp(1, n_blocks) as usize;
+                let mine = 1000.0 / (block_ms * current.span.len() as f64).max(1e-3);
+                all.push(SpanInfo {
+                    peer: net.peer_id(),
+                    span: current.span,
+                    throughput: mine,
+                });
+                let Some(new_span) = placement::should_rebalance(
+                    n_blocks as usize,
+                    &all,
+                    net.peer_id(),
+                    fit,
+                    mine,
+                    min_gain,
+                ) else {
+                    continue;
+                };
+                tracing::info!(from = %current.span, to = %new_span, "rebalancing");
+                let load_src = src.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    load_src.load_slice(new_span, &LoadOptions::default(), None)
+                })
+                .await;
+                match loaded {
+                    Ok(Ok(slice)) => {
+                        let server = Arc::new(SliceServer::new(Arc::new(slice), sessions.clone()));
+                        *state.served.write().unwrap_or_else(|p| p.into_inner()) =
+                            Arc::new(Served {
+                                span: new_span,
+                                server,
+                            });
+                    }
+                    Ok(Err(e)) => tracing::warn!("cannot load blocks {new_span}: {e}"),
+                    Err(e) => tracing::warn!("loading blocks {new_span} panicked: {e}"),
                 }
             }
         });
     }
 
+    /// Blocks served now (they change when the node rebalances).
+    pub fn span(&self) -> BlockRange {
+        self.state.current().span
+    }
+
     pub fn sessions_open(&self) -> usize {
-        self.state.server.stats().sessions
+        self.state.current().server.stats().sessions
+    }
+}
+
+impl NodeState {
+    fn current(&self) -> Arc<Served> {
+        self.served
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -341,13 +448,28 @@ fn measure_block_ms(server: &SliceServer, hidden: usize) -> anyhow::Result<f64> 
     Ok(times[times.len() / 2] / f64::from(server.slice().range().len()))
 }
 
-/// The compute thread: takes every step that is waiting and runs them as one batch.
-fn compute_loop(server: Arc<SliceServer>, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.blocking_recv() {
+/// The compute thread: takes every step that is waiting and runs those on the same blocks as one
+/// batch.
+fn compute_loop(mut rx: mpsc::Receiver<Job>) {
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.blocking_recv() {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let server = first.server.clone();
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) if Arc::ptr_eq(&j.server, &server) => jobs.push(j),
+                Ok(j) => {
+                    // Steps for other blocks (after a rebalance) go in the next batch.
+                    carry = Some(j);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -393,6 +515,7 @@ impl Drop for PeerSlot {
 }
 
 struct OpenState {
+    served: Arc<Served>,
     id: SessionId,
     open: OpenSession,
     _slot: PeerSlot,
@@ -457,7 +580,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if let Some(s) = session {
-        let _ = state.server.close(s.id);
+        let _ = s.served.server.close(s.id);
     }
 }
 
@@ -472,12 +595,13 @@ fn open_session(
             format!("model {} is not served here", open.model_id.short()),
         ));
     }
-    if open.span != state.span {
+    let served = state.current();
+    if open.span != served.span {
         return Err(Response::error(
             ErrorCode::NotServed,
             format!(
                 "span {} requested, this node serves {}",
-                open.span, state.span
+                open.span, served.span
             ),
         ));
     }
@@ -496,19 +620,20 @@ fn open_session(
         state: state.clone(),
         peer,
     };
-    let id = state
+    let id = served
         .server
         .open(open.max_len as usize)
         .map_err(|e| Response::error(ErrorCode::Busy, e.to_string()))?;
     tracing::info!(%peer, span = %open.span, max_len = open.max_len, "session opened");
-    let stats = state.server.stats();
+    let stats = served.server.stats();
     let free = stats.budget_bytes.saturating_sub(stats.reserved_bytes)
-        / state.server.slice().cache_bytes_per_token().max(1);
+        / served.server.slice().cache_bytes_per_token().max(1);
     Ok((
         Opened {
             cache_free_tokens: free,
         },
         OpenState {
+            served,
             id,
             open,
             _slot: slot,
@@ -547,6 +672,7 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
     }
     let (tx, rx) = oneshot::channel();
     let job = Job {
+        server: s.served.server.clone(),
         session: s.id,
         start: h.start as usize,
         hidden: input,
@@ -573,7 +699,7 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
         session: s.open.session,
         step: step.step,
         model_id: state.model_id,
-        span: state.span,
+        span: s.served.span,
         input: h.digest(),
         output: output.digest(),
     };
@@ -620,15 +746,4 @@ fn engine_error(e: EngineError) -> Response {
         _ => ErrorCode::Internal,
     };
     Response::error(code, e.to_string())
-}
-
-/// Keeps a node running until Ctrl-C, then shuts down; helper for the CLI.
-pub async fn run_until_ctrl_c(node: Node) -> anyhow::Result<()> {
-    let (_tx, mut rx) = watch::channel(());
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = rx.changed() => {}
-    }
-    drop(node);
-    Ok(())
 }

@@ -37,7 +37,9 @@ async fn start_node(dir: &std::path::Path) -> Node {
 }
 
 async fn attacker(node: &Node) -> (Net, PeerId) {
-    let net = Net::start(&NodeIdentity::generate(), loopback()).await.unwrap();
+    let net = Net::start(&NodeIdentity::generate(), loopback())
+        .await
+        .unwrap();
     let addrs = loop {
         let a = node.net.status().await.listen_addrs;
         if !a.is_empty() {
@@ -66,7 +68,7 @@ fn open(node: &Node, model: ContentHash) -> Vec<u8> {
     Request::Open(OpenSession {
         session: [1; 16],
         model_id: model,
-        span: node.span,
+        span: node.span(),
         max_len: 32,
         dtype: HiddenDType::F16,
     })
@@ -76,13 +78,7 @@ fn open(node: &Node, model: ContentHash) -> Vec<u8> {
 fn step(cols: u32, start: u32) -> Vec<u8> {
     Request::Step(Step {
         step: 0,
-        hidden: HiddenStates::from_f32(
-            HiddenDType::F16,
-            start,
-            1,
-            cols,
-            &vec![0.5; cols as usize],
-        ),
+        hidden: HiddenStates::from_f32(HiddenDType::F16, start, 1, cols, &vec![0.5; cols as usize]),
     })
     .encode()
 }
@@ -210,7 +206,13 @@ async fn hostile_peer_gets_errors_and_the_node_keeps_serving() {
         .await
         .unwrap();
     let mut chain = client.chain(node.model_id, node.n_blocks, 8);
-    let x = HiddenStates::from_f32(HiddenDType::F16, 0, 2, hidden, &vec![0.25; 2 * hidden as usize]);
+    let x = HiddenStates::from_f32(
+        HiddenDType::F16,
+        0,
+        2,
+        hidden,
+        &vec![0.25; 2 * hidden as usize],
+    );
     let out = chain.forward_hidden(x).await.unwrap();
     assert_eq!((out.rows, out.cols), (2, hidden));
     assert!(out.first_non_finite().is_none());
