@@ -724,6 +724,136 @@ impl MappedFiles {
     }
 }
 
+/// One tensor exactly as its file stores it, for content hashing ([`crate::identity`]).
+pub(crate) struct RawTensor<'a> {
+    /// The stored bytes, untouched (little-endian elements or ggml blocks).
+    pub(crate) bytes: &'a [u8],
+    /// The storage type's name: safetensors' header name (`F32`, `BF16`, ...) or llama.cpp's
+    /// ggml type name (`F16`, `Q8_0`, `Q4_K`, ...). The same encoding has the same name in both.
+    pub(crate) dtype: String,
+    /// Row-major shape as the file declares it.
+    pub(crate) shape: Vec<usize>,
+}
+
+impl WeightIndex {
+    /// The stored bytes, storage type and shape of one tensor, or `None` if the files lack it.
+    /// The bytes borrow `maps`; call [`MappedFiles::release_bytes`] once they have been read.
+    pub(crate) fn raw_bytes<'a>(
+        &self,
+        maps: &'a MappedFiles,
+        role: TensorRole,
+    ) -> Result<Option<RawTensor<'a>>> {
+        let name = self.name_of(role);
+        match self {
+            Self::Hf { shards, tensors } => {
+                let Some(entry) = tensors.get(&name) else {
+                    return Ok(None);
+                };
+                let path = &shards[entry.shard];
+                let mmap = maps
+                    .maps
+                    .get(entry.shard)
+                    .ok_or_else(|| EngineError::Format {
+                        path: path.clone(),
+                        format: "safetensors",
+                        detail: "shard not mapped".into(),
+                    })?;
+                let st = SafeTensors::deserialize(mmap).map_err(|e| safetensors_error(path, e))?;
+                let view = st.tensor(&name).map_err(|e| safetensors_error(path, e))?;
+                // The view borrows `st`; re-derive the slice from the mapping itself so that it
+                // lives as long as `maps`.
+                let start = (view.data().as_ptr() as usize).wrapping_sub(mmap.as_ptr() as usize);
+                let bytes = mmap
+                    .get(start..start.saturating_add(view.data().len()))
+                    .ok_or_else(|| {
+                        safetensors_error(path, format!("tensor `{name}` out of range"))
+                    })?;
+                Ok(Some(RawTensor {
+                    bytes,
+                    dtype: format!("{:?}", view.dtype()),
+                    shape: view.shape().to_vec(),
+                }))
+            }
+            Self::Gguf { path, content } => {
+                let Some(info) = content.tensor_infos.get(&name) else {
+                    return Ok(None);
+                };
+                let (start, end) = gguf_span(content, info).ok_or_else(|| EngineError::Format {
+                    path: path.clone(),
+                    format: "GGUF",
+                    detail: format!("tensor `{name}` has an impossible size"),
+                })?;
+                let bytes = maps
+                    .maps
+                    .first()
+                    .and_then(|m| m.get(start as usize..end as usize))
+                    .ok_or_else(|| EngineError::Format {
+                        path: path.clone(),
+                        format: "GGUF",
+                        detail: format!("tensor `{name}` lies beyond the end of the file"),
+                    })?;
+                Ok(Some(RawTensor {
+                    bytes,
+                    dtype: ggml_type_name(info.ggml_dtype).to_string(),
+                    shape: info.shape.dims().to_vec(),
+                }))
+            }
+        }
+    }
+
+    /// Every file the weights are read from (the GGUF file, or the safetensors shards).
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
+        match self {
+            Self::Hf { shards, .. } => shards.clone(),
+            Self::Gguf { path, .. } => vec![path.clone()],
+        }
+    }
+}
+
+impl MappedFiles {
+    /// Asks for aggressive read-ahead: the caller is about to read every byte once, in order
+    /// within each tensor (hashing).
+    pub(crate) fn advise_sequential(&self) {
+        for mmap in &self.maps {
+            let _ = mmap.advise(memmap2::Advice::Sequential);
+        }
+    }
+
+    /// [`MappedFiles::release`] for bytes from [`WeightIndex::raw_bytes`], whichever map holds
+    /// them; does nothing for bytes from elsewhere.
+    pub(crate) fn release_bytes(&self, bytes: &[u8]) {
+        let at = bytes.as_ptr() as usize;
+        let found = self.maps.iter().position(|m| {
+            let base = m.as_ptr() as usize;
+            at >= base && at + bytes.len() <= base + m.len()
+        });
+        if let Some(map) = found {
+            self.release(map, bytes);
+        }
+    }
+}
+
+/// llama.cpp's name for a ggml storage type (`ggml_type_name`).
+fn ggml_type_name(dtype: GgmlDType) -> &'static str {
+    match dtype {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
+}
+
 /// The candle dtype of a safetensors tensor; hearth reads F32, F16 and BF16.
 fn safetensors_dtype(path: &Path, name: &str, dtype: safetensors::Dtype) -> Result<DType> {
     match dtype {

@@ -29,7 +29,8 @@ impl NodeIdentity {
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(KEY_FILE);
         if path.exists() {
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                 anyhow::anyhow!(
                     "{} holds {} bytes, expected a 32-byte ed25519 secret",

@@ -4,7 +4,9 @@
 
 use crate::identity::NodeIdentity;
 use futures::StreamExt;
-use libp2p::kad::{self, store::MemoryStore, store::RecordStore, GetProvidersOk, GetRecordOk, QueryId, QueryResult};
+use libp2p::kad::{
+    self, store::MemoryStore, store::RecordStore, GetProvidersOk, GetRecordOk, QueryId, QueryResult,
+};
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     autonat, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId,
@@ -42,7 +44,9 @@ impl Default for NetConfig {
         Self {
             listen: vec![
                 "/ip4/0.0.0.0/tcp/0".parse().expect("static multiaddr"),
-                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("static multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("static multiaddr"),
             ],
             bootstrap: Vec::new(),
             mdns: true,
@@ -142,7 +146,9 @@ impl Net {
                         IDENTIFY_PROTOCOL.to_string(),
                         key.public(),
                     )),
-                    ping: ping::Behaviour::new(ping::Config::new().with_interval(cfg.ping_interval)),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new().with_interval(cfg.ping_interval),
+                    ),
                     mdns: mdns.into(),
                     relay,
                     dcutr: dcutr::Behaviour::new(peer_id),
