@@ -342,16 +342,14 @@ fn handle_event(
                 }
             }
         }
+        // Only peers that speak our DHT protocol go into the routing table.
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
             peer_id,
             info,
             ..
-        })) => {
-            // Only peers that speak our DHT protocol go into the routing table.
-            if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
-                for addr in info.listen_addrs {
-                    swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
+        })) if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) => {
+            for addr in info.listen_addrs {
+                swarm.behaviour_mut().kad.add_address(&peer_id, addr);
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
@@ -374,15 +372,11 @@ fn handle_event(
                     })),
                     Some(Pending::Providers(acc, _)),
                 ) => acc.extend(providers),
+                // Bounded: a query returns at most one record per peer asked.
                 (
                     QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(rec))),
                     Some(Pending::Records(acc, _)),
-                ) => {
-                    // Bounded: a query returns at most one record per peer asked.
-                    if acc.len() < 64 {
-                        acc.push(rec.record.value);
-                    }
-                }
+                ) if acc.len() < 64 => acc.push(rec.record.value),
                 _ => {}
             }
             if step.last {

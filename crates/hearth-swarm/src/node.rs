@@ -97,7 +97,7 @@ impl NodeConfig {
             fault: None,
             step_delay: Duration::ZERO,
             rebalance_interval: Some(Duration::from_secs(60)),
-            rebalance_min_gain: 1.2,
+            rebalance_min_gain: 1.1,
         }
     }
 }
@@ -341,7 +341,7 @@ impl Node {
                     span: current.span,
                     throughput: mine,
                 });
-                let Some(new_span) = placement::should_rebalance(
+                let Some(new_span) = placement::planned_move(
                     n_blocks as usize,
                     &all,
                     net.peer_id(),
@@ -560,7 +560,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     session = Some(s);
                     (Response::Opened(opened), true)
                 }
-                Err(reply) => (reply, false),
+                Err(reply) => (*reply, false),
             },
             Request::Open(_) => (
                 Response::error(ErrorCode::BadRequest, "session already open on this stream"),
@@ -588,31 +588,31 @@ fn open_session(
     state: &Arc<NodeState>,
     peer: PeerId,
     open: OpenSession,
-) -> Result<(Opened, OpenState), Response> {
+) -> Result<(Opened, OpenState), Box<Response>> {
     if open.model_id != state.model_id {
-        return Err(Response::error(
+        return Err(Box::new(Response::error(
             ErrorCode::NotServed,
             format!("model {} is not served here", open.model_id.short()),
-        ));
+        )));
     }
     let served = state.current();
     if open.span != served.span {
-        return Err(Response::error(
+        return Err(Box::new(Response::error(
             ErrorCode::NotServed,
             format!(
                 "span {} requested, this node serves {}",
                 open.span, served.span
             ),
-        ));
+        )));
     }
     {
         let mut map = state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(peer).or_insert(0);
         if *n >= state.max_per_peer {
-            return Err(Response::error(
+            return Err(Box::new(Response::error(
                 ErrorCode::Busy,
                 format!("at most {} sessions per peer", state.max_per_peer),
-            ));
+            )));
         }
         *n += 1;
     }
@@ -623,7 +623,7 @@ fn open_session(
     let id = served
         .server
         .open(open.max_len as usize)
-        .map_err(|e| Response::error(ErrorCode::Busy, e.to_string()))?;
+        .map_err(|e| Box::new(Response::error(ErrorCode::Busy, e.to_string())))?;
     tracing::info!(%peer, span = %open.span, max_len = open.max_len, "session opened");
     let stats = served.server.stats();
     let free = stats.budget_bytes.saturating_sub(stats.reserved_bytes)

@@ -311,7 +311,9 @@ mod tests {
             .hops
             .iter()
             .map(|h| {
-                let i = (0..=255u8).find(|&i| peer(i) == h.peer).expect("known peer");
+                let i = (0..=255u8)
+                    .find(|&i| peer(i) == h.peer)
+                    .expect("known peer");
                 (i, h.range.start(), h.range.end())
             })
             .collect()
@@ -378,14 +380,21 @@ mod tests {
             &request(range(0, 8), &none, RouteMode::Latency),
         )
         .unwrap();
-        assert_eq!(shape(&r), [(2, 0, 8)], "a slow server with room beats a full one");
+        assert_eq!(
+            shape(&r),
+            [(2, 0, 8)],
+            "a slow server with room beats a full one"
+        );
         assert_eq!(r.cache_short, 0);
 
         // Alone, the full server is still used, and the route says so.
         let r = find_route(&[full], &request(range(0, 8), &none, RouteMode::Latency)).unwrap();
         assert_eq!(shape(&r), [(1, 0, 8)]);
         assert_eq!(r.cache_short, 1);
-        assert!((r.expected_ms_per_token - 9.0).abs() < 1e-9, "penalty is not a delay");
+        assert!(
+            (r.expected_ms_per_token - 9.0).abs() < 1e-9,
+            "penalty is not a delay"
+        );
     }
 
     #[test]
@@ -464,8 +473,11 @@ mod tests {
         // Latency mode takes the nearby busy server; throughput mode the idle far one.
         let r = find_route(&servers, &request(range(0, 8), &none, RouteMode::Latency)).unwrap();
         assert_eq!(shape(&r), [(1, 0, 8)]);
-        let r =
-            find_route(&servers, &request(range(0, 8), &none, RouteMode::Throughput)).unwrap();
+        let r = find_route(
+            &servers,
+            &request(range(0, 8), &none, RouteMode::Throughput),
+        )
+        .unwrap();
         assert_eq!(shape(&r), [(2, 0, 8)]);
         assert!((r.expected_ms_per_token - 38.0).abs() < 1e-9);
     }
@@ -483,8 +495,8 @@ mod tests {
         ];
         s[0].load = 2;
         s[2].load = 2;
-        let routes = find_routes(&s, &request(range(0, 8), &none, RouteMode::Throughput), 8)
-            .unwrap();
+        let routes =
+            find_routes(&s, &request(range(0, 8), &none, RouteMode::Throughput), 8).unwrap();
         assert_eq!(routes.len(), 8);
         let mut count = [0usize; 5];
         for r in &routes {
