@@ -108,7 +108,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             &prompt,
             &params(&args),
             &args.net,
-            args.receipts,
+            args.receipts.then_some(usize::MAX),
             &args.prompt,
         );
     }

@@ -196,7 +196,7 @@ pub fn generate_through_swarm(
     prompt: &[u32],
     params: &SamplingParams,
     net: &NetArgs,
-    print_receipts: bool,
+    print_receipts: Option<usize>,
     prompt_text: &str,
 ) -> Result<()> {
     let ident = identity_cached(src, &hearth_home().join("model-ids"))?;
@@ -256,8 +256,12 @@ pub fn generate_through_swarm(
         log.receipts.len(),
         verified
     );
-    if print_receipts {
-        for (peer, r) in &log.receipts {
+    if let Some(last) = print_receipts {
+        let skip = log.receipts.len().saturating_sub(last);
+        if skip > 0 {
+            eprintln!("(the last {last} receipts; `hearth generate --swarm --receipts` prints all)");
+        }
+        for (peer, r) in log.receipts.iter().skip(skip) {
             eprintln!(
                 "receipt: node {} step {} blocks {} in {} out {} sig {}..",
                 short_peer(peer),
@@ -349,7 +353,7 @@ pub fn run_demo(args: DemoArgs, threads: Option<usize>) -> Result<()> {
         &prompt,
         &params,
         &net,
-        true,
+        Some(spans.len()),
         &args.prompt,
     )?;
     eprintln!(
