@@ -37,8 +37,13 @@ pub fn announcement_key(model: &ContentHash, node: &PeerId) -> RecordKey {
     )
 }
 
+/// Clock skew tolerated on an announcement's issue time: a record "issued" further in the future
+/// would otherwise stay valid past its real lifetime.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
 /// The newest valid, unexpired announcement among `values` that really comes from `node` about
-/// `model`. Anything else (bad signature, another node's key, another model, expired) is dropped.
+/// `model`. Anything else (bad signature, another node's key, another model, expired, issued in
+/// the future) is dropped.
 pub fn pick_announcement(
     values: &[Vec<u8>],
     node: &PeerId,
@@ -54,6 +59,7 @@ pub fn pick_announcement(
             a.model_id == *model
                 && peer_of_key(&a.node).as_ref() == Some(node)
                 && !a.expired(now_unix_ms)
+                && a.issued_unix_ms <= now_unix_ms.saturating_add(MAX_CLOCK_SKEW_MS)
         })
         .max_by_key(|s| s.announcement.issued_unix_ms)
 }

@@ -101,7 +101,11 @@ impl Announcement {
 
     /// Whether the record is past its lifetime at `now_unix_ms`.
     pub fn expired(&self, now_unix_ms: u64) -> bool {
-        now_unix_ms > self.issued_unix_ms + u64::from(self.ttl_secs) * 1000
+        // Saturating: `issued_unix_ms` comes from a peer and may be anything.
+        now_unix_ms
+            > self
+                .issued_unix_ms
+                .saturating_add(u64::from(self.ttl_secs) * 1000)
     }
 }
 

@@ -6,7 +6,10 @@ use std::io;
 /// Reads one frame: u32 LE length, then that many bytes. A declared length above `max` is refused
 /// before anything is allocated; `Ok(None)` means the peer closed the stream cleanly between
 /// frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Option<Vec<u8>>> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {

@@ -48,7 +48,9 @@ impl std::str::FromStr for HiddenDType {
         match s.to_ascii_lowercase().as_str() {
             "f16" => Ok(Self::F16),
             "bf16" => Ok(Self::BF16),
-            other => Err(format!("unknown hidden dtype {other:?} (expected f16 or bf16)")),
+            other => Err(format!(
+                "unknown hidden dtype {other:?} (expected f16 or bf16)"
+            )),
         }
     }
 }
@@ -154,14 +156,21 @@ impl HiddenStates {
                 max: limits.max_hidden as usize,
             });
         }
-        if start.checked_add(rows).is_none_or(|end| end > limits.max_positions) {
+        if start
+            .checked_add(rows)
+            .is_none_or(|end| end > limits.max_positions)
+        {
             return Err(WireError::TooLarge {
                 what: "hidden end position",
                 len: start as usize + rows as usize,
                 max: limits.max_positions as usize,
             });
         }
-        let n = rows as usize * cols as usize * 2;
+        // Saturating: with permissive limits (both near u32::MAX) the product overflows; a
+        // saturated length then fails as truncated instead of panicking or wrapping.
+        let n = (rows as usize)
+            .saturating_mul(cols as usize)
+            .saturating_mul(2);
         let data = r.take(n, "hidden payload")?.to_vec();
         Ok(Self {
             dtype,

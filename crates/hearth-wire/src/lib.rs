@@ -15,9 +15,7 @@ mod hidden;
 mod messages;
 mod receipt;
 
-pub use announce::{
-    Announcement, PeerRtt, SignedAnnouncement, MAX_ADDRS, MAX_ADDR_LEN, MAX_RTTS,
-};
+pub use announce::{Announcement, PeerRtt, SignedAnnouncement, MAX_ADDRS, MAX_ADDR_LEN, MAX_RTTS};
 pub use codec::{Reader, Writer};
 pub use ed25519_dalek::SigningKey;
 pub use error::{Result, WireError};

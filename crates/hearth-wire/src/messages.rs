@@ -104,6 +104,10 @@ pub struct ErrorReply {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one response per frame, moved rarely; boxing StepDone would cost an allocation per step"
+)]
 pub enum Response {
     Opened(Opened),
     StepDone(StepDone),

@@ -100,7 +100,9 @@ impl Receipt {
             return Err(WireError::BadSignature("receipt (signed by another key)"));
         }
         if &self.body != expected {
-            return Err(WireError::BadSignature("receipt (body differs from the step)"));
+            return Err(WireError::BadSignature(
+                "receipt (body differs from the step)",
+            ));
         }
         self.verify()
     }
@@ -119,14 +121,23 @@ impl Receipt {
     }
 
     /// Standalone encoding, for storing receipts or handing them to a verifier.
+    /// Standalone form starts with the protocol version, so stored receipts stay readable.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(220);
+        let mut w = Writer::with_capacity(221);
+        w.u8(crate::VERSION);
         self.encode(&mut w);
         w.finish()
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
+        let version = r.u8("receipt version")?;
+        if version != crate::VERSION {
+            return Err(WireError::Version {
+                got: version,
+                supported: crate::VERSION,
+            });
+        }
         let out = Self::decode(&mut r)?;
         r.end("receipt")?;
         Ok(out)
@@ -186,6 +197,8 @@ mod tests {
         assert!(good.verify_from(&other, &body()).is_err());
         let mut expected = body();
         expected.input = ContentHash::of(b"something else");
-        assert!(good.verify_from(&key.verifying_key().to_bytes(), &expected).is_err());
+        assert!(good
+            .verify_from(&key.verifying_key().to_bytes(), &expected)
+            .is_err());
     }
 }

@@ -83,7 +83,10 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn hidden(dtype: HiddenDType, start: u32, rows: u32, cols: u32) -> HiddenStates {
-    let v = values((rows * cols) as usize, u64::from(start * 31 + rows * 7 + cols));
+    let v = values(
+        (rows * cols) as usize,
+        u64::from(start * 31 + rows * 7 + cols),
+    );
     HiddenStates::from_f32(dtype, start, rows, cols, &v)
 }
 
@@ -340,11 +343,19 @@ fn open_layout_is_pinned() {
     let bytes = Request::Open(open()).encode();
     assert_eq!(bytes.len(), OPEN_LEN);
     assert_eq!(bytes[..2], [VERSION, KIND_OPEN]);
-    assert_eq!(bytes[OPEN_SPAN_START..OPEN_SPAN_START + 4], 4u32.to_le_bytes());
+    assert_eq!(
+        bytes[OPEN_SPAN_START..OPEN_SPAN_START + 4],
+        4u32.to_le_bytes()
+    );
     assert_eq!(bytes[OPEN_SPAN_END..OPEN_SPAN_END + 4], 12u32.to_le_bytes());
     assert_eq!(bytes[OPEN_MAX_LEN..OPEN_MAX_LEN + 4], 4096u32.to_le_bytes());
     assert_eq!(bytes[OPEN_DTYPE], HiddenDType::BF16.code());
     assert_eq!(Request::Close.encode(), vec![VERSION, KIND_CLOSE]);
+    assert_eq!(responses()[2].encode()[..2], [VERSION, KIND_STEP_DONE]);
+    assert_eq!(
+        responses()[4].encode(),
+        vec![VERSION, KIND_ERROR, 3, 0, 0, 0, 0]
+    );
     assert_eq!(
         Response::Opened(Opened {
             cache_free_tokens: 1
@@ -450,8 +461,16 @@ fn hidden_cols_must_be_within_one_and_the_limit() {
 fn hidden_positions_must_not_overflow_or_pass_the_limit() {
     let l = tight(); // max_positions 64
     Request::decode(&raw_step(1, 60, 4, 1, 8), &l).unwrap(); // ends exactly at 64
-    assert_too_large(Request::decode(&raw_step(1, 61, 4, 1, 8), &l), "end position", 65);
-    assert_too_large(Request::decode(&raw_step(1, 64, 1, 1, 2), &l), "end position", 65);
+    assert_too_large(
+        Request::decode(&raw_step(1, 61, 4, 1, 8), &l),
+        "end position",
+        65,
+    );
+    assert_too_large(
+        Request::decode(&raw_step(1, 64, 1, 1, 2), &l),
+        "end position",
+        65,
+    );
     // start + rows overflows u32: refused, not wrapped.
     assert_too_large(
         Request::decode(&raw_step(1, u32::MAX, 2, 1, 4), &l),
@@ -482,6 +501,42 @@ fn hidden_limits_apply_to_step_done_too() {
     put_u32(&mut bytes, STEP_COLS, 8);
     put_u32(&mut bytes, STEP_START, 61);
     assert_too_large(Response::decode(&bytes, &tight()), "end position", 65);
+}
+
+#[test]
+fn largest_valid_step_fits_in_the_largest_frame() {
+    // The default limits must agree with each other: a step at max_rows × max_hidden, and its
+    // StepDone answer with the receipt, still fit in one frame.
+    let l = limits();
+    let max_payload = l.max_rows as usize * l.max_hidden as usize * 2;
+    let one = hidden(HiddenDType::F16, 0, 1, 1);
+    let req = Request::Step(Step {
+        step: 0,
+        hidden: one.clone(),
+    })
+    .encode()
+    .len();
+    let resp = Response::StepDone(StepDone {
+        step: 0,
+        hidden: one,
+        receipt: receipt(),
+    })
+    .encode()
+    .len();
+    assert!(req - 2 + max_payload <= l.max_frame_bytes);
+    assert!(resp - 2 + max_payload <= l.max_frame_bytes);
+}
+
+#[test]
+fn permissive_limits_do_not_overflow_the_payload_size() {
+    let open = Limits {
+        max_rows: u32::MAX,
+        max_hidden: u32::MAX,
+        max_positions: u32::MAX,
+        ..limits()
+    };
+    let r = catch_unwind(|| Request::decode(&raw_step(1, 0, u32::MAX, u32::MAX, 16), &open));
+    assert!(matches!(r, Ok(Err(WireError::Truncated { .. }))), "{r:?}");
 }
 
 #[test]
@@ -613,29 +668,23 @@ fn error_message_above_the_limit_or_not_utf8_is_refused() {
 #[test]
 fn wrong_version_is_refused_everywhere() {
     for v in [0u8, VERSION + 1, 0xff] {
-        let want = Err(WireError::Version {
+        let want = WireError::Version {
             got: v,
             supported: VERSION,
-        });
+        };
         for req in requests() {
             let mut bytes = req.encode();
             bytes[0] = v;
-            assert_eq!(Request::decode(&bytes, &limits()), want);
+            assert_eq!(Request::decode(&bytes, &limits()), Err(want.clone()));
         }
         for resp in responses() {
             let mut bytes = resp.encode();
             bytes[0] = v;
-            assert_eq!(Response::decode(&bytes, &limits()), want);
+            assert_eq!(Response::decode(&bytes, &limits()), Err(want.clone()));
         }
         let mut bytes = signed().encode();
         bytes[0] = v;
-        assert_eq!(
-            SignedAnnouncement::decode(&bytes, &limits()),
-            Err(WireError::Version {
-                got: v,
-                supported: VERSION
-            })
-        );
+        assert_eq!(SignedAnnouncement::decode(&bytes, &limits()), Err(want));
     }
 }
 
@@ -731,7 +780,9 @@ fn announcement_lists_above_their_limits_are_refused_even_when_signed() {
             rtt_us: i as u32,
         })
         .collect();
-    a.addrs = (0..MAX_ADDRS).map(|i| vec![i as u8; MAX_ADDR_LEN]).collect();
+    a.addrs = (0..MAX_ADDRS)
+        .map(|i| vec![i as u8; MAX_ADDR_LEN])
+        .collect();
     let bytes = raw_announcement(&a, &k);
     assert!(bytes.len() <= limits().max_announcement_bytes);
     let back = SignedAnnouncement::decode(&bytes, &limits()).unwrap();
@@ -805,7 +856,10 @@ fn oversized_announcement_is_refused_before_parsing() {
 fn signed_announcement_with_bad_values_is_refused() {
     let k = key();
     let check = |a: Announcement, field: &str| {
-        assert_bad_value(SignedAnnouncement::decode(&a.sign(&k).encode(), &limits()), field);
+        assert_bad_value(
+            SignedAnnouncement::decode(&a.sign(&k).encode(), &limits()),
+            field,
+        );
     };
     let a = announcement();
     check(
@@ -1055,7 +1109,10 @@ fn digest_binds_start_shape_dtype_and_every_byte() {
     }
     // Same values, different start: the receipt covers the positions.
     let a = hidden(HiddenDType::BF16, 0, 1, 4);
-    let b = HiddenStates { start: 1, ..a.clone() };
+    let b = HiddenStates {
+        start: 1,
+        ..a.clone()
+    };
     assert_ne!(a.digest(), b.digest());
 }
 
@@ -1106,7 +1163,10 @@ fn frames_round_trip_and_end_cleanly() {
             chunk,
         };
         for b in &bodies {
-            assert_eq!(block_on(read_frame(&mut r, 300)).unwrap().as_deref(), Some(*b));
+            assert_eq!(
+                block_on(read_frame(&mut r, 300)).unwrap().as_deref(),
+                Some(*b)
+            );
         }
         assert_eq!(block_on(read_frame(&mut r, 300)).unwrap(), None);
         assert_eq!(block_on(read_frame(&mut r, 300)).unwrap(), None);
@@ -1132,7 +1192,10 @@ fn frame_above_max_is_refused_without_reading_the_body() {
     // Exactly max is fine.
     let bytes = framed(&[&[5; 300]]);
     let mut c = Cursor::new(bytes);
-    assert_eq!(block_on(read_frame(&mut c, 300)).unwrap().unwrap().len(), 300);
+    assert_eq!(
+        block_on(read_frame(&mut c, 300)).unwrap().unwrap().len(),
+        300
+    );
 }
 
 #[test]
@@ -1215,7 +1278,7 @@ fn mutate(rng: &mut ChaCha8Rng, bytes: &mut Vec<u8>) {
             }
             5 | 6 if len >= 4 => {
                 let i = at(rng, len - 3);
-                let v = if rng.next_u32() % 4 == 0 {
+                let v = if rng.next_u32().is_multiple_of(4) {
                     rng.next_u32()
                 } else {
                     HUGE[at(rng, HUGE.len())]
@@ -1342,7 +1405,11 @@ fn seeded_frame_streams_never_panic() {
                 Err(_) => break,
             }
         }
-        assert_eq!(consumed, m[..consumed.len()], "frames re-encode to the input");
+        assert_eq!(
+            consumed,
+            m[..consumed.len()],
+            "frames re-encode to the input"
+        );
     }
 }
 
@@ -1350,17 +1417,15 @@ fn seeded_frame_streams_never_panic() {
 // Fuzz seeds
 // ---------------------------------------------------------------------------------------------
 
-/// Writes the valid encodings above as seed inputs for the cargo-fuzz targets (docs/fuzzing.md):
-/// `cargo test -p hearth-wire --test wire -- --ignored write_fuzz_seeds`.
-/// Writes to `$HEARTH_FUZZ_CORPUS` or `<workspace>/fuzz/corpus`.
+/// Writes the valid encodings above as seed inputs for the cargo-fuzz targets (docs/fuzzing.md)
+/// into `$HEARTH_FUZZ_CORPUS` (e.g. `fuzz/corpus`), or a scratch folder when unset; then checks
+/// that every request and response seed decodes.
 #[test]
-#[ignore = "writes files; run by hand to seed the fuzz corpus"]
 fn write_fuzz_seeds() {
+    let scratch = tempfile::tempdir().unwrap();
     let root = std::env::var_os("HEARTH_FUZZ_CORPUS")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus")
-        });
+        .unwrap_or_else(|| scratch.path().to_path_buf());
     let write = |target: &str, i: usize, bytes: &[u8]| {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).unwrap();
@@ -1401,4 +1466,21 @@ fn write_fuzz_seeds() {
     let mut frames = vec![3u8, 0];
     frames.extend_from_slice(&framed(&[b"abc", &requests()[2].encode(), b""]));
     write("frame", 0, &frames);
+    for (target, decode) in [
+        (
+            "request",
+            (|b: &[u8]| Request::decode(b, &Limits::default()).is_ok()) as fn(&[u8]) -> bool,
+        ),
+        ("response", |b: &[u8]| {
+            Response::decode(b, &Limits::default()).is_ok()
+        }),
+    ] {
+        let mut n = 0;
+        for entry in std::fs::read_dir(root.join(target)).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(decode(&bytes), "{target} seed does not decode");
+            n += 1;
+        }
+        assert!(n > 3, "{target}: only {n} seeds");
+    }
 }
