@@ -259,7 +259,9 @@ pub fn generate_through_swarm(
     if let Some(last) = print_receipts {
         let skip = log.receipts.len().saturating_sub(last);
         if skip > 0 {
-            eprintln!("(the last {last} receipts; `hearth generate --swarm --receipts` prints all)");
+            eprintln!(
+                "(the last {last} receipts; `hearth generate --swarm --receipts` prints all)"
+            );
         }
         for (peer, r) in log.receipts.iter().skip(skip) {
             eprintln!(
