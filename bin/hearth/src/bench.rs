@@ -171,15 +171,21 @@ fn run_batches(
         let (sessions, prefill) =
             BatchSessions::open(head.clone(), server.clone(), n, args.prompt_tokens, max_len)?;
         sessions.decode(2)?; // warm-up: first-call costs excluded
-        let rates = (0..args.repeat)
+        let runs = (0..args.repeat)
             .map(|_| sessions.decode(args.gen_tokens))
             .collect::<Result<Vec<_>, _>>()?;
-        let tg = median(rates);
+        let tg = median(runs.iter().map(|r| r.tokens_per_sec()).collect());
+        let cpu = runs
+            .iter()
+            .map(|r| r.tokens_per_cpu_sec())
+            .collect::<Option<Vec<_>>>()
+            .map(median);
         println!(
             "batch {n:>3}: decode {tg:8.2} tok/s aggregate ({:6.2} tok/s per session, {:7.1} ms \
-             per round)   prefill {prefill:8.2} tok/s",
+             per round; {} tok per CPU-second)   prefill {prefill:8.2} tok/s (one cold batch)",
             tg / n as f64,
-            1e3 * n as f64 / tg
+            1e3 * n as f64 / tg,
+            cpu.map_or("?".into(), |c| format!("{c:.2}")),
         );
     }
     Ok(())

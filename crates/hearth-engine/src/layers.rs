@@ -201,8 +201,10 @@ impl Rope {
     }
 }
 
-/// Per-step inputs shared by every block of a slice.
+/// Per-step inputs of one session, shared by every block of a slice.
 pub(crate) struct StepContext {
+    /// Rows (tokens) this session contributes to the step.
+    pub(crate) t: usize,
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
     /// Additive mask `[n_rep * t, past + t]` (0 or -inf), absent for a plain single-token step.
@@ -236,7 +238,7 @@ impl StepContext {
         } else {
             None
         };
-        Ok(Self { cos, sin, mask })
+        Ok(Self { t, cos, sin, mask })
     }
 }
 
@@ -363,36 +365,63 @@ impl Block {
         })
     }
 
-    /// Runs the block on `x: [1, t, hidden]`, appending this step's keys and values to `cache`.
+    /// Runs the block on the rows of one or more sessions stacked as `x: [1, Σ t_i, hidden]`:
+    /// session `i` owns the `ctxs[i].t` rows after those of sessions `0..i` and appends its keys
+    /// and values to `caches[i]`.
+    ///
+    /// The norms, projections and MLP run once over all rows (one pass over the weights for the
+    /// whole batch); only attention runs per session, on its own cache and positions. Every
+    /// per-row operation is independent of the other rows, so a session's rows come out the same
+    /// as in a step of its own wherever the matmul kernels are (the quantized ones are bitwise).
     pub(crate) fn forward(
         &self,
         x: &Tensor,
+        ctxs: &[StepContext],
+        rope: &Rope,
+        caches: &mut [&mut LayerCache],
+    ) -> Result<Tensor> {
+        debug_assert_eq!(ctxs.len(), caches.len());
+        let xn = self.attn_norm.forward(x)?;
+        let q = self.q.forward(&xn)?;
+        let k = self.k.forward(&xn)?;
+        let v = self.v.forward(&xn)?;
+        let attn = if let ([ctx], [cache]) = (ctxs, &mut *caches) {
+            self.attend(&q, &k, &v, ctx, rope, cache)?
+        } else {
+            let mut parts = Vec::with_capacity(ctxs.len());
+            let mut row = 0;
+            for (ctx, cache) in ctxs.iter().zip(caches.iter_mut()) {
+                let rows = |a: &Tensor| a.narrow(1, row, ctx.t);
+                parts.push(self.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, ctx, rope, cache)?);
+                row += ctx.t;
+            }
+            Tensor::cat(&parts, 1)?
+        };
+        let x = (x + self.o.forward(&attn)?)?;
+
+        let xn = self.ffn_norm.forward(&x)?;
+        let gated = (candle_nn::ops::silu(&self.gate.forward(&xn)?)? * self.up.forward(&xn)?)?;
+        Ok((x + self.down.forward(&gated)?)?)
+    }
+
+    /// Attention of one session: projected `q`, `k`, `v` of its `t` rows (`[1, t, heads·dim]`),
+    /// RoPE at its positions, its cache extended; returns `[1, t, heads·dim]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
         ctx: &StepContext,
         rope: &Rope,
         cache: &mut LayerCache,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
+        let (b, t, _) = q.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let n_rep = nh / nkv;
 
-        let xn = self.attn_norm.forward(x)?;
-        let q = self
-            .q
-            .forward(&xn)?
-            .reshape((b, t, nh, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = self
-            .k
-            .forward(&xn)?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = self
-            .v
-            .forward(&xn)?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?;
+        let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
         let q = rope.apply(&q, &ctx.cos, &ctx.sin)?;
         let k = rope.apply(&k, &ctx.cos, &ctx.sin)?;
         let (k_all, v_all) = cache.append(&k, &v)?;
@@ -408,15 +437,10 @@ impl Block {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let attn = probs.matmul(&v_all.contiguous()?)?;
-        let attn = attn
+        Ok(attn
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
-        let x = (x + self.o.forward(&attn)?)?;
-
-        let xn = self.ffn_norm.forward(&x)?;
-        let gated = (candle_nn::ops::silu(&self.gate.forward(&xn)?)? * self.up.forward(&xn)?)?;
-        Ok((x + self.down.forward(&gated)?)?)
+            .reshape((b, t, nh * hd))?)
     }
 }
 

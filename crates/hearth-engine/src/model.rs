@@ -331,20 +331,82 @@ impl ModelSlice {
 
     /// Runs the blocks on `hidden: [1, t, hidden_size]` at positions `cache.len()..+t` and
     /// returns the hidden states after the last block, in this slice's dtype.
+    ///
+    /// On error the cache is left as it was.
     pub fn forward(&self, hidden: &Tensor, cache: &mut SliceCache) -> Result<Tensor> {
-        crate::kernels::on_pool(|| self.forward_here(hidden, cache))
+        let mut out = self.forward_batch(&mut [(hidden, cache)])?;
+        Ok(out.pop().expect("one output per item"))
     }
 
-    fn forward_here(&self, hidden: &Tensor, cache: &mut SliceCache) -> Result<Tensor> {
-        let t = check_hidden(hidden, self.config.hidden_size)?;
-        let past = cache.len;
-        let ctx = StepContext::new(&self.config, &self.rope, past, t, &self.device, self.dtype)?;
-        let mut x = hidden.to_device(&self.device)?.to_dtype(self.dtype)?;
-        for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(&x, &ctx, &self.rope, layer)?;
+    /// Runs one step of several sessions in one pass over the weights: item `i` is
+    /// `hidden_i: [1, t_i, hidden_size]` at positions `cache_i.len()..+t_i` of its own cache.
+    /// Returns each item's hidden states after the last block (`[1, t_i, hidden_size]`), in order.
+    ///
+    /// All rows go through the norms, projections and MLP together; attention and RoPE run per
+    /// session on its own cache and positions. A session's output does not depend on what else
+    /// is in the batch beyond the rounding of the matmul kernels: hearth's quantized kernels
+    /// (Q4_0, Q8_0) give bitwise the same rows; f32 and F16/BF16 may differ in the last bits.
+    ///
+    /// Every hidden shape is checked before any cache is touched; on error every cache is left as
+    /// it was.
+    pub fn forward_batch(&self, items: &mut [(&Tensor, &mut SliceCache)]) -> Result<Vec<Tensor>> {
+        for (hidden, _) in items.iter() {
+            check_hidden(hidden, self.config.hidden_size)?;
         }
-        cache.len = past + t;
-        Ok(x)
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = crate::kernels::on_pool(|| self.forward_batch_here(items));
+        if out.is_err() {
+            // Blocks before the failure appended keys and values: forget them.
+            for (_, cache) in items.iter_mut() {
+                let len = cache.len;
+                cache.truncate(len);
+            }
+        }
+        out
+    }
+
+    fn forward_batch_here(&self, items: &mut [(&Tensor, &mut SliceCache)]) -> Result<Vec<Tensor>> {
+        let mut ctxs = Vec::with_capacity(items.len());
+        let mut xs = Vec::with_capacity(items.len());
+        for (hidden, cache) in items.iter() {
+            let t = hidden.dim(1)?;
+            ctxs.push(StepContext::new(
+                &self.config,
+                &self.rope,
+                cache.len,
+                t,
+                &self.device,
+                self.dtype,
+            )?);
+            xs.push(hidden.to_device(&self.device)?.to_dtype(self.dtype)?);
+        }
+        let mut x = match xs.len() {
+            1 => xs.pop().expect("one item"),
+            _ => Tensor::cat(&xs, 1)?,
+        };
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut layers: Vec<&mut LayerCache> = items
+                .iter_mut()
+                .map(|(_, cache)| &mut cache.layers[l])
+                .collect();
+            x = block.forward(&x, &ctxs, &self.rope, &mut layers)?;
+        }
+        let mut outs = Vec::with_capacity(items.len());
+        let mut row = 0;
+        for ctx in &ctxs {
+            outs.push(if ctxs.len() == 1 {
+                x.clone()
+            } else {
+                x.narrow(1, row, ctx.t)?
+            });
+            row += ctx.t;
+        }
+        for ((_, cache), ctx) in items.iter_mut().zip(&ctxs) {
+            cache.len += ctx.t;
+        }
+        Ok(outs)
     }
 }
 

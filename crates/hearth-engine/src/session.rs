@@ -7,7 +7,7 @@
 use crate::error::{EngineError, Result};
 use crate::model::{ModelSlice, SliceCache};
 use candle_core::Tensor;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -149,6 +149,97 @@ impl SliceServer {
     pub fn step(&self, id: SessionId, start: usize, hidden: &Tensor) -> Result<Tensor> {
         let session = self.session(id)?;
         let mut s = lock(&session);
+        self.check_step(id, &s, start, hidden)?;
+        s.cache.truncate(start);
+        let out = self.slice.forward(hidden, &mut s.cache);
+        if out.is_err() {
+            // A failed step must not leave a half-written position behind.
+            s.cache.truncate(start);
+        }
+        s.last_used = Instant::now();
+        out
+    }
+
+    /// Runs the steps of several sessions, each `(id, start, hidden)` as in [`Self::step`], with
+    /// one pass over the slice's weights for all of them ([`ModelSlice::forward_batch`]).
+    /// Returns one result per step, in the order given.
+    ///
+    /// Each step is checked as `step` checks it; a step that fails its checks (unknown session,
+    /// position gap, length limit, hidden shape, or a session that appears earlier in the batch)
+    /// gets its own error and the others still run. If the batched pass itself fails,
+    /// every cache is restored and the steps are run one by one, so each gets its own result.
+    /// The sessions are locked in id order, so concurrent batches cannot deadlock.
+    pub fn step_batch(&self, steps: Vec<(SessionId, usize, Tensor)>) -> Vec<Result<Tensor>> {
+        let mut results: Vec<Option<Result<Tensor>>> = steps.iter().map(|_| None).collect();
+        let mut seen = HashSet::with_capacity(steps.len());
+        let mut found = Vec::with_capacity(steps.len());
+        for (i, (id, _, _)) in steps.iter().enumerate() {
+            if !seen.insert(*id) {
+                results[i] = Some(Err(EngineError::DuplicateInBatch(*id)));
+                continue;
+            }
+            match self.session(*id) {
+                Ok(session) => found.push((*id, i, session)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        found.sort_unstable_by_key(|&(id, ..)| id);
+        // Locked in id order (every batch does the same; `step` holds one lock at a time), and
+        // never while holding the registry.
+        let mut guards: Vec<(usize, MutexGuard<'_, Session>)> =
+            found.iter().map(|(_, i, s)| (*i, lock(s))).collect();
+        guards.retain_mut(|(i, s)| {
+            let (id, start, hidden) = &steps[*i];
+            match self.check_step(*id, s, *start, hidden) {
+                Ok(()) => {
+                    s.cache.truncate(*start);
+                    true
+                }
+                Err(e) => {
+                    results[*i] = Some(Err(e));
+                    false
+                }
+            }
+        });
+
+        let mut items: Vec<(&Tensor, &mut SliceCache)> = guards
+            .iter_mut()
+            .map(|(i, s)| (&steps[*i].2, &mut s.cache))
+            .collect();
+        let batch = self.slice.forward_batch(&mut items);
+        drop(items);
+        match batch {
+            Ok(outs) => {
+                for ((i, _), out) in guards.iter().zip(outs) {
+                    results[*i] = Some(Ok(out));
+                }
+            }
+            Err(e) if guards.len() == 1 => results[guards[0].0] = Some(Err(e)),
+            Err(_) => {
+                // `forward_batch` restored every cache; find out which step fails on its own.
+                for (i, s) in guards.iter_mut() {
+                    let (_, start, hidden) = &steps[*i];
+                    let out = self.slice.forward(hidden, &mut s.cache);
+                    if out.is_err() {
+                        s.cache.truncate(*start);
+                    }
+                    results[*i] = Some(out);
+                }
+            }
+        }
+        let now = Instant::now();
+        for (_, s) in guards.iter_mut() {
+            s.last_used = now;
+        }
+        drop(guards);
+        results
+            .into_iter()
+            .map(|r| r.expect("every step was given a result"))
+            .collect()
+    }
+
+    /// The checks of a step of session `id` (locked as `s`), in the order `step` applies them.
+    fn check_step(&self, id: SessionId, s: &Session, start: usize, hidden: &Tensor) -> Result<()> {
         let cached = s.cache.len();
         if start > cached {
             return Err(EngineError::PositionGap {
@@ -165,14 +256,7 @@ impl SliceServer {
                 max_len: s.max_len,
             });
         }
-        s.cache.truncate(start);
-        let out = self.slice.forward(hidden, &mut s.cache);
-        if out.is_err() {
-            // A failed step must not leave a half-written position behind.
-            s.cache.truncate(start);
-        }
-        s.last_used = Instant::now();
-        out
+        Ok(())
     }
 
     /// Positions cached for a session.

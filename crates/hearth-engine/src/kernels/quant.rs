@@ -259,7 +259,7 @@ fn matmul_quant(
         y.fill(0.0);
         return;
     }
-    let xq = QuantX::new(x, m, nb, kind.bias());
+    let xq = QuantX::new(isa, x, m, nb, kind.bias());
     let out = OutPtr::new(y, m, n);
     match isa.supported() {
         #[cfg(target_arch = "x86_64")]
@@ -286,31 +286,31 @@ struct QuantX {
 }
 
 impl QuantX {
-    fn new(x: &[f32], m: usize, nb: usize, bias: i32) -> Self {
+    /// Quantizes the `m` rows of `x` (`nb` blocks each). Every row is quantized on its own,
+    /// with the same result on every instruction-set level and whatever the other rows are.
+    fn new(isa: Isa, x: &[f32], m: usize, nb: usize, bias: i32) -> Self {
         let k = nb * QK;
         let mut q = vec![0u8; m * k];
         let mut d = vec![0.0f32; m * nb];
         let mut corr = vec![0i32; m * nb];
+        let isa = isa.supported();
         let group = |g: usize, qg: &mut [u8], dg: &mut [f32], cg: &mut [i32]| {
             let rows = dg.len() / nb;
             for i in 0..rows {
                 let xr = &x[(g * MR + i) * k..(g * MR + i + 1) * k];
-                for (b, xb) in xr.chunks_exact(QK).enumerate() {
-                    let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-                    let dx = amax / 127.0;
-                    let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
-                    let mut sum = 0i32;
-                    for (t, x4) in xb.chunks_exact(4).enumerate() {
-                        let at = ((b * 8 + t) * rows + i) * 4;
-                        for (r, &v) in x4.iter().enumerate() {
-                            // |v · inv| <= 127 (+ rounding); `as` saturates.
-                            let qv = (v * inv).round_ties_even() as i8;
-                            sum += i32::from(qv);
-                            qg[at + r] = qv as u8;
-                        }
-                    }
-                    dg[b * rows + i] = dx;
-                    cg[b * rows + i] = -bias * sum;
+                let row = QuantRow {
+                    rows,
+                    i,
+                    bias,
+                    q: &mut *qg,
+                    d: &mut *dg,
+                    corr: &mut *cg,
+                };
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `supported()` confirmed the AVX-512 features.
+                    Isa::Avx512 => unsafe { avx512::quantize_row(xr, row) },
+                    _ => quantize_row(xr, row),
                 }
             }
         };
@@ -344,6 +344,47 @@ impl QuantX {
             }
             d[b] = self.d[r0 * nb + b * rows + i - r0];
         }
+    }
+}
+
+/// Where one activation row's quantized blocks go in its group of `rows` rows
+/// (layout in [`QuantX`]).
+struct QuantRow<'a> {
+    rows: usize,
+    i: usize,
+    bias: i32,
+    q: &'a mut [u8],
+    d: &'a mut [f32],
+    corr: &'a mut [i32],
+}
+
+/// Per block of 32: `d_x = max|x| / 127`, values `round_ties_even(x / d_x)`
+/// saturated to int8 (NaN gives 0), and the bias correction `-bias · Σ q`.
+fn quantize_row(xr: &[f32], out: QuantRow<'_>) {
+    let QuantRow {
+        rows,
+        i,
+        bias,
+        q,
+        d,
+        corr,
+    } = out;
+    for (b, xb) in xr.chunks_exact(QK).enumerate() {
+        let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let dx = amax / 127.0;
+        let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+        let mut sum = 0i32;
+        for (t, x4) in xb.chunks_exact(4).enumerate() {
+            let at = ((b * 8 + t) * rows + i) * 4;
+            for (r, &v) in x4.iter().enumerate() {
+                // |v · inv| <= 127 (+ rounding); `as` saturates.
+                let qv = (v * inv).round_ties_even() as i8;
+                sum += i32::from(qv);
+                q[at + r] = qv as u8;
+            }
+        }
+        d[b * rows + i] = dx;
+        corr[b * rows + i] = -bias * sum;
     }
 }
 
@@ -599,10 +640,15 @@ mod avx512 {
     //! [`Isa::Avx512`](super::Isa::Avx512); callers check `Isa::supported()`.
     use std::arch::x86_64::*;
 
-    use super::{chunk_size, par_chunks, with_scratch, Kind, OutPtr, QuantX, Weights, MR, NR, QK};
+    use super::{
+        chunk_size, par_chunks, with_scratch, Kind, OutPtr, QuantRow, QuantX, Weights, MR, NR, QK,
+    };
 
     /// Software prefetch distance (bytes) when streaming a packed panel.
     const PF: usize = 4096;
+    /// Bytes of packed panels that every activation tile runs over before the
+    /// next group (kept within a core's L2 next to the activations).
+    const GROUP_BYTES: usize = 512 << 10;
 
     /// Jobs of weight panels; for each panel, every `MR`-row tile of
     /// activations runs over the whole depth with accumulators in registers.
@@ -623,59 +669,130 @@ mod avx512 {
             Weights::Rows(_) => panel,
             Weights::Panels(_) => 0,
         };
+        // Packed panels are taken in groups that stay in L2 while every
+        // activation tile passes over them, so many rows (batched sessions,
+        // long prompts) fetch their activations once per group rather than
+        // once per panel. One tile of rows (decode) sees no difference.
+        let group = (GROUP_BYTES / panel.max(1)).max(1);
         par_chunks(np.div_ceil(per), |c| {
-            with_scratch(scratch, |buf| {
-                for pi in c * per..np.min((c + 1) * per) {
-                    let wp = match w {
-                        Weights::Panels(p) => p[pi * panel..(pi + 1) * panel].as_ptr(),
-                        Weights::Rows(w) => {
-                            let rows = NR.min(n - pi * NR);
-                            let src = &w[pi * NR * stride..(pi * NR + rows) * stride];
-                            // SAFETY: features checked by the caller; `src`
-                            // is `rows` whole rows and the scratch one panel.
-                            unsafe {
-                                repack(
-                                    kind,
-                                    src.as_ptr(),
-                                    stride,
-                                    rows,
-                                    nb,
-                                    buf.bytes_mut().as_mut_ptr(),
-                                )
-                            };
-                            buf.bytes().as_ptr()
-                        }
-                    };
-                    // SAFETY: features checked by the caller; `wp` is one
-                    // whole panel and its columns belong to this job only.
-                    unsafe { panel_job(kind, xq, wp, pi, out) }
+            let (p0, p1) = (c * per, np.min((c + 1) * per));
+            with_scratch(scratch, |buf| match w {
+                Weights::Panels(p) => {
+                    for g0 in (p0..p1).step_by(group) {
+                        let g1 = p1.min(g0 + group);
+                        let wp = p[g0 * panel..g1 * panel].as_ptr();
+                        // SAFETY: features checked by the caller; `wp` is
+                        // panels `g0..g1`, whose columns belong to this job.
+                        unsafe { panel_job(kind, xq, wp, panel, g0..g1, out) }
+                    }
+                }
+                Weights::Rows(w) => {
+                    for pi in p0..p1 {
+                        let rows = NR.min(n - pi * NR);
+                        let src = &w[pi * NR * stride..(pi * NR + rows) * stride];
+                        // SAFETY: features checked by the caller; `src` is
+                        // `rows` whole rows and the scratch one panel.
+                        unsafe {
+                            repack(
+                                kind,
+                                src.as_ptr(),
+                                stride,
+                                rows,
+                                nb,
+                                buf.bytes_mut().as_mut_ptr(),
+                            )
+                        };
+                        let wp = buf.bytes().as_ptr();
+                        // SAFETY: as above; `wp` is panel `pi`, repacked.
+                        unsafe { panel_job(kind, xq, wp, panel, pi..pi + 1, out) }
+                    }
                 }
             });
         });
     }
 
-    /// All activation tiles against panel `pi` (at `wp`).
+    /// [`super::quantize_row`], 32 values at a time, with bitwise the same
+    /// results: the maximum skips NaN as `f32::max` does, the product is the
+    /// same IEEE multiplication, and clamping to `[-128, 127]` (NaN to 0)
+    /// before rounding to nearest-even gives what rounding and then the
+    /// saturating `as i8` give.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL; `xr` is whole blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn quantize_row(xr: &[f32], out: QuantRow<'_>) {
+        let QuantRow {
+            rows,
+            i,
+            bias,
+            q,
+            d,
+            corr,
+        } = out;
+        let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
+        for (b, xb) in xr.chunks_exact(QK).enumerate() {
+            let x0 = _mm512_loadu_ps(xb.as_ptr());
+            let x1 = _mm512_loadu_ps(xb.as_ptr().add(16));
+            // `max(a, b)` returns `b` when either is NaN: NaN lanes keep the maximum so far.
+            let m = _mm512_max_ps(_mm512_abs_ps(x0), _mm512_setzero_ps());
+            let m = _mm512_max_ps(_mm512_abs_ps(x1), m);
+            let amax = _mm512_reduce_max_ps(m);
+            let dx = amax / 127.0;
+            let inv = _mm512_set1_ps(if dx > 0.0 { 1.0 / dx } else { 0.0 });
+            let conv = |x: __m512| {
+                let y = _mm512_mul_ps(x, inv);
+                let y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y), y);
+                let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+                _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y)
+            };
+            let (q0, q1) = (conv(x0), conv(x1));
+            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            let mut qb = [0u32; QK / 4];
+            _mm_storeu_si128(qb.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128(qb.as_mut_ptr().add(4).cast(), _mm512_cvtepi32_epi8(q1));
+            for (t, &v) in qb.iter().enumerate() {
+                let at = ((b * 8 + t) * rows + i) * 4;
+                q[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            d[b * rows + i] = dx;
+            corr[b * rows + i] = -bias * sum;
+        }
+    }
+
+    /// Every activation tile against panels `pis` (consecutive, `panel`
+    /// bytes each, starting at `wp`): tiles outside, so a tile's activations
+    /// are read once for all the panels.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn panel_job(kind: Kind, xq: &QuantX, wp: *const u8, pi: usize, out: OutPtr) {
+    unsafe fn panel_job(
+        kind: Kind,
+        xq: &QuantX,
+        wp: *const u8,
+        panel: usize,
+        pis: std::ops::Range<usize>,
+        out: OutPtr,
+    ) {
         let (m, n, nb) = (xq.m, out.n, xq.nb);
         let k = nb * QK;
-        let cols = NR.min(n - pi * NR);
         for r0 in (0..m).step_by(MR) {
             let mr = MR.min(m - r0);
             let aq = xq.q.as_ptr().add(r0 * k);
             let ad = xq.d.as_ptr().add(r0 * nb);
             let ac = xq.corr.as_ptr().add(r0 * nb);
-            let c = out.ptr.add(r0 * n + pi * NR);
-            macro_rules! go {
-                ($($r:literal)*) => {
-                    match (mr, kind) {
-                        $(($r, Kind::Q4_0) => tile::<$r, true>(nb, aq, ad, ac, wp, c, n, cols),
-                          ($r, Kind::Q8_0) => tile::<$r, false>(nb, aq, ad, ac, wp, c, n, cols),)*
-                        _ => unreachable!(),
-                    }
-                };
+            for pi in pis.clone() {
+                let cols = NR.min(n - pi * NR);
+                let wp = wp.add((pi - pis.start) * panel);
+                let c = out.ptr.add(r0 * n + pi * NR);
+                macro_rules! go {
+                    ($($r:literal)*) => {
+                        match (mr, kind) {
+                            $(($r, Kind::Q4_0) => tile::<$r, true>(nb, aq, ad, ac, wp, c, n, cols),
+                              ($r, Kind::Q8_0) => tile::<$r, false>(nb, aq, ad, ac, wp, c, n, cols),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                go!(1 2 3 4 5 6 7 8);
             }
-            go!(1 2 3 4 5 6 7 8);
         }
     }
 
@@ -846,6 +963,69 @@ mod avx512 {
 #[cfg(test)]
 mod layout_tests {
     use super::*;
+
+    /// The SIMD activation quantization gives bitwise the scalar one, special values included,
+    /// and a row's quantization does not depend on the other rows.
+    #[test]
+    fn activation_quantization_is_exact_and_per_row() {
+        let specials = [
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            1e-45,
+            -1e-40,
+            f32::MAX,
+            f32::MIN,
+            0.5,
+            -1.5,
+            2.5,
+            127.0,
+            -127.0,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let (m, nb) = (21, 5);
+        let k = nb * QK;
+        let x: Vec<f32> = (0..m * k)
+            .map(|j| match (j / QK) % 4 {
+                // Blocks of random values, of small integers (ties), with specials, and of zeros.
+                0 => (next() as f32 / u32::MAX as f32 - 0.5) * 8.0,
+                1 => (next() % 255) as f32 * 0.5 - 63.5,
+                2 => specials[next() as usize % specials.len()],
+                _ => 0.0,
+            })
+            .collect();
+        let bits = |xq: &QuantX| {
+            (
+                xq.q.clone(),
+                xq.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                xq.corr.clone(),
+            )
+        };
+        for bias in [8, 128] {
+            let scalar = QuantX::new(Isa::Scalar, &x, m, nb, bias);
+            let simd = QuantX::new(Isa::detect(), &x, m, nb, bias);
+            assert!(bits(&scalar) == bits(&simd), "bias {bias}");
+            // Row by row, each row alone gives what it gave among the others.
+            let (mut qa, mut da) = (vec![0i8; k], vec![0f32; nb]);
+            let (mut qb, mut db) = (vec![0i8; k], vec![0f32; nb]);
+            for i in 0..m {
+                let alone = QuantX::new(Isa::detect(), &x[i * k..(i + 1) * k], 1, nb, bias);
+                alone.row(0, &mut qa, &mut da);
+                simd.row(i, &mut qb, &mut db);
+                assert_eq!(qa, qb, "row {i}");
+                assert!(da.iter().zip(&db).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    }
 
     /// Every value and scale of the raw blocks lands where the kernels read
     /// it, and padding features read as scale 0, value 0.

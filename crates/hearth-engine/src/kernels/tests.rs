@@ -585,3 +585,51 @@ fn packed_sizes_match_the_file_format() {
         64 * 96 * 2
     );
 }
+
+/// A row's result from the quantized kernels is bitwise the same whatever other rows share the
+/// call (how many, and where the row falls in the `MR`-row tiles): activations are quantized per
+/// row and each row's integer block sums are scaled and accumulated in the same order. This is
+/// what lets a node batch many sessions' steps without changing any session's output.
+#[test]
+fn quant_rows_do_not_depend_on_the_batch() {
+    let mut rng = Rng(77);
+    let (k, n) = (256, 37);
+    for q8 in [false, true] {
+        let bb = if q8 {
+            Q8_0_BLOCK_BYTES
+        } else {
+            Q4_0_BLOCK_BYTES
+        };
+        let w = random_blocks(&mut rng, n, k, bb);
+        let (p4, p8) = if q8 {
+            (None, Some(PackedQ8_0::pack(&w, n, k).unwrap()))
+        } else {
+            (Some(PackedQ4_0::pack(&w, n, k).unwrap()), None)
+        };
+        for isa in isas() {
+            let run = |x: &[f32], m: usize| {
+                let mut y = vec![f32::NAN; m * n];
+                match (&p4, &p8) {
+                    (Some(p), _) => p.matmul_isa(isa, x, m, &mut y).unwrap(),
+                    (_, Some(p)) => p.matmul_isa(isa, x, m, &mut y).unwrap(),
+                    _ => unreachable!(),
+                }
+                y
+            };
+            for m in [2, 5, 8, 9, 17, 33] {
+                let x = rng.vec(m * k);
+                let all = run(&x, m);
+                for i in 0..m {
+                    let alone = run(&x[i * k..(i + 1) * k], 1);
+                    assert!(
+                        alone
+                            .iter()
+                            .zip(&all[i * n..(i + 1) * n])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "q8 {q8} {isa:?}: row {i} of {m} differs from the row alone"
+                    );
+                }
+            }
+        }
+    }
+}
