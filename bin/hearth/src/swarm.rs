@@ -394,7 +394,7 @@ pub fn spawn_nodes(
             .args(["--record-ttl", "30"])
             .env("HEARTH_HOME", hearth_home())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(node_log(i)?);
         if let Some(b) = &bootstrap {
             cmd.args(["--bootstrap", b]);
         }
@@ -416,6 +416,20 @@ pub fn spawn_nodes(
     }
     let bootstrap = bootstrap.context("no node started")?;
     Ok((children, bootstrap))
+}
+
+/// Where node `i`'s stderr goes: `$HEARTH_NODE_LOGS/node<i>.log` when that is set (for
+/// debugging a demo or benchmark), else nowhere.
+fn node_log(i: usize) -> Result<Stdio> {
+    match std::env::var_os("HEARTH_NODE_LOGS") {
+        Some(dir) => {
+            let path = PathBuf::from(dir).join(format!("node{i}.log"));
+            Ok(std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?
+                .into())
+        }
+        None => Ok(Stdio::null()),
+    }
 }
 
 fn wait_for_file(path: &std::path::Path, timeout: Duration) -> Result<String> {

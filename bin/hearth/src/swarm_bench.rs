@@ -41,6 +41,10 @@ pub struct SwarmBenchArgs {
     pub tokens: usize,
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// Independent groups of lockstep streams (each with its own client thread), so that one
+    /// group's head runs while another's hidden states are on the nodes (pipelining).
+    #[arg(long, default_value_t = 2)]
+    pub groups: usize,
     /// Context length at which to measure a failover (0: skip). Starts one spare node for the
     /// last span and kills whichever copy serves the session.
     #[arg(long, default_value_t = 256)]
@@ -161,12 +165,13 @@ pub fn run(args: SwarmBenchArgs) -> Result<()> {
         .collect();
     let max_len = args.prompt_len + args.tokens + 1;
     println!(
-        "model {} ({} blocks), {} node processes × {} thread(s){}; prompt {}, {} decode tokens per stream, median of {}",
+        "model {} ({} blocks), {} node processes × {} thread(s){}; up to {} client groups; prompt {}, {} decode tokens per stream, median of {}",
         model.display(),
         n_blocks,
         args.nodes,
         args.node_threads,
         if spare { " + 1 spare" } else { "" },
+        args.groups,
         args.prompt_len,
         args.tokens,
         args.repeat
@@ -175,12 +180,30 @@ pub fn run(args: SwarmBenchArgs) -> Result<()> {
     for &n in &args.streams {
         let mut rates = Vec::new();
         for _ in 0..args.repeat.max(1) {
-            let mut chains: Vec<SwarmChain> = (0..n)
-                .map(|_| client.chain(ident.model_id, n_blocks, max_len))
-                .collect();
-            let secs = run_streams(&rt, &head, &mut chains, &prompt, args.tokens)?;
+            let groups = args.groups.clamp(1, n);
+            let mut sets: Vec<Vec<SwarmChain>> = (0..groups).map(|_| Vec::new()).collect();
+            for i in 0..n {
+                sets[i % groups].push(client.chain(ident.model_id, n_blocks, max_len));
+            }
+            let secs = std::thread::scope(|scope| {
+                let handles: Vec<_> = sets
+                    .iter_mut()
+                    .map(|chains| {
+                        let (rt, head, prompt) = (&rt, &head, &prompt);
+                        scope.spawn(move || run_streams(rt, head, chains, prompt, args.tokens))
+                    })
+                    .collect();
+                let mut slowest = 0f64;
+                for h in handles {
+                    let secs = h
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("a stream group panicked"))??;
+                    slowest = slowest.max(secs);
+                }
+                anyhow::Ok(slowest)
+            })?;
             rates.push((n * args.tokens) as f64 / secs);
-            drop(chains);
+            drop(sets);
         }
         let rate = median(rates);
         let base = *one_stream.get_or_insert(rate);

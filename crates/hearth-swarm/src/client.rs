@@ -5,7 +5,7 @@ use crate::dht::{announcement_key, model_key, now_unix_ms, pick_announcement};
 use crate::identity::{public_key_of, NodeIdentity};
 use crate::net::{Net, NetConfig};
 use crate::routing::{find_route, Hop, RouteMode, RouteRequest, ServerView};
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use futures::future::join_all;
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{EngineError, HiddenStage, Tensor};
@@ -159,6 +159,7 @@ impl SwarmClient {
             hops: Vec::new(),
             servers: Vec::new(),
             banned: HashSet::new(),
+            unreachable: HashSet::new(),
             log: Arc::new(Mutex::new(ChainLog::default())),
         }
     }
@@ -220,7 +221,10 @@ pub struct SwarmChain {
     session: SessionKey,
     hops: Vec<HopState>,
     servers: Vec<ServerEntry>,
+    /// Nodes caught misbehaving: never used again by this chain.
     banned: HashSet<PeerId>,
+    /// Nodes that failed to answer: avoided while anything else covers their blocks.
+    unreachable: HashSet<PeerId>,
     log: Arc<Mutex<ChainLog>>,
 }
 
@@ -243,19 +247,30 @@ impl SwarmChain {
     }
 
     /// Routes `range` over known servers minus banned ones, refreshing the server list (and
-    /// waiting for coverage) when needed.
+    /// waiting for coverage) when needed. Nodes that were only unreachable (not caught
+    /// misbehaving) are allowed again as a last resort: a dropped connection may be transient.
     async fn route(&mut self, range: BlockRange) -> anyhow::Result<Vec<Hop>> {
         let deadline = Instant::now() + self.client.cfg.cover_timeout;
         let mut refreshed = false;
         loop {
             let views = views(&self.servers, &self.client.cfg);
-            let req = RouteRequest {
-                range,
-                need_tokens: self.max_len as u64,
-                banned: &self.banned,
-                mode: self.client.cfg.mode,
-            };
-            match find_route(&views, &req) {
+            let strict: HashSet<PeerId> = self.banned.union(&self.unreachable).copied().collect();
+            let mut result = Err(crate::routing::RouteError::Uncovered {
+                block: range.start(),
+            });
+            for banned in [&strict, &self.banned] {
+                let req = RouteRequest {
+                    range,
+                    need_tokens: self.max_len as u64,
+                    banned,
+                    mode: self.client.cfg.mode,
+                };
+                result = find_route(&views, &req);
+                if result.is_ok() {
+                    break;
+                }
+            }
+            match result {
                 Ok(route) => return Ok(route.hops),
                 Err(e) if refreshed && Instant::now() >= deadline => {
                     bail!("no route for blocks {range}: {e}")
@@ -284,126 +299,97 @@ impl SwarmChain {
         })
     }
 
-    /// One step on hop `i`: send, await, and check shape, finiteness and the signed receipt.
-    async fn step_hop(&mut self, i: usize, input: &HiddenStates) -> anyhow::Result<HiddenStates> {
-        let cfg = self.client.cfg.clone();
-        let (model, session, max_len) = (self.model, self.session, self.max_len);
-        let hop = &mut self.hops[i];
+    fn step_context(&self) -> StepContext {
+        StepContext {
+            net: self.client.net.clone(),
+            cfg: self.client.cfg.clone(),
+            model: self.model,
+            session: self.session,
+            max_len: self.max_len,
+        }
+    }
+
+    /// Runs one step on `hop` and records its receipt and timing.
+    async fn step_hop(
+        ctx: &StepContext,
+        log: &Mutex<ChainLog>,
+        hop: &mut HopState,
+        input: &HiddenStates,
+    ) -> Result<HiddenStates, HopFailure> {
         let started = Instant::now();
-        let result = tokio::time::timeout(cfg.step_timeout, async {
-            if hop.stream.is_none() {
-                let mut control = self.client.net.control();
-                let mut stream = control
-                    .open_stream(hop.peer, StreamProtocol::new(INFERENCE_PROTOCOL))
-                    .await
-                    .map_err(|e| anyhow!("cannot open a stream: {e}"))?;
-                let open = Request::Open(OpenSession {
-                    session,
-                    model_id: model,
-                    span: hop.range,
-                    max_len: max_len as u32,
-                    dtype: cfg.dtype,
-                });
-                write_frame(&mut stream, &open.encode()).await?;
-                match read_response(&mut stream, &cfg.limits).await? {
-                    Response::Opened(_) => {}
-                    Response::Error(e) => bail!("refused the session: {:?}: {}", e.code, e.message),
-                    other => bail!("answered open with {other:?}"),
-                }
-                hop.stream = Some(stream);
-            }
-            let stream = hop.stream.as_mut().context("stream just opened")?;
-            let step = hop.next_step;
-            let request = Request::Step(Step {
-                step,
-                hidden: input.clone(),
-            });
-            write_frame(stream, &request.encode()).await?;
-            let done = match read_response(stream, &cfg.limits).await? {
-                Response::StepDone(d) => d,
-                Response::Error(e) => bail!("step failed: {:?}: {}", e.code, e.message),
-                other => bail!("answered a step with {other:?}"),
-            };
-            let out = done.hidden;
-            if done.step != step
-                || out.rows != input.rows
-                || out.cols != input.cols
-                || out.start != input.start
-                || out.dtype != input.dtype
-            {
-                bail!(
-                    "malformed answer: step {} {}×{} at {} (sent step {step} {}×{} at {})",
-                    done.step,
-                    out.rows,
-                    out.cols,
-                    out.start,
-                    input.rows,
-                    input.cols,
-                    input.start
-                );
-            }
-            if let Some((r, c)) = out.first_non_finite() {
-                bail!("non-finite hidden state at row {r}, column {c}");
-            }
-            let expected = ReceiptBody {
-                session,
-                step,
-                model_id: model,
-                span: hop.range,
-                input: input.digest(),
-                output: out.digest(),
-            };
-            done.receipt
-                .verify_from(&hop.node_key, &expected)
-                .map_err(|e| anyhow!("{e}"))?;
-            hop.next_step += 1;
-            Ok((out, done.receipt))
-        })
-        .await;
-        let (out, receipt) = match result {
-            Ok(r) => r?,
-            Err(_) => bail!("no answer within {:?}", cfg.step_timeout),
-        };
-        let peer = hop.peer;
-        hop.history.push(input.clone());
-        let mut log = self.log_mut();
+        let (out, receipt) = step_on(hop, ctx, input).await?;
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
         log.hop_time += started.elapsed();
-        log.receipts.push((peer, receipt));
+        log.receipts.push((hop.peer, receipt));
         Ok(out)
     }
 
-    /// Replaces hop `i` after a failure: bans its node, routes its blocks over other nodes,
-    /// replays its input history into them so their caches match, and splices them in.
-    async fn fail_over(&mut self, i: usize, reason: String) -> anyhow::Result<()> {
+    /// Replaces hop `i` after `failure`: bans its node, routes its blocks over other nodes,
+    /// replays its input history into them so their caches match, and splices them in only once
+    /// they are ready. A replacement that fails during replay is banned in turn and another is
+    /// tried.
+    async fn fail_over(&mut self, i: usize, failure: HopFailure) -> anyhow::Result<()> {
         let started = Instant::now();
-        let old = self.hops.remove(i);
-        tracing::warn!(peer = %old.peer, range = %old.range, "hop failed: {reason}");
-        self.banned.insert(old.peer);
-        let replayed_tokens = old.history.iter().map(|h| h.rows as usize).sum();
-        let hops = self.route(old.range).await?;
-        let new: Vec<HopState> = hops
-            .into_iter()
-            .map(|h| self.new_hop(h))
-            .collect::<anyhow::Result<_>>()?;
-        let n = new.len();
-        for (k, h) in new.into_iter().enumerate() {
-            self.hops.insert(i + k, h);
-        }
-        // Replay as one prefill per hop: the whole cached prefix in a single step.
-        if let Some(mut x) = merge(&old.history) {
-            for k in i..i + n {
-                x = Box::pin(self.step_hop(k, &x)).await?;
+        let (peer, range) = (self.hops[i].peer, self.hops[i].range);
+        tracing::warn!(%peer, %range, "hop failed: {}", failure.reason);
+        self.ban(peer, &failure);
+        let history = std::mem::take(&mut self.hops[i].history);
+        let replayed_tokens = history.iter().map(|h| h.rows as usize).sum();
+        let mut last_error = failure.reason.clone();
+        for _ in 0..MAX_FAILOVERS_PER_STEP {
+            let hops = match self.route(range).await {
+                Ok(h) => h,
+                Err(e) => {
+                    self.hops[i].history = history;
+                    return Err(e.context(format!("after: {last_error}")));
+                }
+            };
+            let mut new: Vec<HopState> = hops
+                .into_iter()
+                .map(|h| self.new_hop(h))
+                .collect::<anyhow::Result<_>>()?;
+            // Replay as one prefill per hop: the whole cached prefix in a single step.
+            let mut replay_failed = None;
+            let ctx = self.step_context();
+            if let Some(mut x) = merge(&history) {
+                for hop in new.iter_mut() {
+                    match Self::step_hop(&ctx, &self.log, hop, &x).await {
+                        Ok(out) => x = out,
+                        Err(f) => {
+                            replay_failed = Some((hop.peer, f));
+                            break;
+                        }
+                    }
+                }
             }
+            if let Some((bad, f)) = replay_failed {
+                tracing::warn!(peer = %bad, "replacement failed during replay: {}", f.reason);
+                self.ban(bad, &f);
+                last_error = f.reason;
+                continue;
+            }
+            // Each replacement's history now holds the (merged) inputs the replay sent it.
+            self.hops.splice(i..=i, new);
+            self.publish_route();
+            self.log_mut().failovers.push(Failover {
+                peer,
+                range,
+                reason: failure.reason,
+                recovery: started.elapsed(),
+                replayed_tokens,
+            });
+            return Ok(());
         }
-        self.publish_route();
-        self.log_mut().failovers.push(Failover {
-            peer: old.peer,
-            range: old.range,
-            reason,
-            recovery: started.elapsed(),
-            replayed_tokens,
-        });
-        Ok(())
+        self.hops[i].history = history;
+        bail!("no working replacement for blocks {range}: {last_error}")
+    }
+
+    fn ban(&mut self, peer: PeerId, failure: &HopFailure) {
+        if failure.misbehaved {
+            self.banned.insert(peer);
+        } else {
+            self.unreachable.insert(peer);
+        }
     }
 
     /// Runs `input` through every block (routing at the first call, failing over as needed).
@@ -420,31 +406,175 @@ impl SwarmChain {
         let mut x = input;
         let mut i = 0;
         let mut failovers = 0;
+        let ctx = self.step_context();
         while i < self.hops.len() {
-            match self.step_hop(i, &x).await {
+            let result = Self::step_hop(&ctx, &self.log, &mut self.hops[i], &x).await;
+            match result {
                 Ok(out) => {
                     x = out;
                     i += 1;
                 }
-                Err(e) => {
+                Err(failure) => {
                     failovers += 1;
                     if failovers > MAX_FAILOVERS_PER_STEP {
-                        bail!("giving up after {MAX_FAILOVERS_PER_STEP} failovers: {e}");
+                        bail!(
+                            "giving up after {MAX_FAILOVERS_PER_STEP} failovers: {}",
+                            failure.reason
+                        );
                     }
-                    // A failure during replay fails over the replacement in turn.
-                    let mut reason = format!("{e:#}");
-                    while let Err(e2) = self.fail_over(i, reason.clone()).await {
-                        failovers += 1;
-                        if failovers > MAX_FAILOVERS_PER_STEP || self.hops.len() <= i {
-                            return Err(e2);
-                        }
-                        reason = format!("{e2:#}");
-                    }
+                    // Hop i is replaced (possibly by several hops); retry from it.
+                    self.fail_over(i, failure).await?;
                 }
             }
         }
         Ok(x)
     }
+}
+
+/// Why a hop failed, and whether the node broke the protocol (banned for good) or was only
+/// unreachable (may be retried when nothing else covers its blocks).
+#[derive(Debug)]
+struct HopFailure {
+    reason: String,
+    misbehaved: bool,
+}
+
+impl HopFailure {
+    fn misbehaved(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            misbehaved: true,
+        }
+    }
+
+    fn unreachable(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            misbehaved: false,
+        }
+    }
+}
+
+/// What one step needs besides the hop itself.
+struct StepContext {
+    net: Net,
+    cfg: Arc<ClientConfig>,
+    model: ContentHash,
+    session: SessionKey,
+    max_len: usize,
+}
+
+/// One step on `hop`: open the session if needed, send, await, and check shape, finiteness and
+/// the signed receipt.
+async fn step_on(
+    hop: &mut HopState,
+    ctx: &StepContext,
+    input: &HiddenStates,
+) -> Result<(HiddenStates, Receipt), HopFailure> {
+    let cfg = &ctx.cfg;
+    let result = tokio::time::timeout(cfg.step_timeout, async {
+        if hop.stream.is_none() {
+            let mut control = ctx.net.control();
+            let mut stream = control
+                .open_stream(hop.peer, StreamProtocol::new(INFERENCE_PROTOCOL))
+                .await
+                .map_err(|e| HopFailure::unreachable(format!("cannot open a stream: {e}")))?;
+            let open = Request::Open(OpenSession {
+                session: ctx.session,
+                model_id: ctx.model,
+                span: hop.range,
+                max_len: ctx.max_len as u32,
+                dtype: cfg.dtype,
+            });
+            write_frame(&mut stream, &open.encode())
+                .await
+                .map_err(|e| HopFailure::unreachable(e.to_string()))?;
+            match read_response(&mut stream, &cfg.limits).await? {
+                Response::Opened(_) => {}
+                Response::Error(e) => {
+                    return Err(HopFailure::unreachable(format!(
+                        "refused the session: {:?}: {}",
+                        e.code, e.message
+                    )))
+                }
+                other => {
+                    return Err(HopFailure::misbehaved(format!(
+                        "answered open with {other:?}"
+                    )))
+                }
+            }
+            hop.stream = Some(stream);
+        }
+        let Some(stream) = hop.stream.as_mut() else {
+            return Err(HopFailure::unreachable("no stream"));
+        };
+        let step = hop.next_step;
+        let request = Request::Step(Step {
+            step,
+            hidden: input.clone(),
+        });
+        write_frame(stream, &request.encode())
+            .await
+            .map_err(|e| HopFailure::unreachable(e.to_string()))?;
+        let done = match read_response(stream, &cfg.limits).await? {
+            Response::StepDone(d) => d,
+            Response::Error(e) => {
+                return Err(HopFailure::misbehaved(format!(
+                    "step failed: {:?}: {}",
+                    e.code, e.message
+                )))
+            }
+            other => {
+                return Err(HopFailure::misbehaved(format!(
+                    "answered a step with {other:?}"
+                )))
+            }
+        };
+        let out = done.hidden;
+        if done.step != step
+            || out.rows != input.rows
+            || out.cols != input.cols
+            || out.start != input.start
+            || out.dtype != input.dtype
+        {
+            return Err(HopFailure::misbehaved(format!(
+                "malformed answer: step {} {}×{} at {} (sent step {step} {}×{} at {})",
+                done.step, out.rows, out.cols, out.start, input.rows, input.cols, input.start
+            )));
+        }
+        if let Some((r, c)) = out.first_non_finite() {
+            return Err(HopFailure::misbehaved(format!(
+                "non-finite hidden state at row {r}, column {c}"
+            )));
+        }
+        let expected = ReceiptBody {
+            session: ctx.session,
+            step,
+            model_id: ctx.model,
+            span: hop.range,
+            input: input.digest(),
+            output: out.digest(),
+        };
+        done.receipt
+            .verify_from(&hop.node_key, &expected)
+            .map_err(|e| HopFailure::misbehaved(e.to_string()))?;
+        Ok((out, done.receipt))
+    })
+    .await;
+    let (out, receipt) = match result {
+        Ok(r) => r?,
+        Err(_) => {
+            // The stream is in an unknown state; a retry must start a fresh session.
+            hop.stream = None;
+            return Err(HopFailure::unreachable(format!(
+                "no answer within {:?}",
+                cfg.step_timeout
+            )));
+        }
+    };
+    hop.next_step += 1;
+    hop.history.push(input.clone());
+    Ok((out, receipt))
 }
 
 /// Concatenates consecutive steps into one (positions must follow on).
@@ -467,11 +597,15 @@ fn merge(history: &[HiddenStates]) -> Option<HiddenStates> {
     Some(out)
 }
 
-async fn read_response(stream: &mut libp2p::Stream, limits: &Limits) -> anyhow::Result<Response> {
+async fn read_response(
+    stream: &mut libp2p::Stream,
+    limits: &Limits,
+) -> Result<Response, HopFailure> {
     let frame = read_frame(stream, limits.max_frame_bytes)
-        .await?
-        .ok_or_else(|| anyhow!("the node closed the stream"))?;
-    Ok(Response::decode(&frame, limits)?)
+        .await
+        .map_err(|e| HopFailure::unreachable(e.to_string()))?
+        .ok_or_else(|| HopFailure::unreachable("the node closed the stream"))?;
+    Response::decode(&frame, limits).map_err(|e| HopFailure::misbehaved(e.to_string()))
 }
 
 impl HiddenStage for SwarmChain {

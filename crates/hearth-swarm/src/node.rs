@@ -89,7 +89,7 @@ impl NodeConfig {
             discovery_wait: Duration::from_secs(3),
             net: NetConfig::default(),
             sessions: SessionLimits::default(),
-            max_sessions_per_peer: 16,
+            max_sessions_per_peer: 64,
             announce_ttl: Duration::from_secs(60),
             price: 0,
             idle_timeout: Duration::from_secs(120),
@@ -146,6 +146,8 @@ struct Job {
 const COMPUTE_QUEUE: usize = 256;
 /// Most steps fused into one forward pass.
 const MAX_BATCH: usize = 64;
+/// Longest wait for other sessions' steps before a batch starts.
+const GATHER_WINDOW: Duration = Duration::from_micros(500);
 
 impl Node {
     /// Loads the model slice, joins the network and starts serving. Returns once serving.
@@ -461,6 +463,10 @@ fn compute_loop(mut rx: mpsc::Receiver<Job>) {
             },
         };
         let server = first.server.clone();
+        // Concurrent sessions' steps arrive microseconds apart; with several sessions open, wait
+        // a moment so they share one pass over the weights. A lone session never waits.
+        let open = server.stats().sessions;
+        let deadline = Instant::now() + GATHER_WINDOW;
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -469,6 +475,11 @@ fn compute_loop(mut rx: mpsc::Receiver<Job>) {
                     // Steps for other blocks (after a rebalance) go in the next batch.
                     carry = Some(j);
                     break;
+                }
+                Err(mpsc::error::TryRecvError::Empty)
+                    if jobs.len() < open && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_micros(20));
                 }
                 Err(_) => break,
             }
