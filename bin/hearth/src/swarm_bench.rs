@@ -177,6 +177,7 @@ pub fn run(args: SwarmBenchArgs) -> Result<()> {
         args.repeat
     );
     let mut one_stream = None;
+    let mut hop_samples = Vec::new();
     for &n in &args.streams {
         let mut rates = Vec::new();
         for _ in 0..args.repeat.max(1) {
@@ -185,6 +186,7 @@ pub fn run(args: SwarmBenchArgs) -> Result<()> {
             for i in 0..n {
                 sets[i % groups].push(client.chain(ident.model_id, n_blocks, max_len));
             }
+            let logs: Vec<_> = sets.iter().flatten().map(|c| c.log()).collect();
             let secs = std::thread::scope(|scope| {
                 let handles: Vec<_> = sets
                     .iter_mut()
@@ -204,6 +206,12 @@ pub fn run(args: SwarmBenchArgs) -> Result<()> {
             })?;
             rates.push((n * args.tokens) as f64 / secs);
             drop(sets);
+            if n == 1 {
+                hop_samples.extend(logs.iter().filter_map(|l| {
+                    let l = l.lock().ok()?;
+                    Some(l.hop_time.as_secs_f64() * 1000.0 / l.receipts.len().max(1) as f64)
+                }));
+            }
         }
         let rate = median(rates);
         let base = *one_stream.get_or_insert(rate);
@@ -211,6 +219,18 @@ pub fn run(args: SwarmBenchArgs) -> Result<()> {
             "streams {n:>3}: aggregate decode {rate:>8.2} tok/s ({:.2} per stream, {:.2}× one stream)",
             rate / n as f64,
             rate / base
+        );
+    }
+    if !hop_samples.is_empty() {
+        let servers = rt.block_on(client.servers(&ident.model_id, n_blocks));
+        let compute: Vec<f64> = servers
+            .iter()
+            .map(|s| f64::from(s.announcement.block_ms) * f64::from(s.announcement.span.len()))
+            .collect();
+        println!(
+            "one stream: mean hop round trip {:.2} ms as the client sees it (prefill included); nodes' own measured decode compute per hop {:?} ms",
+            median(hop_samples),
+            compute.iter().map(|c| (c * 100.0).round() / 100.0).collect::<Vec<_>>()
         );
     }
     if spare {

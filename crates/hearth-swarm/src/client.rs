@@ -464,6 +464,62 @@ struct StepContext {
     max_len: usize,
 }
 
+/// Attempts at opening a session stream before the node counts as unreachable. libp2p-stream
+/// drops inbound streams that arrive while its one-slot accept queue is full, which happens when
+/// many sessions open at once; nothing reached the node then, so trying again is safe.
+const OPEN_ATTEMPTS: u32 = 4;
+
+/// Opens a stream to the hop's node and a session on it.
+async fn open_session(hop: &HopState, ctx: &StepContext) -> Result<libp2p::Stream, HopFailure> {
+    let cfg = &ctx.cfg;
+    let open = Request::Open(OpenSession {
+        session: ctx.session,
+        model_id: ctx.model,
+        span: hop.range,
+        max_len: ctx.max_len as u32,
+        dtype: cfg.dtype,
+    })
+    .encode();
+    let mut last = String::new();
+    for attempt in 0..OPEN_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
+        }
+        let mut control = ctx.net.control();
+        let mut stream = match control
+            .open_stream(hop.peer, StreamProtocol::new(INFERENCE_PROTOCOL))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                last = format!("cannot open a stream: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = write_frame(&mut stream, &open).await {
+            last = e.to_string();
+            continue;
+        }
+        match read_response(&mut stream, &cfg.limits).await {
+            Ok(Response::Opened(_)) => return Ok(stream),
+            Ok(Response::Error(e)) => {
+                return Err(HopFailure::unreachable(format!(
+                    "refused the session: {:?}: {}",
+                    e.code, e.message
+                )))
+            }
+            Ok(other) => {
+                return Err(HopFailure::misbehaved(format!(
+                    "answered open with {other:?}"
+                )))
+            }
+            Err(f) if f.misbehaved => return Err(f),
+            Err(f) => last = f.reason,
+        }
+    }
+    Err(HopFailure::unreachable(last))
+}
+
 /// One step on `hop`: open the session if needed, send, await, and check shape, finiteness and
 /// the signed receipt.
 async fn step_on(
@@ -474,36 +530,7 @@ async fn step_on(
     let cfg = &ctx.cfg;
     let result = tokio::time::timeout(cfg.step_timeout, async {
         if hop.stream.is_none() {
-            let mut control = ctx.net.control();
-            let mut stream = control
-                .open_stream(hop.peer, StreamProtocol::new(INFERENCE_PROTOCOL))
-                .await
-                .map_err(|e| HopFailure::unreachable(format!("cannot open a stream: {e}")))?;
-            let open = Request::Open(OpenSession {
-                session: ctx.session,
-                model_id: ctx.model,
-                span: hop.range,
-                max_len: ctx.max_len as u32,
-                dtype: cfg.dtype,
-            });
-            write_frame(&mut stream, &open.encode())
-                .await
-                .map_err(|e| HopFailure::unreachable(e.to_string()))?;
-            match read_response(&mut stream, &cfg.limits).await? {
-                Response::Opened(_) => {}
-                Response::Error(e) => {
-                    return Err(HopFailure::unreachable(format!(
-                        "refused the session: {:?}: {}",
-                        e.code, e.message
-                    )))
-                }
-                other => {
-                    return Err(HopFailure::misbehaved(format!(
-                        "answered open with {other:?}"
-                    )))
-                }
-            }
-            hop.stream = Some(stream);
+            hop.stream = Some(open_session(hop, ctx).await?);
         }
         let Some(stream) = hop.stream.as_mut() else {
             return Err(HopFailure::unreachable("no stream"));
