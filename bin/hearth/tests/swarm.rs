@@ -251,6 +251,37 @@ fn node_with_wrong_shapes_is_routed_around() {
 }
 
 #[test]
+fn overlapping_uneven_spans_route_through_part_of_a_node() {
+    let (_d, home) = home();
+    let expected = local_text(&home, 12);
+    let a = NodeProc::start(&home, "a", "0..4", None, &[]);
+    let b = NodeProc::start(&home, "b", "1..6", Some(&a.addr), &[]);
+    let (text, log) = finish(swarm_client(&home, &a.addr, 12));
+    assert_eq!(text, expected, "{log}");
+    // Two hops, at least one of them using only part of its node's blocks.
+    let route = log
+        .lines()
+        .find(|l| l.starts_with("route:"))
+        .expect("route line");
+    assert_eq!(route.matches(" -> ").count(), 3, "{route}");
+    assert!(
+        route.contains("[0..4]") && route.contains("[4..6]")
+            || route.contains("[0..1]") && route.contains("[1..6]"),
+        "{route}"
+    );
+    let part_used = |n: &NodeProc, span: &str| {
+        n.log()
+            .lines()
+            .any(|l| l.contains("session opened") && l.contains(&format!("span={span}")))
+    };
+    wait_for(
+        "a node to log a session over part of its span",
+        Duration::from_secs(10),
+        || part_used(&a, "0..1") || part_used(&b, "4..6"),
+    );
+}
+
+#[test]
 fn automatic_placement_covers_the_model_and_serves_it() {
     let (_d, home) = home();
     let expected = local_text(&home, 8);

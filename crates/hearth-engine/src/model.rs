@@ -274,9 +274,11 @@ pub struct ModelSlice {
     dtype: DType,
 }
 
-/// The KV cache of one session on one slice.
+/// The KV cache of one session on one slice: for all of the slice's blocks, or for a
+/// contiguous part of them (a session that uses only some of a node's blocks).
 #[derive(Debug)]
 pub struct SliceCache {
+    span: BlockRange,
     layers: Vec<LayerCache>,
     len: usize,
 }
@@ -289,6 +291,11 @@ impl SliceCache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The blocks this cache (and its session) runs.
+    pub fn span(&self) -> BlockRange {
+        self.span
     }
 
     /// Forgets positions `len..` (for replaying or rewinding a step).
@@ -316,17 +323,43 @@ impl ModelSlice {
         self.dtype
     }
 
-    /// An empty KV cache for a new session.
+    /// An empty KV cache for a new session over all of the slice's blocks.
     pub fn new_cache(&self) -> SliceCache {
         SliceCache {
+            span: self.range,
             layers: self.blocks.iter().map(|_| LayerCache::new()).collect(),
             len: 0,
         }
     }
 
+    /// An empty KV cache for a session that runs only blocks `span` (within the slice's range).
+    pub fn new_cache_for(&self, span: BlockRange) -> Result<SliceCache> {
+        self.check_span(span)?;
+        Ok(SliceCache {
+            span,
+            layers: (0..span.len()).map(|_| LayerCache::new()).collect(),
+            len: 0,
+        })
+    }
+
+    fn check_span(&self, span: BlockRange) -> Result<()> {
+        if span.start() < self.range.start() || span.end() > self.range.end() {
+            return Err(EngineError::Unsupported {
+                what: "block span",
+                detail: format!("{span} is not within this slice's blocks {}", self.range),
+            });
+        }
+        Ok(())
+    }
+
     /// Bytes of KV cache one position takes on this slice.
     pub fn cache_bytes_per_token(&self) -> u64 {
-        (self.blocks.len() * 2 * self.config.kv_dim() * self.dtype.size_in_bytes()) as u64
+        self.cache_bytes_per_token_for(self.range)
+    }
+
+    /// Bytes of KV cache one position takes for a session over `span`.
+    pub fn cache_bytes_per_token_for(&self, span: BlockRange) -> u64 {
+        (span.len() as usize * 2 * self.config.kv_dim() * self.dtype.size_in_bytes()) as u64
     }
 
     /// Runs the blocks on `hidden: [1, t, hidden_size]` at positions `cache.len()..+t` and
@@ -355,6 +388,41 @@ impl ModelSlice {
         }
         if items.is_empty() {
             return Ok(Vec::new());
+        }
+        for (_, cache) in items.iter() {
+            self.check_span(cache.span)?;
+        }
+        let span = items[0].1.span;
+        if items.iter().any(|(_, c)| c.span != span) {
+            // Sessions over different parts of the slice: one pass per part, outputs in order.
+            let mut outs: Vec<Option<Tensor>> = items.iter().map(|_| None).collect();
+            let lens: Vec<usize> = items.iter().map(|(_, c)| c.len).collect();
+            let mut spans: Vec<BlockRange> = items.iter().map(|(_, c)| c.span).collect();
+            spans.sort_by_key(|s| (s.start(), s.end()));
+            spans.dedup();
+            for part in spans {
+                let (idx, mut group): (Vec<usize>, Vec<(&Tensor, &mut SliceCache)>) = items
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, (_, c))| c.span == part)
+                    .map(|(i, (h, c))| (i, (*h, &mut **c)))
+                    .unzip();
+                match self.forward_batch(&mut group) {
+                    Ok(group_outs) => {
+                        for (i, out) in idx.into_iter().zip(group_outs) {
+                            outs[i] = Some(out);
+                        }
+                    }
+                    Err(e) => {
+                        drop(group);
+                        for ((_, cache), len) in items.iter_mut().zip(lens) {
+                            cache.truncate(len);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            return Ok(outs.into_iter().flatten().collect());
         }
         let out = crate::kernels::on_pool(|| self.forward_batch_here(items));
         if out.is_err() {
@@ -386,7 +454,10 @@ impl ModelSlice {
             1 => xs.pop().expect("one item"),
             _ => Tensor::cat(&xs, 1)?,
         };
-        for (l, block) in self.blocks.iter().enumerate() {
+        let span = items[0].1.span;
+        let first = (span.start() - self.range.start()) as usize;
+        let blocks = &self.blocks[first..first + span.len() as usize];
+        for (l, block) in blocks.iter().enumerate() {
             let mut layers: Vec<&mut LayerCache> = items
                 .iter_mut()
                 .map(|(_, cache)| &mut cache.layers[l])

@@ -96,6 +96,13 @@ impl SliceServer {
 
     /// Opens a session that may hold up to `max_len` positions, reserving its cache.
     pub fn open(&self, max_len: usize) -> Result<SessionId> {
+        self.open_span(max_len, self.slice.range())
+    }
+
+    /// Opens a session that runs only blocks `span` (a contiguous part of the slice), reserving
+    /// cache for those blocks only.
+    pub fn open_span(&self, max_len: usize, span: hearth_core::BlockRange) -> Result<SessionId> {
+        let cache = self.slice.new_cache_for(span)?;
         if max_len == 0 || max_len > self.limits.max_len_cap {
             return Err(EngineError::MaxLenTooLarge {
                 requested: max_len,
@@ -104,7 +111,7 @@ impl SliceServer {
         }
         let need = self
             .slice
-            .cache_bytes_per_token()
+            .cache_bytes_per_token_for(span)
             .saturating_mul(max_len as u64);
         self.expire_idle(Instant::now());
         let mut reg = lock(&self.registry);
@@ -125,7 +132,7 @@ impl SliceServer {
         reg.sessions.insert(
             id,
             Arc::new(Mutex::new(Session {
-                cache: self.slice.new_cache(),
+                cache,
                 max_len,
                 reserved: need,
                 last_used: Instant::now(),

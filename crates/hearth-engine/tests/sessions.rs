@@ -179,3 +179,46 @@ fn wrong_hidden_states_are_rejected_without_damage() {
     }
     assert_eq!(srv.session_len(s).unwrap(), 3);
 }
+
+/// A session over part of a slice's blocks computes what a slice of exactly those blocks
+/// computes, reserves cache for those blocks only, and batches with whole-slice sessions.
+#[test]
+fn sessions_over_part_of_a_slice_match_a_slice_of_those_blocks() {
+    let (_dir, server, src) = server(SessionLimits::default()); // blocks 1..4
+    let part = BlockRange::new(2, 4).unwrap();
+    let own = src.load_slice(part, &LoadOptions::default(), None).unwrap();
+    let x = hidden(&src, &[3, 17, 42, 7]);
+
+    let sub = server.open_span(16, part).unwrap();
+    let whole = server.open(16).unwrap();
+    let per_token_whole = server.slice().cache_bytes_per_token();
+    assert_eq!(
+        server.stats().reserved_bytes,
+        16 * per_token_whole + 16 * per_token_whole * 2 / 3
+    );
+    let mut cache = own.new_cache();
+    let expected = own.forward(&x, &mut cache).unwrap();
+    let got = server.step(sub, 0, &x).unwrap();
+    assert!(max_abs_diff(&got, &expected).unwrap() <= 1e-6);
+
+    // Mixed spans in one batch: each equals its own single step.
+    let y = hidden(&src, &[9]);
+    let expected_sub = own.forward(&y, &mut cache).unwrap();
+    let reference = src
+        .load_slice(
+            BlockRange::new(1, 4).unwrap(),
+            &LoadOptions::default(),
+            None,
+        )
+        .unwrap();
+    let mut ref_cache = reference.new_cache();
+    let expected_whole = reference.forward(&y, &mut ref_cache).unwrap();
+    let out = server.step_batch(vec![(sub, 4, y.clone()), (whole, 0, y.clone())]);
+    let [a, b] = <[_; 2]>::try_from(out).unwrap();
+    assert!(max_abs_diff(&a.unwrap(), &expected_sub).unwrap() <= 1e-6);
+    assert!(max_abs_diff(&b.unwrap(), &expected_whole).unwrap() <= 1e-6);
+
+    // Outside the slice: refused.
+    assert!(server.open_span(8, BlockRange::new(0, 2).unwrap()).is_err());
+    assert!(server.open_span(8, BlockRange::new(3, 5).unwrap()).is_err());
+}

@@ -607,7 +607,8 @@ fn open_session(
         )));
     }
     let served = state.current();
-    if open.span != served.span {
+    // A session may use any contiguous part of the node's blocks (routes over uneven spans).
+    if open.span.start() < served.span.start() || open.span.end() > served.span.end() {
         return Err(Box::new(Response::error(
             ErrorCode::NotServed,
             format!(
@@ -633,7 +634,7 @@ fn open_session(
     };
     let id = served
         .server
-        .open(open.max_len as usize)
+        .open_span(open.max_len as usize, open.span)
         .map_err(|e| Box::new(Response::error(ErrorCode::Busy, e.to_string())))?;
     tracing::info!(%peer, span = %open.span, max_len = open.max_len, "session opened");
     let stats = served.server.stats();
@@ -710,7 +711,7 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
         session: s.open.session,
         step: step.step,
         model_id: state.model_id,
-        span: s.served.span,
+        span: s.open.span,
         input: h.digest(),
         output: output.digest(),
     };
