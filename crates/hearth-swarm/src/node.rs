@@ -148,6 +148,8 @@ const COMPUTE_QUEUE: usize = 256;
 const MAX_BATCH: usize = 64;
 /// Longest wait for other sessions' steps before a batch starts.
 const GATHER_WINDOW: Duration = Duration::from_micros(500);
+/// A session counts as stepping if its last step is this recent.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 
 impl Node {
     /// Loads the model slice, joins the network and starts serving. Returns once serving.
@@ -454,6 +456,8 @@ fn measure_block_ms(server: &SliceServer, hidden: usize) -> anyhow::Result<f64> 
 /// batch.
 fn compute_loop(mut rx: mpsc::Receiver<Job>) {
     let mut carry: Option<Job> = None;
+    // Sessions that stepped recently (bounded by the node's session limit; pruned every round).
+    let mut recent: HashMap<SessionId, Instant> = HashMap::new();
     loop {
         let first = match carry.take() {
             Some(j) => j,
@@ -463,10 +467,14 @@ fn compute_loop(mut rx: mpsc::Receiver<Job>) {
             },
         };
         let server = first.server.clone();
-        // Concurrent sessions' steps arrive microseconds apart; with several sessions open, wait
-        // a moment so they share one pass over the weights. A lone session never waits.
-        let open = server.stats().sessions;
-        let deadline = Instant::now() + GATHER_WINDOW;
+        // Concurrent sessions' steps arrive microseconds apart; while several sessions are
+        // stepping, wait a moment so they share one pass over the weights. A lone active session
+        // never waits.
+        let now = Instant::now();
+        recent.retain(|_, t| now.duration_since(*t) < ACTIVE_WINDOW);
+        recent.insert(first.session, now);
+        let open = recent.len();
+        let deadline = now + GATHER_WINDOW;
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -483,6 +491,9 @@ fn compute_loop(mut rx: mpsc::Receiver<Job>) {
                 }
                 Err(_) => break,
             }
+        }
+        for j in &jobs {
+            recent.insert(j.session, now);
         }
         let (steps, replies): (Vec<_>, Vec<_>) = jobs
             .into_iter()
