@@ -298,6 +298,68 @@ fn automatic_placement_covers_the_model_and_serves_it() {
     assert_eq!(text, expected);
 }
 
+/// When a node leaves and its blocks are no longer served, a node that shares blocks with
+/// another moves to the uncovered ones (periodic rebalancing), and generation works again.
+#[test]
+fn rebalancing_covers_blocks_left_by_a_departed_node() {
+    let (_d, home) = home();
+    let expected = local_text(&home, 8);
+    let fast = ["--rebalance-secs", "2"];
+    let a = NodeProc::start(&home, "a", "auto", None, &fast);
+    wait_for("a's announcement", Duration::from_secs(30), || {
+        peers(&home, &a.addr).contains("1 servers")
+    });
+    let b = NodeProc::start(&home, "b", "auto", Some(&a.addr), &fast);
+    wait_for("b's announcement", Duration::from_secs(30), || {
+        peers(&home, &a.addr).contains("2 servers")
+    });
+    let c = NodeProc::start(&home, "c", "auto", Some(&a.addr), &fast);
+    wait_for("c's announcement", Duration::from_secs(30), || {
+        peers(&home, &a.addr).contains("3 servers")
+    });
+    let span_of = |listing: &str, node: &NodeProc| -> String {
+        let id = node.addr.rsplit('/').next().expect("peer id").to_string();
+        listing
+            .lines()
+            .find(|l| l.starts_with(&id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .expect("node listed")
+            .to_string()
+    };
+    let listing = peers(&home, &a.addr);
+    let (sa, sb, sc) = (
+        span_of(&listing, &a),
+        span_of(&listing, &b),
+        span_of(&listing, &c),
+    );
+    assert_ne!(sa, sb, "{listing}");
+    // Kill the node whose blocks c does not share; a must keep serving as bootstrap.
+    let shares_a = sc == sa;
+    let (victim, lost, keeper) = if shares_a { (b, sb, a) } else { (a, sa, b) };
+    let bootstrap = if shares_a {
+        keeper.addr.clone()
+    } else {
+        c.addr.clone()
+    };
+    drop(victim);
+    wait_for(
+        "c to move to the uncovered blocks",
+        Duration::from_secs(40),
+        || c.log().contains("rebalancing"),
+    );
+    wait_for(
+        "the lost blocks to be served again",
+        Duration::from_secs(30),
+        || {
+            let listing = peers(&home, &bootstrap);
+            span_of(&listing, &c) == lost
+        },
+    );
+    let (text, log) = finish(swarm_client(&home, &bootstrap, 8));
+    assert_eq!(text, expected, "{log}");
+    drop(keeper);
+}
+
 fn peers(home: &Path, bootstrap: &str) -> String {
     let out = hearth(home)
         .args(["peers", "--synth", "tiny", "--wait", "1", "--no-mdns"])
