@@ -1,6 +1,7 @@
 //! Helpers shared by several commands.
 
 use anyhow::Result;
+use clap::Args;
 use hearth_engine::synth::{self, SynthModel, SynthOptions};
 use hearth_engine::DType;
 use std::path::{Path, PathBuf};
@@ -33,4 +34,22 @@ pub fn model_path(model: Option<&Path>, synth: Option<&str>) -> Result<PathBuf> 
         }
     }
     Ok(dir)
+}
+
+/// Which model a command works on: a file or folder, or a synthesized shape.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// HF folder or .gguf file.
+    #[arg(long, conflicts_with = "synth")]
+    pub model: Option<PathBuf>,
+    /// A synthesized model of this shape (written to $HEARTH_HOME/models on first use; default
+    /// `tiny` when neither is given).
+    #[arg(long)]
+    pub synth: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn path(&self) -> Result<PathBuf> {
+        model_path(self.model.as_deref(), self.synth.as_deref())
+    }
 }

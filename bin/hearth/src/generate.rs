@@ -10,17 +10,12 @@ use hearth_sampling::SamplingParams;
 use hearth_tokenizer::ChatMessage;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// HF folder or .gguf file.
-    #[arg(long, conflicts_with = "synth")]
-    pub model: Option<PathBuf>,
-    /// Use a synthesized model of this shape (written to $HEARTH_HOME/models on first use).
-    #[arg(long)]
-    pub synth: Option<String>,
+    #[command(flatten)]
+    pub model: crate::common::ModelArgs,
     #[arg(long, short, default_value = "Once upon a time")]
     pub prompt: String,
     /// Wrap the prompt as a user message in the model's chat template.
@@ -76,7 +71,7 @@ fn parse_dtype(s: &str) -> Result<DType> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let path = crate::common::model_path(args.model.as_deref(), args.synth.as_deref())?;
+    let path = args.model.path()?;
     let src =
         ModelSource::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let tokenizer = src.tokenizer()?;

@@ -78,12 +78,8 @@ impl NetArgs {
 
 #[derive(Args)]
 pub struct NodeArgs {
-    /// HF folder or .gguf file.
-    #[arg(long, conflicts_with = "synth")]
-    pub model: Option<PathBuf>,
-    /// Serve a synthesized model of this shape (written to $HEARTH_HOME/models on first use).
-    #[arg(long)]
-    pub synth: Option<String>,
+    #[command(flatten)]
+    pub model: crate::common::ModelArgs,
     /// Blocks to serve, `A..B`; default: chosen from what the swarm lacks.
     #[arg(long)]
     pub blocks: Option<BlockRange>,
@@ -128,7 +124,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn run_node(args: NodeArgs) -> Result<()> {
-    let model = model_path(args.model.as_deref(), args.synth.as_deref())?;
+    let model = args.model.path()?;
     let data_dir = args
         .data_dir
         .clone()
@@ -449,12 +445,8 @@ fn wait_for_file(path: &std::path::Path, timeout: Duration) -> Result<String> {
 
 #[derive(Args)]
 pub struct PeersArgs {
-    /// HF folder or .gguf file whose servers to list.
-    #[arg(long, conflicts_with = "synth")]
-    pub model: Option<PathBuf>,
-    /// List servers of the synthesized model of this shape.
-    #[arg(long)]
-    pub synth: Option<String>,
+    #[command(flatten)]
+    pub model: crate::common::ModelArgs,
     #[command(flatten)]
     pub net: NetArgs,
     /// Seconds to spend joining the network before looking.
@@ -464,7 +456,7 @@ pub struct PeersArgs {
 
 /// Lists the servers the DHT currently knows for a model, with their announcements.
 pub fn run_peers(args: PeersArgs) -> Result<()> {
-    let model = model_path(args.model.as_deref(), args.synth.as_deref())?;
+    let model = args.model.path()?;
     let src = ModelSource::open(&model)?;
     let ident = identity_cached(&src, &hearth_home().join("model-ids"))?;
     let n_blocks = src.config().num_layers as u32;

@@ -5,7 +5,6 @@
 //! per stream, sends every stream's hidden state through its chain concurrently (so nodes see
 //! concurrent steps and batch them), then computes all heads in one matrix product.
 
-use crate::common::model_path;
 use crate::swarm::{spawn_nodes, NetArgs};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -16,15 +15,12 @@ use hearth_engine::{ClientHead, ModelSource, Tensor};
 use hearth_swarm::client::short_peer;
 use hearth_swarm::{SwarmChain, SwarmClient};
 use hearth_wire::{HiddenDType, HiddenStates};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct SwarmBenchArgs {
-    #[arg(long, conflicts_with = "synth")]
-    pub model: Option<PathBuf>,
-    #[arg(long)]
-    pub synth: Option<String>,
+    #[command(flatten)]
+    pub model: crate::common::ModelArgs,
     /// Node processes, each serving an even share of the blocks.
     #[arg(long, default_value_t = 2)]
     pub nodes: u32,
@@ -127,7 +123,7 @@ fn run_streams(
 }
 
 pub fn run(args: SwarmBenchArgs) -> Result<()> {
-    let model = model_path(args.model.as_deref(), args.synth.as_deref())?;
+    let model = args.model.path()?;
     let src = ModelSource::open(&model)?;
     let n_blocks = src.config().num_layers as u32;
     let ident = identity_cached(&src, &crate::common::hearth_home().join("model-ids"))?;
