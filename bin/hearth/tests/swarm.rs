@@ -97,10 +97,15 @@ fn capture(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     buf
 }
 
+/// Polls `cond` until it holds; the timeouts are generous because CI runs these tests in
+/// parallel on 2 cores, several node processes each.
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -287,7 +292,7 @@ fn automatic_placement_covers_the_model_and_serves_it() {
     let expected = local_text(&home, 8);
     let a = NodeProc::start(&home, "a", "auto", None, &[]);
     // Wait until a's announcement is in the DHT, so b sees what is missing.
-    wait_for("a's announcement", Duration::from_secs(30), || {
+    wait_for("a's announcement", Duration::from_secs(60), || {
         peers(&home, &a.addr).contains("1 servers")
     });
     let _b = NodeProc::start(&home, "b", "auto", Some(&a.addr), &[]);
@@ -306,15 +311,15 @@ fn rebalancing_covers_blocks_left_by_a_departed_node() {
     let expected = local_text(&home, 8);
     let fast = ["--rebalance-secs", "2"];
     let a = NodeProc::start(&home, "a", "auto", None, &fast);
-    wait_for("a's announcement", Duration::from_secs(30), || {
+    wait_for("a's announcement", Duration::from_secs(60), || {
         peers(&home, &a.addr).contains("1 servers")
     });
     let b = NodeProc::start(&home, "b", "auto", Some(&a.addr), &fast);
-    wait_for("b's announcement", Duration::from_secs(30), || {
+    wait_for("b's announcement", Duration::from_secs(60), || {
         peers(&home, &a.addr).contains("2 servers")
     });
     let c = NodeProc::start(&home, "c", "auto", Some(&a.addr), &fast);
-    wait_for("c's announcement", Duration::from_secs(30), || {
+    wait_for("c's announcement", Duration::from_secs(60), || {
         peers(&home, &a.addr).contains("3 servers")
     });
     let span_of = |listing: &str, node: &NodeProc| -> String {
