@@ -75,7 +75,7 @@ enum Command {
     PutRecord(kad::Record),
     GetProviders(kad::RecordKey, oneshot::Sender<HashSet<PeerId>>),
     GetRecords(kad::RecordKey, oneshot::Sender<Vec<Vec<u8>>>),
-    Dial(PeerId, Vec<Multiaddr>),
+    Dial(PeerId, Vec<Multiaddr>, oneshot::Sender<()>),
     Status(oneshot::Sender<NetStatus>),
 }
 
@@ -218,8 +218,12 @@ impl Net {
         rx.await.unwrap_or_default()
     }
 
+    /// Records `addrs` for `peer` and dials it unless connected. Returns once the addresses are
+    /// known to the host, so a stream opened next can use them.
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        self.send(Command::Dial(peer, addrs)).await;
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Dial(peer, addrs, tx)).await;
+        let _ = rx.await;
     }
 
     pub async fn status(&self) -> NetStatus {
@@ -293,7 +297,7 @@ fn handle_command(
             let id = kad.get_record(key);
             pending.insert(id, Pending::Records(local, reply));
         }
-        Command::Dial(peer, addrs) => {
+        Command::Dial(peer, addrs, done) => {
             for a in &addrs {
                 swarm.behaviour_mut().kad.add_address(&peer, a.clone());
             }
@@ -305,6 +309,7 @@ fn handle_command(
                     tracing::debug!(%peer, "dial failed: {e}");
                 }
             }
+            let _ = done.send(());
         }
         Command::Status(reply) => {
             let _ = reply.send(NetStatus {

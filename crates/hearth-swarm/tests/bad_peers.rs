@@ -48,6 +48,12 @@ async fn attacker(node: &Node) -> (Net, PeerId) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     net.dial(node.peer_id, addrs).await;
+    for _ in 0..500 {
+        if net.status().await.connected.contains(&node.peer_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     (net, node.peer_id)
 }
 
