@@ -132,6 +132,10 @@ struct NodeState {
     idle_timeout: Duration,
     fault: Option<Fault>,
     step_delay: Duration,
+    /// Most inbound streams served at once.
+    max_streams: usize,
+    /// Largest step frame this model can need.
+    step_frame_limit: usize,
 }
 
 struct Job {
@@ -144,6 +148,8 @@ struct Job {
 
 /// Most steps waiting for the compute thread; further senders wait (bounded memory).
 const COMPUTE_QUEUE: usize = 256;
+/// Largest frame accepted before a session is open (an Open is 66 bytes).
+const OPEN_FRAME_LIMIT: usize = 1024;
 /// Most steps fused into one forward pass.
 const MAX_BATCH: usize = 64;
 /// Longest wait for other sessions' steps before a batch starts.
@@ -210,6 +216,9 @@ impl Node {
             idle_timeout: cfg.idle_timeout,
             fault: cfg.fault,
             step_delay: cfg.step_delay,
+            max_streams: cfg.sessions.max_sessions + 16,
+            step_frame_limit: (64 + cfg.limits.max_rows as usize * hidden_size * 2)
+                .min(cfg.limits.max_frame_bytes),
         });
         let mut control = net.control();
         let mut incoming = control
@@ -219,9 +228,18 @@ impl Node {
             let state = state.clone();
             tokio::spawn(async move {
                 use futures::StreamExt;
+                // Every open stream may buffer up to one frame: cap how many exist at once.
+                let streams = Arc::new(tokio::sync::Semaphore::new(state.max_streams));
                 while let Some((peer, stream)) = incoming.next().await {
+                    let Ok(permit) = streams.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, "too many open streams; dropping a new one");
+                        continue;
+                    };
                     let state = state.clone();
-                    tokio::spawn(async move { serve_stream(state, peer, stream).await });
+                    tokio::spawn(async move {
+                        serve_stream(state, peer, stream).await;
+                        drop(permit);
+                    });
                 }
             });
         }
@@ -551,9 +569,15 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut session: Option<OpenState> = None;
     loop {
+        // Before a session is open only a small Open fits; after, at most the largest step this
+        // model can take (max rows × its hidden width), not the protocol's global maximum.
+        let max_frame = match &session {
+            None => OPEN_FRAME_LIMIT,
+            Some(_) => state.step_frame_limit,
+        };
         let frame = match tokio::time::timeout(
             state.idle_timeout,
-            read_frame(&mut stream, state.limits.max_frame_bytes),
+            read_frame(&mut stream, max_frame),
         )
         .await
         {
