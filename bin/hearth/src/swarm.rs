@@ -115,7 +115,8 @@ pub struct NodeArgs {
     pub ready_file: Option<PathBuf>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// The async runtime of the swarm commands: networking needs little, kernels run on rayon.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

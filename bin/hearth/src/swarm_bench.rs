@@ -150,10 +150,7 @@ pub fn run(args: SwarmBenchArgs) -> Result<()> {
         throughput: false,
         step_timeout: 120,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::swarm::runtime()?;
     let client = rt.block_on(SwarmClient::start(net.client_config()))?;
     rt.block_on(client.wait_for_coverage(&ident.model_id, n_blocks))?;
     let prompt: Vec<u32> = (0..args.prompt_len as u32)

@@ -283,15 +283,13 @@ impl Node {
                 served.server.expire_idle(Instant::now());
                 let status = net.status().await;
                 let stats = served.server.stats();
-                let per_token = (block_ms * f64::from(served.span.len())).max(1e-3);
                 let announcement = Announcement {
                     model_id: state.model_id,
                     n_blocks,
                     span: served.span,
                     block_ms: block_ms as f32,
-                    throughput: (1000.0 / per_token) as f32,
-                    cache_free_tokens: stats.budget_bytes.saturating_sub(stats.reserved_bytes)
-                        / served.server.slice().cache_bytes_per_token().max(1),
+                    throughput: offered_throughput(block_ms, served.span) as f32,
+                    cache_free_tokens: free_cache_tokens(&served.server),
                     active_sessions: stats.sessions as u32,
                     price,
                     rtts: status
@@ -357,7 +355,7 @@ impl Node {
                 let current = state.current();
                 let mut all = discover_spans(&net, &state.model_id, n_blocks, &limits).await;
                 let fit = max_blocks.unwrap_or(n_blocks).clamp(1, n_blocks) as usize;
-                let mine = 1000.0 / (block_ms * current.span.len() as f64).max(1e-3);
+                let mine = offered_throughput(block_ms, current.span);
                 all.push(SpanInfo {
                     peer: net.peer_id(),
                     span: current.span,
@@ -412,6 +410,18 @@ impl NodeState {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Tokens/s a node offers on each block of `span`: a token passes all of them in sequence.
+fn offered_throughput(block_ms: f64, span: BlockRange) -> f64 {
+    1000.0 / (block_ms * f64::from(span.len())).max(1e-3)
+}
+
+/// KV-cache room left on `server`, in tokens of sessions over all its blocks.
+fn free_cache_tokens(server: &SliceServer) -> u64 {
+    let stats = server.stats();
+    stats.budget_bytes.saturating_sub(stats.reserved_bytes)
+        / server.slice().cache_bytes_per_token().max(1)
 }
 
 /// Listen addresses worth telling others about (concrete ones, not `0.0.0.0`).
@@ -672,9 +682,7 @@ fn open_session(
         .open_span(open.max_len as usize, open.span)
         .map_err(|e| Box::new(Response::error(ErrorCode::Busy, e.to_string())))?;
     tracing::info!(%peer, span = %open.span, max_len = open.max_len, "session opened");
-    let stats = served.server.stats();
-    let free = stats.budget_bytes.saturating_sub(stats.reserved_bytes)
-        / served.server.slice().cache_bytes_per_token().max(1);
+    let free = free_cache_tokens(&served.server);
     Ok((
         Opened {
             cache_free_tokens: free,
