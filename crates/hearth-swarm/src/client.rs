@@ -1,12 +1,11 @@
 //! The client side: discover servers of a model, route a chain over them, and run hidden states
 //! through it with signed, checked hops and failover that does not change the output.
 
-use crate::dht::{announcement_key, model_key, now_unix_ms, pick_announcement};
+use crate::dht::find_servers;
 use crate::identity::{public_key_of, NodeIdentity};
 use crate::net::{Net, NetConfig};
 use crate::routing::{find_route, Hop, RouteMode, RouteRequest, ServerView};
 use anyhow::{anyhow, bail};
-use futures::future::join_all;
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{EngineError, HiddenStage, Tensor};
 use hearth_wire::{
@@ -83,14 +82,7 @@ impl SwarmClient {
 
     /// Every server that currently announces `model` with a valid, unexpired record.
     pub async fn servers(&self, model: &ContentHash, n_blocks: u32) -> Vec<ServerEntry> {
-        let providers = self.net.get_providers(model_key(model)).await;
-        let lookups = providers.into_iter().map(|peer| async move {
-            let values = self.net.get_records(announcement_key(model, &peer)).await;
-            pick_announcement(&values, &peer, model, now_unix_ms(), &self.cfg.limits)
-                .filter(|s| s.announcement.n_blocks == n_blocks)
-                .map(|s| (peer, s.announcement))
-        });
-        let found: Vec<_> = join_all(lookups).await.into_iter().flatten().collect();
+        let found = find_servers(&self.net, model, n_blocks, &self.cfg.limits).await;
         for (peer, a) in &found {
             let addrs: Vec<Multiaddr> = a
                 .addrs

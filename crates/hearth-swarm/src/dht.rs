@@ -8,8 +8,10 @@
 //! every reader, so a record that outlives its node on some peer is still ignored.
 
 use crate::identity::peer_of_key;
+use crate::net::Net;
+use futures::future::join_all;
 use hearth_core::{ContentHash, ContentHasher};
-use hearth_wire::{Limits, SignedAnnouncement};
+use hearth_wire::{Announcement, Limits, SignedAnnouncement};
 use libp2p::kad::RecordKey;
 use libp2p::PeerId;
 
@@ -62,6 +64,24 @@ pub fn pick_announcement(
                 && a.issued_unix_ms <= now_unix_ms.saturating_add(MAX_CLOCK_SKEW_MS)
         })
         .max_by_key(|s| s.announcement.issued_unix_ms)
+}
+
+/// Every server that currently announces `model` (of `n_blocks` blocks) with a valid record:
+/// the model's providers, then each one's announcement, looked up concurrently.
+pub async fn find_servers(
+    net: &Net,
+    model: &ContentHash,
+    n_blocks: u32,
+    limits: &Limits,
+) -> Vec<(PeerId, Announcement)> {
+    let providers = net.get_providers(model_key(model)).await;
+    let lookups = providers.into_iter().map(|peer| async move {
+        let values = net.get_records(announcement_key(model, &peer)).await;
+        pick_announcement(&values, &peer, model, now_unix_ms(), limits)
+            .filter(|s| s.announcement.n_blocks == n_blocks)
+            .map(|s| (peer, s.announcement))
+    });
+    join_all(lookups).await.into_iter().flatten().collect()
 }
 
 pub fn now_unix_ms() -> u64 {

@@ -1,7 +1,7 @@
 //! A serving node: loads blocks of a model, announces them, and serves inference sessions on
 //! libp2p streams. Steps from concurrent sessions are batched into one forward pass.
 
-use crate::dht::{announcement_key, block_key, model_key, now_unix_ms, pick_announcement};
+use crate::dht::{announcement_key, block_key, find_servers, model_key, now_unix_ms};
 use crate::identity::NodeIdentity;
 use crate::net::{Net, NetConfig};
 use crate::placement::{self, SpanInfo};
@@ -444,21 +444,16 @@ pub(crate) async fn discover_spans(
     limits: &Limits,
 ) -> Vec<SpanInfo> {
     let me = net.peer_id();
-    let peers = net.get_providers(model_key(model)).await;
-    let mut out = Vec::new();
-    for peer in peers.into_iter().filter(|p| *p != me) {
-        let values = net.get_records(announcement_key(model, &peer)).await;
-        if let Some(s) = pick_announcement(&values, &peer, model, now_unix_ms(), limits) {
-            if s.announcement.n_blocks == n_blocks {
-                out.push(SpanInfo {
-                    peer,
-                    span: s.announcement.span,
-                    throughput: f64::from(s.announcement.throughput),
-                });
-            }
-        }
-    }
-    out
+    find_servers(net, model, n_blocks, limits)
+        .await
+        .into_iter()
+        .filter(|(peer, _)| *peer != me)
+        .map(|(peer, a)| SpanInfo {
+            peer,
+            span: a.span,
+            throughput: f64::from(a.throughput),
+        })
+        .collect()
 }
 
 /// Times a few single-token steps on a scratch session: compute per block per token, in ms.

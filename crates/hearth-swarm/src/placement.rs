@@ -113,12 +113,12 @@ pub fn choose_blocks(
     my_blocks: usize,
     my_throughput: f64,
 ) -> Result<BlockRange, PlacementError> {
-    let len = span_len(n_blocks, my_blocks)?;
+    span_len(n_blocks, my_blocks)?;
     if sanitize(my_throughput) == 0.0 {
         return Err(PlacementError::NoThroughput);
     }
-    let t = block_throughputs(n_blocks, others);
-    window(best_start(&t, len), len)
+    // Petals' order is optimal for a single join (see the module docs).
+    petals_choose_blocks(n_blocks, others, my_blocks)
 }
 
 /// Petals' rule (`petals.server.block_selection.choose_best_blocks`): the window whose sorted
