@@ -1,9 +1,12 @@
 //! `hearth`: the command-line front end. Thin: parses arguments and wires library crates together.
 
+mod agent;
 mod bench;
 mod common;
+mod gateway;
 mod generate;
 mod model;
+mod simulate;
 mod swarm;
 mod swarm_bench;
 
@@ -41,6 +44,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Measure decode throughput through node processes on loopback, and failover time.
     SwarmBench(swarm_bench::SwarmBenchArgs),
+    /// Serve the OpenAI-compatible HTTP API over the swarm.
+    Gateway(Box<gateway::GatewayArgs>),
+    /// Run the energy agent: read telemetry and prices, decide per device whether to mine,
+    /// serve AI, heat or curtail, and act on miners and GPUs.
+    Agent(Box<agent::AgentArgs>),
+    /// Replay a fleet over price and AI-job traces with the agent's policies and report.
+    Simulate(Box<simulate::SimulateArgs>),
     /// Internal: load one slice in this process and report its memory (used by `bench --rss`).
     #[command(hide = true)]
     RssProbe(bench::RssProbeArgs),
@@ -66,6 +76,9 @@ fn main() -> anyhow::Result<()> {
         Command::Node(args) => swarm::run_node(*args),
         Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Gateway(args) => gateway::run(*args),
+        Command::Agent(args) => agent::run(*args),
+        Command::Simulate(args) => simulate::run(*args),
         Command::RssProbe(args) => bench::rss_probe(args),
     }
 }

@@ -1,0 +1,1 @@
+//! hearth-energy (work in progress).

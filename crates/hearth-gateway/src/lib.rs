@@ -1,0 +1,1 @@
+//! hearth-gateway (work in progress).

@@ -1,0 +1,1 @@
+//! hearth-mining (work in progress).

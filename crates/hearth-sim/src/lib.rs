@@ -1,0 +1,1 @@
+//! hearth-sim (work in progress).
