@@ -295,6 +295,13 @@ pub struct DemoArgs {
     /// Seconds to wait for the swarm to cover every block.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// After the demo generation, keep the swarm running and serve the OpenAI-compatible API on
+    /// this address (e.g. 127.0.0.1:8080) until Ctrl-C.
+    #[arg(long)]
+    pub gateway: Option<std::net::SocketAddr>,
+    /// With --gateway: write the API's base URL to this file once it listens.
+    #[arg(long, requires = "gateway")]
+    pub gateway_ready_file: Option<PathBuf>,
 }
 
 /// Child processes that are killed when the demo ends, however it ends; with the peer id each
@@ -356,10 +363,21 @@ pub fn run_demo(args: DemoArgs, threads: Option<usize>) -> Result<()> {
         &args.prompt,
     )?;
     eprintln!(
-        "demo finished in {:.1} s; stopping {} nodes",
+        "demo finished in {:.1} s",
         started.elapsed().as_secs_f64(),
-        children.0.len()
     );
+    if let Some(addr) = args.gateway {
+        let http = crate::gateway::HttpArgs {
+            http: addr,
+            ready_file: args.gateway_ready_file.clone(),
+            ..crate::gateway::HttpArgs::defaults()
+        };
+        let rt = runtime()?;
+        let client = rt.block_on(SwarmClient::start(net.client_config()))?;
+        let backend = crate::gateway::swarm_backend(&rt, client, &src)?;
+        crate::gateway::serve_blocking(&rt, backend, &http, &model)?;
+    }
+    eprintln!("stopping {} nodes", children.0.len());
     Ok(())
 }
 

@@ -123,6 +123,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` were generated.
     Length,
+    /// The caller asked to stop (e.g. its HTTP client went away).
+    Cancelled,
 }
 
 /// The result of one generation.
@@ -159,6 +161,20 @@ pub fn generate(
     params: &SamplingParams,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
+    generate_cancellable(pipeline, tokenizer, prompt, params, on_text, &|| false)
+}
+
+/// [`generate`] that polls `cancelled` before the prefill and before every further token, and
+/// ends with [`FinishReason::Cancelled`] as soon as it returns true (no more work is sent to the
+/// pipeline's stages after that).
+pub fn generate_cancellable(
+    pipeline: &mut Pipeline,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    on_text: &mut dyn FnMut(&str),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Generation> {
     let sampler = Sampler::new(params.clone())?;
     let mut stops = sampler.stop_matcher();
     let mut stream = tokenizer.stream();
@@ -179,6 +195,10 @@ pub fn generate(
         }
     };
     let started = Instant::now();
+    if cancelled() {
+        out.finish = FinishReason::Cancelled;
+        return Ok(out);
+    }
     let mut logits = pipeline.logits_last(0, prompt)?;
     let mut decode_started = None;
     for step in 0..params.max_tokens {
@@ -204,9 +224,13 @@ pub fn generate(
         if step + 1 == params.max_tokens {
             break;
         }
+        if cancelled() {
+            out.finish = FinishReason::Cancelled;
+            break;
+        }
         logits = pipeline.logits_last(history.len() - 1, &[token])?;
     }
-    if out.finish != FinishReason::Stop {
+    if out.finish != FinishReason::Stop && out.finish != FinishReason::Cancelled {
         let tail = stream.finish()?;
         let outcome = stops.push(&tail);
         emit(&outcome.emit, &mut out);

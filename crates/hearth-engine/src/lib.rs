@@ -27,6 +27,7 @@ pub use model::{ClientHead, LoadOptions, ModelFormat, ModelSlice, ModelSource, S
 pub use weights::{BlockTensor, PackedWeight, TensorRole, Weight};
 
 pub use candle_core::{DType, Device, Tensor};
-pub use generate::{generate, FinishReason, Generation, HiddenStage, LocalStage, Pipeline};
+pub use generate::{
+    generate, generate_cancellable, FinishReason, Generation, HiddenStage, LocalStage, Pipeline};
 pub use session::{ServerStats, SessionId, SessionLimits, SliceServer};
 pub use synth::{SynthModel, SynthOptions};

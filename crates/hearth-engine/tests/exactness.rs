@@ -291,3 +291,35 @@ fn bf16_weights_on_hearth_kernels_match_widened_f32() {
     let d = max_abs_diff(&ours, &widened).unwrap();
     assert!(d <= 1e-3, "bf16 kernels vs widened f32: {d}");
 }
+
+/// A cancelled generation stops sending work to its stages at the next token and says why.
+#[test]
+fn generation_stops_at_the_next_token_once_cancelled() {
+    use hearth_engine::{generate_cancellable, FinishReason};
+    use hearth_sampling::SamplingParams;
+    use std::cell::Cell;
+    let dir = tempfile::tempdir().unwrap();
+    let src = synth_gguf(&dir.path().join("m.gguf"), "tiny", GgmlDType::Q8_0);
+    let tokenizer = src.tokenizer().unwrap();
+    let params = SamplingParams {
+        max_tokens: 24,
+        ..SamplingParams::default()
+    };
+    let prompt = tokenizer.encode("Hello", true).unwrap();
+    let mut p = pipeline(&src, &[]);
+    let full =
+        generate_cancellable(&mut p, &tokenizer, &prompt, &params, &mut |_| {}, &|| false).unwrap();
+    assert_eq!(full.tokens.len(), 24);
+    assert_eq!(full.finish, FinishReason::Length);
+
+    let calls = Cell::new(0);
+    let mut p = pipeline(&src, &[]);
+    let cut = generate_cancellable(&mut p, &tokenizer, &prompt, &params, &mut |_| {}, &|| {
+        calls.set(calls.get() + 1);
+        calls.get() > 3
+    })
+    .unwrap();
+    assert_eq!(cut.finish, FinishReason::Cancelled);
+    assert_eq!(cut.tokens.len(), 3, "stopped at the first check that said so");
+    assert_eq!(cut.tokens[..], full.tokens[..3]);
+}

@@ -1,1 +1,19 @@
-//! hearth-gateway (work in progress).
+//! hearth-gateway: an OpenAI-compatible HTTP API over the swarm.
+//!
+//! The gateway is a swarm client: it holds the model's embeddings, final norm and output head,
+//! tokenizes and samples locally, and sends only hidden states to nodes, so prompts and
+//! completions as text never leave it. It speaks `GET /v1/models`, `POST /v1/chat/completions`
+//! and `POST /v1/completions` (plain JSON and server-sent events), adds each response's
+//! verification trail (route + signed hop receipts) in an extra `hearth` field that OpenAI
+//! clients ignore, and exposes `/metrics` in Prometheus text format.
+//!
+//! This is the only crate that knows HTTP and the OpenAI JSON shapes.
+
+pub mod auth;
+pub mod backend;
+pub mod metrics;
+pub mod openai;
+pub mod server;
+
+pub use backend::{Backend, LocalBackend, SwarmBackend, Trail};
+pub use server::{router, serve, Gateway, GatewayConfig};

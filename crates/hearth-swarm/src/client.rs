@@ -13,7 +13,7 @@ use hearth_wire::{
     ReceiptBody, Request, Response, SessionKey, Step, INFERENCE_PROTOCOL,
 };
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -191,6 +191,15 @@ pub struct ChainLog {
     pub failovers: Vec<Failover>,
     /// Time spent waiting on hops (network + remote compute), per step.
     pub hop_time: Duration,
+    /// Answered steps and the time spent waiting on them, per node.
+    pub per_node: HashMap<PeerId, NodeTiming>,
+}
+
+/// How long one node took to answer this chain's steps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeTiming {
+    pub steps: u64,
+    pub total: Duration,
 }
 
 struct HopState {
@@ -310,8 +319,12 @@ impl SwarmChain {
     ) -> Result<HiddenStates, HopFailure> {
         let started = Instant::now();
         let (out, receipt) = step_on(hop, ctx, input).await?;
+        let took = started.elapsed();
         let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-        log.hop_time += started.elapsed();
+        log.hop_time += took;
+        let timing = log.per_node.entry(hop.peer).or_default();
+        timing.steps += 1;
+        timing.total += took;
         log.receipts.push((hop.peer, receipt));
         Ok(out)
     }

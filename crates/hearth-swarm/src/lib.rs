@@ -16,7 +16,7 @@ pub mod node;
 pub mod placement;
 pub mod routing;
 
-pub use client::{ClientConfig, SwarmChain, SwarmClient};
+pub use client::{ChainLog, ClientConfig, NodeTiming, SwarmChain, SwarmClient};
 pub use identity::NodeIdentity;
 pub use net::{Net, NetConfig, NetStatus};
 pub use node::{Node, NodeConfig};

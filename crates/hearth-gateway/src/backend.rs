@@ -1,0 +1,276 @@
+//! What runs a generation for the gateway: the swarm (the normal case: this process holds only
+//! the embeddings and the head, nodes run the blocks) or in-process slices (`--local`, one
+//! machine, no network). Both are blocking and run on tokio's blocking pool.
+
+use hearth_core::{BlockRange, ContentHash};
+use hearth_engine::{
+    generate_cancellable, ClientHead, Generation, HiddenStage, LoadOptions, LocalStage,
+    ModelSource, Pipeline, SessionLimits, SliceServer,
+};
+use hearth_sampling::SamplingParams;
+use hearth_swarm::{ChainLog, SwarmClient};
+use hearth_tokenizer::Tokenizer;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Who computed what for one response: the route, every signed hop receipt, and the failovers.
+/// Served to callers so they can check the signatures themselves.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Trail {
+    pub model_id: String,
+    pub route: Vec<RouteHop>,
+    pub receipts: Vec<ReceiptOut>,
+    pub failovers: Vec<FailoverOut>,
+    /// Whether every receipt verified against its node's key and the exact bytes exchanged
+    /// (checked by the gateway as it received them).
+    pub all_verified: bool,
+    /// Per node: answered steps and mean seconds per step (for metrics; not serialized).
+    #[serde(skip)]
+    pub node_latency: Vec<(String, u64, Duration)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteHop {
+    pub node: String,
+    pub blocks: String,
+}
+
+/// A hop receipt in a form any client can verify: `bytes` is the versioned encoding
+/// (`hearth_wire::Receipt::to_bytes`); the other fields repeat its contents for reading.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceiptOut {
+    pub node: String,
+    pub node_key: String,
+    pub step: u64,
+    pub blocks: String,
+    pub input: String,
+    pub output: String,
+    pub signature: String,
+    pub bytes: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FailoverOut {
+    pub node: String,
+    pub blocks: String,
+    pub reason: String,
+    pub recovery_ms: f64,
+    pub replayed_tokens: usize,
+}
+
+/// A generation request after validation: prompt tokens and sampling parameters.
+pub struct Job<'a> {
+    pub prompt: &'a [u32],
+    pub params: &'a SamplingParams,
+    /// Called with each piece of final text as soon as it exists.
+    pub on_text: &'a mut dyn FnMut(&str),
+    /// Polled before every token; true stops the generation and frees its sessions.
+    pub cancelled: &'a dyn Fn() -> bool,
+}
+
+/// Something that can generate: blocking, called from the blocking pool.
+pub trait Backend: Send + Sync + 'static {
+    /// The tokenizer (with the chat template) of the served model.
+    fn tokenizer(&self) -> &Tokenizer;
+    /// Longest prompt + completion, in tokens.
+    fn context_len(&self) -> usize;
+    /// The content-addressed model id.
+    fn model_id(&self) -> ContentHash;
+    fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail);
+}
+
+/// Generates through the swarm.
+pub struct SwarmBackend {
+    client: SwarmClient,
+    head: Arc<ClientHead>,
+    tokenizer: Tokenizer,
+    model_id: ContentHash,
+    n_blocks: u32,
+    context_len: usize,
+}
+
+impl SwarmBackend {
+    pub fn new(
+        client: SwarmClient,
+        head: Arc<ClientHead>,
+        tokenizer: Tokenizer,
+        model_id: ContentHash,
+    ) -> Self {
+        let cfg = head.config();
+        Self {
+            n_blocks: cfg.num_layers as u32,
+            context_len: cfg.max_position_embeddings,
+            client,
+            head,
+            tokenizer,
+            model_id,
+        }
+    }
+}
+
+impl Backend for SwarmBackend {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn context_len(&self) -> usize {
+        self.context_len
+    }
+
+    fn model_id(&self) -> ContentHash {
+        self.model_id
+    }
+
+    fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail) {
+        let max_len = (job.prompt.len() + job.params.max_tokens).min(self.context_len);
+        let chain = self.client.chain(self.model_id, self.n_blocks, max_len);
+        let log = chain.log();
+        let mut pipeline = Pipeline {
+            head: self.head.clone(),
+            stages: vec![Box::new(chain)],
+        };
+        let result = generate_cancellable(
+            &mut pipeline,
+            &self.tokenizer,
+            job.prompt,
+            job.params,
+            job.on_text,
+            job.cancelled,
+        )
+        .map_err(anyhow::Error::from);
+        // Dropping the chain closes its streams: nodes free the sessions now, not at expiry.
+        drop(pipeline);
+        let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (result, trail_of(&self.model_id, &log))
+    }
+}
+
+fn trail_of(model_id: &ContentHash, log: &ChainLog) -> Trail {
+    let receipts: Vec<ReceiptOut> = log
+        .receipts
+        .iter()
+        .map(|(peer, r)| ReceiptOut {
+            node: peer.to_string(),
+            node_key: hex(&r.node),
+            step: r.body.step,
+            blocks: r.body.span.to_string(),
+            input: r.body.input.to_hex(),
+            output: r.body.output.to_hex(),
+            signature: hex(&r.signature),
+            bytes: hex(&r.to_bytes()),
+        })
+        .collect();
+    Trail {
+        model_id: model_id.to_hex(),
+        route: log
+            .route
+            .iter()
+            .map(|(p, r)| RouteHop {
+                node: p.to_string(),
+                blocks: r.to_string(),
+            })
+            .collect(),
+        // The chain keeps only receipts it verified against the bytes it exchanged.
+        all_verified: log.receipts.iter().all(|(_, r)| r.verify().is_ok()),
+        receipts,
+        failovers: log
+            .failovers
+            .iter()
+            .map(|f| FailoverOut {
+                node: f.peer.to_string(),
+                blocks: f.range.to_string(),
+                reason: f.reason.clone(),
+                recovery_ms: f.recovery.as_secs_f64() * 1000.0,
+                replayed_tokens: f.replayed_tokens,
+            })
+            .collect(),
+        node_latency: log
+            .per_node
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.steps, t.total))
+            .collect(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Runs every block in this process (no swarm): for a single machine, and for tests.
+pub struct LocalBackend {
+    server: Arc<SliceServer>,
+    head: Arc<ClientHead>,
+    tokenizer: Tokenizer,
+    model_id: ContentHash,
+    blocks: BlockRange,
+    context_len: usize,
+}
+
+impl LocalBackend {
+    pub fn new(src: ModelSource, model_id: ContentHash) -> anyhow::Result<Self> {
+        let opts = LoadOptions::default();
+        let head = Arc::new(src.load_head(&opts, None)?);
+        let tokenizer = src.tokenizer()?;
+        let cfg = src.config();
+        let blocks = BlockRange::full(cfg.num_blocks())?;
+        let slice = Arc::new(src.load_slice(blocks, &opts, None)?);
+        Ok(Self {
+            server: Arc::new(SliceServer::new(slice, SessionLimits::default())),
+            blocks,
+            context_len: cfg.max_position_embeddings,
+            head,
+            tokenizer,
+            model_id,
+        })
+    }
+}
+
+impl Backend for LocalBackend {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn context_len(&self) -> usize {
+        self.context_len
+    }
+
+    fn model_id(&self) -> ContentHash {
+        self.model_id
+    }
+
+    fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail) {
+        let trail = Trail {
+            model_id: self.model_id.to_hex(),
+            route: vec![RouteHop {
+                node: "local".into(),
+                blocks: self.blocks.to_string(),
+            }],
+            all_verified: true,
+            ..Trail::default()
+        };
+        let max_len = (job.prompt.len() + job.params.max_tokens).min(self.context_len);
+        let stage = match LocalStage::open(self.server.clone(), max_len) {
+            Ok(stage) => stage,
+            Err(e) => return (Err(e.into()), trail),
+        };
+        let stages: Vec<Box<dyn HiddenStage>> = vec![Box::new(stage)];
+        let mut pipeline = Pipeline {
+            head: self.head.clone(),
+            stages,
+        };
+        let result = generate_cancellable(
+            &mut pipeline,
+            &self.tokenizer,
+            job.prompt,
+            job.params,
+            job.on_text,
+            job.cancelled,
+        );
+        (result.map_err(anyhow::Error::from), trail)
+    }
+}

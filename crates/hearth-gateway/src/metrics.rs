@@ -1,0 +1,170 @@
+//! Prometheus metrics of the gateway (`GET /metrics`, text exposition format).
+//!
+//! Label sets are bounded: endpoints and status codes are a fixed small set, and per-node
+//! series stop growing at [`MAX_NODE_SERIES`] distinct nodes (later ones share `other`), so a
+//! swarm full of short-lived peers cannot grow the gateway's memory without bound.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Distinct node labels kept before new nodes are counted under `other`.
+pub const MAX_NODE_SERIES: usize = 256;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub prompt_tokens: Counter,
+    pub completion_tokens: Counter,
+    pub time_to_first_token: Histogram,
+    pub decode_tokens_per_second: Histogram,
+    pub queue_depth: Gauge,
+    pub running: Gauge,
+    pub rejected_busy: Counter,
+    pub cancelled: Counter,
+    pub failovers: Counter,
+    pub node_step_seconds: HistogramFamily<NodeLabels>,
+    known_nodes: Mutex<HashSet<String>>,
+}
+
+fn latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("hearth_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests answered, by endpoint and status",
+            requests.clone(),
+        );
+        let prompt_tokens = Counter::default();
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens processed",
+            prompt_tokens.clone(),
+        );
+        let completion_tokens = Counter::default();
+        registry.register(
+            "completion_tokens",
+            "Completion tokens generated",
+            completion_tokens.clone(),
+        );
+        let time_to_first_token = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from request arrival to the first generated text",
+            time_to_first_token.clone(),
+        );
+        let decode_tokens_per_second = Histogram::new(exponential_buckets(0.5, 2.0, 12));
+        registry.register(
+            "decode_tokens_per_second",
+            "Decode speed of each generation after its first token",
+            decode_tokens_per_second.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Generations admitted and waiting for a slot",
+            queue_depth.clone(),
+        );
+        let running = Gauge::default();
+        registry.register("running", "Generations running now", running.clone());
+        let rejected_busy = Counter::default();
+        registry.register(
+            "rejected_busy",
+            "Requests refused with 429 because the queue was full",
+            rejected_busy.clone(),
+        );
+        let cancelled = Counter::default();
+        registry.register(
+            "cancelled",
+            "Generations stopped because the client went away",
+            cancelled.clone(),
+        );
+        let failovers = Counter::default();
+        registry.register(
+            "failovers",
+            "Nodes replaced mid-generation",
+            failovers.clone(),
+        );
+        let node_step_seconds: HistogramFamily<NodeLabels> =
+            Family::new_with_constructor(latency_buckets);
+        registry.register(
+            "node_step_seconds",
+            "Mean time a node took to answer one step, per generation",
+            node_step_seconds.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            prompt_tokens,
+            completion_tokens,
+            time_to_first_token,
+            decode_tokens_per_second,
+            queue_depth,
+            running,
+            rejected_busy,
+            cancelled,
+            failovers,
+            node_step_seconds,
+            known_nodes: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, endpoint: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
+    }
+
+    /// Records one generation's per-node mean step time.
+    pub fn node_steps(&self, node: &str, steps: u64, total: Duration) {
+        if steps == 0 {
+            return;
+        }
+        let label = {
+            let mut known = self.known_nodes.lock().unwrap_or_else(|p| p.into_inner());
+            if known.contains(node) || known.len() < MAX_NODE_SERIES {
+                known.insert(node.to_string());
+                node.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        self.node_step_seconds
+            .get_or_create(&NodeLabels { node: label })
+            .observe(total.as_secs_f64() / steps as f64);
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
