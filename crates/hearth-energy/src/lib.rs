@@ -5,6 +5,7 @@
 //! * [`policy`]: the pure decision `decide(input, state) → (decisions, state)`.
 //! * [`sim_device`]: a simulated device (power per mode, thermal RC), steppable in simulated time.
 //! * [`telemetry`]: NVML, RAPL, hwmon, /proc and simulated devices behind one interface.
+//! * [`signals`]: price CSV/JSON, hashprice, heat demand, OpenADR-3-shaped demand-response events.
 //! * [`bench`]: synthetic fleets and the timing of one decision.
 //!
 //! Invariant: the policy knows no IO and no clock; everything that touches hardware or the
@@ -13,6 +14,7 @@
 pub mod bench;
 pub mod policy;
 pub mod reading;
+pub mod signals;
 pub mod sim_device;
 pub mod telemetry;
 pub mod thermal;
