@@ -253,3 +253,15 @@ async fn luxos_rejects_a_wrong_session() {
     c.logoff(&sid).await.unwrap();
     assert!(matches!(c.logoff(&sid).await, Err(Error::Refused { .. })));
 }
+
+/// The agent keeps miners in `Arc`s and drives them from spawned tasks: a compile-time check.
+#[test]
+fn miner_and_its_futures_are_send() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<F: std::future::Future + Send>(_: F) {}
+    send_sync::<Miner>();
+    let m = Miner::Cgminer(CgminerClient::new("127.0.0.1:1"));
+    send(m.pause());
+    send(m.resume());
+    send(m.status());
+}
