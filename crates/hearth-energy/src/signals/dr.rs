@@ -55,7 +55,7 @@ fn duration_field(v: &Value) -> Result<Option<f64>, DrError> {
 }
 
 fn limit_w(kw: f64) -> Result<DrTarget, DrError> {
-    if kw.is_finite() && kw >= 0.0 && kw <= 1e7 {
+    if (0.0..=1e7).contains(&kw) {
         Ok(DrTarget::LimitW(kw * 1000.0))
     } else {
         bad(format!("limit {kw} kW is not a plausible site limit"))

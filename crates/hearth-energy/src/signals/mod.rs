@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// The bitcoin hashprice in $/TH/day from network figures:
 /// `reward · coin_usd · 86400 · 1e12 / (difficulty · 2^32)` (expected BTC per TH/s per day).
 pub fn hashprice_usd_per_th_day(difficulty: f64, block_reward_btc: f64, coin_usd: f64) -> f64 {
-    if !(difficulty > 0.0) {
+    if difficulty.is_nan() || difficulty <= 0.0 {
         return 0.0;
     }
     block_reward_btc * coin_usd * 86_400.0 * 1e12 / (difficulty * 4_294_967_296.0)
