@@ -131,7 +131,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/hearth/trails/{id}", get(get_trail))
-        .route_layer(axum::middleware::from_fn_with_state(gw.clone(), require_key));
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            require_key,
+        ));
     Router::new()
         .merge(v1)
         .route("/metrics", get(metrics))
@@ -293,9 +296,12 @@ fn prepare_chat(gw: &Gateway, req: ChatRequest) -> Result<Prepared, ApiError> {
     let template = tokenizer.chat_template().ok_or_else(|| {
         ApiError::invalid("This model has no chat template; use /v1/completions instead.")
     })?;
-    let text = template
-        .render(&messages, true)
-        .map_err(|e| ApiError::invalid_param("messages", format!("The chat template refused these messages: {e}")))?;
+    let text = template.render(&messages, true).map_err(|e| {
+        ApiError::invalid_param(
+            "messages",
+            format!("The chat template refused these messages: {e}"),
+        )
+    })?;
     // The template writes its own BOS token.
     let prompt = tokenizer
         .encode(&text, false)
@@ -345,7 +351,10 @@ fn prepare_completion(gw: &Gateway, req: CompletionRequest) -> Result<Prepared, 
         return Err(ApiError::invalid_param("echo", "`echo` is not supported."));
     }
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::invalid_param("suffix", "`suffix` is not supported."));
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "`suffix` is not supported.",
+        ));
     }
     let tokenizer = gw.backend.tokenizer();
     let prompt = match req.prompt {
@@ -391,10 +400,19 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
     if p.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_param("n", "Only `n: 1` is supported."));
     }
-    if p.logprobs.as_ref().is_some_and(|v| !v.is_null() && *v != Value::Bool(false)) {
-        return Err(ApiError::invalid_param("logprobs", "`logprobs` is not supported."));
+    if p.logprobs
+        .as_ref()
+        .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
+    {
+        return Err(ApiError::invalid_param(
+            "logprobs",
+            "`logprobs` is not supported.",
+        ));
     }
-    if p.tools.as_ref().is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty())) {
+    if p.tools
+        .as_ref()
+        .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    {
         return Err(ApiError::invalid_param("tools", "Tools are not supported."));
     }
     let ctx = gw.context_len();
@@ -410,14 +428,18 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
     let asked = p.max_completion_tokens.or(p.max_tokens);
     let max_tokens = match asked {
         Some(0) => {
-            return Err(ApiError::invalid_param("max_tokens", "`max_tokens` must be at least 1."))
-        }
-        Some(n) if n > gw.cfg.max_tokens as u64 => {
             return Err(ApiError::invalid_param(
                 "max_tokens",
-                format!("`max_tokens` is too large: {n}. This gateway allows at most {} completion tokens.", gw.cfg.max_tokens),
+                "`max_tokens` must be at least 1.",
             ))
         }
+        Some(n) if n > gw.cfg.max_tokens as u64 => return Err(ApiError::invalid_param(
+            "max_tokens",
+            format!(
+                "`max_tokens` is too large: {n}. This gateway allows at most {} completion tokens.",
+                gw.cfg.max_tokens
+            ),
+        )),
         Some(n) => {
             let n = n as usize;
             if prompt.len() + n > ctx {
@@ -465,7 +487,9 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
     let params = SamplingParams {
         temperature: temperature as f32,
         top_p: p.top_p.map(|t| t as f32),
-        seed: p.seed.map_or_else(|| unix_now() ^ prompt.len() as u64, |s| s as u64),
+        seed: p
+            .seed
+            .map_or_else(|| unix_now() ^ prompt.len() as u64, |s| s as u64),
         stop,
         max_tokens,
         frequency_penalty: p.frequency_penalty.unwrap_or(0.0) as f32,
@@ -492,7 +516,7 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
 /// What the generation thread sends to the response.
 enum GenEvent {
     Text(String),
-    Done(Result<Generation, String>, Box<Trail>),
+    Done(Result<Generation, String>, Arc<Trail>),
 }
 
 /// Sets the cancel flag when the response (or its stream) is dropped: the client went away.
@@ -524,10 +548,18 @@ async fn respond(
     };
     let id = gw.fresh_id();
     let cancel = Arc::new(AtomicBool::new(false));
-    let events = spawn_generation(gw.clone(), &prepared, ticket, cancel.clone());
+    let events = spawn_generation(gw.clone(), &id, &prepared, ticket, cancel.clone());
     let guard = CancelOnDrop(cancel);
     let mut response = if prepared.stream {
-        let stream = sse_stream(gw.clone(), kind, id.clone(), prepared, events, guard, arrived);
+        let stream = sse_stream(
+            gw.clone(),
+            kind,
+            id.clone(),
+            prepared,
+            events,
+            guard,
+            arrived,
+        );
         Sse::new(stream)
             .keep_alive(KeepAlive::default())
             .into_response()
@@ -550,6 +582,7 @@ async fn respond(
 /// returned channel. The generation stops when `cancel` is set or the receiver is dropped.
 fn spawn_generation(
     gw: Arc<Gateway>,
+    id: &str,
     prepared: &Prepared,
     ticket: Ticket,
     cancel: Arc<AtomicBool>,
@@ -557,6 +590,7 @@ fn spawn_generation(
     let (tx, rx) = mpsc::channel(256);
     let prompt = prepared.prompt.clone();
     let params = prepared.params.clone();
+    let id = id.to_string();
     tokio::spawn(async move {
         let slot = tokio::select! {
             slot = ticket.start() => slot,
@@ -565,6 +599,7 @@ fn spawn_generation(
         };
         let backend = gw.backend.clone();
         let started = Instant::now();
+        let books = gw.clone();
         let worker = tokio::task::spawn_blocking(move || {
             let cancelled = || cancel.load(Ordering::Relaxed) || tx.is_closed();
             let mut on_text = |text: &str| {
@@ -578,8 +613,12 @@ fn spawn_generation(
                 on_text: &mut on_text,
                 cancelled: &cancelled,
             });
+            let trail = match &result {
+                Ok(g) => account(&books, &id, g, trail),
+                Err(_) => Arc::new(trail),
+            };
             let result = result.map_err(|e| format!("{e:#}"));
-            let _ = tx.blocking_send(GenEvent::Done(result, Box::new(trail)));
+            let _ = tx.blocking_send(GenEvent::Done(result, trail));
         });
         let _ = worker.await;
         gw.admission.record_duration(started.elapsed());
@@ -595,8 +634,11 @@ fn finish_reason(f: FinishReason) -> &'static str {
     }
 }
 
-/// Books a finished generation into the metrics and the trail store.
+/// Books a finished (or cancelled) generation into the metrics and the trail store.
 fn account(gw: &Gateway, id: &str, g: &Generation, trail: Trail) -> Arc<Trail> {
+    if g.finish == FinishReason::Cancelled {
+        gw.metrics.cancelled.inc();
+    }
     gw.metrics.prompt_tokens.inc_by(g.prompt_tokens as u64);
     gw.metrics.completion_tokens.inc_by(g.tokens.len() as u64);
     if g.tokens.len() > 1 {
@@ -662,7 +704,6 @@ async fn collect(
             return err.into_response();
         }
     };
-    let trail = account(&gw, id, &g, *trail);
     let usage = Usage::new(g.prompt_tokens, g.tokens.len());
     let created = unix_now();
     let model = &gw.cfg.model_name;
@@ -719,7 +760,9 @@ struct StreamState {
 impl StreamState {
     fn chunk(&self, delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>) -> SseEvent {
         let choice = match self.kind {
-            Kind::Chat => json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}),
+            Kind::Chat => {
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
             Kind::Completion => json!({
                 "index": 0,
                 "text": delta.get("content").cloned().unwrap_or(Value::String(String::new())),
@@ -777,9 +820,12 @@ impl StreamState {
                 self.pending.push_back(c);
             }
             Some(GenEvent::Done(Ok(g), trail)) => {
-                let trail = account(&self.gw, &self.id, &g, *trail);
                 let trail = serde_json::to_value(&*trail).unwrap_or(Value::Null);
-                let c = self.chunk(json!({}), Some(finish_reason(g.finish)), Some(("hearth", trail)));
+                let c = self.chunk(
+                    json!({}),
+                    Some(finish_reason(g.finish)),
+                    Some(("hearth", trail)),
+                );
                 self.pending.push_back(c);
                 if self.include_usage {
                     let u = self.usage_chunk(Usage::new(g.prompt_tokens, g.tokens.len()));
@@ -904,7 +950,10 @@ impl Admission {
 
     /// Seconds until a place is likely free: one mean generation per `running` queued ones.
     fn retry_after_secs(&self) -> u64 {
-        let queued = self.admitted.load(Ordering::Relaxed).saturating_sub(self.running) as u64;
+        let queued = self
+            .admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.running) as u64;
         let mean = self.mean_ms.load(Ordering::Relaxed);
         (mean * (queued / self.running as u64 + 1))
             .div_ceil(1000)
