@@ -98,7 +98,8 @@ pub(crate) async fn api_request(
     Ok(value)
 }
 
-/// Reads until EOF or the first NUL byte, refusing more than `max` bytes.
+/// Reads until EOF, the first NUL byte, or a complete JSON value (for firmwares that neither
+/// close nor terminate), refusing more than `max` bytes.
 async fn read_reply(
     stream: &mut TcpStream,
     max: usize,
@@ -127,11 +128,16 @@ async fn read_reply(
             });
         }
         buf.extend_from_slice(data);
-        if done {
+        if done || is_complete_json(&buf) {
             break;
         }
     }
     Ok(buf)
+}
+
+fn is_complete_json(buf: &[u8]) -> bool {
+    buf.iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'}')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(buf).is_ok()
 }
 
 /// Parses a reply body (without its terminator).

@@ -61,6 +61,37 @@ pub struct MinerStatus {
     pub difficulty: Option<f64>,
 }
 
+/// How to reach a miner, as the agent's configuration names it, e.g.
+/// `{"kind":"cgminer","addr":"10.0.0.21:4028"}` or
+/// `{"kind":"builtin","url":"stratum+tcp://pool.example:3333","user":"bc1q….rig1"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum MinerSpec {
+    /// cgminer/bmminer API at `host:port`.
+    Cgminer {
+        /// `host:port`, usually port 4028.
+        addr: String,
+    },
+    /// LuxOS API at `host:port`.
+    Luxos {
+        /// `host:port`, usually port 4028.
+        addr: String,
+    },
+    /// The built-in CPU miner on a Stratum V1 pool.
+    Builtin {
+        /// `stratum+tcp://host:port`.
+        url: String,
+        /// Worker name.
+        user: String,
+        /// Worker password (pools mostly ignore it; default "x").
+        #[serde(default)]
+        password: Option<String>,
+        /// Start paused.
+        #[serde(default)]
+        start_paused: bool,
+    },
+}
+
 /// One controllable miner. Cheap to share behind an `Arc`; all methods take `&self`.
 #[derive(Debug)]
 pub enum Miner {
@@ -73,6 +104,29 @@ pub enum Miner {
 }
 
 impl Miner {
+    /// Builds the client a spec names, with default limits. A built-in miner starts its pool
+    /// connection in the background (needs a tokio runtime); external miners are not contacted
+    /// until the first call.
+    pub fn from_spec(spec: &MinerSpec) -> Result<Miner> {
+        Ok(match spec {
+            MinerSpec::Cgminer { addr } => Miner::Cgminer(cgminer::CgminerClient::new(addr)),
+            MinerSpec::Luxos { addr } => Miner::Luxos(luxos::LuxosClient::new(addr)),
+            MinerSpec::Builtin {
+                url,
+                user,
+                password,
+                start_paused,
+            } => {
+                let mut cfg = stratum::StratumConfig::new(url, user);
+                if let Some(p) = password {
+                    cfg.password = p.clone();
+                }
+                cfg.start_paused = *start_paused;
+                Miner::Builtin(stratum::BuiltinMiner::start(cfg)?)
+            }
+        })
+    }
+
     /// The kind of miner.
     pub fn kind(&self) -> MinerKind {
         match self {
@@ -82,9 +136,9 @@ impl Miner {
         }
     }
 
-    /// Stops hashing. External miners: one attempt, the error says why it failed (wrap in
-    /// [`backoff::retry`] to retry a miner that does not answer). Built-in: immediate; the pool
-    /// connection stays up.
+    /// Stops hashing. External miners: one attempt, the error says why it failed; to retry a
+    /// miner that does not answer, `backoff::retry(cfg, attempts, || miner.pause())` (retries
+    /// only timeouts and IO errors). Built-in: immediate; the pool connection stays up.
     pub async fn pause(&self) -> Result<()> {
         match self {
             Miner::Cgminer(c) => c.pause().await,

@@ -76,8 +76,8 @@ pub struct StratumConfig {
     pub write_timeout: Duration,
     /// Nonces hashed per batch (one blocking task); bounds the delay of a pause or new job.
     pub batch_size: u32,
-    /// Nonces tried per (extranonce2, version) before moving on; `u32::MAX` in production,
-    /// tests shrink it to exercise extranonce2 and version rolling.
+    /// Nonces tried per (extranonce2, version) before moving on; `u32::MAX` (the default)
+    /// means all 2^32; tests shrink it to exercise extranonce2 and version rolling.
     pub nonces_per_unit: u32,
     /// Longest accepted line from the pool, bytes.
     pub max_line: usize,
@@ -752,12 +752,22 @@ async fn run(
     ack: watch::Sender<u64>,
 ) {
     let mut backoff = Backoff::new(cfg.backoff);
+    let mut try_configure = cfg.version_rolling;
     loop {
         if control.borrow().shutdown {
             break;
         }
-        let mut authorized = false;
-        let end = session(&addr, &cfg, &shared, &mut control, &ack, &mut authorized).await;
+        let mut progress = Progress::default();
+        let end = session(
+            &addr,
+            &cfg,
+            try_configure,
+            &shared,
+            &mut control,
+            &ack,
+            &mut progress,
+        )
+        .await;
         shared.with(|s| {
             s.connected = false;
             s.authorized = false;
@@ -768,8 +778,14 @@ async fn run(
             Ok(End::Reconnect(why)) => shared.problem(format!("pool {addr}: {why}")),
             Err(e) => shared.problem(format!("pool {addr}: {e}")),
         }
-        if authorized {
+        if progress.authorized {
             backoff.reset();
+        }
+        // Some pools drop clients that send a method they do not know: when the session died
+        // before the subscribe answer, try the next one without `mining.configure`.
+        if try_configure && !progress.subscribed && progress.connected {
+            try_configure = false;
+            tracing::info!(pool = %addr, "retrying without mining.configure");
         }
         let delay = backoff.next_delay();
         tracing::info!(pool = %addr, delay_ms = delay.as_millis() as u64, "reconnecting");
@@ -790,6 +806,14 @@ async fn run(
     }
     let epoch = control.borrow().epoch;
     ack.send_replace(epoch);
+}
+
+/// How far a session got.
+#[derive(Debug, Default)]
+struct Progress {
+    connected: bool,
+    subscribed: bool,
+    authorized: bool,
 }
 
 enum End {
@@ -879,7 +903,6 @@ struct Session {
     live_jobs: VecDeque<String>,
     version_mask: Option<u32>,
     authorized: bool,
-    subscribed: bool,
     /// Position in the search space: (extranonce2 counter, version roll index, nonce).
     en2_counter: u64,
     roll_index: u32,
@@ -907,7 +930,11 @@ impl Session {
         let job = self.job.clone()?;
         let en1 = self.extranonce1.clone()?;
         let target = Target::from_difficulty(self.difficulty).ok()?;
-        let per_unit = u64::from(cfg.nonces_per_unit);
+        // u32::MAX stands for the whole 2^32 nonce range.
+        let per_unit = match cfg.nonces_per_unit {
+            u32::MAX => 1u64 << 32,
+            n => u64::from(n),
+        };
         let rolls = match self.version_mask {
             Some(m) if m != 0 => 1u32 << m.count_ones().min(8),
             _ => 1,
@@ -957,10 +984,11 @@ async fn join_opt<T>(
 async fn session(
     addr: &str,
     cfg: &StratumConfig,
+    try_configure: bool,
     shared: &Shared,
     control: &mut watch::Receiver<Control>,
     ack: &watch::Sender<u64>,
-    authorized_flag: &mut bool,
+    progress: &mut Progress,
 ) -> Result<End> {
     let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr))
         .await
@@ -972,6 +1000,7 @@ async fn session(
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut lines = LineReader::new(rd, cfg.max_line);
+    progress.connected = true;
     shared.with(|s| {
         s.connected = true;
         s.connects += 1;
@@ -988,12 +1017,11 @@ async fn session(
         live_jobs: VecDeque::new(),
         version_mask: None,
         authorized: false,
-        subscribed: false,
         en2_counter: 0,
         roll_index: 0,
         nonce_cursor: 0,
     };
-    if cfg.version_rolling {
+    if try_configure {
         let line = st.request(
             "mining.configure",
             json!([["version-rolling"], {"version-rolling.mask": "1fffe000", "version-rolling.min-bit-count": 2}]),
@@ -1046,7 +1074,7 @@ async fn session(
                         }
                         match parse_pool_line(&line, cfg.max_line) {
                             Ok(msg) => {
-                                if let Some(end) = handle_message(msg, &mut st, cfg, shared, &mut wr, authorized_flag).await? {
+                                if let Some(end) = handle_message(msg, &mut st, cfg, shared, &mut wr, progress).await? {
                                     return Ok(end);
                                 }
                             }
@@ -1109,7 +1137,7 @@ async fn handle_message<W: AsyncWrite + Unpin>(
     cfg: &StratumConfig,
     shared: &Shared,
     wr: &mut W,
-    authorized_flag: &mut bool,
+    progress: &mut Progress,
 ) -> Result<Option<End>> {
     match msg {
         PoolMessage::Response { id, result, error } => {
@@ -1155,7 +1183,7 @@ async fn handle_message<W: AsyncWrite + Unpin>(
                     shared.with(|s| s.extranonce1 = Some(hex::encode(&en1)));
                     st.extranonce1 = Some(en1);
                     st.extranonce2_size = size;
-                    st.subscribed = true;
+                    progress.subscribed = true;
                     if cfg.extranonce_subscribe {
                         let line = st.request(
                             "mining.extranonce.subscribe",
@@ -1179,7 +1207,7 @@ async fn handle_message<W: AsyncWrite + Unpin>(
                 Pending::Authorize => {
                     if result.as_bool() == Some(true) && error.is_none() {
                         st.authorized = true;
-                        *authorized_flag = true;
+                        progress.authorized = true;
                         shared.with(|s| s.authorized = true);
                         tracing::info!(user = %cfg.user, "authorized");
                     } else {

@@ -44,6 +44,8 @@ pub struct PoolOptions {
     pub close_first: u32,
     /// Only this worker is authorized (`None`: anyone).
     pub require_user: Option<String>,
+    /// Hang up on `mining.configure`, as some pools do with methods they do not know.
+    pub drop_on_configure: bool,
 }
 
 impl Default for PoolOptions {
@@ -55,6 +57,7 @@ impl Default for PoolOptions {
             version_rolling_mask: Some(0x1fff_e000),
             close_first: 0,
             require_user: None,
+            drop_on_configure: false,
         }
     }
 }
@@ -485,6 +488,9 @@ async fn pool_conn(
                 });
                 match method.as_str() {
                     "mining.configure" => {
+                        if opts.drop_on_configure {
+                            break;
+                        }
                         let wants = params.first().and_then(|e| e.as_array())
                             .is_some_and(|a| a.iter().any(|x| x == "version-rolling"));
                         let requested = params.get(1)

@@ -265,3 +265,54 @@ fn miner_and_its_futures_are_send() {
     send(m.resume());
     send(m.status());
 }
+
+#[tokio::test]
+async fn a_reply_without_terminator_or_close_is_read_when_complete() {
+    // Some firmwares answer and leave the connection open without a NUL.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf).await.unwrap();
+        s.write_all(br#"{"STATUS":[{"STATUS":"S","When":1,"Code":11,"Msg":"Summary","Description":"x"}],"SUMMARY":[{"MHS 5s":"12.5","Accepted":4,"Rejected":0}],"id":1}"#)
+            .await
+            .unwrap();
+        // Keep the socket open until the client hangs up.
+        let _ = s.read(&mut buf).await;
+    });
+    let c = CgminerClient::with_config(
+        addr,
+        ApiConfig {
+            io_timeout: Duration::from_secs(20),
+            ..fast()
+        },
+    );
+    let t0 = Instant::now();
+    let s = c.summary().await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "did not wait for the timeout"
+    );
+    assert_eq!((s.hashrate_5s_hs, s.accepted), (Some(12.5e6), 4));
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn miners_from_specs() {
+    let spec: hearth_mining::MinerSpec =
+        serde_json::from_str(r#"{"kind":"luxos","addr":"127.0.0.1:4028"}"#).unwrap();
+    assert_eq!(Miner::from_spec(&spec).unwrap().kind(), MinerKind::Luxos);
+    let spec: hearth_mining::MinerSpec = serde_json::from_str(
+        r#"{"kind":"builtin","url":"stratum+ssl://pool.example:443","user":"w"}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        Miner::from_spec(&spec),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(
+        serde_json::from_str::<hearth_mining::MinerSpec>(r#"{"kind":"asic","addr":"x"}"#).is_err()
+    );
+}

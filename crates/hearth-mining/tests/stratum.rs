@@ -332,3 +332,31 @@ async fn unsupported_pools_are_refused_up_front() {
         assert!(matches!(err, hearth_mining::Error::Unsupported(_)), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_hangs_up_on_configure_is_retried_without_it() {
+    let pool = TestPool::start(PoolOptions {
+        drop_on_configure: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(&pool);
+    cfg.version_rolling = true;
+    let miner = BuiltinMiner::start(cfg).unwrap();
+    let stats = pool
+        .wait_until("a share", T, |s| !s.accepted.is_empty())
+        .await
+        .unwrap();
+    assert_eq!(stats.methods[0], ["mining.configure"]);
+    assert_eq!(
+        &stats.methods[1][..2],
+        ["mining.subscribe", "mining.authorize"]
+    );
+    assert_eq!(
+        stats.accepted[0].version, 0x2000_0000,
+        "no rolling without BIP310"
+    );
+    assert_eq!(miner.stats().version_rolling_mask, None);
+    miner.shutdown().await;
+}
