@@ -171,10 +171,11 @@ pub fn serve_blocking(
         if no_keys {
             eprintln!("no API key configured: listening on loopback only ({addr})");
         }
-        eprintln!("OpenAI-compatible API at {url}/v1 (model \"{model_name}\"); metrics at {url}/metrics");
+        eprintln!(
+            "OpenAI-compatible API at {url}/v1 (model \"{model_name}\"); metrics at {url}/metrics"
+        );
         if let Some(ready) = &http.ready_file {
-            std::fs::write(ready, &url)
-                .with_context(|| format!("writing {}", ready.display()))?;
+            std::fs::write(ready, &url).with_context(|| format!("writing {}", ready.display()))?;
         }
         hearth_gateway::serve(listener, gateway, async {
             let _ = tokio::signal::ctrl_c().await;

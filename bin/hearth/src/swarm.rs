@@ -362,10 +362,7 @@ pub fn run_demo(args: DemoArgs, threads: Option<usize>) -> Result<()> {
         Some(spans.len()),
         &args.prompt,
     )?;
-    eprintln!(
-        "demo finished in {:.1} s",
-        started.elapsed().as_secs_f64(),
-    );
+    eprintln!("demo finished in {:.1} s", started.elapsed().as_secs_f64(),);
     if let Some(addr) = args.gateway {
         let http = crate::gateway::HttpArgs {
             http: addr,

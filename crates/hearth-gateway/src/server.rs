@@ -433,13 +433,15 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
                 "`max_tokens` must be at least 1.",
             ))
         }
-        Some(n) if n > gw.cfg.max_tokens as u64 => return Err(ApiError::invalid_param(
-            "max_tokens",
-            format!(
+        Some(n) if n > gw.cfg.max_tokens as u64 => {
+            return Err(ApiError::invalid_param(
+                "max_tokens",
+                format!(
                 "`max_tokens` is too large: {n}. This gateway allows at most {} completion tokens.",
                 gw.cfg.max_tokens
             ),
-        )),
+            ))
+        }
         Some(n) => {
             let n = n as usize;
             if prompt.len() + n > ctx {
@@ -985,10 +987,13 @@ impl Drop for Ticket {
     }
 }
 
+type TrailMap = HashMap<String, Arc<Trail>>;
+
 /// The last N responses' verification trails, by response id.
 struct Trails {
     kept: usize,
-    inner: Mutex<(VecDeque<String>, HashMap<String, Arc<Trail>>)>,
+    /// Ids oldest first, and the trails by id.
+    inner: Mutex<(VecDeque<String>, TrailMap)>,
 }
 
 impl Trails {

@@ -1,0 +1,199 @@
+//! The gateway over a real (in-process, loopback) swarm: answers equal local generation, every
+//! hop receipt in the trail verifies against its node's key, and a client that hangs up frees
+//! the sessions on the nodes.
+
+use hearth_core::BlockRange;
+use hearth_engine::identity::identity_cached;
+use hearth_engine::synth::{shape, SynthModel, SynthOptions};
+use hearth_engine::{DType, LoadOptions, ModelSource};
+use hearth_gateway::{Backend, Gateway, GatewayConfig, LocalBackend, SwarmBackend};
+use hearth_swarm::node::{Node, NodeConfig};
+use hearth_swarm::{ClientConfig, NetConfig, SwarmClient};
+use hearth_wire::Receipt;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn loopback() -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        ..NetConfig::default()
+    }
+}
+
+async fn node(model: &Path, dir: &Path, blocks: (u32, u32), bootstrap: Option<String>) -> Node {
+    let mut cfg = NodeConfig::new(model.to_path_buf(), dir.to_path_buf());
+    cfg.blocks = Some(BlockRange::new(blocks.0, blocks.1).unwrap());
+    cfg.net = loopback();
+    if let Some(b) = bootstrap {
+        cfg.net.bootstrap = vec![b.parse().unwrap()];
+    }
+    cfg.announce_ttl = Duration::from_secs(5);
+    // Slow enough that a long generation outlives the test unless it is cancelled.
+    cfg.step_delay = Duration::from_millis(20);
+    Node::start(cfg).await.unwrap()
+}
+
+async fn addr_of(n: &Node) -> String {
+    loop {
+        let addrs = n.net.status().await.listen_addrs;
+        if let Some(a) = addrs.first() {
+            return format!("{a}/p2p/{}", n.peer_id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_answers_carry_verifiable_receipts_and_hangups_free_node_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    SynthModel::new(shape("tiny").unwrap(), 5)
+        .unwrap()
+        .write_hf(&model, DType::F32, &SynthOptions::default())
+        .unwrap();
+    let a = node(&model, &dir.path().join("a"), (0, 3), None).await;
+    let boot = addr_of(&a).await;
+    let b = node(&model, &dir.path().join("b"), (3, 6), Some(boot.clone())).await;
+
+    let client = SwarmClient::start(ClientConfig {
+        net: NetConfig {
+            bootstrap: vec![boot.parse().unwrap()],
+            dht_server: false,
+            ..loopback()
+        },
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    let src = ModelSource::open(&model).unwrap();
+    let ident = identity_cached(&src, &dir.path().join("ids")).unwrap();
+    assert_eq!(ident.model_id, a.model_id);
+    client
+        .wait_for_coverage(&a.model_id, a.n_blocks)
+        .await
+        .unwrap();
+    let head = Arc::new(src.load_head(&LoadOptions::default(), None).unwrap());
+    let swarm = SwarmBackend::new(client, head, src.tokenizer().unwrap(), ident.model_id);
+    let local = LocalBackend::new(ModelSource::open(&model).unwrap(), ident.model_id).unwrap();
+
+    let cfg = || GatewayConfig {
+        model_name: "m".into(),
+        ..GatewayConfig::default()
+    };
+    let mut urls = Vec::new();
+    for backend in [Arc::new(swarm) as Arc<dyn Backend>, Arc::new(local)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        tokio::spawn(hearth_gateway::serve(
+            listener,
+            Gateway::new(backend, cfg()),
+            std::future::pending(),
+        ));
+    }
+    let http = reqwest::Client::new();
+    let req = json!({"model": "m", "messages": [{"role": "user", "content": "hello swarm"}],
+        "max_tokens": 6, "temperature": 0});
+    let mut answers = Vec::new();
+    for url in &urls {
+        let body: Value = http
+            .post(format!("{url}/v1/chat/completions"))
+            .body(req.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answers.push(body);
+    }
+    let (through_swarm, local) = (&answers[0], &answers[1]);
+    assert_eq!(
+        through_swarm["choices"][0]["message"]["content"],
+        local["choices"][0]["message"]["content"]
+    );
+    assert_eq!(through_swarm["usage"], local["usage"]);
+
+    // The trail: route over both nodes, and one receipt per hop per step, each verifiable.
+    let trail = &through_swarm["hearth"];
+    assert_eq!(trail["model_id"], ident.model_id.to_hex());
+    let route: Vec<(String, String)> = trail["route"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["node"].as_str().unwrap().to_string(),
+                h["blocks"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        route,
+        vec![
+            (a.peer_id.to_string(), "0..3".to_string()),
+            (b.peer_id.to_string(), "3..6".to_string())
+        ]
+    );
+    let receipts = trail["receipts"].as_array().unwrap();
+    let steps = through_swarm["usage"]["completion_tokens"]
+        .as_u64()
+        .unwrap() as usize;
+    // A prefill step plus one per further token, on each of the two hops.
+    assert_eq!(receipts.len(), 2 * steps.min(6), "{trail}");
+    for r in receipts {
+        let bytes: Vec<u8> = (0..r["bytes"].as_str().unwrap().len() / 2)
+            .map(|i| {
+                u8::from_str_radix(&r["bytes"].as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap()
+            })
+            .collect();
+        let receipt = Receipt::from_bytes(&bytes).unwrap();
+        receipt.verify().unwrap();
+        let peer: libp2p::PeerId = r["node"].as_str().unwrap().parse().unwrap();
+        let key = hearth_swarm::identity::public_key_of(&peer).unwrap();
+        assert_eq!(receipt.node, key, "signed by the node on the route");
+        assert_eq!(receipt.body.model_id, ident.model_id);
+        assert_eq!(receipt.body.span.to_string(), r["blocks"]);
+        // A tampered receipt does not verify.
+        let mut forged = receipt.clone();
+        forged.body.step += 1;
+        assert!(forged.verify().is_err());
+    }
+    assert_eq!(trail["all_verified"], true);
+
+    // A long streamed generation whose client hangs up: both nodes free the session.
+    let long = json!({"model": "m", "prompt": "a", "max_tokens": 1500, "stream": true});
+    let mut r = http
+        .post(format!("{}/v1/completions", urls[0]))
+        .body(long.to_string())
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        r.chunk().await.unwrap().unwrap();
+    }
+    wait_until(
+        "sessions to open on both nodes",
+        Duration::from_secs(20),
+        || a.sessions_open() == 1 && b.sessions_open() == 1,
+    )
+    .await;
+    drop(r);
+    // 1500 steps at 20 ms per hop would take a minute; the hang-up ends it within seconds.
+    wait_until(
+        "both nodes to free the session",
+        Duration::from_secs(10),
+        || a.sessions_open() == 0 && b.sessions_open() == 0,
+    )
+    .await;
+}
