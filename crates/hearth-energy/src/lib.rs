@@ -6,12 +6,18 @@
 //! * [`sim_device`]: a simulated device (power per mode, thermal RC), steppable in simulated time.
 //! * [`telemetry`]: NVML, RAPL, hwmon, /proc and simulated devices behind one interface.
 //! * [`signals`]: price CSV/JSON, hashprice, heat demand, OpenADR-3-shaped demand-response events.
+//! * [`control`]: miners (hearth-mining), GPU power limits (NVML), simulated devices; per-device
+//!   workers that retry with backoff.
+//! * [`agent`]: the runtime loop, the HTTP API (`/metrics`, `/api/state`, `/api/dr/events`) and
+//!   the configuration.
 //! * [`bench`]: synthetic fleets and the timing of one decision.
 //!
 //! Invariant: the policy knows no IO and no clock; everything that touches hardware or the
 //! network lives outside it and reaches it only through [`policy::PolicyInput`].
 
+pub mod agent;
 pub mod bench;
+pub mod control;
 pub mod policy;
 pub mod reading;
 pub mod signals;

@@ -122,13 +122,23 @@ impl HeatDemand {
 }
 
 /// A value with its last good update: a rejected update leaves it unchanged and records why.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Latest<T> {
     pub value: Option<T>,
     /// When the value was last updated, seconds.
     pub updated_s: Option<f64>,
     /// The last rejected update's error, if the latest attempt failed.
     pub last_error: Option<String>,
+}
+
+impl<T> Default for Latest<T> {
+    fn default() -> Self {
+        Latest {
+            value: None,
+            updated_s: None,
+            last_error: None,
+        }
+    }
 }
 
 impl<T> Latest<T> {

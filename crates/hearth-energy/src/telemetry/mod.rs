@@ -57,7 +57,12 @@ pub struct SimTelemetry(pub Arc<Mutex<SimulatedDevice>>);
 impl Telemetry for SimTelemetry {
     fn read(&self, now_s: f64) -> BoxFut<'_, Reading> {
         let r = match self.0.lock() {
-            Ok(d) => {
+            Ok(mut d) => {
+                // The device evolves in the agent's (wall) time: advance it to now.
+                if now_s > d.now_s {
+                    let dt = now_s - d.now_s;
+                    d.step(dt);
+                }
                 let mut r = d.reading();
                 // The simulated device runs on the agent's clock in the agent; keep its stamp
                 // unless a stall is being simulated.
@@ -92,5 +97,39 @@ impl Telemetry for FixedTelemetry {
                 ..Reading::default()
             });
         Box::pin(async move { r })
+    }
+}
+
+/// A miner's own report (hashrate, power, temperature) through hearth-mining. A miner that does
+/// not answer within the time limit gives a faulted reading (the policy idles it and the
+/// control worker keeps retrying); it never blocks the agent.
+#[derive(Debug, Clone)]
+pub struct MinerTelemetry {
+    pub miner: Arc<hearth_mining::Miner>,
+    pub timeout: std::time::Duration,
+}
+
+impl Telemetry for MinerTelemetry {
+    fn read(&self, now_s: f64) -> BoxFut<'_, Reading> {
+        Box::pin(async move {
+            let mut r = Reading {
+                at_s: now_s,
+                ..Reading::default()
+            };
+            match tokio::time::timeout(self.timeout, self.miner.status()).await {
+                Ok(Ok(s)) => {
+                    r.power_w = s.power_w;
+                    r.temp_c = s.temperature_c;
+                    r.utilization = Some(if s.paused || s.hashrate_hs <= 0.0 {
+                        0.0
+                    } else {
+                        1.0
+                    });
+                }
+                Ok(Err(e)) => r.fault = Some(format!("miner did not answer: {e}")),
+                Err(_) => r.fault = Some(format!("miner did not answer within {:?}", self.timeout)),
+            }
+            r
+        })
     }
 }
