@@ -1,0 +1,802 @@
+//! The fleet simulation: per interval, decide every device's mode, run the AI scheduler over the
+//! interval, then account energy, money, heat, temperature and demand response.
+//!
+//! Device policies ([`DevicePolicy`]):
+//! - `always-mine`: every mining-capable device mines (the AI partition serves AI);
+//! - `oracle`: mining devices follow the exact perfect-foresight schedule ([`crate::oracle`]);
+//! - `hearth`: mining devices follow `hearth_energy::decide_into` (the code `hearth agent` runs)
+//!   seeing only the current price (and optionally a day-ahead vector), no AI demand, no heat;
+//! - `hybrid`: the same policy with every signal: AI demand (it lends mining GPUs to the AI
+//!   queue and takes them back), heat value, demand response, site cap;
+//! - `mine-only` / `ai-only`: single-mode baselines (every device mines; every GPU serves AI).
+//!
+//! GPUs of groups marked `ai_dedicated` form a fixed AI partition in every policy except
+//! `mine-only`; they serve AI whenever thermally safe.
+//!
+//! Accounting (the same for every policy): energy at the drawn power (an AI GPU draws its AI
+//! power while it holds a job, its idle power otherwise); electricity at the interval's price;
+//! mining revenue at `hashrate × hashprice`; AI revenue per token produced (preemption overhead
+//! is unpaid); heat valued up to the site's heat demand; every mode change costs the group's
+//! `wear_usd`, and starting to mine also loses `restart_s` of mining revenue. Thermal state is
+//! stepped with the exact RC solution; a violation is any interval ending above a device's limit.
+//!
+//! Invariants: one pass over the trace, no allocation per step in the hot loop apart from the
+//! scheduler's job bookkeeping; results are a pure function of (fleet, prices, jobs, run, config).
+
+use crate::fleet::Fleet;
+use crate::jobs::Job;
+use crate::oracle::{self, OnOff};
+use crate::prices::PriceTrace;
+use crate::sched::{JobOutcome, SchedPolicy, Scheduler};
+use hearth_energy::{
+    decide_into, AiDemand, Decision, DeviceSpec, DeviceState, DrEvent, DrTarget, Mode,
+    PolicyConfig, PolicyInput, PolicyState, PriceForecast, Prices, Reading, Scratch, ThermalModel,
+};
+use serde::Serialize;
+
+/// Per-device policy of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DevicePolicy {
+    AlwaysMine,
+    Oracle,
+    Hearth,
+    Hybrid,
+    MineOnly,
+    AiOnly,
+}
+
+impl DevicePolicy {
+    pub const ALL: [DevicePolicy; 6] = [
+        DevicePolicy::AlwaysMine,
+        DevicePolicy::Oracle,
+        DevicePolicy::Hearth,
+        DevicePolicy::Hybrid,
+        DevicePolicy::MineOnly,
+        DevicePolicy::AiOnly,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DevicePolicy::AlwaysMine => "always-mine",
+            DevicePolicy::Oracle => "oracle",
+            DevicePolicy::Hearth => "hearth",
+            DevicePolicy::Hybrid => "hybrid",
+            DevicePolicy::MineOnly => "mine-only",
+            DevicePolicy::AiOnly => "ai-only",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DevicePolicy> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Knobs of a simulation.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The hearth policy's tunables (its `interval_s` is set to the trace step).
+    pub policy: PolicyConfig,
+    /// Give the hearth policy the current day's prices as a day-ahead vector.
+    pub day_ahead: bool,
+    /// Time-series resolution, seconds.
+    pub sample_s: f64,
+    /// After the trace, keep scheduling (with the last availability) until every job is done,
+    /// at most this many seconds.
+    pub drain_s: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            policy: hearth_policy_config(),
+            day_ahead: false,
+            sample_s: 86_400.0,
+            drain_s: 180.0 * 86_400.0,
+        }
+    }
+}
+
+/// The tunables hearth's policy runs with in the simulator (chosen on the 2018 trace; see
+/// docs/simulator.md).
+pub fn hearth_policy_config() -> PolicyConfig {
+    PolicyConfig {
+        interval_s: 300.0,
+        min_dwell_s: 3600.0,
+        hysteresis_frac: 0.02,
+        temp_margin_c: 5.0,
+        stale_after_s: 7200.0,
+    }
+}
+
+/// A demand-response window in simulated seconds with the site limit, watts.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DrWindow {
+    pub site: usize,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub limit_w: f64,
+}
+
+/// Demand-response windows of every site with a programme: the `events` most expensive days,
+/// `hours` long from that day's most expensive interval.
+pub fn dr_windows(fleet: &Fleet, trace: &PriceTrace) -> Vec<DrWindow> {
+    let step = trace.step_s as f64;
+    let per_day = (86_400 / trace.step_s) as usize;
+    let mut out = Vec::new();
+    for (si, site) in fleet.sites.iter().enumerate() {
+        let Some(dr) = &site.dr else { continue };
+        let mut days: Vec<(f64, usize)> = trace
+            .prices
+            .chunks(per_day)
+            .enumerate()
+            .map(|(d, c)| {
+                let (imax, pmax) =
+                    c.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f64::NEG_INFINITY),
+                            |b, (i, &p)| if p > b.1 { (i, p) } else { b },
+                        );
+                (pmax, d * per_day + imax)
+            })
+            .collect();
+        days.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(_, idx) in days.iter().take(dr.events as usize) {
+            let start_s = idx as f64 * step;
+            let end_s = (start_s + dr.hours as f64 * 3600.0).min(trace.duration_s());
+            out.push(DrWindow {
+                site: si,
+                start_s,
+                end_s,
+                limit_w: dr.limit_kw * 1000.0,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+    out
+}
+
+/// Totals of one run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Metrics {
+    pub policy: String,
+    pub scheduler: String,
+    pub devices: usize,
+    pub intervals: usize,
+    pub interval_s: u32,
+    pub energy_kwh: f64,
+    pub energy_cost_usd: f64,
+    pub mining_revenue_usd: f64,
+    pub ai_revenue_usd: f64,
+    pub heat_value_usd: f64,
+    pub switching_cost_usd: f64,
+    pub net_profit_usd: f64,
+    pub net_usd_per_kwh: f64,
+    /// Net profit per kWh of the sites' capacity over the run.
+    pub net_usd_per_cap_kwh: f64,
+    /// GPUs only (the devices that have a choice between mining and AI).
+    pub gpu_energy_kwh: f64,
+    pub gpu_net_usd: f64,
+    pub gpu_net_usd_per_kwh: f64,
+    /// Devices the device policy controls (not the AI partition): mining revenue − their
+    /// electricity − their switching costs. The oracle maximises exactly this.
+    pub mining_net_usd: f64,
+    pub mode_switches: u64,
+    pub jobs_total: usize,
+    pub jobs_done: usize,
+    pub mean_jct_s: f64,
+    pub p95_jct_s: f64,
+    pub mean_queue_s: f64,
+    pub p95_queue_s: f64,
+    pub preemptions: u64,
+    pub dr_intervals: u64,
+    pub dr_compliant: u64,
+    pub dr_compliance: f64,
+    pub thermal_violations: u64,
+    pub max_temp_c: f64,
+    pub wall_s: f64,
+}
+
+/// Per-group share of each mode over one sample.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupSeries {
+    pub site: String,
+    pub group: String,
+    pub count: u32,
+    /// Per sample: fraction of device-time in [mine, serve_ai, heat, idle].
+    pub frac: Vec<[f32; 4]>,
+}
+
+/// Time series of a run (one point per sample).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Series {
+    pub t_days: Vec<f64>,
+    pub profit_usd: Vec<f64>,
+    pub queue_len: Vec<f64>,
+    pub groups: Vec<GroupSeries>,
+}
+
+/// Everything a run produced.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub metrics: Metrics,
+    pub series: Series,
+    pub jobs: Vec<JobOutcome>,
+}
+
+fn mode_idx(m: Mode) -> usize {
+    match m {
+        Mode::Mine => 0,
+        Mode::ServeAi => 1,
+        Mode::Heat => 2,
+        Mode::Idle => 3,
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+#[derive(Clone, Debug)]
+struct Dev {
+    site: u16,
+    group: u16,
+    gpu: bool,
+    dedicated: bool,
+    sched: u32,
+    pol: u32,
+    temp: f64,
+    mode: Mode,
+    /// Mode in the previous interval (for switching costs).
+    prev: Mode,
+    power_w: f64,
+}
+
+struct SiteRt {
+    specs: Vec<DeviceSpec>,
+    readings: Vec<Reading>,
+    state: PolicyState,
+    prev: Vec<DeviceState>,
+    out: Vec<Decision>,
+    scratch: Scratch,
+    pol_devs: Vec<u32>,
+    events: Vec<DrEvent>,
+    cap_w: f64,
+}
+
+/// Percentile (nearest rank) of an unsorted slice; NaN when empty.
+pub fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// Runs one simulation. `trace` must already be at the simulation interval.
+pub fn simulate(
+    fleet: &Fleet,
+    trace: &PriceTrace,
+    jobs: &[Job],
+    policy: DevicePolicy,
+    scheduler: SchedPolicy,
+    cfg: &SimConfig,
+) -> RunResult {
+    let wall = std::time::Instant::now();
+    let econ = &fleet.economics;
+    let hashprice = econ.hashprice_usd_per_th_day;
+    let dt = trace.step_s as f64;
+    let dt_h = dt / 3600.0;
+    let n_steps = trace.len();
+    let mut pcfg = cfg.policy.clone();
+    pcfg.interval_s = dt;
+    pcfg.stale_after_s = pcfg.stale_after_s.max(2.0 * dt);
+    let windows = dr_windows(fleet, trace);
+
+    // Flatten devices; collect scheduler GPUs.
+    let mut devs: Vec<Dev> = Vec::with_capacity(fleet.device_count());
+    let mut sched_gpus: Vec<(u16, f64)> = Vec::new();
+    let mut sites: Vec<SiteRt> = Vec::new();
+    for (si, site) in fleet.sites.iter().enumerate() {
+        let amb0 = site.climate.outdoor_c(trace.start_unix) + site.climate.intake_offset_c;
+        let mut rt = SiteRt {
+            specs: Vec::new(),
+            readings: Vec::new(),
+            state: PolicyState::default(),
+            prev: Vec::new(),
+            out: Vec::new(),
+            scratch: Scratch::default(),
+            pol_devs: Vec::new(),
+            events: Vec::new(),
+            cap_w: site.power_cap_kw * 1000.0,
+        };
+        let mut dedicated_w = 0.0;
+        for (gi, g) in site.groups.iter().enumerate() {
+            let ai_capable = g.ai.is_some_and(|a| a.tokens_per_s > 0.0);
+            for k in 0..g.count {
+                let dedicated = g.ai_dedicated && policy != DevicePolicy::MineOnly;
+                let in_pool = ai_capable
+                    && (dedicated
+                        || policy == DevicePolicy::Hybrid
+                        || (policy == DevicePolicy::AiOnly
+                            && g.kind == hearth_energy::DeviceKind::Gpu));
+                let sched = if in_pool {
+                    sched_gpus.push((si as u16, g.ai_speed(econ.reference_tokens_per_s)));
+                    (sched_gpus.len() - 1) as u32
+                } else {
+                    NONE
+                };
+                let pol = if !dedicated
+                    && matches!(policy, DevicePolicy::Hearth | DevicePolicy::Hybrid)
+                {
+                    rt.specs
+                        .push(g.spec(format!("{}/{}/{k}", site.name, g.name), amb0, hashprice));
+                    rt.readings.push(Reading::default());
+                    rt.pol_devs.push(devs.len() as u32);
+                    (rt.specs.len() - 1) as u32
+                } else {
+                    NONE
+                };
+                if dedicated {
+                    dedicated_w += g.ai.map_or(0.0, |a| a.power_w);
+                }
+                devs.push(Dev {
+                    site: si as u16,
+                    group: gi as u16,
+                    gpu: g.kind == hearth_energy::DeviceKind::Gpu,
+                    dedicated,
+                    sched,
+                    pol,
+                    temp: amb0,
+                    mode: Mode::Idle,
+                    prev: Mode::Idle,
+                    power_w: g.idle_w,
+                });
+            }
+        }
+        rt.state.devices = vec![DeviceState::default(); rt.specs.len()];
+        rt.prev = rt.state.devices.clone();
+        rt.cap_w = (rt.cap_w - dedicated_w).max(0.0);
+        for (i, w) in windows.iter().enumerate().filter(|(_, w)| w.site == si) {
+            let lim = w.limit_w - dedicated_w;
+            rt.events.push(DrEvent {
+                id: format!("dr-{i}"),
+                start_s: w.start_s,
+                end_s: w.end_s,
+                target: if lim <= 0.0 {
+                    DrTarget::Curtail
+                } else {
+                    DrTarget::LimitW(lim)
+                },
+            });
+        }
+        sites.push(rt);
+    }
+    let mut sched = Scheduler::new(
+        scheduler,
+        jobs,
+        &sched_gpus,
+        econ.checkpoint_s,
+        econ.job_restart_s,
+    );
+
+    // Oracle schedules, one per (site, group) of mining devices.
+    let mut oracle_sched: Vec<Vec<Vec<bool>>> = Vec::new();
+    if policy == DevicePolicy::Oracle {
+        for site in &fleet.sites {
+            let mut per_group = Vec::new();
+            for g in &site.groups {
+                let mut s = Vec::new();
+                if let Some(m) = g.mine {
+                    let c = OnOff {
+                        rev_usd_per_h: g.mine_usd_per_h(hashprice),
+                        on_w: m.power_w,
+                        off_w: g.idle_w,
+                        start_usd: g.start_mining_cost_usd(hashprice),
+                        stop_usd: g.wear_usd,
+                    };
+                    oracle::optimal(&trace.prices, dt, &c, &mut s);
+                }
+                per_group.push(s);
+            }
+            oracle_sched.push(per_group);
+        }
+    }
+
+    let mut m = Metrics {
+        policy: policy.as_str().into(),
+        scheduler: scheduler.as_str().into(),
+        devices: devs.len(),
+        intervals: n_steps,
+        interval_s: trace.step_s,
+        max_temp_c: f64::NEG_INFINITY,
+        ..Metrics::default()
+    };
+    let sample_steps = ((cfg.sample_s / dt).round() as usize).max(1);
+    let mut series = Series::default();
+    let mut group_counts: Vec<Vec<[u64; 4]>> = fleet
+        .sites
+        .iter()
+        .map(|s| vec![[0u64; 4]; s.groups.len()])
+        .collect();
+    for (s, site) in fleet.sites.iter().enumerate() {
+        for g in &site.groups {
+            series.groups.push(GroupSeries {
+                site: site.name.clone(),
+                group: g.name.clone(),
+                count: g.count,
+                frac: Vec::new(),
+            });
+        }
+        let _ = s;
+    }
+    let mut queue_acc = 0.0;
+    let mut site_power = vec![0.0f64; fleet.sites.len()];
+    let mut site_gpu_power = vec![0.0f64; fleet.sites.len()];
+    let mut forecast_buf: Vec<f64> = Vec::new();
+    let cap_total_kw: f64 = fleet.sites.iter().map(|s| s.power_cap_kw).sum();
+
+    for k in 0..n_steps {
+        let t0 = k as f64 * dt;
+        let t_unix = trace.start_unix + t0 as i64;
+        let price = trace.prices[k];
+        let price_kwh = price / 1000.0;
+
+        // Demand for lending: GPUs wanted beyond the free capacity already serving AI.
+        let mut lend_need: u64 = 0;
+        if policy == DevicePolicy::Hybrid {
+            let free_ai = (0..sched.gpus.len())
+                .filter(|&g| sched.gpus[g].available && !sched.is_busy(g))
+                .count() as u64;
+            lend_need = sched.waiting_gpus().saturating_sub(free_ai);
+        }
+
+        // 1. Modes.
+        for (si, site) in fleet.sites.iter().enumerate() {
+            let outdoor = site.climate.outdoor_c(t_unix);
+            let ambient = outdoor + site.climate.intake_offset_c;
+            let heat_value = match &site.heat {
+                Some(h) if outdoor < h.setpoint_c && policy == DevicePolicy::Hybrid => {
+                    h.value_usd_per_mwh
+                }
+                _ => 0.0,
+            };
+            let rt = &mut sites[si];
+            if !rt.specs.is_empty() {
+                // Busy lent GPUs must stay in AI: count them into this site's demand.
+                let mut busy_lent = 0u64;
+                let mut lendable = 0u64;
+                for (pi, &d) in rt.pol_devs.iter().enumerate() {
+                    let dv = &devs[d as usize];
+                    if let Some(th) = rt.specs[pi].thermal.as_mut() {
+                        th.ambient_c = ambient;
+                    }
+                    let r = &mut rt.readings[pi];
+                    r.at_s = t0;
+                    r.temp_c = Some(dv.temp);
+                    r.power_w = Some(dv.power_w);
+                    if dv.sched != NONE {
+                        lendable += 1;
+                        if sched.is_busy(dv.sched as usize) {
+                            busy_lent += 1;
+                        }
+                    }
+                }
+                let take = lend_need.min(lendable.saturating_sub(busy_lent));
+                lend_need -= take;
+                let ai = if policy == DevicePolicy::Hybrid {
+                    AiDemand {
+                        jobs_waiting: (busy_lent + take).min(u32::MAX as u64) as u32,
+                        usd_per_mtok: econ.ai_usd_per_mtok,
+                    }
+                } else {
+                    AiDemand::default()
+                };
+                let forecast = if cfg.day_ahead {
+                    let per_day = (86_400.0 / dt) as usize;
+                    let day0 = (k / per_day) * per_day;
+                    forecast_buf.clear();
+                    forecast_buf
+                        .extend_from_slice(&trace.prices[day0..(day0 + per_day).min(n_steps)]);
+                    Some(PriceForecast {
+                        start_s: day0 as f64 * dt,
+                        step_s: dt,
+                        usd_per_mwh: &forecast_buf,
+                    })
+                } else {
+                    None
+                };
+                let input = PolicyInput {
+                    now_s: t0,
+                    devices: &rt.specs,
+                    readings: &rt.readings,
+                    prices: Prices {
+                        electricity_usd_per_mwh: price,
+                        hashprice_usd_per_th_day: hashprice,
+                        heat_value_usd_per_mwh: heat_value,
+                    },
+                    forecast,
+                    ai,
+                    events: &rt.events,
+                    site_cap_w: Some(rt.cap_w),
+                    config: &pcfg,
+                };
+                rt.prev.copy_from_slice(&rt.state.devices);
+                decide_into(&input, &mut rt.state, &mut rt.out, &mut rt.scratch);
+                if policy == DevicePolicy::Hybrid {
+                    keep_busy_in_ai(rt, &devs, &sched, &pcfg, t0);
+                }
+                for (pi, dec) in rt.out.iter().enumerate() {
+                    let d = &mut devs[rt.pol_devs[pi] as usize];
+                    d.mode = dec.mode;
+                    d.power_w = dec.power_w;
+                }
+            }
+            // Devices outside the hearth policy.
+            for d in devs
+                .iter_mut()
+                .filter(|d| d.site as usize == si && d.pol == NONE)
+            {
+                let g = &site.groups[d.group as usize];
+                let want = if d.dedicated {
+                    Mode::ServeAi
+                } else {
+                    match policy {
+                        DevicePolicy::AiOnly if d.sched != NONE => Mode::ServeAi,
+                        DevicePolicy::Oracle => {
+                            if oracle_sched[si][d.group as usize].get(k) == Some(&true) {
+                                Mode::Mine
+                            } else {
+                                Mode::Idle
+                            }
+                        }
+                        _ if g.mine.is_some() => Mode::Mine,
+                        _ => Mode::Idle,
+                    }
+                };
+                let p = match want {
+                    Mode::Mine => g.mine.map_or(g.idle_w, |x| x.power_w),
+                    Mode::ServeAi => g.ai.map_or(g.idle_w, |x| x.power_w),
+                    _ => g.idle_w,
+                };
+                // Thermal guard (the same margin the policy keeps).
+                let model = ThermalModel {
+                    ambient_c: ambient,
+                    r_c_per_w: g.r_c_per_w,
+                    tau_s: g.tau_s,
+                };
+                let ok = model.max_power_w(d.temp, g.temp_limit_c - pcfg.temp_margin_c, dt) >= p;
+                if ok {
+                    d.mode = want;
+                    d.power_w = p;
+                } else {
+                    d.mode = Mode::Idle;
+                    d.power_w = g.idle_w;
+                }
+            }
+        }
+
+        // 2. AI availability and the scheduler over this interval.
+        for d in &devs {
+            if d.sched != NONE {
+                sched.set_available(d.sched as usize, d.mode == Mode::ServeAi);
+            }
+        }
+        sched.advance_to(t0 + dt);
+        queue_acc += sched.waiting_len() as f64;
+
+        // 3. Accounting.
+        site_power.iter_mut().for_each(|p| *p = 0.0);
+        site_gpu_power.iter_mut().for_each(|p| *p = 0.0);
+        let mut prev_modes_changed = 0u64;
+        for d in devs.iter_mut() {
+            let site = &fleet.sites[d.site as usize];
+            let g = &site.groups[d.group as usize];
+            let mut p = d.power_w;
+            let mut revenue = 0.0;
+            match d.mode {
+                Mode::ServeAi => {
+                    let (held, work) = if d.sched != NONE {
+                        sched.take_usage(d.sched as usize)
+                    } else {
+                        (0.0, 0.0)
+                    };
+                    let ai_w = g.ai.map_or(g.idle_w, |a| a.power_w);
+                    p = g.idle_w + (ai_w - g.idle_w) * (held / dt).min(1.0);
+                    let tokens = work * econ.reference_tokens_per_s;
+                    let r = tokens * econ.ai_usd_per_mtok / 1e6;
+                    m.ai_revenue_usd += r;
+                    revenue += r;
+                }
+                Mode::Mine => {
+                    let nominal = g.mine.map_or(g.idle_w, |x| x.power_w);
+                    let scale = ((p - g.idle_w) / (nominal - g.idle_w).max(1e-9)).clamp(0.0, 1.0);
+                    let r = g.mine_usd_per_h(hashprice) * dt_h * scale;
+                    m.mining_revenue_usd += r;
+                    revenue += r;
+                }
+                _ => {}
+            }
+            let kwh = p * dt / 3.6e6;
+            let cost = kwh * price_kwh;
+            m.energy_kwh += kwh;
+            m.energy_cost_usd += cost;
+            // Switching.
+            let ds = &mut group_counts[d.site as usize][d.group as usize];
+            ds[mode_idx(d.mode)] += 1;
+            let prev = d.prev;
+            let mut sw = 0.0;
+            if d.mode != prev {
+                sw += g.wear_usd;
+                if d.mode == Mode::Mine {
+                    sw += g.restart_s / 3600.0 * g.mine_usd_per_h(hashprice);
+                }
+                prev_modes_changed += 1;
+            }
+            m.switching_cost_usd += sw;
+            if !d.dedicated {
+                m.mining_net_usd += if d.mode == Mode::Mine { revenue } else { 0.0 } - cost - sw;
+            }
+            if d.gpu {
+                m.gpu_energy_kwh += kwh;
+                m.gpu_net_usd += revenue - cost - sw;
+                site_gpu_power[d.site as usize] += p;
+            }
+            site_power[d.site as usize] += p;
+            // Thermal.
+            let outdoor = site.climate.outdoor_c(t_unix);
+            let model = ThermalModel {
+                ambient_c: outdoor + site.climate.intake_offset_c,
+                r_c_per_w: g.r_c_per_w,
+                tau_s: g.tau_s,
+            };
+            d.temp = model.step(d.temp, p, dt);
+            if d.temp > g.temp_limit_c + 1e-9 {
+                m.thermal_violations += 1;
+            }
+            m.max_temp_c = m.max_temp_c.max(d.temp);
+            d.power_w = p;
+            d.prev = d.mode;
+        }
+        m.mode_switches += prev_modes_changed;
+        for (si, site) in fleet.sites.iter().enumerate() {
+            if let Some(h) = &site.heat {
+                let outdoor = site.climate.outdoor_c(t_unix);
+                if outdoor < h.setpoint_c {
+                    let demand_w = h.ua_kw_per_c * (h.setpoint_c - outdoor) * 1000.0;
+                    let useful_w = site_power[si].min(demand_w);
+                    let v = useful_w * dt / 3.6e9 * h.value_usd_per_mwh;
+                    m.heat_value_usd += v;
+                    if site_power[si] > 0.0 {
+                        m.gpu_net_usd += v * site_gpu_power[si] / site_power[si];
+                    }
+                }
+            }
+            for w in windows.iter().filter(|w| w.site == si) {
+                if w.start_s <= t0 && t0 < w.end_s {
+                    m.dr_intervals += 1;
+                    if site_power[si] <= w.limit_w + 1e-6 {
+                        m.dr_compliant += 1;
+                    }
+                }
+            }
+        }
+
+        // 4. Time series.
+        if (k + 1) % sample_steps == 0 || k + 1 == n_steps {
+            let steps_in = ((k % sample_steps) + 1) as f64;
+            series.t_days.push((t0 + dt) / 86_400.0);
+            series.profit_usd.push(
+                m.mining_revenue_usd + m.ai_revenue_usd + m.heat_value_usd
+                    - m.energy_cost_usd
+                    - m.switching_cost_usd,
+            );
+            series.queue_len.push(queue_acc / steps_in);
+            queue_acc = 0.0;
+            let mut gi = 0;
+            for (si, site) in fleet.sites.iter().enumerate() {
+                for (g, grp) in site.groups.iter().enumerate() {
+                    let c = &mut group_counts[si][g];
+                    let denom = (grp.count as f64 * steps_in).max(1.0);
+                    series.groups[gi]
+                        .frac
+                        .push(c.map(|x| (x as f64 / denom) as f32));
+                    *c = [0; 4];
+                    gi += 1;
+                }
+            }
+        }
+    }
+
+    // Drain the queue after the trace with the last availability.
+    let end = trace.duration_s();
+    let mut t = end;
+    while !sched.all_done() && t < end + cfg.drain_s {
+        t += 3600.0;
+        sched.advance_to(t);
+    }
+
+    let outcomes = sched.outcomes();
+    m.preemptions = sched.preemptions;
+    m.jobs_total = outcomes.len();
+    let mut jct: Vec<f64> = outcomes.iter().filter_map(|o| o.jct_s).collect();
+    let mut qd: Vec<f64> = outcomes.iter().filter_map(|o| o.queue_delay_s).collect();
+    m.jobs_done = jct.len();
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    m.mean_jct_s = mean(&jct);
+    m.mean_queue_s = mean(&qd);
+    m.p95_jct_s = percentile(&mut jct, 0.95);
+    m.p95_queue_s = percentile(&mut qd, 0.95);
+    m.net_profit_usd = m.mining_revenue_usd + m.ai_revenue_usd + m.heat_value_usd
+        - m.energy_cost_usd
+        - m.switching_cost_usd;
+    m.net_usd_per_kwh = m.net_profit_usd / m.energy_kwh.max(1e-12);
+    m.net_usd_per_cap_kwh = m.net_profit_usd / (cap_total_kw * end / 3600.0).max(1e-12);
+    m.gpu_net_usd_per_kwh = m.gpu_net_usd / m.gpu_energy_kwh.max(1e-12);
+    m.dr_compliance = if m.dr_intervals == 0 {
+        1.0
+    } else {
+        m.dr_compliant as f64 / m.dr_intervals as f64
+    };
+    m.wall_s = wall.elapsed().as_secs_f64();
+    RunResult {
+        metrics: m,
+        series,
+        jobs: outcomes,
+    }
+}
+
+/// After the policy: a GPU running a job keeps serving AI if an idle device of the same group
+/// was picked for AI instead (the policy counts devices, not which ones hold jobs); the two
+/// swap decisions so no job is preempted for nothing.
+fn keep_busy_in_ai(rt: &mut SiteRt, devs: &[Dev], sched: &Scheduler, cfg: &PolicyConfig, now: f64) {
+    let n = rt.out.len();
+    for b in 0..n {
+        let db = &devs[rt.pol_devs[b] as usize];
+        if db.sched == NONE || !sched.is_busy(db.sched as usize) || rt.out[b].mode == Mode::ServeAi
+        {
+            continue;
+        }
+        let Some(f) = (0..n).find(|&f| {
+            let df = &devs[rt.pol_devs[f] as usize];
+            rt.out[f].mode == Mode::ServeAi
+                && df.group == db.group
+                && df.sched != NONE
+                && !sched.is_busy(df.sched as usize)
+        }) else {
+            continue;
+        };
+        // The busy device must be thermally able to keep its AI load.
+        let spec = &rt.specs[b];
+        let ok = match (spec.thermal, spec.temp_limit_c) {
+            (Some(th), Some(l)) => {
+                th.max_power_w(db.temp, l - cfg.temp_margin_c, cfg.interval_s) >= rt.out[f].power_w
+            }
+            _ => true,
+        };
+        if !ok {
+            continue;
+        }
+        let (mb, pb) = (rt.out[b].mode, rt.out[b].power_w);
+        rt.out[b].mode = rt.out[f].mode;
+        rt.out[b].power_w = rt.out[f].power_w;
+        rt.out[f].mode = mb;
+        rt.out[f].power_w = pb;
+        for i in [b, f] {
+            let prev = rt.prev[i];
+            rt.state.devices[i] = if rt.out[i].mode != prev.mode {
+                DeviceState {
+                    mode: rt.out[i].mode,
+                    since_s: now,
+                    switches: prev.switches + 1,
+                }
+            } else {
+                prev
+            };
+        }
+    }
+}
