@@ -478,8 +478,9 @@ impl CgminerClient {
         result
     }
 
-    /// Re-enables the pools [`Self::pause`] disabled, or every disabled pool when this client
-    /// did not pause (e.g. the agent restarted).
+    /// Re-enables the pools [`Self::pause`] disabled (none if it found them all disabled
+    /// already), or every disabled pool when this client has not paused the miner (e.g. the
+    /// agent restarted).
     pub async fn resume(&self) -> Result<()> {
         let remembered = self
             .paused_pools
@@ -487,8 +488,8 @@ impl CgminerClient {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let ids = match remembered {
-            Some(ids) if !ids.is_empty() => ids,
-            _ => self
+            Some(ids) => ids,
+            None => self
                 .pools()
                 .await?
                 .into_iter()

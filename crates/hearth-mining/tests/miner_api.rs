@@ -84,6 +84,13 @@ async fn resume_restores_only_what_pause_disabled() {
     assert_eq!(api.state().pools_enabled, vec![true, true, false]);
     // Already-enabled is an info reply, not an error.
     c.enable_pool(0).await.unwrap();
+
+    // A miner the operator switched off entirely stays off across pause/resume.
+    c.disable_pool(0).await.unwrap();
+    c.disable_pool(1).await.unwrap();
+    c.pause().await.unwrap();
+    c.resume().await.unwrap();
+    assert_eq!(api.state().pools_enabled, vec![false, false, false]);
 }
 
 #[tokio::test]
