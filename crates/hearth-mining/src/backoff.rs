@@ -84,7 +84,7 @@ impl Backoff {
 }
 
 /// Runs `op` up to `attempts` times, sleeping with backoff between tries, as long as the error
-/// is transient ([`Error::is_transient`]). Returns the last error otherwise.
+/// is transient ([`crate::Error::is_transient`]). Returns the last error otherwise.
 pub async fn retry<T, F, Fut>(cfg: BackoffConfig, attempts: u32, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,

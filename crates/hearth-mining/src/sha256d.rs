@@ -10,7 +10,7 @@
 //!   read as a little-endian number is `<=` the target.
 //!
 //! Invariant: pure functions, no IO; every parser takes untrusted input and returns an
-//! [`Error`](crate::Error) instead of panicking.
+//! [`Error`] instead of panicking.
 
 use sha2::{Digest, Sha256};
 
