@@ -81,7 +81,8 @@ impl Telemetry for SimTelemetry {
     }
 }
 
-/// A fixed reading source for tests: returns whatever was last stored.
+/// A fixed reading source for tests: returns whatever was last stored, stamped now (a live
+/// sensor whose values do not change).
 #[derive(Clone, Debug, Default)]
 pub struct FixedTelemetry(pub Arc<Mutex<Reading>>);
 
@@ -90,7 +91,10 @@ impl Telemetry for FixedTelemetry {
         let r = self
             .0
             .lock()
-            .map(|r| r.clone())
+            .map(|r| Reading {
+                at_s: now_s,
+                ..r.clone()
+            })
             .unwrap_or_else(|_| Reading {
                 at_s: now_s,
                 fault: Some("lock poisoned".into()),

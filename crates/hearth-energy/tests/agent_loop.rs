@@ -1,0 +1,373 @@
+//! The agent's loop with fakes and with hearth-mining's local protocol servers: a DR event
+//! POSTed over HTTP curtails devices within 1 s; /metrics is Prometheus text with the device
+//! series; a miner that does not answer does not stop the loop; cgminer/LuxOS miners are paused
+//! and resumed by the decision; malformed input is rejected and the last good values kept.
+
+use hearth_energy::agent::{Agent, AgentConfig, AgentDevice, Backend, DeviceConfig};
+use hearth_energy::control::{Actuator, Command, FakeActuator};
+use hearth_energy::signals::http;
+use hearth_energy::telemetry::FixedTelemetry;
+use hearth_energy::*;
+use hearth_mining::testing::{MinerApiOptions, TestMinerApi};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn asic(id: &str) -> DeviceSpec {
+    DeviceSpec {
+        id: id.into(),
+        kind: DeviceKind::Asic,
+        idle_w: 10.0,
+        mine: Some(MineSpec {
+            power_w: 1000.0,
+            hashrate_th_s: 50.0,
+        }),
+        ai: None,
+        heat: None,
+        temp_limit_c: None,
+        thermal: None,
+        power_limit_range_w: None,
+        switch_cost_usd: 0.0,
+    }
+}
+
+fn config(interval_s: f64) -> AgentConfig {
+    let mut c = AgentConfig {
+        interval_s,
+        ..AgentConfig::default()
+    };
+    c.policy.min_dwell_s = 0.0;
+    c.price.fixed_usd_per_mwh = 20.0; // break-even of `asic` is ~105 $/MWh: mine
+    c
+}
+
+fn fake_device(id: &str) -> (AgentDevice, FakeActuator) {
+    let fake = FakeActuator::default();
+    let dev = AgentDevice {
+        spec: asic(id),
+        telemetry: Arc::new(FixedTelemetry(Arc::new(Mutex::new(Reading {
+            power_w: Some(10.0),
+            temp_c: Some(40.0),
+            ..Reading::default()
+        })))),
+        actuator: Arc::new(fake.clone()) as Arc<dyn Actuator>,
+        backend: "fake".into(),
+    };
+    (dev, fake)
+}
+
+/// Starts the agent on 127.0.0.1:0; returns its base URL and a shutdown trigger.
+async fn start(
+    agent: Agent,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    Arc<agent_shared::S>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shared = agent.shared.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(agent.run(listener, async move {
+        let _ = rx.await;
+    }));
+    (url, tx, shared)
+}
+
+mod agent_shared {
+    pub type S = hearth_energy::agent::Shared;
+}
+
+async fn post(url: &str, path: &str, body: &str) -> (u16, String) {
+    let (hostport, _) = http::split_url(url).unwrap();
+    let mut s = tokio::net::TcpStream::connect(&hostport).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+async fn wait_for(what: &str, mut pred: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !pred() {
+        assert!(t.elapsed() < LONG, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn last_mode(f: &FakeActuator) -> Option<Mode> {
+    f.log.lock().unwrap().last().map(|c: &Command| c.mode)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dr_event_over_http_curtails_within_one_second() {
+    let mut devs = Vec::new();
+    let mut fakes = Vec::new();
+    for i in 0..3 {
+        let (d, f) = fake_device(&format!("asic{i}"));
+        devs.push(d);
+        fakes.push(f);
+    }
+    // A long interval: only the event can cause the next decision.
+    let agent = Agent::new(config(300.0), devs).unwrap();
+    let (url, _stop, shared) = start(agent).await;
+    wait_for("mining", || {
+        fakes.iter().all(|f| last_mode(f) == Some(Mode::Mine))
+    })
+    .await;
+    let t0 = Instant::now();
+    let (code, text) = post(
+        &url,
+        "/api/dr/events",
+        r#"{"id":"grid-1","intervalPeriod":{"duration":"PT10M"},"intervals":[{"payloads":[{"type":"SIMPLE","values":[1]}]}]}"#,
+    )
+    .await;
+    assert_eq!(code, 201, "{text}");
+    wait_for("curtailment", || {
+        fakes.iter().all(|f| last_mode(f) == Some(Mode::Idle))
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(1), "curtailed after {took:?}");
+    let snap = shared.snapshot();
+    assert_eq!(snap.dr_active, vec!["grid-1".to_string()]);
+    assert!(
+        snap.devices.iter().all(|d| d.reason.contains("grid-1")),
+        "{:?}",
+        snap.devices[0].reason
+    );
+    // Cancelling the event lets them mine again.
+    let (hostport, _) = http::split_url(&url).unwrap();
+    let mut s = tokio::net::TcpStream::connect(&hostport).await.unwrap();
+    s.write_all(format!("DELETE /api/dr/events/grid-1 HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 204"));
+    wait_for("mining again", || {
+        fakes.iter().all(|f| last_mode(f) == Some(Mode::Mine))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_state_expose_devices_and_bad_input_is_rejected() {
+    let (d0, _f0) = fake_device("asic0");
+    let agent = Agent::new(config(300.0), vec![d0]).unwrap();
+    let (url, _stop, shared) = start(agent).await;
+    wait_for("a decision", || shared.snapshot().decisions >= 1).await;
+    let body = http::get(&format!("{url}/metrics"), LONG).await.unwrap();
+    let text = String::from_utf8(body).unwrap();
+    // Every sample line is `name{labels} value` with a numeric value.
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(series.starts_with("hearth_"), "{line}");
+        samples.insert(series.to_string(), v);
+    }
+    assert!(text.trim_end().ends_with("# EOF"));
+    assert_eq!(
+        samples.get(r#"hearth_device_mode{device="asic0",mode="mine"}"#),
+        Some(&1.0)
+    );
+    assert_eq!(
+        samples.get(r#"hearth_device_mode{device="asic0",mode="idle"}"#),
+        Some(&0.0)
+    );
+    assert_eq!(
+        samples.get(r#"hearth_device_temperature_celsius{device="asic0"}"#),
+        Some(&40.0)
+    );
+    assert_eq!(
+        samples.get("hearth_electricity_price_usd_per_mwh"),
+        Some(&20.0)
+    );
+    assert!(samples.contains_key(r#"hearth_device_planned_watts{device="asic0"}"#));
+
+    // Bad price: 400, the last good price stays; a good one is used at once.
+    let (code, text) = post(&url, "/api/price", r#"{"usd_per_mwh": "lots"}"#).await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("error"));
+    let (code, _) = post(&url, "/api/price", r#"{"usd_per_mwh": 300}"#).await;
+    assert_eq!(code, 200);
+    wait_for("the new price", || {
+        shared.snapshot().signals.electricity_usd_per_mwh == 300.0
+    })
+    .await;
+    let (code, _) = post(&url, "/api/price", r#"{"usd_per_mwh": -1e12}"#).await;
+    assert_eq!(code, 400);
+    let snap = shared.snapshot();
+    assert_eq!(snap.signals.electricity_usd_per_mwh, 300.0);
+    // At 300 $/MWh mining stops, and says why.
+    let d = &snap.devices[0];
+    assert_eq!(d.mode, Mode::Idle);
+    assert!(
+        d.reason
+            .contains(": price 300 $/MWh > break-even 105 $/MWh"),
+        "{}",
+        d.reason
+    );
+    // Bad events are refused with a reason.
+    let (code, text) = post(&url, "/api/dr/events", r#"{"id":"x","target":"curtail"}"#).await;
+    assert_eq!(code, 400);
+    assert!(text.contains("duration"), "{text}");
+    let big = format!(r#"{{"id":"{}"}}"#, "a".repeat(100_000));
+    let (code, _) = post(&url, "/api/dr/events", &big).await;
+    assert_eq!(code, 413);
+    assert!(shared.dr.lock().unwrap().events().is_empty());
+    // The JSON state carries devices, readings and reasons.
+    let body = http::get(&format!("{url}/api/state"), LONG).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["devices"][0]["id"], "asic0");
+    assert_eq!(v["devices"][0]["mode"], "idle");
+    assert!(v["devices"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("break-even"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miner_that_does_not_answer_does_not_stop_the_loop() {
+    let silent = TestMinerApi::start(MinerApiOptions {
+        silent: true,
+        ..MinerApiOptions::default()
+    })
+    .await
+    .unwrap();
+    let (d0, f0) = fake_device("good");
+    let (d1, f1) = fake_device("hung");
+    f1.hang.store(true, Ordering::SeqCst);
+    let mut cfg = config(0.2);
+    cfg.devices.push(DeviceConfig {
+        spec: asic("silent"),
+        backend: Backend::Cgminer {
+            addr: silent.addr(),
+        },
+    });
+    let mut agent = Agent::from_config(cfg).unwrap();
+    agent.devices.insert(0, d0);
+    agent.devices.insert(1, d1);
+    agent.read_timeout = Duration::from_millis(100);
+    agent.worker.attempt_timeout = Duration::from_millis(100);
+    agent.worker.backoff.initial = Duration::from_millis(20);
+    agent.worker.backoff.max = Duration::from_millis(100);
+    let (_url, _stop, shared) = start(agent).await;
+    wait_for("good device mining", || last_mode(&f0) == Some(Mode::Mine)).await;
+    // Decisions keep coming while one actuator hangs and one miner never answers.
+    let n0 = shared.snapshot().decisions;
+    wait_for("more decisions", || shared.snapshot().decisions >= n0 + 5).await;
+    let snap = shared.snapshot();
+    let silent_view = snap.devices.iter().find(|d| d.id == "silent").unwrap();
+    assert_eq!(silent_view.mode, Mode::Idle);
+    assert!(
+        silent_view.reason.contains("did not answer"),
+        "{}",
+        silent_view.reason
+    );
+    wait_for("retries of the silent miner", || {
+        let s = shared.snapshot();
+        let v = s.devices.iter().find(|d| d.id == "silent").unwrap();
+        v.control.failures >= 2 && v.control.last_error.is_some()
+    })
+    .await;
+    let hung = snap.devices.iter().find(|d| d.id == "hung").unwrap();
+    assert!(hung.control.applied.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgminer_and_luxos_follow_the_decision() {
+    let cg = TestMinerApi::start(MinerApiOptions::default())
+        .await
+        .unwrap();
+    let lux = TestMinerApi::start(MinerApiOptions {
+        luxos: true,
+        ..MinerApiOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(300.0);
+    cfg.price.fixed_usd_per_mwh = 500.0; // too dear: pause
+    cfg.devices.push(DeviceConfig {
+        spec: asic("s19"),
+        backend: Backend::Cgminer { addr: cg.addr() },
+    });
+    cfg.devices.push(DeviceConfig {
+        spec: asic("lux"),
+        backend: Backend::Luxos { addr: lux.addr() },
+    });
+    let agent = Agent::from_config(cfg).unwrap();
+    let (url, _stop, _shared) = start(agent).await;
+    cg.wait_until("pools disabled", LONG, |s| {
+        s.pools_enabled.iter().all(|e| !e)
+    })
+    .await
+    .unwrap();
+    lux.wait_until("curtailed", LONG, |s| s.sleeping)
+        .await
+        .unwrap();
+    // Cheap power: resume both.
+    let (code, _) = post(&url, "/api/price", r#"{"usd_per_mwh": 10}"#).await;
+    assert_eq!(code, 200);
+    cg.wait_until("pools enabled", LONG, |s| {
+        s.pools_enabled.iter().all(|e| *e)
+    })
+    .await
+    .unwrap();
+    lux.wait_until("woken", LONG, |s| !s.sleeping)
+        .await
+        .unwrap();
+    // A curtail event pauses them again within a second.
+    let t0 = Instant::now();
+    let (code, _) = post(
+        &url,
+        "/api/dr/events",
+        r#"{"id":"e","duration":"PT1M","target":"curtail"}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    cg.wait_until("pools disabled", LONG, |s| {
+        s.pools_enabled.iter().all(|e| !e)
+    })
+    .await
+    .unwrap();
+    lux.wait_until("curtailed", LONG, |s| s.sleeping)
+        .await
+        .unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_demo_decides_once() {
+    let agent = Agent::from_config(AgentConfig::simulated_demo()).unwrap();
+    let snap = agent.once().await;
+    assert_eq!(snap.devices.len(), 4);
+    // At 50 $/MWh the ASIC mines (break-even ~130), the AI job goes to one GPU.
+    let asic = snap.devices.iter().find(|d| d.id == "sim-asic0").unwrap();
+    assert_eq!(asic.mode, Mode::Mine, "{}", asic.reason);
+    assert_eq!(
+        snap.devices
+            .iter()
+            .filter(|d| d.mode == Mode::ServeAi)
+            .count(),
+        1
+    );
+    assert!(snap.planned_w <= 4000.0 + 1e-9);
+}
