@@ -23,7 +23,7 @@
 //!    temperature at the end of the interval stays ≤ `limit − temp_margin`; a power-limitable
 //!    device is derated to the largest power that keeps it there (revenue scaled by power).
 //! 3. **Hysteresis:** the device's current mode gets `+b`, every other mode `−b`, where
-//!    `b = switch_cost / max(dwell, switch_amortize) + hysteresis_frac · e · (P − I)/1e6`. A mode must have a
+//!    `b = switch_cost / max(dwell, 1 h) + hysteresis_frac · e · (P − I)/1e6`. A mode must have a
 //!    positive adjusted gain to be chosen. So a miner stops when the price passes break-even by
 //!    the band and starts again only when it falls back below it by the band.
 //! 4. **Minimum dwell:** a device that switched less than `min_dwell` ago keeps its mode (even at a
@@ -161,6 +161,10 @@ impl DrEvent {
     }
 }
 
+/// A switch's cost is spread over this many seconds (or the dwell, if longer) of running in the
+/// new mode: an hour, the time scale of hourly prices.
+pub const SWITCH_AMORTIZE_S: f64 = 3600.0;
+
 /// Tunables of the policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -173,9 +177,6 @@ pub struct PolicyConfig {
     pub hysteresis_frac: f64,
     /// Keep this many °C below each device's temperature limit.
     pub temp_margin_c: f64,
-    /// A switch's cost is spread over this many seconds (or the dwell, if longer) of running in
-    /// the new mode.
-    pub switch_amortize_s: f64,
     /// A reading older than this is stale, seconds.
     pub stale_after_s: f64,
 }
@@ -187,7 +188,6 @@ impl Default for PolicyConfig {
             min_dwell_s: 300.0,
             hysteresis_frac: 0.05,
             temp_margin_c: 5.0,
-            switch_amortize_s: 3600.0,
             stale_after_s: 180.0,
         }
     }
@@ -715,7 +715,7 @@ fn fit_thermal(
 
 /// Hysteresis band for a device running `extra_w` above idle, $/h.
 fn band(spec: &DeviceSpec, cfg: &PolicyConfig, dwell: f64, price: f64, extra_w: f64) -> f64 {
-    let hours = (dwell.max(cfg.switch_amortize_s).max(cfg.interval_s) / 3600.0).max(1e-9);
+    let hours = (dwell.max(SWITCH_AMORTIZE_S).max(cfg.interval_s) / 3600.0).max(1e-9);
     spec.switch_cost_usd.max(0.0) / hours
         + cfg.hysteresis_frac.max(0.0) * price.abs() * extra_w / 1e6
 }
