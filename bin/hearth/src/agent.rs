@@ -1,8 +1,169 @@
-//! `hearth agent` (work in progress).
+//! `hearth agent`: the energy-aware node agent (issue #5). Thin: parses flags, loads the config
+//! and hands over to `hearth_energy::agent`.
+
+use anyhow::Context;
+use hearth_energy::agent::{Agent, AgentConfig};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct AgentArgs {}
+pub struct AgentArgs {
+    /// Agent configuration (JSON; see docs/agent.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run the demo fleet of simulated devices (three GPUs and an ASIC); no hardware needed.
+    #[arg(long)]
+    simulated: bool,
+    /// Also add every NVIDIA GPU (NVML) and the host CPU found at start.
+    #[arg(long)]
+    auto_detect: bool,
+    /// HTTP address for /metrics and /api (default 127.0.0.1:9100).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Seconds between decisions (default 60; the demo uses 10).
+    #[arg(long)]
+    interval_secs: Option<f64>,
+    /// Electricity prices from a CSV (`hour,price` or `timestamp,price`, $/MWh).
+    #[arg(long)]
+    price_csv: Option<PathBuf>,
+    /// Electricity price from an HTTP JSON endpoint (`{"usd_per_mwh": x}`), polled every interval.
+    #[arg(long)]
+    price_url: Option<String>,
+    /// Site power cap, kW.
+    #[arg(long)]
+    site_cap_kw: Option<f64>,
+    /// Read once, decide once, print the decisions and exit (nothing is applied).
+    #[arg(long)]
+    once: bool,
+    /// With --once: print the full state as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Time one policy decision for N synthetic devices and exit.
+    #[arg(long, value_name = "N")]
+    bench_decide: Option<usize>,
+    /// Runs for --bench-decide.
+    #[arg(long, default_value_t = 21)]
+    bench_runs: usize,
+}
 
-pub fn run(_args: AgentArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`hearth agent` is not built yet")
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.bench_decide {
+        return bench(n, args.bench_runs);
+    }
+    let mut cfg = match (&args.config, args.simulated) {
+        (Some(path), _) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            AgentConfig::from_json(&bytes, &path.display().to_string())?
+        }
+        (None, true) => AgentConfig::simulated_demo(),
+        (None, false) => AgentConfig {
+            auto_detect: true,
+            ..AgentConfig::default()
+        },
+    };
+    if args.simulated && args.config.is_some() {
+        cfg.devices
+            .extend(AgentConfig::simulated_demo().devices.into_iter());
+    }
+    if args.auto_detect {
+        cfg.auto_detect = true;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(i) = args.interval_secs {
+        cfg.interval_s = i;
+    }
+    if let Some(p) = args.price_csv {
+        cfg.price.csv = Some(p.display().to_string());
+    }
+    if let Some(u) = args.price_url {
+        cfg.price.url = Some(u);
+    }
+    if let Some(kw) = args.site_cap_kw {
+        cfg.site_cap_kw = Some(kw);
+    }
+    cfg.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let agent = Agent::from_config(cfg)?;
+        if args.once {
+            let snap = agent.once().await;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&snap)?);
+            } else {
+                print_snapshot(&snap);
+            }
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind(&agent.cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", agent.cfg.listen))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "hearth agent: {} devices, deciding every {} s; http://{addr}/metrics, http://{addr}/api/state, POST http://{addr}/api/dr/events",
+            agent.devices.len(),
+            agent.cfg.interval_s
+        );
+        agent
+            .run(listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+fn print_snapshot(s: &hearth_energy::agent::Snapshot) {
+    let sig = &s.signals;
+    println!(
+        "electricity {:.1} $/MWh ({}), hashprice {:.4} $/TH/day, heat {:.1} $/MWh, AI {} jobs at {:.2} $/Mtok",
+        sig.electricity_usd_per_mwh,
+        sig.price_source,
+        sig.hashprice_usd_per_th_day,
+        sig.heat_value_usd_per_mwh,
+        sig.ai.jobs_waiting,
+        sig.ai.usd_per_mtok
+    );
+    match s.effective_cap_w {
+        Some(c) => println!("planned {:.0} W of cap {:.0} W", s.planned_w, c),
+        None => println!("planned {:.0} W (no cap)", s.planned_w),
+    }
+    for d in &s.devices {
+        let temp = d
+            .reading
+            .temp_c
+            .map_or("-".to_string(), |t| format!("{t:.1} °C"));
+        println!(
+            "{:<14} {:<9} {:>7.0} W  {:>8}  {}",
+            d.id,
+            d.mode.as_str(),
+            d.planned_w,
+            temp,
+            d.reason
+        );
+    }
+    for n in &s.notes {
+        println!("note: {n}");
+    }
+    println!(
+        "(one decision in {:.1} µs; nothing was applied)",
+        s.decide_us
+    );
+}
+
+fn bench(n: usize, runs: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        n > 0 && runs > 0,
+        "--bench-decide and --bench-runs must be > 0"
+    );
+    let b = hearth_energy::bench::bench_decide(n, runs);
+    println!(
+        "decide for {} devices, {} runs: median {:.1} µs, p95 {:.1} µs, min {:.1} µs ({} devices running)",
+        b.devices, b.runs, b.median_us, b.p95_us, b.min_us, b.running
+    );
+    Ok(())
 }

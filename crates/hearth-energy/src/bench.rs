@@ -117,7 +117,7 @@ pub fn bench_decide(n: usize, runs: usize) -> DecideBench {
     let mut running = 0;
     for r in 0..runs.max(1) {
         let input = PolicyInput {
-            now_s: now + r as f64 * 60.0,
+            now_s: now,
             devices: &specs,
             readings: &readings,
             prices: Prices {
@@ -133,11 +133,6 @@ pub fn bench_decide(n: usize, runs: usize) -> DecideBench {
             events: &[],
             site_cap_w: Some(cap),
             config: &cfg,
-        };
-        // Readings are timestamped at `now`; keep them fresh for every run.
-        let input = PolicyInput {
-            now_s: now,
-            ..input
         };
         let t = Instant::now();
         decide_into(&input, &mut state, &mut out, &mut scratch);

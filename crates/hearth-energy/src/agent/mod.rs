@@ -528,6 +528,7 @@ pub fn parse_ai(body: &[u8]) -> Result<AiDemand, String> {
 
 /// The loop's own state between steps.
 struct Loop {
+    specs: Vec<DeviceSpec>,
     state: PolicyState,
     scratch: Scratch,
     out: Vec<Decision>,
@@ -540,6 +541,7 @@ impl Loop {
     fn new(agent: &Agent) -> Loop {
         let n = agent.devices.len();
         Loop {
+            specs: agent.devices.iter().map(|d| d.spec.clone()).collect(),
             state: PolicyState::default(),
             scratch: Scratch::default(),
             out: Vec::with_capacity(n),
@@ -552,7 +554,6 @@ impl Loop {
     /// Decides at `now` on the current readings and sends commands that changed.
     fn step(&mut self, agent: &Agent, now: f64, workers: Option<&[WorkerHandle]>) {
         let cfg = &agent.cfg;
-        let specs: Vec<DeviceSpec> = agent.devices.iter().map(|d| d.spec.clone()).collect();
         let events = {
             let mut book = agent.shared.dr.lock().unwrap_or_else(|e| e.into_inner());
             book.expire(now);
@@ -562,7 +563,7 @@ impl Loop {
         let fc_vec: Option<(f64, f64, Vec<f64>)> = forecast;
         let input = PolicyInput {
             now_s: now,
-            devices: &specs,
+            devices: &self.specs,
             readings: &self.readings,
             prices,
             forecast: fc_vec.as_ref().map(|(start_s, step_s, v)| PriceForecast {
