@@ -95,6 +95,7 @@ impl Default for Options {
 }
 
 /// What a simulation produced.
+#[derive(Debug)]
 pub struct Outcome {
     pub runs: Vec<RunResult>,
     pub targets: Targets,

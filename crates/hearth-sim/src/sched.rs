@@ -392,14 +392,17 @@ impl Scheduler {
         js.rate = if rate.is_finite() { rate } else { 0.0 };
         js.overhead_left = js.pending_overhead;
         js.pending_overhead = 0.0;
-        if js.first_start.is_none() {
+        let first = js.first_start.is_none();
+        if first {
             js.first_start = Some(self.now);
         }
         self.running.push(j);
         if let Some(pos) = self.waiting.iter().position(|&w| w == j) {
             self.waiting.remove(pos);
         }
-        if self.policy == SchedPolicy::Fifo {
+        // FIFO order is about first starts (a job resumed after a forced preemption is not a
+        // new start).
+        if self.policy == SchedPolicy::Fifo && first {
             if let Some(prev) = self.fifo_last_started {
                 if j < prev {
                     self.fifo_order_violations += 1;
