@@ -148,7 +148,7 @@ pub fn load_prices(o: &Options) -> Result<PriceTrace, RunError> {
     }
     t = t.resample(o.interval_s).map_err(err)?;
     if let Some(days) = o.days {
-        if !(days > 0.0) {
+        if days.is_nan() || days <= 0.0 {
             return Err(RunError::Usage("--days must be positive".into()));
         }
         let n = ((days * 86_400.0 / t.step_s as f64).ceil() as usize).clamp(1, t.len());
