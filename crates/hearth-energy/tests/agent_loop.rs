@@ -371,3 +371,31 @@ async fn simulated_demo_decides_once() {
     );
     assert!(snap.planned_w <= 4000.0 + 1e-9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_event_takes_effect_at_its_start_not_the_next_interval() {
+    let (d0, f0) = fake_device("asic0");
+    let agent = Agent::new(config(300.0), vec![d0]).unwrap();
+    let (url, _stop, _shared) = start(agent).await;
+    wait_for("mining", || last_mode(&f0) == Some(Mode::Mine)).await;
+    let start = hearth_energy::agent::unix_now() + 1.5;
+    let body = format!(r#"{{"id":"later","start":{start},"duration":"PT1S","target":"curtail"}}"#);
+    let (code, _) = post(&url, "/api/dr/events", &body).await;
+    assert_eq!(code, 201);
+    // Not yet: the event has not started.
+    assert_eq!(last_mode(&f0), Some(Mode::Mine));
+    wait_for("curtailed at the start", || {
+        last_mode(&f0) == Some(Mode::Idle)
+    })
+    .await;
+    let late = hearth_energy::agent::unix_now() - start;
+    assert!(
+        (-0.05..1.0).contains(&late),
+        "curtailed {late} s after the start"
+    );
+    // And back to mining when it ends (1 s later), long before the 300 s interval.
+    wait_for("mining after the end", || {
+        last_mode(&f0) == Some(Mode::Mine)
+    })
+    .await;
+}

@@ -402,3 +402,49 @@ fn thermal_derate_sets_a_power_limit_below_nominal() {
     let end = m.step(t, d.power_w, cfg.interval_s);
     assert!(end <= limit + 1e-9 && end > limit - 0.01, "{end}");
 }
+
+#[test]
+fn heat_runs_when_heat_is_worth_more_than_power() {
+    let cfg = PolicyConfig {
+        min_dwell_s: 0.0,
+        ..PolicyConfig::default()
+    };
+    let spec = DeviceSpec {
+        id: "radiator-gpu".into(),
+        kind: DeviceKind::Gpu,
+        idle_w: 20.0,
+        mine: None,
+        ai: None,
+        heat: Some(HeatSpec { power_w: 200.0 }),
+        temp_limit_c: None,
+        thermal: None,
+        power_limit_range_w: None,
+        switch_cost_usd: 0.0,
+    };
+    let specs = [spec];
+    let readings = [Reading::default()];
+    let run = |e: f64, h: f64| {
+        let inp = input(
+            0.0,
+            &specs,
+            &readings,
+            prices(e, 0.0, h),
+            AiDemand::default(),
+            &[],
+            None,
+            &cfg,
+        );
+        decide(&inp, &PolicyState::default()).0.remove(0)
+    };
+    let d = run(50.0, 100.0);
+    assert_eq!(d.mode, Mode::Heat);
+    assert_eq!(
+        d.reason.to_string(),
+        "heating: heat worth 100 $/MWh > price 50 $/MWh"
+    );
+    let d = run(150.0, 100.0);
+    assert_eq!(d.mode, Mode::Idle);
+    assert_eq!(d.reason, Reason::NothingWorthRunning);
+    let d = run(50.0, 0.0);
+    assert_eq!(d.mode, Mode::Idle);
+}

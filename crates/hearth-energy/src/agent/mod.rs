@@ -426,10 +426,23 @@ impl Agent {
                 lp.readings = self.read_all(now).await;
             }
             lp.step(&self, now, Some(&workers));
+            // Also wake when a known demand-response event starts or ends, so a scheduled event
+            // takes effect on time rather than at the next interval.
+            let boundary = self.next_event_boundary(now).map(|t| {
+                tokio::time::Instant::now()
+                    + Duration::from_secs_f64((t - now).clamp(0.0, 86_400.0))
+            });
+            let tick = next + interval;
+            let (wake_at, is_tick) = match boundary {
+                Some(b) if b < tick => (b, false),
+                _ => (tick, true),
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(next + interval) => {
-                    next = tokio::time::Instant::now();
-                    full = true;
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if is_tick {
+                        next = tokio::time::Instant::now();
+                    }
+                    full = is_tick;
                 }
                 _ = self.shared.wake.notified() => { full = false; }
                 _ = &mut shutdown => break,
@@ -440,6 +453,16 @@ impl Agent {
             p.abort();
         }
         Ok(())
+    }
+
+    /// The next start or end of a known event after `now_s`.
+    fn next_event_boundary(&self, now_s: f64) -> Option<f64> {
+        let book = self.shared.dr.lock().ok()?;
+        book.events()
+            .iter()
+            .flat_map(|e| [e.start_s, e.end_s])
+            .filter(|&t| t > now_s)
+            .min_by(f64::total_cmp)
     }
 
     /// One read and one decision, applied to nothing (`hearth agent --once`).
