@@ -89,8 +89,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let agent = Agent::from_config(cfg)?;
+        let mut agent = Agent::from_config(cfg)?;
+        agent.echo = true;
         if args.once {
+            agent.echo = false;
             let snap = agent.once().await;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&snap)?);

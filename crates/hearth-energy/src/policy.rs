@@ -508,6 +508,13 @@ pub fn decide_into(
                 continue;
             };
             let Some((power_w, gain, derated)) = fit_thermal(spec, opt, thermal_max_w) else {
+                // Remember why, in case the device ends up idle.
+                if let (Some(t), Some(raw), Some(d)) = (temp, spec.temp_limit_c, out.last_mut()) {
+                    d.reason = Reason::Thermal {
+                        temp_c: t,
+                        limit_c: raw,
+                    };
+                }
                 continue;
             };
             let incumbent = mode == cur.mode;
@@ -601,10 +608,8 @@ pub fn decide_into(
         let spec = &input.devices[i];
         let cur = state.devices[i];
         dec.changed = dec.mode != cur.mode;
-        let forced = matches!(
-            dec.reason,
-            Reason::Unsafe { .. } | Reason::Curtailed { .. } | Reason::Thermal { .. }
-        );
+        let forced = matches!(dec.reason, Reason::Unsafe { .. } | Reason::Curtailed { .. })
+            || (dec.mode == Mode::Idle && matches!(dec.reason, Reason::Thermal { .. }));
         if !forced {
             dec.reason = explain(spec, dec, cur, input, price, heat, dwell, now);
         }
@@ -821,42 +826,34 @@ fn explain(
             if let Reason::PowerCap { .. } = dec.reason {
                 return dec.reason.clone();
             }
-            if locked && cur.mode == Mode::Idle && spec.mine.is_some() {
-                if let Some(be) = mine_break_even() {
-                    if price < be {
-                        return Reason::Dwell {
-                            remaining_s: dwell - (now - cur.since_s),
-                        };
+            // The best mode that would have paid, if any: idle because of dwell or the band.
+            let hp = input.prices.hashprice_usd_per_th_day;
+            let mut best: Option<(Mode, f64, f64)> = None;
+            for m in [Mode::ServeAi, Mode::Mine, Mode::Heat] {
+                if let Some((p, g)) = option(spec, m, price, heat, hp, input.ai) {
+                    if g > 0.0 && best.is_none_or(|b| g > b.1) {
+                        best = Some((m, g, p));
                     }
                 }
             }
-            match mine_break_even() {
-                Some(be) if input.prices.hashprice_usd_per_th_day > 0.0 => {
-                    if price >= be {
-                        Reason::MineUnprofitable {
-                            price_usd_per_mwh: price,
-                            break_even_usd_per_mwh: be,
-                            stopped: cur.mode == Mode::Mine,
-                        }
-                    } else {
-                        // Profitable but within the start band.
-                        let extra_w = spec.mine.map_or(0.0, |m| (m.power_w - idle_w).max(0.0));
-                        let own = option(
-                            spec,
-                            Mode::Mine,
-                            price,
-                            heat,
-                            input.prices.hashprice_usd_per_th_day,
-                            input.ai,
-                        )
-                        .map_or(0.0, |o| o.1);
-                        Reason::Hysteresis {
-                            better: Mode::Mine,
-                            gain_usd_per_h: own,
-                            needed_usd_per_h: band(spec, input.config, dwell, price, extra_w),
-                        }
-                    }
+            if let Some((m, g, p)) = best {
+                if locked && cur.mode == Mode::Idle {
+                    return Reason::Dwell {
+                        remaining_s: dwell - (now - cur.since_s),
+                    };
                 }
+                return Reason::Hysteresis {
+                    better: m,
+                    gain_usd_per_h: g,
+                    needed_usd_per_h: band(spec, input.config, dwell, price, (p - idle_w).max(0.0)),
+                };
+            }
+            match mine_break_even() {
+                Some(be) if hp > 0.0 => Reason::MineUnprofitable {
+                    price_usd_per_mwh: price,
+                    break_even_usd_per_mwh: be,
+                    stopped: cur.mode == Mode::Mine,
+                },
                 _ => Reason::NothingWorthRunning,
             }
         }

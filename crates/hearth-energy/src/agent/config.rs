@@ -202,11 +202,8 @@ impl AgentConfig {
                 id: format!("sim-gpu{i}"),
                 kind: DeviceKind::Gpu,
                 idle_w: 20.0,
-                mine: Some(MineSpec {
-                    power_w: p,
-                    // A GPU hashes SHA-256d poorly: mining is rarely its best use.
-                    hashrate_th_s: 0.005,
-                }),
+                // A GPU hashes SHA-256d too slowly to matter: it serves AI or heats.
+                mine: None,
                 ai: Some(AiSpec {
                     power_w: p * 0.9,
                     tokens_per_s: 60.0,
@@ -241,7 +238,7 @@ impl AgentConfig {
                 room_c: 19.0,
                 setpoint_c: 21.0,
                 deadband_c: 1.0,
-                value_usd_per_mwh: 60.0,
+                value_usd_per_mwh: 90.0,
             },
             devices: vec![
                 gpu(0, 350.0),

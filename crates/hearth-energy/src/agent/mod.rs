@@ -161,6 +161,9 @@ pub struct Agent {
     pub worker: WorkerConfig,
     /// Time limit of one telemetry read.
     pub read_timeout: Duration,
+    /// Also print every mode change with its reason on stdout (the CLI sets this, so decisions
+    /// are visible whatever the log filter).
+    pub echo: bool,
 }
 
 impl Agent {
@@ -193,6 +196,7 @@ impl Agent {
             shared,
             worker: WorkerConfig::default(),
             read_timeout,
+            echo: false,
         })
     }
 
@@ -612,6 +616,9 @@ impl Loop {
             let cmd = Command::from(d);
             if d.changed || self.decisions == 1 {
                 tracing::info!(device = %id, mode = %d.mode, "{}", d.reason);
+                if agent.echo {
+                    println!("{:.0} {id} → {}: {}", now, d.mode, d.reason);
+                }
             }
             if let Some(w) = workers {
                 if self.sent[d.device] != Some(cmd) {
