@@ -62,8 +62,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
     };
     if args.simulated && args.config.is_some() {
-        cfg.devices
-            .extend(AgentConfig::simulated_demo().devices.into_iter());
+        cfg.devices.extend(AgentConfig::simulated_demo().devices);
     }
     if args.auto_detect {
         cfg.auto_detect = true;
