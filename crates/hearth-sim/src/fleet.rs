@@ -71,8 +71,8 @@ pub struct HeatDemand {
     pub value_usd_per_mwh: f64,
 }
 
-/// Demand-response programme of a site: events are placed on the `events` highest-priced days
-/// of the trace, `hours` long, starting at that day's most expensive hour.
+/// Demand-response programme of a site: `events` per year (pro rata for shorter traces) on the
+/// highest-priced days of the trace, `hours` long, starting at that day's most expensive hour.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrProgram {

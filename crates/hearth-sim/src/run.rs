@@ -275,6 +275,10 @@ pub fn run_list(
             for p in DevicePolicy::ALL {
                 out.push((p, default_sched(p)));
             }
+            // Ablations of hearth's scheduler: lending alone (FIFO order) and order alone (no
+            // lending).
+            out.push((DevicePolicy::Hybrid, SchedPolicy::Fifo));
+            out.push((DevicePolicy::Hearth, SchedPolicy::Hearth));
         }
         ("all", s) => {
             for s in s.split(',') {

@@ -116,8 +116,9 @@ pub struct DrWindow {
     pub limit_w: f64,
 }
 
-/// Demand-response windows of every site with a programme: the `events` most expensive days,
-/// `hours` long from that day's most expensive interval.
+/// Demand-response windows of every site with a programme: the most expensive days (`events`
+/// per year, pro rata for shorter traces, at least one), `hours` long from that day's most
+/// expensive interval.
 pub fn dr_windows(fleet: &Fleet, trace: &PriceTrace) -> Vec<DrWindow> {
     let step = trace.step_s as f64;
     let per_day = (86_400 / trace.step_s) as usize;
@@ -140,7 +141,10 @@ pub fn dr_windows(fleet: &Fleet, trace: &PriceTrace) -> Vec<DrWindow> {
             })
             .collect();
         days.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        for &(_, idx) in days.iter().take(dr.events as usize) {
+        // `events` is a yearly count: a shorter trace gets its share (at least one).
+        let n = ((dr.events as f64 * trace.duration_s() / (365.0 * 86_400.0)).round() as usize)
+            .clamp(1, dr.events.max(1) as usize);
+        for &(_, idx) in days.iter().take(n) {
             let start_s = idx as f64 * step;
             let end_s = (start_s + dr.hours as f64 * 3600.0).min(trace.duration_s());
             out.push(DrWindow {
@@ -430,6 +434,7 @@ pub fn simulate(
     }
     let mut queue_acc = 0.0;
     let mut site_power = vec![0.0f64; fleet.sites.len()];
+    let mut site_outdoor = vec![0.0f64; fleet.sites.len()];
     let mut site_gpu_power = vec![0.0f64; fleet.sites.len()];
     let mut forecast_buf: Vec<f64> = Vec::new();
     let cap_total_kw: f64 = fleet.sites.iter().map(|s| s.power_cap_kw).sum();
@@ -449,9 +454,13 @@ pub fn simulate(
             lend_need = sched.waiting_gpus().saturating_sub(free_ai);
         }
 
+        for (o, site) in site_outdoor.iter_mut().zip(&fleet.sites) {
+            *o = site.climate.outdoor_c(t_unix);
+        }
+
         // 1. Modes.
         for (si, site) in fleet.sites.iter().enumerate() {
-            let outdoor = site.climate.outdoor_c(t_unix);
+            let outdoor = site_outdoor[si];
             let ambient = outdoor + site.climate.intake_offset_c;
             let heat_value = match &site.heat {
                 Some(h) if outdoor < h.setpoint_c && policy == DevicePolicy::Hybrid => {
@@ -642,9 +651,8 @@ pub fn simulate(
             }
             site_power[d.site as usize] += p;
             // Thermal.
-            let outdoor = site.climate.outdoor_c(t_unix);
             let model = ThermalModel {
-                ambient_c: outdoor + site.climate.intake_offset_c,
+                ambient_c: site_outdoor[d.site as usize] + site.climate.intake_offset_c,
                 r_c_per_w: g.r_c_per_w,
                 tau_s: g.tau_s,
             };
@@ -659,7 +667,7 @@ pub fn simulate(
         m.mode_switches += prev_modes_changed;
         for (si, site) in fleet.sites.iter().enumerate() {
             if let Some(h) = &site.heat {
-                let outdoor = site.climate.outdoor_c(t_unix);
+                let outdoor = site_outdoor[si];
                 if outdoor < h.setpoint_c {
                     let demand_w = h.ua_kw_per_c * (h.setpoint_c - outdoor) * 1000.0;
                     let useful_w = site_power[si].min(demand_w);

@@ -331,7 +331,7 @@ fn report_files_are_written() {
         ..Options::default()
     };
     let out = run(&o).unwrap();
-    assert_eq!(out.runs.len(), 8);
+    assert_eq!(out.runs.len(), 10);
     for f in ["profit.svg", "modes.svg", "queue.svg"] {
         let s = std::fs::read_to_string(dir.path().join(f)).unwrap();
         assert!(s.contains("<svg") && s.contains("</svg>"), "{f}");
@@ -341,7 +341,7 @@ fn report_files_are_written() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
             .unwrap();
-    assert_eq!(json["runs"].as_array().unwrap().len(), 8);
+    assert_eq!(json["runs"].as_array().unwrap().len(), 10);
     assert_eq!(json["runs"][0]["thermal_violations"], 0);
 }
 
