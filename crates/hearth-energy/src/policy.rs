@@ -693,7 +693,9 @@ fn option(
         return None;
     }
     let extra_mw = (power_w - idle_w).max(0.0) / 1e6;
-    Some((power_w, revenue + (heat - price) * extra_mw))
+    let gain = revenue + (heat - price) * extra_mw;
+    // No valid price, no load (a NaN price must not keep anything running).
+    gain.is_finite().then_some((power_w, gain))
 }
 
 /// Applies the thermal ceiling: nominal power, a derated power (power-limitable devices), or

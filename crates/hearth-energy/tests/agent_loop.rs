@@ -399,3 +399,117 @@ async fn a_scheduled_event_takes_effect_at_its_start_not_the_next_interval() {
     })
     .await;
 }
+
+/// Serves bodies from a list, one per request (the last one repeats), as HTTP 200 JSON.
+async fn endpoint(bodies: Vec<&'static str>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut i = 0;
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let body = bodies[i.min(bodies.len() - 1)];
+            i += 1;
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    format!("http://{addr}/feed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_price_and_ai_endpoints_keep_the_last_good_value() {
+    let price_url = endpoint(vec![r#"{"usd_per_mwh": 42}"#, r#"{"usd_per_mwh": NaN}"#]).await;
+    let ai_url = endpoint(vec![
+        r#"{"jobs_waiting": 2, "usd_per_mtok": 1.5}"#,
+        "<html>oops</html>",
+    ])
+    .await;
+    let mut cfg = config(1.0);
+    cfg.price.url = Some(price_url);
+    cfg.ai.url = Some(ai_url);
+    let (d0, _f0) = fake_device("asic0");
+    let agent = Agent::new(cfg, vec![d0]).unwrap();
+    let (_url, _stop, shared) = start(agent).await;
+    // The first poll gives good values; later polls are garbage and must be rejected.
+    wait_for("errors from the second polls", || {
+        let s = shared.snapshot();
+        s.signals.price_error.is_some() && s.signals.ai_error.is_some()
+    })
+    .await;
+    wait_for("a decision after the errors", || {
+        let s = shared.snapshot();
+        s.signals.price_error.is_some() && s.signals.electricity_usd_per_mwh == 42.0
+    })
+    .await;
+    let s = shared.snapshot();
+    assert_eq!(s.signals.price_source, "endpoint");
+    assert_eq!(s.signals.ai.jobs_waiting, 2);
+    assert_eq!(s.signals.ai.usd_per_mtok, 1.5);
+    assert!(s
+        .signals
+        .ai_error
+        .as_deref()
+        .unwrap()
+        .contains("AI demand JSON"));
+}
+
+#[test]
+fn configs_are_validated_and_the_documented_example_parses() {
+    // The example in docs/agent.md is a valid config.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/agent.md"));
+    if let Ok(doc) = doc {
+        let start = doc
+            .find("```json\n{\n  \"listen\"")
+            .expect("example config in docs/agent.md")
+            + 8;
+        let end = start + doc[start..].find("\n```").unwrap();
+        let cfg = AgentConfig::from_json(doc[start..end].as_bytes(), "docs/agent.md").unwrap();
+        assert_eq!(cfg.devices.len(), 5);
+        assert_eq!(cfg.site_cap_kw, Some(12.0));
+    }
+    let ok = r#"{"interval_s": 5, "devices": [{"backend": "simulated", "spec": {"id": "a", "kind": "gpu", "idle_w": 10}}]}"#;
+    assert!(AgentConfig::from_json(ok.as_bytes(), "t").is_ok());
+    for bad in [
+        r#"{"interval_s": 0}"#,
+        r#"{"interval_s": 5, "surprise": 1}"#,
+        r#"{"site_cap_kw": -3}"#,
+        r#"{"devices": [{"backend": "simulated", "spec": {"id": "a", "kind": "gpu", "idle_w": 10}},
+                        {"backend": "simulated", "spec": {"id": "a", "kind": "gpu", "idle_w": 10}}]}"#,
+        r#"{"devices": [{"backend": "simulated", "spec": {"id": "a", "kind": "gpu", "idle_w": -10}}]}"#,
+        r#"{"devices": [{"backend": "simulated", "spec": {"id": "a", "kind": "gpu", "idle_w": 1, "temp_limit_c": 900}}]}"#,
+        r#"{"devices": [{"backend": "warp_drive", "spec": {"id": "a", "kind": "gpu", "idle_w": 1}}]}"#,
+        "not json",
+    ] {
+        let e = AgentConfig::from_json(bad.as_bytes(), "bad.json");
+        assert!(e.is_err(), "{bad}");
+        assert!(e.unwrap_err().to_string().starts_with("config bad.json:"));
+    }
+}
+
+#[test]
+fn ai_demand_bodies() {
+    use hearth_energy::agent::parse_ai;
+    assert_eq!(
+        parse_ai(br#"{"jobs_waiting": 3, "usd_per_mtok": 0.8}"#).unwrap(),
+        AiDemand {
+            jobs_waiting: 3,
+            usd_per_mtok: 0.8
+        }
+    );
+    for bad in [
+        &br#"{"jobs_waiting": -1, "usd_per_mtok": 1}"#[..],
+        br#"{"jobs_waiting": 1}"#,
+        br#"{"jobs_waiting": 1, "usd_per_mtok": 1e9}"#,
+        b"[]",
+    ] {
+        assert!(parse_ai(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+    }
+}

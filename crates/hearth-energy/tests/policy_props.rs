@@ -448,3 +448,38 @@ fn heat_runs_when_heat_is_worth_more_than_power() {
     let d = run(50.0, 0.0);
     assert_eq!(d.mode, Mode::Idle);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Garbage prices (NaN, infinities, huge negatives) never panic, never break the cap, and a
+    /// non-finite electricity price runs nothing.
+    #[test]
+    fn garbage_prices_are_harmless(
+        n in 1usize..30,
+        seed in any::<u64>(),
+        e in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY), -1e9f64..1e9],
+        hp in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), -1.0f64..10.0],
+        heat in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), -100.0f64..1e4],
+        mtok in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), -1.0f64..100.0],
+    ) {
+        let now = 100.0;
+        let (specs, readings) = synthetic_fleet(n, seed, now);
+        let cfg = PolicyConfig::default();
+        let floor: f64 = specs.iter().map(|s| s.idle_w).sum();
+        let cap = floor + 500.0;
+        let state = random_state(n, seed, now);
+        let inp = input(now, &specs, &readings, prices(e, hp, heat),
+            AiDemand { jobs_waiting: 5, usd_per_mtok: mtok }, &[], Some(cap), &cfg);
+        let (dec, _) = decide(&inp, &state);
+        let total: f64 = dec.iter().map(|d| d.power_w).sum();
+        prop_assert!(total <= cap + 1e-6);
+        if !e.is_finite() {
+            prop_assert!(dec.iter().all(|d| d.mode == Mode::Idle));
+        }
+        for d in &dec {
+            prop_assert!(d.power_w.is_finite());
+            let _ = d.reason.to_string();
+        }
+    }
+}
