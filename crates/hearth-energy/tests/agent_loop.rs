@@ -471,7 +471,7 @@ fn configs_are_validated_and_the_documented_example_parses() {
             .expect("example config in docs/agent.md")
             + 8;
         let end = start + doc[start..].find("\n```").unwrap();
-        let cfg = AgentConfig::from_json(doc[start..end].as_bytes(), "docs/agent.md").unwrap();
+        let cfg = AgentConfig::from_json(&doc.as_bytes()[start..end], "docs/agent.md").unwrap();
         assert_eq!(cfg.devices.len(), 5);
         assert_eq!(cfg.site_cap_kw, Some(12.0));
     }
