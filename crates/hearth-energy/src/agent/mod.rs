@@ -641,14 +641,20 @@ impl Loop {
             let control = workers.map(|w| w[d.device].status()).unwrap_or_default();
             let l = metrics::dev(id);
             m.device_planned_w.get_or_create(&l).set(d.power_w);
-            if let Some(p) = reading.power_w {
-                m.device_power_w.get_or_create(&l).set(p);
-            }
-            if let Some(t) = reading.temp_c {
-                m.device_temp_c.get_or_create(&l).set(t);
-            }
-            if let Some(u) = reading.utilization {
-                m.device_utilization.get_or_create(&l).set(u);
+            // A value the sensor no longer gives is removed, not left at its last number.
+            for (fam, v) in [
+                (&m.device_power_w, reading.power_w),
+                (&m.device_temp_c, reading.temp_c),
+                (&m.device_utilization, reading.utilization),
+            ] {
+                match v {
+                    Some(v) if reading.fault.is_none() => {
+                        fam.get_or_create(&l).set(v);
+                    }
+                    _ => {
+                        fam.remove(&l);
+                    }
+                }
             }
             m.device_healthy
                 .get_or_create(&l)
