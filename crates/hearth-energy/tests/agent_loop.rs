@@ -513,3 +513,83 @@ fn ai_demand_bodies() {
         assert!(parse_ai(bad).is_err(), "{}", String::from_utf8_lossy(bad));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_stratum_miner_is_paused_and_resumed_keeping_its_pool_connection() {
+    use hearth_energy::agent::config::BuiltinMinerConfig;
+    use hearth_mining::testing::{PoolOptions, TestPool};
+    let pool = TestPool::start(PoolOptions::default()).await.unwrap();
+    let roots = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(roots.path().join("proc")).unwrap();
+    std::fs::write(roots.path().join("proc/stat"), "cpu  1 0 0 9 0 0 0 0 0 0\n").unwrap();
+    let mut cfg = config(300.0);
+    cfg.sys_root = roots.path().join("sys").display().to_string();
+    cfg.proc_root = roots.path().join("proc").display().to_string();
+    cfg.price.fixed_usd_per_mwh = 1.0;
+    cfg.hashprice = hearth_energy::signals::HashpriceSource::Given {
+        usd_per_th_day: 1000.0,
+    };
+    cfg.devices.push(DeviceConfig {
+        spec: DeviceSpec {
+            id: "cpu".into(),
+            kind: DeviceKind::Cpu,
+            idle_w: 5.0,
+            mine: Some(MineSpec {
+                power_w: 30.0,
+                hashrate_th_s: 1e-6,
+            }),
+            ..asic("cpu")
+        },
+        backend: Backend::HostCpu {
+            builtin_miner: Some(BuiltinMinerConfig {
+                url: pool.url(),
+                user: "hearth.test".into(),
+                password: None,
+            }),
+        },
+    });
+    let agent = Agent::from_config(cfg).unwrap();
+    let (url, _stop, shared) = start(agent).await;
+    let cpu_mode = |shared: &agent_shared::S| {
+        let s = shared.snapshot();
+        s.devices
+            .first()
+            .and_then(|d| d.control.applied)
+            .map(|c| c.mode)
+    };
+    wait_for("mining", || cpu_mode(&shared) == Some(Mode::Mine)).await;
+    pool.wait_until("shares", LONG, |s| s.accepted.len() >= 3)
+        .await
+        .unwrap();
+    let (code, _) = post(
+        &url,
+        "/api/dr/events",
+        r#"{"id":"e","duration":"PT1M","target":"curtail"}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    wait_for("paused", || cpu_mode(&shared) == Some(Mode::Idle)).await;
+    let before = pool.stats();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = pool.stats();
+    assert_eq!(after.submits, before.submits, "no shares while paused");
+    // The pool connection stays up while paused.
+    assert_eq!((after.connections, after.disconnects), (1, 0));
+    let (hostport, _) = http::split_url(&url).unwrap();
+    let mut s = tokio::net::TcpStream::connect(&hostport).await.unwrap();
+    s.write_all(
+        format!(
+            "DELETE /api/dr/events/e HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let n = after.accepted.len();
+    pool.wait_until("shares again", LONG, |s| s.accepted.len() >= n + 3)
+        .await
+        .unwrap();
+    assert_eq!(pool.stats().connections, 1);
+}

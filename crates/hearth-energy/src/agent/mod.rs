@@ -145,11 +145,23 @@ pub struct Shared {
     /// Wakes the loop at once (demand-response events, price pushes).
     pub wake: Notify,
     pub metrics: Metrics,
+    /// The control workers, one per device in order (empty until `run`).
+    pub workers: Mutex<Vec<WorkerHandle>>,
 }
 
 impl Shared {
+    /// The last decision's state, with each device's control status as it is now (workers
+    /// apply and retry between decisions).
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut snap = self.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        if let Ok(w) = self.workers.lock() {
+            if w.len() == snap.devices.len() {
+                for (d, w) in snap.devices.iter_mut().zip(w.iter()) {
+                    d.control = w.status();
+                }
+            }
+        }
+        snap
     }
 }
 
@@ -419,6 +431,9 @@ impl Agent {
             .iter()
             .map(|d| spawn_worker(d.spec.id.clone(), d.actuator.clone(), self.worker))
             .collect();
+        if let Ok(mut w) = self.shared.workers.lock() {
+            *w = workers.clone();
+        }
         let mut lp = Loop::new(&self);
         let interval = Duration::from_secs_f64(self.cfg.interval_s);
         let mut next = tokio::time::Instant::now();
