@@ -632,7 +632,12 @@ impl Loop {
             if d.changed || self.decisions == 1 {
                 tracing::info!(device = %id, mode = %d.mode, "{}", d.reason);
                 if agent.echo {
-                    println!("{:.0} {id} → {}: {}", now, d.mode, d.reason);
+                    println!(
+                        "{} {id} → {}: {}",
+                        crate::signals::time::format_timestamp(now),
+                        d.mode,
+                        d.reason
+                    );
                 }
             }
             if let Some(w) = workers {

@@ -70,6 +70,32 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Formats Unix seconds as RFC 3339 UTC to the second (`2026-11-24T08:00:00Z`).
+pub fn format_timestamp(t_s: f64) -> String {
+    if !t_s.is_finite() {
+        return format!("{t_s}");
+    }
+    let secs = t_s.floor() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Inverse of days_from_civil (Howard Hinnant's civil_from_days).
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// Unix seconds of 00:00 UTC on January 1st of the year containing `t_s`.
 pub fn year_start_s(t_s: f64) -> f64 {
     let days = (t_s / 86_400.0).floor() as i64;
@@ -164,6 +190,14 @@ mod tests {
             assert!(parse_timestamp(bad).is_err(), "{bad}");
         }
         assert_eq!(year_start_s(1_795_478_400.0 + 5.0), 1_767_225_600.0);
+        for ts in [
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T23:59:59Z",
+            "2026-11-24T08:05:09Z",
+            "1969-12-31T23:00:00Z",
+        ] {
+            assert_eq!(format_timestamp(parse_timestamp(ts).unwrap()), ts);
+        }
     }
 
     #[test]
