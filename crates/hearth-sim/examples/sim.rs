@@ -38,6 +38,7 @@ fn main() {
         );
         return;
     }
+    o.generate_jobs = std::env::var("JOBS").ok().and_then(|v| v.parse().ok());
     o.no_dr = std::env::var("NODR").is_ok();
     o.day_ahead = std::env::var("DA").is_ok();
     match hearth_sim::run::run(&o) {

@@ -30,7 +30,7 @@ use crate::prices::PriceTrace;
 use crate::sched::{JobOutcome, SchedPolicy, Scheduler};
 use hearth_energy::{
     decide_into, AiDemand, Decision, DeviceSpec, DeviceState, DrEvent, DrTarget, Mode,
-    PolicyConfig, PolicyInput, PolicyState, PriceForecast, Prices, Reading, Scratch, ThermalModel,
+    PolicyConfig, PolicyInput, PolicyState, PriceForecast, Prices, Reading, Scratch,
 };
 use serde::Serialize;
 
@@ -82,6 +82,9 @@ pub struct SimConfig {
     /// After the trace, keep scheduling (with the last availability) until every job is done,
     /// at most this many seconds.
     pub drain_s: f64,
+    /// Evaluate the policy once per group of identical devices in identical state when that is
+    /// exact (see [`simulate`]); off: every device every interval.
+    pub compress: bool,
 }
 
 impl Default for SimConfig {
@@ -91,6 +94,7 @@ impl Default for SimConfig {
             day_ahead: false,
             sample_s: 86_400.0,
             drain_s: 180.0 * 86_400.0,
+            compress: true,
         }
     }
 }
@@ -263,6 +267,17 @@ struct SiteRt {
     pol_devs: Vec<u32>,
     events: Vec<DrEvent>,
     cap_w: f64,
+    /// Policy indices of each group's devices (contiguous).
+    members: Vec<std::ops::Range<u32>>,
+    idle_floor_w: f64,
+    max_extra_w: f64,
+    // Compact input: one representative per group in lockstep, else every member.
+    c_specs: Vec<DeviceSpec>,
+    c_readings: Vec<Reading>,
+    c_state: PolicyState,
+    c_out: Vec<Decision>,
+    /// Per compact entry: the policy indices it stands for.
+    c_map: Vec<std::ops::Range<u32>>,
 }
 
 /// Percentile (nearest rank) of an unsorted slice; NaN when empty.
@@ -311,9 +326,18 @@ pub fn simulate(
             pol_devs: Vec::new(),
             events: Vec::new(),
             cap_w: site.power_cap_kw * 1000.0,
+            members: Vec::new(),
+            idle_floor_w: 0.0,
+            max_extra_w: 0.0,
+            c_specs: Vec::new(),
+            c_readings: Vec::new(),
+            c_state: PolicyState::default(),
+            c_out: Vec::new(),
+            c_map: Vec::new(),
         };
         let mut dedicated_w = 0.0;
         for (gi, g) in site.groups.iter().enumerate() {
+            let group_start = rt.specs.len() as u32;
             let ai_capable = g.ai.is_some_and(|a| a.tokens_per_s > 0.0);
             for k in 0..g.count {
                 let dedicated = g.ai_dedicated && policy != DevicePolicy::MineOnly;
@@ -331,8 +355,19 @@ pub fn simulate(
                 let pol = if !dedicated
                     && matches!(policy, DevicePolicy::Hearth | DevicePolicy::Hybrid)
                 {
-                    rt.specs
-                        .push(g.spec(format!("{}/{}/{k}", site.name, g.name), amb0, hashprice));
+                    // Empty ids: the policy does not read them, and cloning stays allocation-free.
+                    rt.specs.push(g.spec(String::new(), amb0, hashprice));
+                    let idle = g.idle_w;
+                    let top = [
+                        g.mine.map(|m| m.power_w),
+                        g.ai.map(|a| a.power_w),
+                        g.heat.map(|h| h.power_w),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .fold(idle, f64::max);
+                    rt.idle_floor_w += idle.max(0.0);
+                    rt.max_extra_w += (top - idle).max(0.0);
                     rt.readings.push(Reading::default());
                     rt.pol_devs.push(devs.len() as u32);
                     (rt.specs.len() - 1) as u32
@@ -342,6 +377,7 @@ pub fn simulate(
                 if dedicated {
                     dedicated_w += g.ai.map_or(0.0, |a| a.power_w);
                 }
+                let _ = k;
                 devs.push(Dev {
                     site: si as u16,
                     group: gi as u16,
@@ -354,6 +390,10 @@ pub fn simulate(
                     prev: Mode::Idle,
                     power_w: g.idle_w,
                 });
+            }
+            let end = rt.specs.len() as u32;
+            if end > group_start {
+                rt.members.push(group_start..end);
             }
         }
         rt.state.devices = vec![DeviceState::default(); rt.specs.len()];
@@ -433,6 +473,23 @@ pub fn simulate(
         let _ = s;
     }
     let mut queue_acc = 0.0;
+    // exp(−dt/τ) per group, as ThermalModel computes it.
+    let decay: Vec<Vec<f64>> = fleet
+        .sites
+        .iter()
+        .map(|s| {
+            s.groups
+                .iter()
+                .map(|g| {
+                    if g.tau_s <= 0.0 {
+                        0.0
+                    } else {
+                        (-dt / g.tau_s).exp()
+                    }
+                })
+                .collect()
+        })
+        .collect();
     let mut site_power = vec![0.0f64; fleet.sites.len()];
     let mut site_outdoor = vec![0.0f64; fleet.sites.len()];
     let mut site_gpu_power = vec![0.0f64; fleet.sites.len()];
@@ -513,23 +570,54 @@ pub fn simulate(
                 } else {
                     None
                 };
-                let input = PolicyInput {
-                    now_s: t0,
-                    devices: &rt.specs,
-                    readings: &rt.readings,
-                    prices: Prices {
-                        electricity_usd_per_mwh: price,
-                        hashprice_usd_per_th_day: hashprice,
-                        heat_value_usd_per_mwh: heat_value,
-                    },
-                    forecast,
-                    ai,
-                    events: &rt.events,
-                    site_cap_w: Some(rt.cap_w),
-                    config: &pcfg,
-                };
                 rt.prev.copy_from_slice(&rt.state.devices);
-                decide_into(&input, &mut rt.state, &mut rt.out, &mut rt.scratch);
+                // Exact compression: with no AI demand and a cap that cannot bind, each device's
+                // decision depends only on its own spec, reading and state, so identical devices
+                // in identical state get identical decisions.
+                let mut cap_eff = rt.cap_w;
+                for ev in rt.events.iter().filter(|e| e.active_at(t0)) {
+                    if let DrTarget::LimitW(w) = ev.target {
+                        cap_eff = cap_eff.min(w);
+                    }
+                }
+                let compact = cfg.compress
+                    && ai.jobs_waiting == 0
+                    && rt.out.len() == rt.specs.len()
+                    && cap_eff - rt.idle_floor_w >= rt.max_extra_w
+                    && build_compact(rt, t0, pcfg.min_dwell_s);
+                let prices = Prices {
+                    electricity_usd_per_mwh: price,
+                    hashprice_usd_per_th_day: hashprice,
+                    heat_value_usd_per_mwh: heat_value,
+                };
+                if compact {
+                    let input = PolicyInput {
+                        now_s: t0,
+                        devices: &rt.c_specs,
+                        readings: &rt.c_readings,
+                        prices,
+                        forecast,
+                        ai,
+                        events: &rt.events,
+                        site_cap_w: Some(rt.cap_w),
+                        config: &pcfg,
+                    };
+                    decide_into(&input, &mut rt.c_state, &mut rt.c_out, &mut rt.scratch);
+                    expand_compact(rt, t0);
+                } else {
+                    let input = PolicyInput {
+                        now_s: t0,
+                        devices: &rt.specs,
+                        readings: &rt.readings,
+                        prices,
+                        forecast,
+                        ai,
+                        events: &rt.events,
+                        site_cap_w: Some(rt.cap_w),
+                        config: &pcfg,
+                    };
+                    decide_into(&input, &mut rt.state, &mut rt.out, &mut rt.scratch);
+                }
                 if policy == DevicePolicy::Hybrid {
                     keep_busy_in_ai(rt, &devs, &sched, &pcfg, t0);
                 }
@@ -567,12 +655,14 @@ pub fn simulate(
                     _ => g.idle_w,
                 };
                 // Thermal guard (the same margin the policy keeps).
-                let model = ThermalModel {
-                    ambient_c: ambient,
-                    r_c_per_w: g.r_c_per_w,
-                    tau_s: g.tau_s,
-                };
-                let ok = model.max_power_w(d.temp, g.temp_limit_c - pcfg.temp_margin_c, dt) >= p;
+                let limit = g.temp_limit_c - pcfg.temp_margin_c;
+                let ok = max_power_w(
+                    ambient,
+                    g.r_c_per_w,
+                    decay[si][d.group as usize],
+                    d.temp,
+                    limit,
+                ) >= p;
                 if ok {
                     d.mode = want;
                     d.power_w = p;
@@ -651,12 +741,10 @@ pub fn simulate(
             }
             site_power[d.site as usize] += p;
             // Thermal.
-            let model = ThermalModel {
-                ambient_c: site_outdoor[d.site as usize] + site.climate.intake_offset_c,
-                r_c_per_w: g.r_c_per_w,
-                tau_s: g.tau_s,
-            };
-            d.temp = model.step(d.temp, p, dt);
+            // ThermalModel::step with the group's decay computed once.
+            let steady =
+                site_outdoor[d.site as usize] + site.climate.intake_offset_c + g.r_c_per_w * p;
+            d.temp = steady + (d.temp - steady) * decay[d.site as usize][d.group as usize];
             if d.temp > g.temp_limit_c + 1e-9 {
                 m.thermal_violations += 1;
             }
@@ -807,4 +895,82 @@ fn keep_busy_in_ai(rt: &mut SiteRt, devs: &[Dev], sched: &Scheduler, cfg: &Polic
             };
         }
     }
+}
+
+/// Builds the compact policy input: one representative per group whose devices are in lockstep
+/// (same mode, same reading, and the same switch time unless both are past the dwell), every
+/// member otherwise. Returns false when nothing would be saved.
+fn build_compact(rt: &mut SiteRt, now: f64, dwell: f64) -> bool {
+    rt.c_specs.clear();
+    rt.c_readings.clear();
+    rt.c_state.devices.clear();
+    rt.c_map.clear();
+    for r in &rt.members {
+        let first = r.start as usize;
+        let a = rt.state.devices[first];
+        let ra = &rt.readings[first];
+        let same = (r.start + 1..r.end).all(|m| {
+            let m = m as usize;
+            let b = rt.state.devices[m];
+            let rb = &rt.readings[m];
+            a.mode == b.mode
+                && (a.since_s == b.since_s
+                    || (now - a.since_s >= dwell && now - b.since_s >= dwell))
+                && ra.temp_c.map(f64::to_bits) == rb.temp_c.map(f64::to_bits)
+                && ra.power_w.map(f64::to_bits) == rb.power_w.map(f64::to_bits)
+        });
+        if same {
+            rt.c_specs.push(rt.specs[first].clone());
+            rt.c_readings.push(ra.clone());
+            rt.c_state.devices.push(a);
+            rt.c_map.push(r.clone());
+        } else {
+            for m in r.clone() {
+                rt.c_specs.push(rt.specs[m as usize].clone());
+                rt.c_readings.push(rt.readings[m as usize].clone());
+                rt.c_state.devices.push(rt.state.devices[m as usize]);
+                rt.c_map.push(m..m + 1);
+            }
+        }
+    }
+    rt.c_specs.len() < rt.specs.len()
+}
+
+/// Copies the compact decisions back to every device they stand for; each device keeps its own
+/// switch time and count unless its mode changed.
+fn expand_compact(rt: &mut SiteRt, now: f64) {
+    for (i, r) in rt.c_map.iter().enumerate() {
+        let dec = &rt.c_out[i];
+        for m in r.clone() {
+            let m = m as usize;
+            let own = rt.state.devices[m];
+            let out = &mut rt.out[m];
+            out.mode = dec.mode;
+            out.power_w = dec.power_w;
+            out.power_limit_w = dec.power_limit_w;
+            out.derated = dec.derated;
+            out.changed = dec.mode != own.mode;
+            out.reason.clone_from(&dec.reason);
+            if out.changed {
+                rt.state.devices[m] = DeviceState {
+                    mode: dec.mode,
+                    since_s: now,
+                    switches: own.switches + 1,
+                };
+            }
+        }
+    }
+}
+
+/// `ThermalModel::max_power_w` with a precomputed decay: the largest constant power that keeps
+/// the temperature at or below `limit_c` over the interval.
+fn max_power_w(ambient_c: f64, r_c_per_w: f64, decay: f64, temp_c: f64, limit_c: f64) -> f64 {
+    if temp_c > limit_c {
+        return f64::NEG_INFINITY;
+    }
+    let gain = r_c_per_w * (1.0 - decay);
+    if gain <= 0.0 {
+        return f64::INFINITY;
+    }
+    (limit_c - ambient_c - (temp_c - ambient_c) * decay) / gain
 }
