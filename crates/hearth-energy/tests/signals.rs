@@ -214,3 +214,33 @@ async fn http_client_bodies_and_errors() {
     ));
     hold.abort();
 }
+
+mod never_panic {
+    use super::*;
+    use hearth_energy::signals::time::{parse_duration, parse_timestamp};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Every decoder of outside input is total: arbitrary bytes give a value or an error.
+        #[test]
+        fn decoders_are_total(bytes in proptest::collection::vec(any::<u8>(), 0..512), text in "\\PC{0,200}") {
+            let _ = parse_json(&bytes);
+            let _ = parse_event(&bytes, 0.0);
+            let _ = hearth_energy::agent::parse_ai(&bytes);
+            let _ = parse_csv(&text);
+            let _ = parse_csv(&format!("hour,price\n{text}"));
+            let _ = parse_csv(&format!("timestamp,price\n{text}"));
+            let _ = parse_timestamp(&text);
+            let _ = parse_duration(&text);
+            let _ = parse_event(format!(r#"{{"id":"a","start":"{0}","duration":"{0}","target":"curtail"}}"#, text.replace(['"', '\\'], "")).as_bytes(), 0.0);
+        }
+
+        #[test]
+        fn timestamp_like_strings_are_total(y in 0u32..10000, rest in "[-0-9:TZ+.]{0,20}") {
+            let _ = parse_timestamp(&format!("{y:04}-{rest}"));
+            let _ = parse_duration(&format!("P{rest}"));
+        }
+    }
+}

@@ -75,7 +75,7 @@ pub fn format_timestamp(t_s: f64) -> String {
     if !t_s.is_finite() {
         return format!("{t_s}");
     }
-    let secs = t_s.floor() as i64;
+    let secs = t_s.clamp(-62e9, 253e9).floor() as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Inverse of days_from_civil (Howard Hinnant's civil_from_days).
@@ -98,6 +98,12 @@ pub fn format_timestamp(t_s: f64) -> String {
 
 /// Unix seconds of 00:00 UTC on January 1st of the year containing `t_s`.
 pub fn year_start_s(t_s: f64) -> f64 {
+    // Years 0..=9999 are all a price series can mean; clamping keeps the arithmetic in range.
+    let t_s = if t_s.is_nan() {
+        0.0
+    } else {
+        t_s.clamp(-62e9, 253e9)
+    };
     let days = (t_s / 86_400.0).floor() as i64;
     // Invert days_from_civil for the year only.
     let mut y = 1970 + days.div_euclid(365);
@@ -190,6 +196,12 @@ mod tests {
             assert!(parse_timestamp(bad).is_err(), "{bad}");
         }
         assert_eq!(year_start_s(1_795_478_400.0 + 5.0), 1_767_225_600.0);
+        assert_eq!(year_start_s(f64::MAX), year_start_s(253e9));
+        assert!(
+            format_timestamp(1e300).ends_with('Z'),
+            "{}",
+            format_timestamp(1e300)
+        );
         for ts in [
             "1970-01-01T00:00:00Z",
             "2000-02-29T23:59:59Z",

@@ -130,7 +130,7 @@ impl RaplDomain {
             let delta_uj = if uj >= e0 {
                 uj - e0
             } else {
-                (self.range_uj - e0.min(self.range_uj)) + uj
+                (self.range_uj - e0.min(self.range_uj)).saturating_add(uj)
             };
             let j = delta_uj as f64 / 1e6;
             self.total_j += j;
@@ -238,8 +238,12 @@ pub fn proc_stat_cpu(proc_root: &Path) -> Result<(u64, u64), SysfsError> {
         return Err(SysfsError::ProcStat(format!("too few fields in {line:?}")));
     }
     // user nice system idle iowait irq softirq steal (guest fields are already in user/nice).
-    let total: u64 = fields.iter().take(8).sum();
-    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    // Saturating: a corrupt counter must not overflow.
+    let total: u64 = fields
+        .iter()
+        .take(8)
+        .fold(0u64, |a, &b| a.saturating_add(b));
+    let idle = fields[3].saturating_add(fields.get(4).copied().unwrap_or(0));
     Ok((total - idle.min(total), total))
 }
 
