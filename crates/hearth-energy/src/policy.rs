@@ -41,7 +41,8 @@
 //! it; no device runs when unhealthy, curtailed or at its thermal limit; with a thermal model the
 //! predicted end-of-interval temperature of a running device is within its limit; a device
 //! changes mode at most once per `min_dwell` unless forced by safety or preempted by AI.
-//! Deterministic (ties broken by device index), O(n log n), one allocation per output vector.
+//! Deterministic (ties broken by device index), O(n log n); [`decide_into`] reuses its buffers, so
+//! a step allocates only the reason strings of curtailed or unsafe devices.
 
 use crate::reading::{validate, Health, HealthIssue, Reading};
 use crate::thermal::ThermalModel;

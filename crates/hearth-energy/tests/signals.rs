@@ -18,6 +18,10 @@ fn hourly_index_csv_replays_by_hour_of_year() {
     assert_eq!(s.at(t), Some(20.5));
     // Cyclic: the fourth hour wraps to the first row.
     assert_eq!(s.at(1_767_225_600.0 + 3.0 * 3600.0), Some(10.0));
+    // Five-minute index rows.
+    let s = parse_csv("interval5,price\n0,1\n1,2\n").unwrap();
+    assert_eq!(s.step_s, 300.0);
+    assert_eq!(s.at(1_767_225_600.0 + 310.0), Some(2.0));
 }
 
 #[test]
