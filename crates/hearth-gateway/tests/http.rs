@@ -592,3 +592,107 @@ async fn trails_and_metrics_are_served() {
     }
     assert!(text.trim_end().ends_with("# EOF"));
 }
+
+/// Mutated request bodies (bit flips, truncations, spliced JSON values) never produce a 5xx or
+/// a panic: every answer is a success or an OpenAI-style 4xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_requests_never_get_a_server_error() {
+    let (url, _) = serve(
+        Arc::new(local_backend()),
+        GatewayConfig {
+            max_tokens: 4,
+            default_max_tokens: 4,
+            max_context: Some(48),
+            max_body_bytes: 2048,
+            ..GatewayConfig::default()
+        },
+    )
+    .await;
+    let seeds = [
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
+        json!({"model": MODEL, "messages": [{"role": "system", "content": "s"},
+            {"role": "user", "content": [{"type": "text", "text": "t"}]}], "stop": ["a"], "seed": 1}),
+        json!({"model": MODEL, "prompt": "abc", "max_tokens": 2, "temperature": 0.5, "top_p": 0.5}),
+        json!({"model": MODEL, "prompt": [1, 2, 3], "stream": true, "max_tokens": 2}),
+    ];
+    let splices = [
+        "null",
+        "-1",
+        "1e400",
+        "\"\"",
+        "[]",
+        "{}",
+        "true",
+        "\"\\ud800\"",
+        "18446744073709551616",
+        "[[[[[[[[[[]]]]]]]]]]",
+        "\"\u{0}\"",
+    ];
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let client = reqwest::Client::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..600 {
+        let seed = seeds[i % seeds.len()].to_string().into_bytes();
+        let mut body = seed.clone();
+        match next() % 4 {
+            0 => {
+                let at = (next() as usize) % body.len();
+                body[at] ^= 1 << (next() % 8);
+            }
+            1 => body.truncate((next() as usize) % body.len()),
+            2 => {
+                // Replace the value after a random ':' with an odd JSON value.
+                let colons: Vec<usize> = (0..body.len()).filter(|&j| body[j] == b':').collect();
+                let at = colons[(next() as usize) % colons.len()] + 1;
+                let end = body[at..]
+                    .iter()
+                    .position(|&c| c == b',' || c == b'}')
+                    .map_or(body.len(), |p| at + p);
+                let splice = splices[(next() as usize) % splices.len()].as_bytes();
+                body.splice(at..end, splice.iter().copied());
+            }
+            _ => {
+                let at = (next() as usize) % body.len();
+                body.insert(at, (next() % 256) as u8);
+            }
+        }
+        let path = if String::from_utf8_lossy(&seed).contains("\"prompt\"") {
+            "/v1/completions"
+        } else {
+            "/v1/chat/completions"
+        };
+        let r = client
+            .post(format!("{url}{path}"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert!(
+            status < 500,
+            "{status} for {:?}: {text}",
+            String::from_utf8_lossy(&body)
+        );
+        if status >= 400 {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert!(v["error"]["message"].is_string(), "{text}");
+        }
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    // The mutations exercised both accepted and refused requests.
+    assert!(
+        statuses.get(&200).copied().unwrap_or(0) > 20,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get(&400).copied().unwrap_or(0) > 100,
+        "{statuses:?}"
+    );
+}
