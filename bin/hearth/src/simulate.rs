@@ -130,11 +130,18 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     for r in &out.runs {
         println!(
             "  {:<12} {:<7} {:>5} devices × {:>6} intervals: {:.2} s",
-            r.metrics.policy, r.metrics.scheduler, r.metrics.devices, r.metrics.intervals, r.metrics.wall_s
+            r.metrics.policy,
+            r.metrics.scheduler,
+            r.metrics.devices,
+            r.metrics.intervals,
+            r.metrics.wall_s
         );
     }
     if out.filled > 0 {
-        println!("Note: {} price intervals were forward-filled over gaps.", out.filled);
+        println!(
+            "Note: {} price intervals were forward-filled over gaps.",
+            out.filled
+        );
     }
     println!(
         "Wrote {}/report.md, report.json, profit.svg, modes.svg, queue.svg",

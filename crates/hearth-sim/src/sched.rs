@@ -207,8 +207,7 @@ impl Scheduler {
         self.running.len()
     }
 
-    /// GPUs asked for by waiting jobs, per site they could fit on (a job counts for every site
-    /// where it could ever fit; used as the AI demand signal for lending).
+    /// GPUs asked for by all waiting jobs (the AI demand signal for lending).
     pub fn waiting_gpus(&self) -> u64 {
         self.waiting
             .iter()
