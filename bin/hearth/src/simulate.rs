@@ -104,6 +104,13 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         a.latency_target_min.is_finite() && a.latency_target_min > 0.0,
         "--latency-target-min must be positive"
     );
+    if !a.prices.exists() {
+        anyhow::bail!(
+            "price trace {} not found (the shipped traces are in data/prices/ of the repository: \
+             run from its root or pass --prices)",
+            a.prices.display()
+        );
+    }
     let o = hearth_sim::run::Options {
         prices: a.prices,
         hour_base_unix: a.year.map(hearth_sim::time::year_start_unix),

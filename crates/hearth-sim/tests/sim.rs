@@ -418,3 +418,29 @@ fn group_compression_is_exact() {
         assert_eq!(a.series.profit_usd, b.series.profit_usd);
     }
 }
+
+#[test]
+fn hot_sites_throttle_instead_of_overheating() {
+    // A summer farm whose intake air reaches ~52 °C: an ASIC at full power would settle at
+    // ~88 °C, over its 85 °C limit. Every policy must idle devices instead of violating it.
+    let mut fleet = Fleet::default_fleet();
+    for s in &mut fleet.sites {
+        s.climate.mean_c = 38.0;
+        s.climate.seasonal_amp_c = 2.0;
+        s.climate.daily_amp_c = 6.0;
+        s.climate.intake_offset_c = 6.0;
+    }
+    let mut t = shipped(2019);
+    t.prices = t.prices[180 * 24..194 * 24].to_vec();
+    t.start_unix += 180 * 86_400;
+    let cfg = SimConfig::default();
+    for p in DevicePolicy::ALL {
+        let r = simulate(&fleet, &t, &[], p, SchedPolicy::Las, &cfg);
+        assert_eq!(r.metrics.thermal_violations, 0, "{p:?}");
+        assert!(r.metrics.max_temp_c <= 85.0);
+        // The guard engaged: ASICs spent time idle on thermal grounds even where mining pays.
+        let asic = r.series.groups.iter().find(|g| g.group == "s19xp").unwrap();
+        let idle: f32 = asic.frac.iter().map(|f| f[3]).sum::<f32>() / asic.frac.len() as f32;
+        assert!(idle > 0.05, "{p:?}: ASIC idle share {idle}");
+    }
+}
