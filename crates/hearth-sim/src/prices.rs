@@ -219,8 +219,14 @@ pub fn parse_prices(
     })
 }
 
+/// Largest |unix seconds| accepted (about the year 5138), so differences cannot overflow.
+const MAX_ABS_UNIX: i64 = 100_000_000_000;
+
 fn parse_time(s: &str) -> Result<i64, TimeError> {
     if let Ok(v) = s.parse::<i64>() {
+        if v.unsigned_abs() > MAX_ABS_UNIX as u64 {
+            return Err(TimeError(s.chars().take(64).collect()));
+        }
         return Ok(v);
     }
     parse_rfc3339(s)

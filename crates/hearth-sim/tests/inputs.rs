@@ -191,3 +191,53 @@ fn generator_fills_a_horizon_when_no_count_is_given() {
     assert!((0.6..0.7).contains(&load), "load {load}");
     assert!(jobs.last().unwrap().arrival_s <= p.max_horizon_s);
 }
+
+mod never_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary text (including CSV-looking text) gives a trace or an error, never a panic,
+        /// and an accepted trace keeps its invariants.
+        #[test]
+        fn price_reader_is_total(
+            rows in prop::collection::vec(("[-0-9:TZ. e+]{0,24}", "[-0-9.naifNI]{0,12}"), 0..20),
+            header in prop::bool::ANY,
+            fill in prop::bool::ANY,
+        ) {
+            let mut text = if header { "timestamp,price\n".to_string() } else { String::new() };
+            for (a, b) in &rows {
+                text.push_str(&format!("{a},{b}\n"));
+            }
+            let gaps = if fill { GapPolicy::ForwardFill } else { GapPolicy::Error };
+            if let Ok(t) = parse_prices(&text, gaps, 0) {
+                prop_assert!(!t.prices.is_empty());
+                prop_assert!(t.step_s == 300 || t.step_s == 3600);
+                prop_assert!(t.prices.iter().all(|p| p.is_finite()));
+            }
+        }
+
+        #[test]
+        fn job_reader_is_total(text in "(arrival,gpus,duration\n)?([-0-9.e,T:Z]{0,30}\n){0,10}") {
+            if let Ok(jobs) = parse_jobs(&text, 0, 2000.0) {
+                prop_assert!(jobs.windows(2).all(|w| w[0].arrival_s <= w[1].arrival_s));
+                prop_assert!(jobs.iter().all(|j| j.gpus >= 1 && j.work_s > 0.0));
+            }
+        }
+
+        #[test]
+        fn timestamp_parser_is_total(s in "\\PC{0,40}") {
+            let _ = hearth_sim::time::parse_rfc3339(&s);
+        }
+    }
+
+    #[test]
+    fn extreme_unix_times_are_errors_not_overflows() {
+        let text = "0,1\n-9223372036854775808,2\n";
+        assert!(parse_prices(text, GapPolicy::Error, 0).is_err());
+        let text = "9223372036854775807,1\n0,2\n";
+        assert!(parse_prices(text, GapPolicy::Error, 0).is_err());
+    }
+}
