@@ -42,3 +42,5 @@ target/release/examples/loadtest "$url" bench --streams 1,8,32 --requests-per-st
 echo "saturation (max-running 32, max-queue 16):"
 target/release/examples/loadtest "$url" bench --streams 96 --requests-per-stream 1 \
   --max-tokens "$max_tokens" --pid "$gw" | tail -1
+echo "head batching (products, rows):"
+curl -s "$url/metrics" | grep -E '^hearth_gateway_head_(products|rows) '

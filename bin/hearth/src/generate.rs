@@ -136,7 +136,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     eprintln!("route: client -> {} -> client", route.join(" -> "));
 
     let params = params(&args);
-    let mut pipeline = Pipeline { head, stages };
+    let mut pipeline = Pipeline {
+        head,
+        stages,
+        head_batch: None,
+    };
     let mut stdout = std::io::stdout();
     print!("{}", args.prompt);
     let out = generate(&mut pipeline, &tokenizer, &prompt, &params, &mut |text| {

@@ -212,6 +212,7 @@ pub fn generate_through_swarm(
     let mut pipeline = Pipeline {
         head,
         stages: vec![Box::new(chain)],
+        head_batch: None,
     };
     let mut stdout = std::io::stdout();
     print!("{prompt_text}");

@@ -71,6 +71,9 @@ impl Drop for LocalStage {
 pub struct Pipeline {
     pub head: Arc<ClientHead>,
     pub stages: Vec<Box<dyn HiddenStage>>,
+    /// When set, the last-position logits go through this shared batcher (many concurrent
+    /// generations, one head product) instead of `head`.
+    pub head_batch: Option<crate::head_batch::HeadBatcher>,
 }
 
 impl Pipeline {
@@ -89,7 +92,11 @@ impl Pipeline {
                     as Box<dyn HiddenStage>)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { head, stages })
+        Ok(Self {
+            head,
+            stages,
+            head_batch: None,
+        })
     }
 
     /// Embeds `ids` (positions `start..`) and runs them through every stage.
@@ -110,7 +117,10 @@ impl Pipeline {
     /// Logits of the last of `ids`.
     pub fn logits_last(&mut self, start: usize, ids: &[u32]) -> Result<Vec<f32>> {
         let x = self.hidden(start, ids)?;
-        self.head.logits_last(&x)
+        match &self.head_batch {
+            Some(batcher) => batcher.logits_last(&x),
+            None => self.head.logits_last(&x),
+        }
     }
 }
 

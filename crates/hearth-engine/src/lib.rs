@@ -9,6 +9,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod head_batch;
 pub mod identity;
 pub mod kernels;
 mod layers;
@@ -28,6 +29,8 @@ pub use weights::{BlockTensor, PackedWeight, TensorRole, Weight};
 
 pub use candle_core::{DType, Device, Tensor};
 pub use generate::{
-    generate, generate_cancellable, FinishReason, Generation, HiddenStage, LocalStage, Pipeline};
+    generate, generate_cancellable, FinishReason, Generation, HiddenStage, LocalStage, Pipeline,
+};
+pub use head_batch::{HeadBatchStats, HeadBatcher, Registration};
 pub use session::{ServerStats, SessionId, SessionLimits, SliceServer};
 pub use synth::{SynthModel, SynthOptions};

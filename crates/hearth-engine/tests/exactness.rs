@@ -320,6 +320,72 @@ fn generation_stops_at_the_next_token_once_cancelled() {
     })
     .unwrap();
     assert_eq!(cut.finish, FinishReason::Cancelled);
-    assert_eq!(cut.tokens.len(), 3, "stopped at the first check that said so");
+    assert_eq!(
+        cut.tokens.len(),
+        3,
+        "stopped at the first check that said so"
+    );
     assert_eq!(cut.tokens[..], full.tokens[..3]);
+}
+
+/// Generations that share one batched head give the same tokens as generations run alone, and
+/// the head really computes several of them per product.
+#[test]
+fn a_shared_batched_head_gives_the_same_generations() {
+    use hearth_engine::{generate, HeadBatcher};
+    use hearth_sampling::SamplingParams;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let src = synth_gguf(&dir.path().join("m.gguf"), "tiny", GgmlDType::Q8_0);
+    let tokenizer = src.tokenizer().unwrap();
+    let params = SamplingParams {
+        max_tokens: 16,
+        ..SamplingParams::default()
+    };
+    let prompts: Vec<Vec<u32>> = ["Hello", "Once upon", "The swarm", "Zz"]
+        .iter()
+        .map(|p| tokenizer.encode(p, true).unwrap())
+        .collect();
+    let solo: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            generate(
+                &mut pipeline(&src, &[]),
+                &tokenizer,
+                p,
+                &params,
+                &mut |_| {},
+            )
+            .unwrap()
+            .tokens
+        })
+        .collect();
+    let head = Arc::new(src.load_head(&LoadOptions::default(), None).unwrap());
+    let batcher = HeadBatcher::start(head, Duration::from_millis(50), 8);
+    let registrations: Vec<_> = prompts.iter().map(|_| batcher.register()).collect();
+    let shared: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .zip(registrations)
+            .map(|(p, reg)| {
+                let (src, tokenizer, params, batcher) = (&src, &tokenizer, &params, &batcher);
+                scope.spawn(move || {
+                    let mut pipe = pipeline(src, &[]);
+                    pipe.head_batch = Some(batcher.clone());
+                    let out = generate(&mut pipe, tokenizer, p, params, &mut |_| {}).unwrap();
+                    drop(reg);
+                    out.tokens
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(shared, solo);
+    let stats = batcher.stats();
+    assert_eq!(stats.rows, solo.iter().map(|t| t.len() as u64).sum::<u64>());
+    assert!(
+        stats.products * 2 <= stats.rows,
+        "rows were batched: {stats:?}"
+    );
 }

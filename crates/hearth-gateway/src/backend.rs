@@ -4,8 +4,8 @@
 
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{
-    generate_cancellable, ClientHead, Generation, HiddenStage, LoadOptions, LocalStage,
-    ModelSource, Pipeline, SessionLimits, SliceServer,
+    generate_cancellable, ClientHead, Generation, HeadBatchStats, HeadBatcher, HiddenStage,
+    LoadOptions, LocalStage, ModelSource, Pipeline, SessionLimits, SliceServer,
 };
 use hearth_sampling::SamplingParams;
 use hearth_swarm::{ChainLog, SwarmClient};
@@ -78,12 +78,22 @@ pub trait Backend: Send + Sync + 'static {
     /// The content-addressed model id.
     fn model_id(&self) -> ContentHash;
     fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail);
+    /// Head products and the rows they covered, where the head is shared between generations.
+    fn head_stats(&self) -> Option<HeadBatchStats> {
+        None
+    }
 }
+
+/// How long the shared head waits for other generations' rows before computing a batch.
+const HEAD_GATHER: Duration = Duration::from_millis(3);
+/// Most rows in one head product.
+const HEAD_MAX_BATCH: usize = 64;
 
 /// Generates through the swarm.
 pub struct SwarmBackend {
     client: SwarmClient,
     head: Arc<ClientHead>,
+    batcher: HeadBatcher,
     tokenizer: Tokenizer,
     model_id: ContentHash,
     n_blocks: u32,
@@ -101,6 +111,7 @@ impl SwarmBackend {
         Self {
             n_blocks: cfg.num_layers as u32,
             context_len: cfg.max_position_embeddings,
+            batcher: HeadBatcher::start(head.clone(), HEAD_GATHER, HEAD_MAX_BATCH),
             client,
             head,
             tokenizer,
@@ -122,13 +133,20 @@ impl Backend for SwarmBackend {
         self.model_id
     }
 
+    fn head_stats(&self) -> Option<HeadBatchStats> {
+        Some(self.batcher.stats())
+    }
+
     fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail) {
         let max_len = (job.prompt.len() + job.params.max_tokens).min(self.context_len);
         let chain = self.client.chain(self.model_id, self.n_blocks, max_len);
         let log = chain.log();
+        // Concurrent generations share one head product per token.
+        let _in_batch = self.batcher.register();
         let mut pipeline = Pipeline {
             head: self.head.clone(),
             stages: vec![Box::new(chain)],
+            head_batch: Some(self.batcher.clone()),
         };
         let result = generate_cancellable(
             &mut pipeline,
@@ -207,6 +225,7 @@ fn hex(bytes: &[u8]) -> String {
 pub struct LocalBackend {
     server: Arc<SliceServer>,
     head: Arc<ClientHead>,
+    batcher: HeadBatcher,
     tokenizer: Tokenizer,
     model_id: ContentHash,
     blocks: BlockRange,
@@ -225,6 +244,7 @@ impl LocalBackend {
             server: Arc::new(SliceServer::new(slice, SessionLimits::default())),
             blocks,
             context_len: cfg.max_position_embeddings,
+            batcher: HeadBatcher::start(head.clone(), HEAD_GATHER, HEAD_MAX_BATCH),
             head,
             tokenizer,
             model_id,
@@ -245,6 +265,10 @@ impl Backend for LocalBackend {
         self.model_id
     }
 
+    fn head_stats(&self) -> Option<HeadBatchStats> {
+        Some(self.batcher.stats())
+    }
+
     fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail) {
         let trail = Trail {
             model_id: self.model_id.to_hex(),
@@ -261,9 +285,11 @@ impl Backend for LocalBackend {
             Err(e) => return (Err(e.into()), trail),
         };
         let stages: Vec<Box<dyn HiddenStage>> = vec![Box::new(stage)];
+        let _in_batch = self.batcher.register();
         let mut pipeline = Pipeline {
             head: self.head.clone(),
             stages,
+            head_batch: Some(self.batcher.clone()),
         };
         let result = generate_cancellable(
             &mut pipeline,

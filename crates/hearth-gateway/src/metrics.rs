@@ -43,6 +43,8 @@ pub struct Metrics {
     pub cancelled: Counter,
     pub failovers: Counter,
     pub node_step_seconds: HistogramFamily<NodeLabels>,
+    pub head_products: Gauge,
+    pub head_rows: Gauge,
     known_nodes: Mutex<HashSet<String>>,
 }
 
@@ -116,8 +118,22 @@ impl Default for Metrics {
             "Mean time a node took to answer one step, per generation",
             node_step_seconds.clone(),
         );
+        let head_products = Gauge::default();
+        registry.register(
+            "head_products",
+            "Output-head products computed (one per batch of generations' rows)",
+            head_products.clone(),
+        );
+        let head_rows = Gauge::default();
+        registry.register(
+            "head_rows",
+            "Rows (one per generation per token) those head products covered",
+            head_rows.clone(),
+        );
         Self {
             registry,
+            head_products,
+            head_rows,
             requests,
             prompt_tokens,
             completion_tokens,

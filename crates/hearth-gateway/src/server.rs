@@ -163,6 +163,10 @@ async fn require_key(
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    if let Some(stats) = gw.backend.head_stats() {
+        gw.metrics.head_products.set(stats.products as i64);
+        gw.metrics.head_rows.set(stats.rows as i64);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
