@@ -69,7 +69,7 @@ pub struct SimulateArgs {
     /// point for --fleet.
     #[arg(long)]
     print_fleet: bool,
-    /// Output folder for report.md, report.json, profit.svg, modes.svg, queue.svg.
+    /// Output folder for report.md, report.json and the SVG plots.
     #[arg(long, default_value = "target/sim")]
     out: PathBuf,
 }
@@ -151,7 +151,7 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "Wrote {}/report.md, report.json, profit.svg, modes.svg, queue.svg",
+        "Wrote {}/report.md, report.json, profit.svg, profit-vs-always-mine.svg, modes.svg, queue.svg",
         a.out.display()
     );
     Ok(())

@@ -235,7 +235,8 @@ struct JsonReport<'a> {
     targets: &'a Targets,
 }
 
-/// Writes report.md, report.json, profit.svg, modes.svg and queue.svg into `dir`.
+/// Writes report.md, report.json, profit.svg, profit-vs-always-mine.svg (when that run is
+/// present), modes.svg and queue.svg into `dir`.
 pub fn write_all(dir: &Path, runs: &[RunResult], t: &Targets, header: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("report.md"), markdown(runs, t, header))?;
@@ -247,7 +248,10 @@ pub fn write_all(dir: &Path, runs: &[RunResult], t: &Targets, header: &str) -> s
     .map_err(std::io::Error::other)?;
     std::fs::write(dir.join("report.json"), json)?;
     let io = |e: String| std::io::Error::other(e);
-    plot_profit(&dir.join("profit.svg"), runs).map_err(io)?;
+    plot_profit(&dir.join("profit.svg"), runs, None).map_err(io)?;
+    if let Some(base) = runs.iter().find(|r| r.metrics.policy == "always-mine") {
+        plot_profit(&dir.join("profit-vs-always-mine.svg"), runs, Some(base)).map_err(io)?;
+    }
     let modes_run = runs
         .iter()
         .find(|r| r.metrics.policy == "hybrid")
@@ -259,7 +263,7 @@ pub fn write_all(dir: &Path, runs: &[RunResult], t: &Targets, header: &str) -> s
     Ok(())
 }
 
-const COLORS: [RGBColor; 8] = [
+const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -268,14 +272,28 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 fn label(m: &Metrics) -> String {
     format!("{} / {}", m.policy, m.scheduler)
 }
 
-/// Cumulative net profit over time, one line per run.
-pub fn plot_profit(path: &Path, runs: &[RunResult]) -> Result<(), String> {
+/// Cumulative net profit over time, one line per run; with a baseline, each run's profit minus
+/// the baseline's (same samples).
+pub fn plot_profit(
+    path: &Path,
+    runs: &[RunResult],
+    baseline: Option<&RunResult>,
+) -> Result<(), String> {
+    let minus = |r: &RunResult, i: usize| -> f64 {
+        let v = r.series.profit_usd[i];
+        match baseline {
+            Some(b) => v - b.series.profit_usd.get(i).copied().unwrap_or(0.0),
+            None => v,
+        }
+    };
     let e = |x: &dyn std::fmt::Display| x.to_string();
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
@@ -285,11 +303,15 @@ pub fn plot_profit(path: &Path, runs: &[RunResult]) -> Result<(), String> {
         .fold(1.0, f64::max);
     let (lo, hi) = runs
         .iter()
-        .flat_map(|r| r.series.profit_usd.iter().copied())
+        .flat_map(|r| (0..r.series.profit_usd.len()).map(move |i| minus(r, i)))
         .fold((0.0f64, 1.0f64), |(l, h), v| (l.min(v), h.max(v)));
+    let caption = match baseline {
+        Some(b) => format!("Cumulative net profit minus {}'s", label(&b.metrics)),
+        None => "Cumulative net profit".to_string(),
+    };
     let pad = (hi - lo) * 0.05;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Cumulative net profit", ("sans-serif", 22))
+        .caption(caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
@@ -308,8 +330,8 @@ pub fn plot_profit(path: &Path, runs: &[RunResult]) -> Result<(), String> {
                 r.series
                     .t_days
                     .iter()
-                    .copied()
-                    .zip(r.series.profit_usd.iter().copied()),
+                    .enumerate()
+                    .map(|(i, &t)| (t, minus(r, i))),
                 c.stroke_width(2),
             ))
             .map_err(|x| e(&x))?

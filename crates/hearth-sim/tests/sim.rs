@@ -332,7 +332,12 @@ fn report_files_are_written() {
     };
     let out = run(&o).unwrap();
     assert_eq!(out.runs.len(), 10);
-    for f in ["profit.svg", "modes.svg", "queue.svg"] {
+    for f in [
+        "profit.svg",
+        "profit-vs-always-mine.svg",
+        "modes.svg",
+        "queue.svg",
+    ] {
         let s = std::fs::read_to_string(dir.path().join(f)).unwrap();
         assert!(s.contains("<svg") && s.contains("</svg>"), "{f}");
     }
