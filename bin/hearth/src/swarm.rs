@@ -113,6 +113,55 @@ pub struct NodeArgs {
     /// Write one line `<multiaddr>/p2p/<peer id>` here once serving (used by `hearth demo`).
     #[arg(long, hide = true)]
     pub ready_file: Option<PathBuf>,
+    /// An energy agent (`hearth agent`) to obey: the node takes new sessions only while the
+    /// agent's decision for `--agent-device` is to serve AI (e.g. http://127.0.0.1:9100).
+    #[arg(long, requires = "agent_device")]
+    pub agent_url: Option<String>,
+    /// The agent's id of the device this node runs on.
+    #[arg(long, requires = "agent_url")]
+    pub agent_device: Option<String>,
+    /// Seconds between polls of the agent.
+    #[arg(long, default_value_t = 5)]
+    pub agent_poll_secs: u64,
+}
+
+/// Follows the energy agent's decision for one device: serve AI → take sessions; anything
+/// else → pause (open sessions finish). An unreachable agent leaves the last decision in force.
+async fn follow_agent(node: Arc<Node>, url: String, device: String, every: Duration) {
+    let state_url = format!("{}/api/state", url.trim_end_matches('/'));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let body = match hearth_energy::signals::http::get(&state_url, Duration::from_secs(5)).await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("energy agent unreachable ({e}); keeping the last decision");
+                continue;
+            }
+        };
+        let serve = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v["devices"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["id"] == device.as_str())
+                    .and_then(|d| d["serve_ai"].as_bool())
+            });
+        match serve {
+            Some(on) => {
+                if on != node.is_serving() {
+                    eprintln!(
+                        "energy agent: {} serving (device {device})",
+                        if on { "resume" } else { "pause" }
+                    );
+                }
+                node.set_serving(on);
+            }
+            None => tracing::warn!("the agent's state has no device {device:?}"),
+        }
+    }
 }
 
 /// The async runtime of the swarm commands: networking needs little, kernels run on rayon.
@@ -144,7 +193,11 @@ pub fn run_node(args: NodeArgs) -> Result<()> {
     cfg.discovery_wait = Duration::from_secs(args.discovery_secs);
     let rt = runtime()?;
     rt.block_on(async move {
-        let node = Node::start(cfg).await?;
+        let node = Arc::new(Node::start(cfg).await?);
+        if let (Some(url), Some(device)) = (args.agent_url.clone(), args.agent_device.clone()) {
+            let every = Duration::from_secs(args.agent_poll_secs.max(1));
+            tokio::spawn(follow_agent(node.clone(), url, device, every));
+        }
         // Give the listeners a moment to report their addresses.
         let mut addrs = Vec::new();
         for _ in 0..50 {

@@ -449,3 +449,83 @@ trap 'kill -9 $P1 $P2' EXIT
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{stderr}");
     assert!(stderr.contains("2 servers cover all 6 blocks"), "{stderr}");
 }
+
+/// One HTTP/1.1 request to a local server; the status code and body (for the agent's API).
+fn http(method: &str, port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// A node tied to an energy agent's device serves while the agent says "serve AI" and leaves
+/// the swarm when a demand-response event curtails the device; it returns when the event is
+/// cancelled.
+#[test]
+fn a_node_follows_its_energy_agent() {
+    let (_d, home) = home();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut agent = hearth(&home)
+        .args(["agent", "--simulated", "--interval-secs", "1", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agent");
+    wait_for("the agent's API", Duration::from_secs(60), || {
+        http("GET", port, "/api/state", "").is_some_and(|(s, b)| s == 200 && b.contains("sim-gpu2"))
+    });
+    let agent_url = format!("http://127.0.0.1:{port}");
+    let node = NodeProc::start(
+        &home,
+        "a",
+        "0..6",
+        None,
+        &[
+            "--agent-url",
+            &agent_url,
+            "--agent-device",
+            "sim-gpu2",
+            "--agent-poll-secs",
+            "1",
+        ],
+    );
+    // The simulated site has paid AI work for sim-gpu2: the node serves.
+    wait_for("the node's announcement", Duration::from_secs(60), || {
+        peers(&home, &node.addr).contains("1 servers")
+    });
+    let (status, body) = http(
+        "POST",
+        port,
+        "/api/dr/events",
+        r#"{"id": "curtail-all", "duration": "PT1H", "target": {"limit_kw": 0}}"#,
+    )
+    .expect("post event");
+    assert!((200..300).contains(&status), "{status} {body}");
+    wait_for("the node to pause", Duration::from_secs(30), || {
+        node.log().contains("pause serving")
+    });
+    wait_for("the node to leave the DHT", Duration::from_secs(30), || {
+        peers(&home, &node.addr).contains("0 servers")
+    });
+    let (status, _) = http("DELETE", port, "/api/dr/events/curtail-all", "").expect("cancel");
+    assert!((200..300).contains(&status));
+    wait_for("the node to serve again", Duration::from_secs(60), || {
+        peers(&home, &node.addr).contains("1 servers")
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -136,6 +136,11 @@ struct NodeState {
     max_streams: usize,
     /// Largest step frame this model can need.
     step_frame_limit: usize,
+    /// Whether new sessions are taken and the node is announced (an energy agent may pause it;
+    /// open sessions finish either way).
+    serving: std::sync::atomic::AtomicBool,
+    /// Wakes the announcer when `serving` changes.
+    serving_changed: tokio::sync::Notify,
 }
 
 struct Job {
@@ -217,6 +222,8 @@ impl Node {
             fault: cfg.fault,
             step_delay: cfg.step_delay,
             max_streams: cfg.sessions.max_sessions + 16,
+            serving: std::sync::atomic::AtomicBool::new(true),
+            serving_changed: tokio::sync::Notify::new(),
             step_frame_limit: (64 + cfg.limits.max_rows as usize * hidden_size * 2)
                 .min(cfg.limits.max_frame_bytes),
         });
@@ -278,8 +285,22 @@ impl Node {
             let mut tick = tokio::time::interval(ttl / 3);
             let mut provided: Option<BlockRange> = None;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = state.serving_changed.notified() => {}
+                }
                 let served = state.current();
+                if !state.serving.load(std::sync::atomic::Ordering::Acquire) {
+                    // Paused: withdraw the provider records; the announcement expires by itself.
+                    if let Some(old) = provided.take() {
+                        net.stop_providing(model_key(&state.model_id)).await;
+                        for b in old.start()..old.end() {
+                            net.stop_providing(block_key(&state.model_id, b)).await;
+                        }
+                    }
+                    served.server.expire_idle(Instant::now());
+                    continue;
+                }
                 served.server.expire_idle(Instant::now());
                 let status = net.status().await;
                 let stats = served.server.stats();
@@ -400,6 +421,29 @@ impl Node {
 
     pub fn sessions_open(&self) -> usize {
         self.state.current().server.stats().sessions
+    }
+
+    /// Pauses (`false`) or resumes (`true`) taking new sessions and announcing this node, e.g.
+    /// when the energy agent gives the device to mining. Sessions already open finish.
+    pub fn set_serving(&self, on: bool) {
+        let was = self
+            .state
+            .serving
+            .swap(on, std::sync::atomic::Ordering::AcqRel);
+        if was != on {
+            tracing::info!(
+                serving = on,
+                "serving {}",
+                if on { "resumed" } else { "paused" }
+            );
+            self.state.serving_changed.notify_one();
+        }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.state
+            .serving
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -644,6 +688,12 @@ fn open_session(
         return Err(Box::new(Response::error(
             ErrorCode::NotServed,
             format!("model {} is not served here", open.model_id.short()),
+        )));
+    }
+    if !state.serving.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(Box::new(Response::error(
+            ErrorCode::NotServed,
+            "this node is paused by its energy agent",
         )));
     }
     let served = state.current();
