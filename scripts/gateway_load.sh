@@ -5,7 +5,8 @@
 #
 #   scripts/gateway_load.sh MODEL.gguf|HF_DIR [MAX_TOKENS]
 #
-# Build first: cargo build --release -p hearth -p hearth-gateway --example loadtest
+# Build first: cargo build --release -p hearth && cargo build --release -p hearth-gateway --example loadtest
+# GATEWAY_FLAGS=--no-head-batch measures the gateway without the shared head.
 set -euo pipefail
 model=${1:?model path}
 max_tokens=${2:-32}
@@ -31,7 +32,7 @@ pids+=($!)
 wait_file "$work/b.addr"
 $bin --threads 1 gateway --model "$model" --model-name bench --bootstrap "$(cat "$work/a.addr")" \
   --listen /ip4/127.0.0.1/tcp/0 --no-mdns --http 127.0.0.1:0 --ready-file "$work/url" \
-  --max-running 32 --max-queue 16 2>"$work/gw.log" &
+  --max-running 32 --max-queue 16 ${GATEWAY_FLAGS:-} 2>"$work/gw.log" &
 gw=$!
 pids+=($gw)
 wait_file "$work/url"

@@ -24,6 +24,9 @@ pub struct GatewayArgs {
     /// Run every block in this process instead of through the swarm (one machine, no network).
     #[arg(long)]
     pub local: bool,
+    /// Benchmarking only: compute each generation's head separately instead of batching.
+    #[arg(long, hide = true)]
+    pub no_head_batch: bool,
 }
 
 /// The HTTP side of a gateway (also used by `hearth demo --gateway`).
@@ -114,7 +117,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         Arc::new(LocalBackend::new(src, ident.model_id)?)
     } else {
         let client = rt.block_on(SwarmClient::start(args.net.client_config()))?;
-        swarm_backend(&rt, client, &src)?
+        swarm_backend(&rt, client, &src, !args.no_head_batch)?
     };
     serve_blocking(&rt, backend, &args.http, &path)
 }
@@ -124,6 +127,7 @@ pub fn swarm_backend(
     rt: &tokio::runtime::Runtime,
     client: SwarmClient,
     src: &ModelSource,
+    head_batch: bool,
 ) -> Result<Arc<dyn Backend>> {
     let ident = identity_cached(src, &hearth_home().join("model-ids"))?;
     let n_blocks = src.config().num_layers as u32;
@@ -137,12 +141,12 @@ pub fn swarm_backend(
         Err(e) => eprintln!("warning: {e:#}; serving anyway"),
     }
     let head = Arc::new(src.load_head(&LoadOptions::default(), None)?);
-    Ok(Arc::new(SwarmBackend::new(
-        client,
-        head,
-        src.tokenizer()?,
-        ident.model_id,
-    )))
+    let backend = SwarmBackend::new(client, head, src.tokenizer()?, ident.model_id);
+    Ok(if head_batch {
+        Arc::new(backend)
+    } else {
+        Arc::new(backend.without_head_batching())
+    })
 }
 
 /// Serves the gateway until Ctrl-C.

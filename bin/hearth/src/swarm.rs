@@ -425,7 +425,7 @@ pub fn run_demo(args: DemoArgs, threads: Option<usize>) -> Result<()> {
         };
         let rt = runtime()?;
         let client = rt.block_on(SwarmClient::start(net.client_config()))?;
-        let backend = crate::gateway::swarm_backend(&rt, client, &src)?;
+        let backend = crate::gateway::swarm_backend(&rt, client, &src, true)?;
         crate::gateway::serve_blocking(&rt, backend, &http, &model)?;
     }
     eprintln!("stopping {} nodes", children.0.len());

@@ -93,7 +93,7 @@ const HEAD_MAX_BATCH: usize = 64;
 pub struct SwarmBackend {
     client: SwarmClient,
     head: Arc<ClientHead>,
-    batcher: HeadBatcher,
+    batcher: Option<HeadBatcher>,
     tokenizer: Tokenizer,
     model_id: ContentHash,
     n_blocks: u32,
@@ -111,12 +111,24 @@ impl SwarmBackend {
         Self {
             n_blocks: cfg.num_layers as u32,
             context_len: cfg.max_position_embeddings,
-            batcher: HeadBatcher::start(head.clone(), HEAD_GATHER, HEAD_MAX_BATCH),
+            batcher: Some(HeadBatcher::start(
+                head.clone(),
+                HEAD_GATHER,
+                HEAD_MAX_BATCH,
+            )),
             client,
             head,
             tokenizer,
             model_id,
         }
+    }
+}
+
+impl SwarmBackend {
+    /// Every generation computes its own head (for measuring what batching gains).
+    pub fn without_head_batching(mut self) -> Self {
+        self.batcher = None;
+        self
     }
 }
 
@@ -134,7 +146,7 @@ impl Backend for SwarmBackend {
     }
 
     fn head_stats(&self) -> Option<HeadBatchStats> {
-        Some(self.batcher.stats())
+        self.batcher.as_ref().map(HeadBatcher::stats)
     }
 
     fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail) {
@@ -142,11 +154,11 @@ impl Backend for SwarmBackend {
         let chain = self.client.chain(self.model_id, self.n_blocks, max_len);
         let log = chain.log();
         // Concurrent generations share one head product per token.
-        let _in_batch = self.batcher.register();
+        let _in_batch = self.batcher.as_ref().map(HeadBatcher::register);
         let mut pipeline = Pipeline {
             head: self.head.clone(),
             stages: vec![Box::new(chain)],
-            head_batch: Some(self.batcher.clone()),
+            head_batch: self.batcher.clone(),
         };
         let result = generate_cancellable(
             &mut pipeline,
