@@ -142,6 +142,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(gw.cfg.max_body_bytes))
+        // One span per request (method, path, status, latency) for `RUST_LOG=tower_http=debug`.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(gw)
 }
 
@@ -621,7 +623,10 @@ fn spawn_generation(
             });
             let trail = match &result {
                 Ok(g) => account(&books, &id, g, trail),
-                Err(_) => Arc::new(trail),
+                Err(e) => {
+                    tracing::warn!(id, "generation failed: {e:#}");
+                    Arc::new(trail)
+                }
             };
             let result = result.map_err(|e| format!("{e:#}"));
             let _ = tx.blocking_send(GenEvent::Done(result, trail));
@@ -653,6 +658,18 @@ fn account(gw: &Gateway, id: &str, g: &Generation, trail: Trail) -> Arc<Trail> {
             .observe(g.decode_tokens_per_sec());
     }
     gw.metrics.failovers.inc_by(trail.failovers.len() as u64);
+    tracing::info!(
+        id,
+        prompt_tokens = g.prompt_tokens,
+        completion_tokens = g.tokens.len(),
+        finish = ?g.finish,
+        ttft_ms = g.prefill.as_secs_f64() * 1000.0,
+        decode_tok_s = g.decode_tokens_per_sec(),
+        hops = trail.route.len(),
+        receipts = trail.receipts.len(),
+        failovers = trail.failovers.len(),
+        "generation done"
+    );
     for (node, steps, total) in &trail.node_latency {
         gw.metrics.node_steps(node, *steps, *total);
     }
