@@ -107,7 +107,19 @@ impl HttpArgs {
     }
 }
 
+/// Without an API key only loopback addresses are allowed.
+fn check_bind(cfg: &GatewayConfig, addr: SocketAddr) -> Result<()> {
+    if cfg.api_keys.is_empty() && !addr.ip().is_loopback() {
+        bail!(
+            "refusing to serve on {addr} without an API key: pass --api-key (or HEARTH_API_KEYS), or listen on a loopback address such as 127.0.0.1"
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: GatewayArgs) -> Result<()> {
+    // Refuse an unsafe address before spending time loading the model.
+    check_bind(&args.http.config(Path::new(""))?, args.http.http)?;
     let path = args.model.path()?;
     let src =
         ModelSource::open(&path).with_context(|| format!("opening model {}", path.display()))?;
@@ -157,12 +169,7 @@ pub fn serve_blocking(
     model: &Path,
 ) -> Result<()> {
     let cfg = http.config(model)?;
-    if cfg.api_keys.is_empty() && !http.http.ip().is_loopback() {
-        bail!(
-            "refusing to serve on {} without an API key: pass --api-key (or HEARTH_API_KEYS), or listen on a loopback address such as 127.0.0.1",
-            http.http
-        );
-    }
+    check_bind(&cfg, http.http)?;
     let model_name = cfg.model_name.clone();
     let no_keys = cfg.api_keys.is_empty();
     let gateway = Gateway::new(backend, cfg);

@@ -136,3 +136,30 @@ fn bad_arguments_fail_cleanly() {
         );
     }
 }
+
+/// Without an API key the gateway refuses a non-loopback address, before loading anything.
+#[test]
+fn gateway_refuses_a_public_address_without_a_key() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "gateway",
+            "--synth",
+            "tiny",
+            "--local",
+            "--http",
+            "0.0.0.0:0",
+        ])
+        .env("HEARTH_HOME", home.path())
+        .env_remove("HEARTH_API_KEYS")
+        .output()
+        .expect("hearth runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to serve on 0.0.0.0:0 without an API key"),
+        "{stderr}"
+    );
+    // Nothing was loaded or synthesized on the way.
+    assert!(!home.path().join("models").exists());
+}
