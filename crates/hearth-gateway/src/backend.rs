@@ -153,27 +153,44 @@ impl Backend for SwarmBackend {
         let max_len = (job.prompt.len() + job.params.max_tokens).min(self.context_len);
         let chain = self.client.chain(self.model_id, self.n_blocks, max_len);
         let log = chain.log();
-        // Concurrent generations share one head product per token.
-        let _in_batch = self.batcher.as_ref().map(HeadBatcher::register);
-        let mut pipeline = Pipeline {
-            head: self.head.clone(),
-            stages: vec![Box::new(chain)],
-            head_batch: self.batcher.clone(),
-        };
-        let result = generate_cancellable(
-            &mut pipeline,
+        let result = run_job(
+            &self.head,
+            self.batcher.as_ref(),
             &self.tokenizer,
-            job.prompt,
-            job.params,
-            job.on_text,
-            job.cancelled,
-        )
-        .map_err(anyhow::Error::from);
-        // Dropping the chain closes its streams: nodes free the sessions now, not at expiry.
-        drop(pipeline);
+            Box::new(chain),
+            job,
+        );
         let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
         (result, trail_of(&self.model_id, &log))
     }
+}
+
+/// Runs `job` through the head and `stage`, sharing the head with concurrent generations when
+/// a batcher is given. The stage is dropped before returning, which closes its sessions (on a
+/// swarm chain: a `Close` to every node on the route).
+fn run_job(
+    head: &Arc<ClientHead>,
+    batcher: Option<&HeadBatcher>,
+    tokenizer: &Tokenizer,
+    stage: Box<dyn HiddenStage>,
+    job: Job<'_>,
+) -> anyhow::Result<Generation> {
+    let _in_batch = batcher.map(HeadBatcher::register);
+    let mut pipeline = Pipeline {
+        head: head.clone(),
+        stages: vec![stage],
+        head_batch: batcher.cloned(),
+    };
+    let result = generate_cancellable(
+        &mut pipeline,
+        tokenizer,
+        job.prompt,
+        job.params,
+        job.on_text,
+        job.cancelled,
+    );
+    drop(pipeline);
+    Ok(result?)
 }
 
 fn trail_of(model_id: &ContentHash, log: &ChainLog) -> Trail {
@@ -296,21 +313,13 @@ impl Backend for LocalBackend {
             Ok(stage) => stage,
             Err(e) => return (Err(e.into()), trail),
         };
-        let stages: Vec<Box<dyn HiddenStage>> = vec![Box::new(stage)];
-        let _in_batch = self.batcher.register();
-        let mut pipeline = Pipeline {
-            head: self.head.clone(),
-            stages,
-            head_batch: Some(self.batcher.clone()),
-        };
-        let result = generate_cancellable(
-            &mut pipeline,
+        let result = run_job(
+            &self.head,
+            Some(&self.batcher),
             &self.tokenizer,
-            job.prompt,
-            job.params,
-            job.on_text,
-            job.cancelled,
+            Box::new(stage),
+            job,
         );
-        (result.map_err(anyhow::Error::from), trail)
+        (result, trail)
     }
 }
