@@ -31,6 +31,10 @@ pub struct AgentArgs {
     /// Site power cap, kW.
     #[arg(long)]
     site_cap_kw: Option<f64>,
+    /// Bearer token accepted on the write endpoints (events, prices, demand); repeatable. Also
+    /// read from HEARTH_AGENT_KEYS (comma-separated). Without one, only loopback addresses.
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
     /// Read once, decide once, print the decisions and exit (nothing is applied).
     #[arg(long)]
     once: bool,
@@ -82,6 +86,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(kw) = args.site_cap_kw {
         cfg.site_cap_kw = Some(kw);
     }
+    cfg.api_keys.extend(args.api_keys.iter().cloned());
+    if let Ok(env) = std::env::var("HEARTH_AGENT_KEYS") {
+        cfg.api_keys
+            .extend(env.split(',').map(|k| k.trim().to_string()));
+    }
+    cfg.api_keys.retain(|k| !k.is_empty());
     cfg.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -104,6 +114,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", agent.cfg.listen))?;
         let addr = listener.local_addr()?;
+        if agent.cfg.api_keys.is_empty() {
+            // Anyone who can post an event can switch the site off: keep that local.
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "refusing to serve the agent's API on {addr} without an API key: pass --api-key (or HEARTH_AGENT_KEYS), or listen on a loopback address"
+            );
+            eprintln!("no API key configured: the agent's API listens on loopback only ({addr})");
+        }
         eprintln!(
             "hearth agent: {} devices, deciding every {} s; http://{addr}/metrics, http://{addr}/api/state, POST http://{addr}/api/dr/events",
             agent.devices.len(),

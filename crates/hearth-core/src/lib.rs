@@ -1,10 +1,12 @@
-//! Shared vocabulary of hearth: block ranges and content hashes.
+//! Shared vocabulary of hearth: block ranges, content hashes, API keys.
 //!
 //! Invariant: no IO, no async, no heavy dependencies. Everything here is plain data
 //! that any other crate (engine, wire protocol, verifier, ledger) can agree on.
 
+mod api_keys;
 mod block_range;
 mod hash;
 
+pub use api_keys::ApiKeys;
 pub use block_range::{BlockRange, BlockRangeError};
 pub use hash::{ContentHash, ContentHasher};

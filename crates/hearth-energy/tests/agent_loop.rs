@@ -593,3 +593,45 @@ async fn builtin_stratum_miner_is_paused_and_resumed_keeping_its_pool_connection
         .unwrap();
     assert_eq!(pool.stats().connections, 1);
 }
+
+/// With API keys configured, writes need `Authorization: Bearer <key>`; reads stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_need_a_key_when_keys_are_configured() {
+    let (d0, f0) = fake_device("asic0");
+    let mut cfg = config(300.0);
+    cfg.api_keys = vec!["utility-secret".into()];
+    let agent = Agent::new(cfg, vec![d0]).unwrap();
+    let (url, _stop, shared) = start(agent).await;
+    wait_for("mining", || last_mode(&f0) == Some(Mode::Mine)).await;
+    let event = r#"{"id":"grid-2","duration":"PT10M","target":{"limit_kw":0}}"#;
+    let (code, text) = post(&url, "/api/dr/events", event).await;
+    assert_eq!(code, 401, "{text}");
+    let (code, _) = post(&url, "/api/price", r#"{"usd_per_mwh": 900}"#).await;
+    assert_eq!(code, 401);
+    assert!(
+        shared.snapshot().dr_events.is_empty(),
+        "nothing was accepted"
+    );
+
+    let (hostport, _) = http::split_url(&url).unwrap();
+    let send = |auth: &'static str| {
+        let hostport = hostport.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&hostport).await.unwrap();
+            s.write_all(format!(
+                "POST /api/dr/events HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{event}",
+                event.len()
+            ).as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf).to_string()
+        }
+    };
+    assert!(send("Bearer wrong").await.starts_with("HTTP/1.1 401"));
+    let ok = send("Bearer utility-secret").await;
+    assert!(ok.starts_with("HTTP/1.1 201"), "{ok}");
+    wait_for("curtailment", || last_mode(&f0) == Some(Mode::Idle)).await;
+    // Reading needs no key.
+    let body = http::get(&format!("{url}/api/state"), LONG).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("grid-2"));
+}

@@ -9,7 +9,6 @@
 //!
 //! This is the only crate that knows HTTP and the OpenAI JSON shapes.
 
-pub mod auth;
 pub mod backend;
 pub mod metrics;
 pub mod openai;

@@ -7,7 +7,6 @@
 //! - a generation whose client went away stops at its next token, and its swarm sessions are
 //!   closed (the chain is dropped), so nodes free their caches at once.
 
-use crate::auth::ApiKeys;
 use crate::backend::{Backend, Job, Trail};
 use crate::metrics::Metrics;
 use crate::openai::{
@@ -24,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
+use hearth_core::ApiKeys;
 use hearth_engine::{FinishReason, Generation};
 use hearth_sampling::{SamplingError, SamplingParams};
 use hearth_tokenizer::ChatMessage;

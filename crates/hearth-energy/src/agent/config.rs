@@ -15,6 +15,9 @@ pub const MAX_DEVICES: usize = 100_000;
 pub struct AgentConfig {
     /// HTTP listen address for /metrics and /api.
     pub listen: String,
+    /// Bearer tokens accepted on the API's write endpoints (events, prices, demand). Empty: no
+    /// auth, and the binary then refuses a non-loopback `listen`.
+    pub api_keys: Vec<String>,
     /// Seconds between decisions.
     pub interval_s: f64,
     /// Site power cap, kW (`null`: none).
@@ -36,6 +39,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             listen: "127.0.0.1:9100".into(),
+            api_keys: Vec::new(),
             interval_s: 60.0,
             site_cap_kw: None,
             policy: PolicyConfig::default(),

@@ -19,18 +19,46 @@ use std::sync::Arc;
 
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// The router over the agent's shared state.
+/// The router over the agent's shared state. Reading is open; writing (events, prices,
+/// demand) needs a configured bearer key when any is configured.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/api/state", get(state))
-        .route("/api/dr/events", post(dr_event).get(dr_list))
+    let writes = Router::new()
+        .route("/api/dr/events", post(dr_event))
         .route("/api/dr/events/{id}", delete(dr_cancel))
         .route("/api/price", post(price))
         .route("/api/ai", post(ai))
         .route("/api/heat", post(heat))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_key,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/state", get(state))
+        .route("/api/dr/events", get(dr_list))
+        .merge(writes)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
+}
+
+async fn require_key(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if s.keys.accepts(presented) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "this endpoint needs `Authorization: Bearer <key>`" })),
+        )
+            .into_response()
+    }
 }
 
 fn bad(msg: String) -> Response {

@@ -147,6 +147,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The control workers, one per device in order (empty until `run`).
     pub workers: Mutex<Vec<WorkerHandle>>,
+    /// Who may post events, prices and demand (anyone when empty).
+    pub keys: hearth_core::ApiKeys,
 }
 
 impl Shared {
@@ -192,7 +194,10 @@ impl Agent {
             Some(path) => Some(load_price_csv(Path::new(path))?),
             None => None,
         };
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            keys: hearth_core::ApiKeys::new(&cfg.api_keys),
+            ..Shared::default()
+        });
         if let Ok(mut s) = shared.signals.lock() {
             s.fixed_price = cfg.price.fixed_usd_per_mwh;
             s.price_series = price_series;

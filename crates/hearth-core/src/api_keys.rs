@@ -1,4 +1,5 @@
-//! API keys: bearer tokens from the operator's config, checked in constant time.
+//! API keys: bearer tokens from the operator's config, checked in constant time (shared by the
+//! gateway's and the energy agent's HTTP APIs).
 //!
 //! Keys are stored as BLAKE3 digests and a presented token is hashed the same way before a
 //! constant-time comparison with every configured digest (no early exit), so neither the
@@ -9,6 +10,13 @@ use subtle::ConstantTimeEq;
 #[derive(Clone, Default)]
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
+}
+
+/// Shows how many keys there are, never their digests.
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.digests.len())
+    }
 }
 
 impl ApiKeys {
