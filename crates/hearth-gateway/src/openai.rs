@@ -238,6 +238,11 @@ impl ApiError {
         }
     }
 
+    /// 500: the gateway itself failed (never for bad input).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
     pub fn not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -230,6 +230,18 @@ impl Kind {
             Kind::Completion => "completions",
         }
     }
+
+    /// The id prefix and the `object` of this endpoint's stream chunks.
+    fn chunk_ids(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Chat => ("chatcmpl", "chat.completion.chunk"),
+            Kind::Completion => ("cmpl", "text_completion"),
+        }
+    }
+}
+
+fn stopped_unexpectedly() -> ApiError {
+    ApiError::internal("The generation stopped unexpectedly.")
 }
 
 /// A validated request, ready to run.
@@ -712,11 +724,7 @@ async fn collect(
         Some(o) => o,
         None => {
             gw.metrics.request(kind.endpoint(), 500);
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": {"message": "The generation stopped unexpectedly.", "type": "server_error", "param": null, "code": null}})),
-            )
-                .into_response();
+            return stopped_unexpectedly().into_response();
         }
     };
     let g = match result {
@@ -793,39 +801,28 @@ impl StreamState {
                 "finish_reason": finish,
             }),
         };
-        let (prefix, object) = match self.kind {
-            Kind::Chat => ("chatcmpl", "chat.completion.chunk"),
-            Kind::Completion => ("cmpl", "text_completion"),
-        };
+        self.envelope(json!([choice]), extra)
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> SseEvent {
+        let usage = serde_json::to_value(usage).unwrap_or(Value::Null);
+        self.envelope(json!([]), Some(("usage", usage)))
+    }
+
+    /// A chunk: id, object, created, model, `choices`, and one optional extra field.
+    fn envelope(&self, choices: Value, extra: Option<(&str, Value)>) -> SseEvent {
+        let (prefix, object) = self.kind.chunk_ids();
         let mut body = json!({
             "id": format!("{prefix}-{}", self.id),
             "object": object,
             "created": self.created,
             "model": self.gw.cfg.model_name,
-            "choices": [choice],
+            "choices": choices,
         });
         if let (Some((key, value)), Some(map)) = (extra, body.as_object_mut()) {
             map.insert(key.to_string(), value);
         }
         SseEvent::default().data(body.to_string())
-    }
-
-    fn usage_chunk(&self, usage: Usage) -> SseEvent {
-        let (prefix, object) = match self.kind {
-            Kind::Chat => ("chatcmpl", "chat.completion.chunk"),
-            Kind::Completion => ("cmpl", "text_completion"),
-        };
-        SseEvent::default().data(
-            json!({
-                "id": format!("{prefix}-{}", self.id),
-                "object": object,
-                "created": self.created,
-                "model": self.gw.cfg.model_name,
-                "choices": [],
-                "usage": usage,
-            })
-            .to_string(),
-        )
     }
 
     fn on_event(&mut self, event: Option<GenEvent>) {
@@ -866,12 +863,8 @@ impl StreamState {
                 self.done = true;
             }
             None => {
-                self.pending.push_back(
-                    SseEvent::default().data(
-                        json!({"error": {"message": "The generation stopped unexpectedly.", "type": "server_error", "param": null, "code": null}})
-                            .to_string(),
-                    ),
-                );
+                self.pending
+                    .push_back(SseEvent::default().data(stopped_unexpectedly().body().to_string()));
                 self.gw.metrics.request(endpoint, 500);
                 self.done = true;
             }

@@ -284,32 +284,18 @@ impl Agent {
                         };
                         (Arc::new(det.cpu), actuator, "host-cpu".into())
                     }
-                    Backend::Cgminer { addr } => {
-                        let m = Arc::new(hearth_mining::Miner::Cgminer(
-                            hearth_mining::cgminer::CgminerClient::new(addr.clone()),
-                        ));
-                        (
-                            Arc::new(MinerTelemetry {
-                                miner: m.clone(),
-                                timeout: Duration::from_secs(5),
-                            }),
-                            Arc::new(MinerActuator(m)),
-                            format!("cgminer {addr}"),
-                        )
-                    }
-                    Backend::Luxos { addr } => {
-                        let m = Arc::new(hearth_mining::Miner::Luxos(
-                            hearth_mining::luxos::LuxosClient::new(addr.clone()),
-                        ));
-                        (
-                            Arc::new(MinerTelemetry {
-                                miner: m.clone(),
-                                timeout: Duration::from_secs(5),
-                            }),
-                            Arc::new(MinerActuator(m)),
-                            format!("luxos {addr}"),
-                        )
-                    }
+                    Backend::Cgminer { addr } => miner_backend(
+                        hearth_mining::Miner::Cgminer(hearth_mining::cgminer::CgminerClient::new(
+                            addr.clone(),
+                        )),
+                        format!("cgminer {addr}"),
+                    ),
+                    Backend::Luxos { addr } => miner_backend(
+                        hearth_mining::Miner::Luxos(hearth_mining::luxos::LuxosClient::new(
+                            addr.clone(),
+                        )),
+                        format!("luxos {addr}"),
+                    ),
                 };
             devices.push(AgentDevice {
                 spec: d.spec.clone(),
@@ -497,6 +483,22 @@ impl Agent {
         lp.step(self, now, None);
         self.shared.snapshot()
     }
+}
+
+/// Telemetry and control of an external miner, both through its API.
+fn miner_backend(
+    miner: hearth_mining::Miner,
+    label: String,
+) -> (Arc<dyn Telemetry>, Arc<dyn Actuator>, String) {
+    let miner = Arc::new(miner);
+    (
+        Arc::new(MinerTelemetry {
+            miner: miner.clone(),
+            timeout: Duration::from_secs(5),
+        }),
+        Arc::new(MinerActuator(miner)),
+        label,
+    )
 }
 
 fn load_price_csv(path: &Path) -> Result<PriceSeries, AgentError> {

@@ -32,18 +32,8 @@ pub enum SysfsError {
     ProcStat(String),
 }
 
-fn read_u64(path: &Path) -> Result<u64, SysfsError> {
-    let s = read_bounded(path, MAX_SYSFS_VALUE).map_err(|source| SysfsError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    s.trim().parse().map_err(|_| SysfsError::Parse {
-        path: path.display().to_string(),
-        value: s.trim().chars().take(32).collect(),
-    })
-}
-
-fn read_i64(path: &Path) -> Result<i64, SysfsError> {
+/// A sysfs value file holding one integer.
+fn read_int<T: std::str::FromStr>(path: &Path) -> Result<T, SysfsError> {
     let s = read_bounded(path, MAX_SYSFS_VALUE).map_err(|source| SysfsError::Io {
         path: path.display().to_string(),
         source,
@@ -92,8 +82,8 @@ pub fn rapl_domains(sys_root: &Path) -> (Vec<RaplDomain>, Vec<String>) {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| dir.display().to_string());
         match (
-            read_u64(&dir.join("energy_uj")),
-            read_u64(&dir.join("max_energy_range_uj")),
+            read_int::<u64>(&dir.join("energy_uj")),
+            read_int::<u64>(&dir.join("max_energy_range_uj")),
         ) {
             (Ok(_), Ok(range)) if range > 0 => found.push(RaplDomain {
                 dir,
@@ -123,7 +113,7 @@ impl RaplDomain {
     /// Samples the counter at `now_s`: returns (average power since the previous sample, total
     /// energy). The first sample has no power.
     pub fn sample(&mut self, now_s: f64) -> Result<(Option<f64>, f64), SysfsError> {
-        let uj = read_u64(&self.dir.join("energy_uj"))?;
+        let uj = read_int::<u64>(&self.dir.join("energy_uj"))?;
         let mut power = None;
         if let Some((t0, e0)) = self.last {
             // A decrease is a wrap of the counter at max_energy_range_uj.
@@ -185,7 +175,7 @@ pub fn hwmon_temps(sys_root: &Path) -> Vec<HwmonSensor> {
             .collect();
         inputs.sort();
         for input in inputs {
-            let Ok(milli) = read_i64(&input) else {
+            let Ok(milli) = read_int::<i64>(&input) else {
                 continue;
             };
             let stem = input
