@@ -6,6 +6,7 @@ use clap::Args;
 use hearth_core::BlockRange;
 use hearth_engine::identity::identity_cached;
 use hearth_engine::{generate, ClientHead, ModelSource, Pipeline};
+use hearth_policy::agent_state::Snapshot;
 use hearth_sampling::SamplingParams;
 use hearth_swarm::client::short_peer;
 use hearth_swarm::node::{Fault, Node, NodeConfig};
@@ -140,16 +141,14 @@ async fn follow_agent(node: Arc<Node>, url: String, device: String, every: Durat
                 continue;
             }
         };
-        let serve = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| {
-                v["devices"]
-                    .as_array()?
-                    .iter()
-                    .find(|d| d["id"] == device.as_str())
-                    .and_then(|d| d["serve_ai"].as_bool())
-            });
-        match serve {
+        let state: Snapshot = match serde_json::from_slice(&body) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("the agent's state does not parse ({e}); keeping the last decision");
+                continue;
+            }
+        };
+        match state.serves_ai(&device) {
             Some(on) => {
                 if on != node.is_serving() {
                     eprintln!(

@@ -6,32 +6,17 @@
 //! backoff until it succeeds or a newer command replaces it. A miner that does not answer is
 //! logged and retried; it never stops the agent's loop.
 
-use crate::policy::{Decision, Mode};
+pub use hearth_policy::agent_state::{ActuatorStatus, Command};
+
+use crate::policy::Mode;
 use crate::sim_device::SimulatedDevice;
 use crate::telemetry::nvml::NvmlGpus;
 use crate::telemetry::BoxFut;
 use hearth_mining::backoff::{Backoff, BackoffConfig};
 use hearth_mining::Miner;
-use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// What a device is told to do.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Command {
-    pub mode: Mode,
-    pub power_limit_w: Option<f64>,
-}
-
-impl From<&Decision> for Command {
-    fn from(d: &Decision) -> Self {
-        Command {
-            mode: d.mode,
-            power_limit_w: d.power_limit_w,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -127,21 +112,6 @@ impl Actuator for Chain {
             Ok(())
         })
     }
-}
-
-/// Where a device's actuation stands (shown in `/api/state` and `/metrics`).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ActuatorStatus {
-    /// The last command applied successfully.
-    pub applied: Option<Command>,
-    /// The command being applied or retried.
-    pub pending: Option<Command>,
-    /// The last error, cleared on success.
-    pub last_error: Option<String>,
-    /// Failed attempts so far.
-    pub failures: u64,
-    /// Consecutive failed attempts of the current command.
-    pub retrying: u32,
 }
 
 /// Timing of a worker's attempts.

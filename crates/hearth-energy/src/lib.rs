@@ -1,30 +1,28 @@
-//! hearth-energy: the energy-aware node agent.
+//! hearth-energy: the energy-aware node agent, the IO around the pure policy of `hearth-policy`.
 //!
-//! * [`reading`]: one device's telemetry and its health verdict.
-//! * [`thermal`]: the first-order thermal RC model.
-//! * [`policy`]: the pure decision `decide(input, state) → (decisions, state)`.
-//! * [`sim_device`]: a simulated device (power per mode, thermal RC), steppable in simulated time.
+//! * [`reading`], [`thermal`], [`policy`], [`sim_device`]: re-exported from `hearth-policy`
+//!   (readings and their health verdict, the thermal RC model, the decision
+//!   `decide(input, state) → (decisions, state)`, the simulated device), so `hearth_energy::policy`
+//!   and `hearth_policy::policy` are one module.
 //! * [`telemetry`]: NVML, RAPL, hwmon, /proc and simulated devices behind one interface.
 //! * [`signals`]: price CSV/JSON, hashprice, heat demand, OpenADR-3-shaped demand-response events.
 //! * [`control`]: miners (hearth-mining), GPU power limits (NVML), simulated devices; per-device
 //!   workers that retry with backoff.
 //! * [`agent`]: the runtime loop, the HTTP API (`/metrics`, `/api/state`, `/api/dr/events`) and
-//!   the configuration.
-//! * [`bench`]: synthetic fleets and the timing of one decision.
+//!   the configuration; `/api/state` serializes `hearth_policy::agent_state::Snapshot`.
+//! * [`bench`]: the timing of one decision over a synthetic fleet.
 //!
-//! Invariant: the policy knows no IO and no clock; everything that touches hardware or the
-//! network lives outside it and reaches it only through [`policy::PolicyInput`].
+//! Invariant: the policy knows no IO and no clock (Cargo enforces it: it lives in
+//! `hearth-policy`, which depends on serde alone); everything that touches hardware or the
+//! network lives here and reaches it only through [`policy::PolicyInput`].
 
 pub mod agent;
 pub mod bench;
 pub mod control;
-pub mod policy;
-pub mod reading;
 pub mod signals;
-pub mod sim_device;
 pub mod telemetry;
-pub mod thermal;
 
+pub use hearth_policy::{policy, reading, sim_device, thermal};
 pub use policy::{
     decide, decide_into, AiDemand, AiSpec, Decision, DeviceKind, DeviceSpec, DeviceState, DrEvent,
     DrTarget, HeatSpec, MineSpec, Mode, PolicyConfig, PolicyInput, PolicyState, PriceForecast,

@@ -244,6 +244,70 @@ async fn metrics_and_state_expose_devices_and_bad_input_is_rejected() {
         .contains("break-even"));
 }
 
+/// The node (`hearth node --agent-url`) reads `/api/state` with the shared schema: the served
+/// JSON must read back into it and serialize back to the same JSON (a field the type lacks, or
+/// one renamed on one side only, fails here), including the `null`s serde_json writes for
+/// non-finite floats, and `serves_ai` must give each device's decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_state_is_exactly_the_shared_schema() {
+    let (asic0, _f0) = fake_device("asic0");
+    let fixed = |temp_c| -> Arc<FixedTelemetry> {
+        Arc::new(FixedTelemetry(Arc::new(Mutex::new(Reading {
+            power_w: Some(10.0),
+            temp_c: Some(temp_c),
+            ..Reading::default()
+        }))))
+    };
+    let gpu0 = AgentDevice {
+        spec: DeviceSpec {
+            id: "gpu0".into(),
+            kind: DeviceKind::Gpu,
+            mine: None,
+            ai: Some(AiSpec {
+                power_w: 300.0,
+                tokens_per_s: 100.0,
+            }),
+            ..asic("gpu0")
+        },
+        telemetry: fixed(40.0),
+        actuator: Arc::new(FakeActuator::default()),
+        backend: "fake".into(),
+    };
+    // A NaN temperature: unsafe, idle since the start (`mode_since_s` is −∞, served as null).
+    let broken = AgentDevice {
+        telemetry: fixed(f64::NAN),
+        ..fake_device("broken").0
+    };
+    let mut cfg = config(300.0);
+    cfg.ai.jobs_waiting = 1;
+    cfg.ai.usd_per_mtok = 5.0; // 1.8 $/h for gpu0: serve AI
+    let agent = Agent::new(cfg, vec![asic0, gpu0, broken]).unwrap();
+    let (url, _stop, shared) = start(agent).await;
+    wait_for("a decision", || shared.snapshot().decisions >= 1).await;
+
+    let body = http::get(&format!("{url}/api/state"), LONG).await.unwrap();
+    let served: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(served["devices"][2]["mode_since_s"].is_null(), "{served}");
+    assert!(
+        served["devices"][2]["health"]["temp_c"].is_null(),
+        "{served}"
+    );
+    let state: hearth_policy::agent_state::Snapshot = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("the served state does not fit the schema: {e}\n{served}"));
+    assert_eq!(serde_json::to_value(&state).unwrap(), served);
+
+    assert_eq!(state.serves_ai("gpu0"), Some(true), "{served}");
+    assert_eq!(state.serves_ai("asic0"), Some(false), "{served}");
+    assert_eq!(state.serves_ai("broken"), Some(false), "{served}");
+    assert_eq!(state.serves_ai("gpu1"), None);
+    assert_eq!(state.devices[0].mode, Mode::Mine);
+    assert_eq!(state.devices[1].mode, Mode::ServeAi);
+    assert!(matches!(
+        state.devices[2].health,
+        Health::Unhealthy(HealthIssue::BadTemperature { temp_c }) if temp_c.is_nan()
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miner_that_does_not_answer_does_not_stop_the_loop() {
     let silent = TestMinerApi::start(MinerApiOptions {

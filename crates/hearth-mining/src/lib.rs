@@ -8,8 +8,8 @@
 //!   the pool connection.
 //!
 //! [`sha256d`] holds the proof-of-work arithmetic (checked against real Bitcoin headers), and
-//! [`testing`] local servers that speak each protocol byte for byte, for this crate's tests and
-//! the agent's.
+//! `testing` (behind the `test-utils` feature, which only dev-dependencies enable) local servers
+//! that speak each protocol byte for byte, for this crate's tests and the agent's.
 //!
 //! Invariants: nothing here panics on what a miner or pool sends; every read is bounded in size
 //! and time; a miner that does not answer is an [`Error`] (timeout or IO), which
@@ -21,6 +21,7 @@ mod error;
 pub mod luxos;
 pub mod sha256d;
 pub mod stratum;
+#[cfg(feature = "test-utils")]
 pub mod testing;
 
 pub use error::{Error, Result};

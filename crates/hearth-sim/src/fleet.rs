@@ -1,7 +1,7 @@
 //! Fleet description: sites, device groups, economics. Read from JSON or built in.
 //!
 //! A device group is `count` identical devices described once; the simulator expands it into
-//! [`hearth_energy::DeviceSpec`]s (the same type `hearth agent` uses), so the policy sees exactly
+//! [`hearth_policy::DeviceSpec`]s (the same type `hearth agent` uses), so the policy sees exactly
 //! what it would see on real hardware.
 //!
 //! Mining revenue is expressed in SHA-256d TH/s because that is what the policy prices
@@ -11,7 +11,7 @@
 //! and the total ≤ [`MAX_DEVICES`]; powers, speeds and prices finite and non-negative; caps
 //! positive; AI-dedicated groups can serve AI.
 
-use hearth_energy::{AiSpec, DeviceKind, DeviceSpec, HeatSpec, MineSpec, ThermalModel};
+use hearth_policy::{AiSpec, DeviceKind, DeviceSpec, HeatSpec, MineSpec, ThermalModel};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 

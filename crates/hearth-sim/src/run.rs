@@ -65,7 +65,7 @@ pub struct Options {
     pub no_dr: bool,
     pub latency_target_p95_queue_s: f64,
     /// hearth's policy tunables (`interval_s` is overridden by the trace interval).
-    pub policy_config: hearth_energy::PolicyConfig,
+    pub policy_config: hearth_policy::PolicyConfig,
     pub out: Option<PathBuf>,
 }
 

@@ -4,7 +4,7 @@
 //! Device policies ([`DevicePolicy`]):
 //! - `always-mine`: every mining-capable device mines (the AI partition serves AI);
 //! - `oracle`: mining devices follow the exact perfect-foresight schedule ([`crate::oracle`]);
-//! - `hearth`: mining devices follow `hearth_energy::decide_into` (the code `hearth agent` runs)
+//! - `hearth`: mining devices follow `hearth_policy::decide_into` (the code `hearth agent` runs)
 //!   seeing only the current price (and optionally a day-ahead vector), no AI demand, no heat;
 //! - `hybrid`: the same policy with every signal: AI demand (it lends mining GPUs to the AI
 //!   queue and takes them back), heat value, demand response, site cap;
@@ -28,7 +28,7 @@ use crate::jobs::Job;
 use crate::oracle::{self, OnOff};
 use crate::prices::PriceTrace;
 use crate::sched::{JobOutcome, SchedPolicy, Scheduler};
-use hearth_energy::{
+use hearth_policy::{
     decide_into, AiDemand, Decision, DeviceSpec, DeviceState, DrEvent, DrTarget, Mode,
     PolicyConfig, PolicyInput, PolicyState, PriceForecast, Prices, Reading, Scratch,
 };
@@ -345,7 +345,7 @@ pub fn simulate(
                     && (dedicated
                         || policy == DevicePolicy::Hybrid
                         || (policy == DevicePolicy::AiOnly
-                            && g.kind == hearth_energy::DeviceKind::Gpu));
+                            && g.kind == hearth_policy::DeviceKind::Gpu));
                 let sched = if in_pool {
                     sched_gpus.push((si as u16, g.ai_speed(econ.reference_tokens_per_s)));
                     (sched_gpus.len() - 1) as u32
@@ -381,7 +381,7 @@ pub fn simulate(
                 devs.push(Dev {
                     site: si as u16,
                     group: gi as u16,
-                    gpu: g.kind == hearth_energy::DeviceKind::Gpu,
+                    gpu: g.kind == hearth_policy::DeviceKind::Gpu,
                     dedicated,
                     sched,
                     pol,

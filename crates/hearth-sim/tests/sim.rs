@@ -1,7 +1,7 @@
 //! The simulation end to end: the oracle bound, accounting that matches the DP, safety (thermal,
 //! demand response), lending, the targets on the shipped trace, and the report files.
 
-use hearth_energy::{decide, AiDemand, DeviceState, PolicyInput, PolicyState, Prices, Reading};
+use hearth_policy::{decide, AiDemand, DeviceState, PolicyInput, PolicyState, Prices, Reading};
 use hearth_sim::fleet::Fleet;
 use hearth_sim::oracle::{evaluate, optimal, OnOff};
 use hearth_sim::prices::{parse_prices, GapPolicy, PriceTrace};
@@ -74,7 +74,7 @@ fn hearth_schedule(prices: &[f64], fleet: &Fleet) -> Vec<bool> {
         };
         let (d, next) = decide(&input, &state);
         state = next;
-        out.push(d[0].mode == hearth_energy::Mode::Mine);
+        out.push(d[0].mode == hearth_policy::Mode::Mine);
         temp = spec.thermal.unwrap().step(temp, d[0].power_w, 3600.0);
     }
     out

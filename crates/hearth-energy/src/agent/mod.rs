@@ -13,15 +13,17 @@ mod http;
 pub mod metrics;
 
 pub use config::{AgentConfig, Backend, DeviceConfig};
+/// What `/api/state` shows: one schema for the agent that writes it and the node that reads it.
+pub use hearth_policy::agent_state::{DeviceView, SignalsView, Snapshot};
 pub use http::router;
 
 use crate::control::{
-    spawn_worker, Actuator, ActuatorStatus, Chain, Command, MinerActuator, NoopActuator,
-    NvmlPowerLimit, SimActuator, WorkerConfig, WorkerHandle,
+    spawn_worker, Actuator, Chain, Command, MinerActuator, NoopActuator, NvmlPowerLimit,
+    SimActuator, WorkerConfig, WorkerHandle,
 };
 use crate::policy::{
     decide_into, AiDemand, Decision, DeviceKind, DeviceSpec, DrTarget, HeatSpec, Mode, PolicyInput,
-    PolicyState, PriceForecast, Prices, Reason, Scratch,
+    PolicyState, PriceForecast, Prices, Scratch,
 };
 use crate::reading::{validate, Health, Reading};
 use crate::signals::dr::DrBook;
@@ -32,7 +34,6 @@ use crate::telemetry::nvml::NvmlGpus;
 use crate::telemetry::sysfs::detect_host_cpu;
 use crate::telemetry::{MinerTelemetry, SimTelemetry, Telemetry};
 use metrics::Metrics;
-use serde::Serialize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,59 +82,6 @@ pub struct SignalState {
     pub hashprice: Option<HashpriceSource>,
     pub ai: Latest<AiDemand>,
     pub heat: Option<HeatDemand>,
-}
-
-/// The signals as the last decision saw them.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SignalsView {
-    pub electricity_usd_per_mwh: f64,
-    pub price_source: String,
-    pub price_error: Option<String>,
-    pub hashprice_usd_per_th_day: f64,
-    pub heat_value_usd_per_mwh: f64,
-    pub ai: AiDemand,
-    pub ai_error: Option<String>,
-}
-
-/// One device in `/api/state`.
-#[derive(Clone, Debug, Serialize)]
-pub struct DeviceView {
-    pub id: String,
-    pub kind: DeviceKind,
-    pub backend: String,
-    pub mode: Mode,
-    /// The reason as a sentence.
-    pub reason: String,
-    pub reason_detail: Reason,
-    pub planned_w: f64,
-    pub power_limit_w: Option<f64>,
-    pub derated: bool,
-    /// A node on this device may take AI work.
-    pub serve_ai: bool,
-    pub reading: Reading,
-    pub health: Health,
-    pub mode_since_s: f64,
-    pub switches: u64,
-    pub control: ActuatorStatus,
-}
-
-/// What `/api/state` shows.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Snapshot {
-    pub now_s: f64,
-    pub decisions: u64,
-    pub decide_us: f64,
-    pub interval_s: f64,
-    pub site_cap_w: Option<f64>,
-    pub effective_cap_w: Option<f64>,
-    pub planned_w: f64,
-    pub measured_w: f64,
-    pub dr_events: Vec<crate::policy::DrEvent>,
-    pub dr_active: Vec<String>,
-    pub signals: SignalsView,
-    pub devices: Vec<DeviceView>,
-    /// What detection found missing, and why.
-    pub notes: Vec<String>,
 }
 
 /// State shared between the loop and the HTTP server.

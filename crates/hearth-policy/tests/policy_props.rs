@@ -1,9 +1,9 @@
 //! Property tests of the policy: power cap, thermal limits (one step and closed loop with the
 //! simulated device), demand-response curtailment, hysteresis, AI first, unsafe → idle.
 
-use hearth_energy::bench::{synthetic_fleet, SplitMix};
-use hearth_energy::sim_device::SimulatedDevice;
-use hearth_energy::*;
+use hearth_policy::sim_device::SimulatedDevice;
+use hearth_policy::synthetic::{synthetic_fleet, SplitMix};
+use hearth_policy::*;
 use proptest::prelude::*;
 
 fn prices(e: f64, hp: f64, heat: f64) -> Prices {

@@ -44,6 +44,7 @@
 //! Deterministic (ties broken by device index), O(n log n); [`decide_into`] reuses its buffers, so
 //! a step allocates only the reason strings of curtailed or unsafe devices.
 
+use crate::json_float::nan_if_null;
 use crate::reading::{validate, Health, HealthIssue, Reading};
 use crate::thermal::ThermalModel;
 use serde::{Deserialize, Serialize};
@@ -147,7 +148,8 @@ pub enum DrTarget {
     LimitW(f64),
 }
 
-/// A demand-response event (shaped after OpenADR 3; see [`crate::signals::dr`]).
+/// A demand-response event (shaped after OpenADR 3; the agent parses it in
+/// `hearth_energy::signals::dr`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DrEvent {
     pub id: String,
@@ -239,7 +241,8 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// Why a device got its mode. `Display` gives the log line.
+/// Why a device got its mode. `Display` gives the log line. Its `f64`s read `null` back as NaN
+/// (it is part of the agent's state; see [`crate::agent_state`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "why", rename_all = "snake_case")]
 pub enum Reason {
@@ -248,38 +251,60 @@ pub enum Reason {
     /// A demand-response curtail event is active.
     Curtailed { event: String },
     /// At or above `limit − margin`, or every load would exceed it within the interval.
-    Thermal { temp_c: f64, limit_c: f64 },
+    Thermal {
+        #[serde(deserialize_with = "nan_if_null")]
+        temp_c: f64,
+        #[serde(deserialize_with = "nan_if_null")]
+        limit_c: f64,
+    },
     /// Mining pays: electricity below the break-even price.
     MineProfitable {
+        #[serde(deserialize_with = "nan_if_null")]
         price_usd_per_mwh: f64,
+        #[serde(deserialize_with = "nan_if_null")]
         break_even_usd_per_mwh: f64,
     },
     /// Not mining: electricity above the break-even price (`stopped`: it was mining).
     MineUnprofitable {
+        #[serde(deserialize_with = "nan_if_null")]
         price_usd_per_mwh: f64,
+        #[serde(deserialize_with = "nan_if_null")]
         break_even_usd_per_mwh: f64,
         stopped: bool,
     },
     /// Serving paid AI work.
     ServingAi {
+        #[serde(deserialize_with = "nan_if_null")]
         revenue_usd_per_h: f64,
+        #[serde(deserialize_with = "nan_if_null")]
         energy_usd_per_h: f64,
     },
     /// Running for heat: heat is worth more than the electricity.
     Heating {
+        #[serde(deserialize_with = "nan_if_null")]
         heat_usd_per_mwh: f64,
+        #[serde(deserialize_with = "nan_if_null")]
         price_usd_per_mwh: f64,
     },
     /// Kept in its mode: switched too recently.
-    Dwell { remaining_s: f64 },
+    Dwell {
+        #[serde(deserialize_with = "nan_if_null")]
+        remaining_s: f64,
+    },
     /// Kept in its mode: the better mode's gain does not cover switching.
     Hysteresis {
         better: Mode,
+        #[serde(deserialize_with = "nan_if_null")]
         gain_usd_per_h: f64,
+        #[serde(deserialize_with = "nan_if_null")]
         needed_usd_per_h: f64,
     },
     /// A profitable mode did not fit under the cap (`event`: the DR event that set it).
-    PowerCap { cap_w: f64, event: Option<String> },
+    PowerCap {
+        #[serde(deserialize_with = "nan_if_null")]
+        cap_w: f64,
+        event: Option<String>,
+    },
     /// Nothing to do: no AI work, no mining, no heat wanted.
     NothingWorthRunning,
 }

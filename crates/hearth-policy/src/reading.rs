@@ -8,6 +8,7 @@
 //! Invariant: `validate` is pure and total (NaN, infinities and absent fields are verdicts, not
 //! panics).
 
+use crate::json_float::nan_if_null;
 use serde::{Deserialize, Serialize};
 
 /// Below this a temperature is not physical for a running device (sensor fault).
@@ -22,6 +23,7 @@ pub const MAX_PLAUSIBLE_POWER_W: f64 = 50_000.0;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     /// When the values were read, seconds on the policy's clock (wall or simulated).
+    #[serde(deserialize_with = "nan_if_null")]
     pub at_s: f64,
     /// Power draw, watts.
     pub power_w: Option<f64>,
@@ -46,15 +48,27 @@ pub enum HealthIssue {
     /// The source reported a fault (vanished sensor, unreachable miner).
     SourceFault { detail: String },
     /// The reading is older than the staleness limit.
-    Stale { age_s: f64 },
+    Stale {
+        #[serde(deserialize_with = "nan_if_null")]
+        age_s: f64,
+    },
     /// A temperature is required (the device has a limit) but none was read.
     NoTemperature,
     /// Temperature not finite or outside [-50, 150] °C.
-    BadTemperature { temp_c: f64 },
+    BadTemperature {
+        #[serde(deserialize_with = "nan_if_null")]
+        temp_c: f64,
+    },
     /// Power negative, not finite or absurdly large.
-    BadPower { power_w: f64 },
+    BadPower {
+        #[serde(deserialize_with = "nan_if_null")]
+        power_w: f64,
+    },
     /// Utilisation not finite or outside [0, 1].
-    BadUtilization { utilization: f64 },
+    BadUtilization {
+        #[serde(deserialize_with = "nan_if_null")]
+        utilization: f64,
+    },
 }
 
 impl std::fmt::Display for HealthIssue {
