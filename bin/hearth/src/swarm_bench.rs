@@ -85,7 +85,7 @@ fn run_streams(
             .zip(prefill)
             .map(|(c, x)| c.forward_hidden(x)),
     ));
-    let mut last: Vec<HiddenStates> = outs.into_iter().collect::<Result<_>>()?;
+    let mut last: Vec<HiddenStates> = outs.into_iter().collect::<Result<_, _>>()?;
     let started = Instant::now();
     for step in 0..tokens {
         // One head product for every stream's last row.
@@ -117,7 +117,7 @@ fn run_streams(
                 .zip(inputs)
                 .map(|(c, x)| c.forward_hidden(x)),
         ));
-        last = outs.into_iter().collect::<Result<_>>()?;
+        last = outs.into_iter().collect::<Result<_, _>>()?;
     }
     Ok(started.elapsed().as_secs_f64())
 }

@@ -72,9 +72,10 @@ pub enum EngineError {
     DuplicateInBatch(u64),
     #[error("invalid device {0:?}: expected `cpu` or `cuda:N`")]
     Device(String),
-    /// A remote stage (a node of the swarm) failed and could not be replaced.
-    #[error("remote stage: {0}")]
-    Remote(String),
+    /// A stage outside this engine failed: a swarm chain that could not be replaced (its own
+    /// typed error inside, for callers to downcast), or the shared head batcher stopping.
+    #[error(transparent)]
+    Remote(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Tokenizer(#[from] hearth_tokenizer::TokenizerError),
     #[error(transparent)]

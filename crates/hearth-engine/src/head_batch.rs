@@ -163,7 +163,9 @@ fn run(
             Err(e) => {
                 let message = e.to_string();
                 for req in batch {
-                    let _ = req.reply.send(Err(EngineError::Remote(message.clone())));
+                    let _ = req
+                        .reply
+                        .send(Err(EngineError::Remote(message.clone().into())));
                 }
             }
         }

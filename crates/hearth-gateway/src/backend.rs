@@ -4,8 +4,8 @@
 
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{
-    generate_cancellable, ClientHead, Generation, HeadBatchStats, HeadBatcher, HiddenStage,
-    LoadOptions, LocalStage, ModelSource, Pipeline, SessionLimits, SliceServer,
+    generate_cancellable, ClientHead, EngineError, Generation, HeadBatchStats, HeadBatcher,
+    HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline, SessionLimits, SliceServer,
 };
 use hearth_sampling::SamplingParams;
 use hearth_swarm::{ChainLog, SwarmClient};
@@ -77,7 +77,9 @@ pub trait Backend: Send + Sync + 'static {
     fn context_len(&self) -> usize;
     /// The content-addressed model id.
     fn model_id(&self) -> ContentHash;
-    fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail);
+    /// Runs `job`. A swarm failure comes back inside [`EngineError::Remote`] as a
+    /// `hearth_swarm::SwarmError` (see [`crate::failure`]).
+    fn generate(&self, job: Job<'_>) -> (Result<Generation, EngineError>, Trail);
     /// Head products and the rows they covered, where the head is shared between generations.
     fn head_stats(&self) -> Option<HeadBatchStats> {
         None
@@ -149,7 +151,7 @@ impl Backend for SwarmBackend {
         self.batcher.as_ref().map(HeadBatcher::stats)
     }
 
-    fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail) {
+    fn generate(&self, job: Job<'_>) -> (Result<Generation, EngineError>, Trail) {
         let max_len = (job.prompt.len() + job.params.max_tokens).min(self.context_len);
         let chain = self.client.chain(self.model_id, self.n_blocks, max_len);
         let log = chain.log();
@@ -174,7 +176,7 @@ fn run_job(
     tokenizer: &Tokenizer,
     stage: Box<dyn HiddenStage>,
     job: Job<'_>,
-) -> anyhow::Result<Generation> {
+) -> Result<Generation, EngineError> {
     let _in_batch = batcher.map(HeadBatcher::register);
     let mut pipeline = Pipeline {
         head: head.clone(),
@@ -190,7 +192,7 @@ fn run_job(
         job.cancelled,
     );
     drop(pipeline);
-    Ok(result?)
+    result
 }
 
 fn trail_of(model_id: &ContentHash, log: &ChainLog) -> Trail {
@@ -199,13 +201,13 @@ fn trail_of(model_id: &ContentHash, log: &ChainLog) -> Trail {
         .iter()
         .map(|(peer, r)| ReceiptOut {
             node: peer.to_string(),
-            node_key: hex(&r.node),
+            node_key: hex::encode(r.node),
             step: r.body.step,
             blocks: r.body.span.to_string(),
             input: r.body.input.to_hex(),
             output: r.body.output.to_hex(),
-            signature: hex(&r.signature),
-            bytes: hex(&r.to_bytes()),
+            signature: hex::encode(r.signature),
+            bytes: hex::encode(r.to_bytes()),
         })
         .collect();
     Trail {
@@ -238,16 +240,6 @@ fn trail_of(model_id: &ContentHash, log: &ChainLog) -> Trail {
             .map(|(p, t)| (p.to_string(), t.steps, t.total))
             .collect(),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// Runs every block in this process (no swarm): for a single machine, and for tests.
@@ -298,7 +290,7 @@ impl Backend for LocalBackend {
         Some(self.batcher.stats())
     }
 
-    fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail) {
+    fn generate(&self, job: Job<'_>) -> (Result<Generation, EngineError>, Trail) {
         let trail = Trail {
             model_id: self.model_id.to_hex(),
             route: vec![RouteHop {
@@ -311,7 +303,7 @@ impl Backend for LocalBackend {
         let max_len = (job.prompt.len() + job.params.max_tokens).min(self.context_len);
         let stage = match LocalStage::open(self.server.clone(), max_len) {
             Ok(stage) => stage,
-            Err(e) => return (Err(e.into()), trail),
+            Err(e) => return (Err(e), trail),
         };
         let result = run_job(
             &self.head,

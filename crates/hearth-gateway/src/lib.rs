@@ -7,9 +7,13 @@
 //! verification trail (route + signed hop receipts) in an extra `hearth` field that OpenAI
 //! clients ignore, and exposes `/metrics` in Prometheus text format.
 //!
-//! This is the only crate that knows HTTP and the OpenAI JSON shapes.
+//! This is the only crate that knows HTTP and the OpenAI JSON shapes. A failed generation is
+//! answered by the kind of its failure ([`failure`]: 503 + `Retry-After` when the swarm lacks
+//! working nodes, 502 for bad data from the route, 504 for a node that timed out, 500 for the
+//! gateway's own faults) and counted by kind in `/metrics`.
 
 pub mod backend;
+pub mod failure;
 pub mod metrics;
 pub mod openai;
 pub mod server;

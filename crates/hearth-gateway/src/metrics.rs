@@ -1,9 +1,11 @@
 //! Prometheus metrics of the gateway (`GET /metrics`, text exposition format).
 //!
-//! Label sets are bounded: endpoints and status codes are a fixed small set, and per-node
-//! series stop growing at [`MAX_NODE_SERIES`] distinct nodes (later ones share `other`), so a
-//! swarm full of short-lived peers cannot grow the gateway's memory without bound.
+//! Label sets are bounded: endpoints, status codes and failure kinds ([`SwarmErrorKind::ALL`])
+//! are fixed small sets, and per-node series stop growing at [`MAX_NODE_SERIES`] distinct nodes
+//! (later ones share `other`), so a swarm full of short-lived peers cannot grow the gateway's
+//! memory without bound.
 
+use hearth_swarm::SwarmErrorKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +23,12 @@ pub const MAX_NODE_SERIES: usize = 256;
 pub struct RequestLabels {
     pub endpoint: &'static str,
     pub status: u16,
+}
+
+/// A failed generation's [`SwarmErrorKind::as_str`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,6 +50,7 @@ pub struct Metrics {
     pub rejected_busy: Counter,
     pub cancelled: Counter,
     pub failovers: Counter,
+    pub generation_errors: Family<ErrorLabels, Counter>,
     pub node_step_seconds: HistogramFamily<NodeLabels>,
     pub head_products: Gauge,
     pub head_rows: Gauge,
@@ -111,6 +120,18 @@ impl Default for Metrics {
             "Nodes replaced mid-generation",
             failovers.clone(),
         );
+        let generation_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "generation_errors",
+            "Generations that failed, by kind of failure",
+            generation_errors.clone(),
+        );
+        // Every kind from the start at 0, so a dashboard sees the series before the first failure.
+        for kind in SwarmErrorKind::ALL {
+            let _ = generation_errors.get_or_create(&ErrorLabels {
+                kind: kind.as_str(),
+            });
+        }
         let node_step_seconds: HistogramFamily<NodeLabels> =
             Family::new_with_constructor(latency_buckets);
         registry.register(
@@ -144,6 +165,7 @@ impl Default for Metrics {
             rejected_busy,
             cancelled,
             failovers,
+            generation_errors,
             node_step_seconds,
             known_nodes: Mutex::new(HashSet::new()),
         }
@@ -154,6 +176,15 @@ impl Metrics {
     pub fn request(&self, endpoint: &'static str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
+    }
+
+    /// Counts one failed generation.
+    pub fn generation_error(&self, kind: SwarmErrorKind) {
+        self.generation_errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.as_str(),
+            })
             .inc();
     }
 
@@ -182,5 +213,30 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_errors_are_exposed_by_kind_from_zero() {
+        let m = Metrics::default();
+        let text = m.encode();
+        for kind in SwarmErrorKind::ALL {
+            let series = format!(
+                "hearth_gateway_generation_errors_total{{kind=\"{}\"}} 0",
+                kind.as_str()
+            );
+            assert!(text.contains(&series), "{series} missing from\n{text}");
+        }
+        m.generation_error(SwarmErrorKind::NoCoverage);
+        m.generation_error(SwarmErrorKind::NoCoverage);
+        m.generation_error(SwarmErrorKind::PeerMisbehaved);
+        let text = m.encode();
+        assert!(text.contains("hearth_gateway_generation_errors_total{kind=\"no_coverage\"} 2"));
+        assert!(text.contains("hearth_gateway_generation_errors_total{kind=\"peer_misbehaved\"} 1"));
+        assert!(text.contains("hearth_gateway_generation_errors_total{kind=\"timeout\"} 0"));
     }
 }

@@ -146,6 +146,10 @@ pub struct ModelCard {
     pub owned_by: &'static str,
 }
 
+/// Seconds in the `Retry-After` of a 503: short, since the swarm's coverage changes as soon as
+/// a node joins or announces.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
 /// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}` with its status.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -229,12 +233,29 @@ impl ApiError {
         }
     }
 
-    /// 503: the swarm cannot serve right now (no route, nodes failing).
+    /// 503: the swarm cannot serve right now (blocks uncovered, no route, nodes failing);
+    /// retrying after `Retry-After` may succeed.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
             code: Some("service_unavailable"),
-            retry_after: Some(5),
+            retry_after: Some(UNAVAILABLE_RETRY_AFTER_SECS),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+        }
+    }
+
+    /// 502: a node on the route answered with bad data (and nothing could replace it).
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self {
+            code: Some("bad_gateway"),
+            ..Self::new(StatusCode::BAD_GATEWAY, "server_error", message)
+        }
+    }
+
+    /// 504: a node on the route did not answer in time (and nothing could replace it).
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self {
+            code: Some("gateway_timeout"),
+            ..Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", message)
         }
     }
 

@@ -3,11 +3,13 @@
 //!
 //! Invariants:
 //! - every failure is an OpenAI-style error body; bad input is a 4xx, never a 500 or a panic;
+//!   a failed generation gets the status of its kind of failure ([`crate::failure`]);
 //! - at most `max_running + max_queue` generations are admitted; more get 429 + `Retry-After`;
 //! - a generation whose client went away stops at its next token, and its swarm sessions are
 //!   closed (the chain is dropped), so nodes free their caches at once.
 
 use crate::backend::{Backend, Job, Trail};
+use crate::failure::Failure;
 use crate::metrics::Metrics;
 use crate::openai::{
     unix_now, ApiError, ChatMessageIn, ChatRequest, CommonParams, CompletionRequest, ContentIn,
@@ -536,7 +538,7 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
 /// What the generation thread sends to the response.
 enum GenEvent {
     Text(String),
-    Done(Result<Generation, String>, Arc<Trail>),
+    Done(Result<Generation, ApiError>, Arc<Trail>),
 }
 
 /// Sets the cancel flag when the response (or its stream) is dropped: the client went away.
@@ -635,12 +637,14 @@ fn spawn_generation(
             });
             let trail = match &result {
                 Ok(g) => account(&books, &id, g, trail),
-                Err(e) => {
-                    tracing::warn!(id, "generation failed: {e:#}");
-                    Arc::new(trail)
-                }
+                Err(_) => Arc::new(trail),
             };
-            let result = result.map_err(|e| format!("{e:#}"));
+            let result = result.map_err(|e| {
+                let failure = Failure::of(&e);
+                tracing::warn!(id, kind = %failure.kind, "generation failed: {e}");
+                books.metrics.generation_error(failure.kind);
+                failure.error
+            });
             let _ = tx.blocking_send(GenEvent::Done(result, trail));
         });
         let _ = worker.await;
@@ -690,12 +694,6 @@ fn account(gw: &Gateway, id: &str, g: &Generation, trail: Trail) -> Arc<Trail> {
     trail
 }
 
-fn generation_failed(message: &str) -> ApiError {
-    ApiError::unavailable(format!(
-        "The swarm could not complete this generation: {message}"
-    ))
-}
-
 async fn collect(
     gw: Arc<Gateway>,
     kind: Kind,
@@ -729,8 +727,7 @@ async fn collect(
     };
     let g = match result {
         Ok(g) => g,
-        Err(e) => {
-            let err = generation_failed(&e);
+        Err(err) => {
             gw.metrics.request(kind.endpoint(), err.status.as_u16());
             return err.into_response();
         }
@@ -855,8 +852,7 @@ impl StreamState {
                 self.gw.metrics.request(endpoint, 200);
                 self.done = true;
             }
-            Some(GenEvent::Done(Err(e), _)) => {
-                let err = generation_failed(&e);
+            Some(GenEvent::Done(Err(err), _)) => {
                 self.pending
                     .push_back(SseEvent::default().data(err.body().to_string()));
                 self.gw.metrics.request(endpoint, err.status.as_u16());

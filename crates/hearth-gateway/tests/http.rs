@@ -378,7 +378,7 @@ impl Backend for Scripted {
     fn model_id(&self) -> ContentHash {
         self.inner.model_id()
     }
-    fn generate(&self, job: Job<'_>) -> (anyhow::Result<Generation>, Trail) {
+    fn generate(&self, job: Job<'_>) -> (Result<Generation, hearth_engine::EngineError>, Trail) {
         self.running.fetch_add(1, Ordering::SeqCst);
         let mut g = Generation {
             tokens: Vec::new(),

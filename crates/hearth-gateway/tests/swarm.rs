@@ -1,13 +1,14 @@
 //! The gateway over a real (in-process, loopback) swarm: answers equal local generation, every
-//! hop receipt in the trail verifies against its node's key, and a client that hangs up frees
-//! the sessions on the nodes.
+//! hop receipt in the trail verifies against its node's key, a client that hangs up frees the
+//! sessions on the nodes, and swarm failures get the status of their kind and are counted.
 
 use hearth_core::BlockRange;
 use hearth_engine::identity::identity_cached;
 use hearth_engine::synth::{shape, SynthModel, SynthOptions};
 use hearth_engine::{DType, LoadOptions, ModelSource};
+use hearth_gateway::openai::UNAVAILABLE_RETRY_AFTER_SECS;
 use hearth_gateway::{Backend, Gateway, GatewayConfig, LocalBackend, SwarmBackend};
-use hearth_swarm::node::{Node, NodeConfig};
+use hearth_swarm::node::{Fault, Node, NodeConfig};
 use hearth_swarm::{ClientConfig, NetConfig, SwarmClient};
 use hearth_wire::Receipt;
 use serde_json::{json, Value};
@@ -24,7 +25,18 @@ fn loopback() -> NetConfig {
 }
 
 async fn node(model: &Path, dir: &Path, blocks: (u32, u32), bootstrap: Option<String>) -> Node {
+    faulty_node(model, dir, blocks, bootstrap, None).await
+}
+
+async fn faulty_node(
+    model: &Path,
+    dir: &Path,
+    blocks: (u32, u32),
+    bootstrap: Option<String>,
+    fault: Option<Fault>,
+) -> Node {
     let mut cfg = NodeConfig::new(model.to_path_buf(), dir.to_path_buf());
+    cfg.fault = fault;
     cfg.blocks = Some(BlockRange::new(blocks.0, blocks.1).unwrap());
     cfg.net = loopback();
     if let Some(b) = bootstrap {
@@ -196,4 +208,155 @@ async fn swarm_answers_carry_verifiable_receipts_and_hangups_free_node_sessions(
         || a.sessions_open() == 0 && b.sessions_open() == 0,
     )
     .await;
+}
+
+/// Waits until `client` sees `n` servers of `node`'s model in the DHT.
+async fn wait_for_servers(client: &SwarmClient, node: &Node, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.servers(&node.model_id, node.n_blocks).await.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the client never saw {n} servers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of one series in a `/metrics` text (0 when absent).
+fn series(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn errors_of(metrics: &str, kind: &str) -> u64 {
+    series(
+        metrics,
+        &format!("hearth_gateway_generation_errors_total{{kind=\"{kind}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_failures_get_the_status_of_their_kind_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    SynthModel::new(shape("tiny").unwrap(), 5)
+        .unwrap()
+        .write_hf(&model, DType::F32, &SynthOptions::default())
+        .unwrap();
+    // Blocks 3..6 have no server.
+    let a = node(&model, &dir.path().join("a"), (0, 3), None).await;
+    let boot = addr_of(&a).await;
+    let client = SwarmClient::start(ClientConfig {
+        net: NetConfig {
+            bootstrap: vec![boot.parse().unwrap()],
+            dht_server: false,
+            ..loopback()
+        },
+        // How long a chain waits for a route before giving up: short, so each failure is quick.
+        cover_timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    wait_for_servers(&client, &a, 1).await;
+    let src = ModelSource::open(&model).unwrap();
+    let head = Arc::new(src.load_head(&LoadOptions::default(), None).unwrap());
+    let swarm = SwarmBackend::new(client.clone(), head, src.tokenizer().unwrap(), a.model_id);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = GatewayConfig {
+        model_name: "m".into(),
+        ..GatewayConfig::default()
+    };
+    tokio::spawn(hearth_gateway::serve(
+        listener,
+        Gateway::new(Arc::new(swarm), cfg),
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let metrics = || async {
+        http.get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = metrics().await;
+    assert_eq!(errors_of(&before, "no_coverage"), 0, "{before}");
+    let req = json!({"model": "m", "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 4, "temperature": 0});
+
+    // A gap in coverage: 503 with Retry-After, naming the missing blocks.
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .body(req.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let retry_after = r.headers()["retry-after"].to_str().unwrap().to_string();
+    assert_eq!(retry_after, UNAVAILABLE_RETRY_AFTER_SECS.to_string());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "server_error");
+    assert_eq!(body["error"]["code"], "service_unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("blocks 3..6"), "{message}");
+    let after = metrics().await;
+    assert_eq!(errors_of(&after, "no_coverage"), 1, "{after}");
+    assert_eq!(
+        series(
+            &after,
+            "hearth_gateway_requests_total{endpoint=\"chat\",status=\"503\"}"
+        ),
+        1,
+        "{after}"
+    );
+
+    // The same failure in a stream: the error event carries the same body.
+    let streamed = json!({"model": "m", "prompt": "a", "max_tokens": 4, "stream": true});
+    let text = http
+        .post(format!("{url}/v1/completions"))
+        .body(streamed.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("service_unavailable") && text.contains("blocks 3..6"),
+        "{text}"
+    );
+    assert_eq!(errors_of(&metrics().await, "no_coverage"), 2);
+
+    // The gap filled by a node that answers with NaNs: the route returned bad data, and nothing
+    // else covers its blocks, so 502.
+    let _bad = faulty_node(
+        &model,
+        &dir.path().join("bad"),
+        (3, 6),
+        Some(boot),
+        Some(Fault::NonFinite),
+    )
+    .await;
+    wait_for_servers(&client, &a, 2).await;
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .body(req.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.headers().get("retry-after").is_none());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_gateway");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("non-finite"), "{message}");
+    let after = metrics().await;
+    assert_eq!(errors_of(&after, "peer_misbehaved"), 1, "{after}");
+    assert_eq!(errors_of(&after, "no_coverage"), 2, "{after}");
 }

@@ -1,11 +1,23 @@
 //! The client side: discover servers of a model, route a chain over them, and run hidden states
 //! through it with signed, checked hops and failover that does not change the output.
+//!
+//! How a chain gives up (the [`SwarmError`] a generation ends with):
+//! - routing (at the first step, or for a failed hop's blocks) finds a gap no known server
+//!   covers → [`SwarmError::NoCoverage`]; only servers this chain banned cover some blocks →
+//!   [`SwarmError::NoRoute`] (both after waiting `cover_timeout` for the swarm to change);
+//! - a hop caught misbehaving that no other server can replace →
+//!   [`SwarmError::PeerMisbehaved`], the cause rather than the missing route;
+//! - replacements were found but each failed in turn, or one step needed more than
+//!   `MAX_FAILOVERS_PER_STEP` failovers → [`SwarmError::HopsExhausted`], whose last failure is
+//!   a hop's [`SwarmError::PeerMisbehaved`], [`SwarmError::Unreachable`] or
+//!   [`SwarmError::Timeout`]. An unreachable or slow node stays a last-resort candidate, so
+//!   those two reach the caller only this way.
 
 use crate::dht::find_servers;
+use crate::error::{Result, SwarmError};
 use crate::identity::{public_key_of, NodeIdentity};
 use crate::net::{Net, NetConfig};
-use crate::routing::{find_route, Hop, RouteMode, RouteRequest, ServerView};
-use anyhow::{anyhow, bail};
+use crate::routing::{find_route, Hop, RouteError, RouteMode, RouteRequest, ServerView};
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{EngineError, HiddenStage, Tensor};
 use hearth_wire::{
@@ -67,7 +79,7 @@ pub struct SwarmClient {
 
 impl SwarmClient {
     /// Joins the network with a fresh identity (clients need no persistent name).
-    pub async fn start(cfg: ClientConfig) -> anyhow::Result<Self> {
+    pub async fn start(cfg: ClientConfig) -> Result<Self> {
         let net = Net::start(&NodeIdentity::generate(), cfg.net.clone()).await?;
         Ok(Self {
             net,
@@ -104,16 +116,18 @@ impl SwarmClient {
         out
     }
 
-    /// Waits until the servers of `model` cover every block (or `cover_timeout` passes).
+    /// Waits until the servers of `model` cover every block. After `cover_timeout` fails with
+    /// [`SwarmError::NoCoverage`] naming the first gap; `n_blocks == 0` is
+    /// [`SwarmError::InvalidInput`].
     pub async fn wait_for_coverage(
         &self,
         model: &ContentHash,
         n_blocks: u32,
-    ) -> anyhow::Result<Vec<ServerEntry>> {
+    ) -> Result<Vec<ServerEntry>> {
         let deadline = Instant::now() + self.cfg.cover_timeout;
+        let full = BlockRange::full(n_blocks)?;
         loop {
             let servers = self.servers(model, n_blocks).await;
-            let full = BlockRange::full(n_blocks)?;
             let views = views(&servers, &self.cfg);
             let none = HashSet::new();
             let req = RouteRequest {
@@ -124,13 +138,14 @@ impl SwarmClient {
             };
             match find_route(&views, &req) {
                 Ok(_) => return Ok(servers),
-                Err(e) if Instant::now() >= deadline => {
-                    bail!(
-                        "the swarm does not cover model {} after {:?}: {e} ({} servers known)",
-                        model.short(),
-                        self.cfg.cover_timeout,
-                        servers.len()
-                    )
+                Err(RouteError::Uncovered { blocks }) if Instant::now() >= deadline => {
+                    tracing::debug!(
+                        model = %model.short(),
+                        servers = servers.len(),
+                        waited = ?self.cfg.cover_timeout,
+                        "the swarm does not cover the model"
+                    );
+                    return Err(SwarmError::NoCoverage { blocks });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
@@ -250,31 +265,32 @@ impl SwarmChain {
     /// Routes `range` over known servers minus banned ones, refreshing the server list (and
     /// waiting for coverage) when needed. Nodes that were only unreachable (not caught
     /// misbehaving) are allowed again as a last resort: a dropped connection may be transient.
-    async fn route(&mut self, range: BlockRange) -> anyhow::Result<Vec<Hop>> {
+    async fn route(&mut self, range: BlockRange) -> Result<Vec<Hop>> {
         let deadline = Instant::now() + self.client.cfg.cover_timeout;
         let mut refreshed = false;
+        let none = HashSet::new();
         loop {
             let views = views(&self.servers, &self.client.cfg);
             let strict: HashSet<PeerId> = self.banned.union(&self.unreachable).copied().collect();
-            let mut result = Err(crate::routing::RouteError::Uncovered {
-                block: range.start(),
-            });
-            for banned in [&strict, &self.banned] {
-                let req = RouteRequest {
-                    range,
-                    need_tokens: self.max_len as u64,
-                    banned,
-                    mode: self.client.cfg.mode,
-                };
-                result = find_route(&views, &req);
-                if result.is_ok() {
-                    break;
-                }
-            }
+            let request = |banned| RouteRequest {
+                range,
+                need_tokens: self.max_len as u64,
+                banned,
+                mode: self.client.cfg.mode,
+            };
+            let result = find_route(&views, &request(&strict))
+                .or_else(|_| find_route(&views, &request(&self.banned)));
             match result {
                 Ok(route) => return Ok(route.hops),
-                Err(e) if refreshed && Instant::now() >= deadline => {
-                    bail!("no route for blocks {range}: {e}")
+                Err(RouteError::Uncovered { blocks })
+                    if refreshed && Instant::now() >= deadline =>
+                {
+                    // A gap even with banned servers counted is missing coverage; otherwise the
+                    // banned servers are all that cover `blocks`.
+                    return Err(match find_route(&views, &request(&none)) {
+                        Err(RouteError::Uncovered { blocks }) => SwarmError::NoCoverage { blocks },
+                        Ok(_) => SwarmError::NoRoute { blocks },
+                    });
                 }
                 Err(_) => {
                     if refreshed {
@@ -287,9 +303,11 @@ impl SwarmChain {
         }
     }
 
-    fn new_hop(&self, hop: Hop) -> anyhow::Result<HopState> {
-        let node_key = public_key_of(&hop.peer)
-            .ok_or_else(|| anyhow!("peer {} has no inline ed25519 key", hop.peer))?;
+    fn new_hop(&self, hop: Hop) -> Result<HopState> {
+        // Announcements are accepted only from the peer their ed25519 key names (dht.rs).
+        let node_key = public_key_of(&hop.peer).ok_or_else(|| {
+            SwarmError::Internal(format!("peer {} has no inline ed25519 key", hop.peer))
+        })?;
         Ok(HopState {
             peer: hop.peer,
             range: hop.range,
@@ -332,27 +350,38 @@ impl SwarmChain {
     /// Replaces hop `i` after `failure`: bans its node, routes its blocks over other nodes,
     /// replays its input history into them so their caches match, and splices them in only once
     /// they are ready. A replacement that fails during replay is banned in turn and another is
-    /// tried.
-    async fn fail_over(&mut self, i: usize, failure: HopFailure) -> anyhow::Result<()> {
+    /// tried. The module docs say which error ends the generation when this fails.
+    async fn fail_over(&mut self, i: usize, failure: HopFailure) -> Result<()> {
         let started = Instant::now();
         let (peer, range) = (self.hops[i].peer, self.hops[i].range);
-        tracing::warn!(%peer, %range, "hop failed: {}", failure.reason);
+        tracing::warn!(%peer, %range, "hop failed: {failure}");
         self.ban(peer, &failure);
+        let reason = failure.to_string();
         let history = std::mem::take(&mut self.hops[i].history);
         let replayed_tokens = history.iter().map(|h| h.rows as usize).sum();
-        let mut last_error = failure.reason.clone();
-        for _ in 0..MAX_FAILOVERS_PER_STEP {
+        let mut last = failure.into_error(peer);
+        for attempt in 0..MAX_FAILOVERS_PER_STEP {
             let hops = match self.route(range).await {
                 Ok(h) => h,
                 Err(e) => {
                     self.hops[i].history = history;
-                    return Err(e.context(format!("after: {last_error}")));
+                    tracing::warn!(%range, "no replacement: {e}");
+                    return Err(match last {
+                        // Nothing replaced the misbehaving hop: its bad data is the cause.
+                        SwarmError::PeerMisbehaved { .. } if attempt == 0 => last,
+                        _ if attempt == 0 => e,
+                        _ => SwarmError::HopsExhausted {
+                            blocks: range,
+                            failovers: attempt,
+                            last: Box::new(last),
+                        },
+                    });
                 }
             };
             let mut new: Vec<HopState> = hops
                 .into_iter()
                 .map(|h| self.new_hop(h))
-                .collect::<anyhow::Result<_>>()?;
+                .collect::<Result<_>>()?;
             // Replay as one prefill per hop: the whole cached prefix in a single step.
             let mut replay_failed = None;
             let ctx = self.step_context();
@@ -368,9 +397,9 @@ impl SwarmChain {
                 }
             }
             if let Some((bad, f)) = replay_failed {
-                tracing::warn!(peer = %bad, "replacement failed during replay: {}", f.reason);
+                tracing::warn!(peer = %bad, "replacement failed during replay: {f}");
                 self.ban(bad, &f);
-                last_error = f.reason;
+                last = f.into_error(bad);
                 continue;
             }
             // Each replacement's history now holds the (merged) inputs the replay sent it.
@@ -379,18 +408,22 @@ impl SwarmChain {
             self.log_mut().failovers.push(Failover {
                 peer,
                 range,
-                reason: failure.reason,
+                reason,
                 recovery: started.elapsed(),
                 replayed_tokens,
             });
             return Ok(());
         }
         self.hops[i].history = history;
-        bail!("no working replacement for blocks {range}: {last_error}")
+        Err(SwarmError::HopsExhausted {
+            blocks: range,
+            failovers: MAX_FAILOVERS_PER_STEP,
+            last: Box::new(last),
+        })
     }
 
     fn ban(&mut self, peer: PeerId, failure: &HopFailure) {
-        if failure.misbehaved {
+        if failure.is_misbehaviour() {
             self.banned.insert(peer);
         } else {
             self.unreachable.insert(peer);
@@ -399,13 +432,14 @@ impl SwarmChain {
 
     /// Runs `input` through every block (routing at the first call, failing over as needed).
     /// The async form of [`HiddenStage::forward`], for callers that drive many chains at once.
-    pub async fn forward_hidden(&mut self, input: HiddenStates) -> anyhow::Result<HiddenStates> {
+    /// The module docs say which [`SwarmError`] a chain gives up with.
+    pub async fn forward_hidden(&mut self, input: HiddenStates) -> Result<HiddenStates> {
         if self.hops.is_empty() {
             let hops = self.route(BlockRange::full(self.n_blocks)?).await?;
             self.hops = hops
                 .into_iter()
                 .map(|h| self.new_hop(h))
-                .collect::<anyhow::Result<_>>()?;
+                .collect::<Result<_>>()?;
             self.publish_route();
         }
         let mut x = input;
@@ -422,10 +456,12 @@ impl SwarmChain {
                 Err(failure) => {
                     failovers += 1;
                     if failovers > MAX_FAILOVERS_PER_STEP {
-                        bail!(
-                            "giving up after {MAX_FAILOVERS_PER_STEP} failovers: {}",
-                            failure.reason
-                        );
+                        let hop = &self.hops[i];
+                        return Err(SwarmError::HopsExhausted {
+                            blocks: hop.range,
+                            failovers: MAX_FAILOVERS_PER_STEP,
+                            last: Box::new(failure.into_error(hop.peer)),
+                        });
                     }
                     // Hop i is replaced (possibly by several hops); retry from it.
                     self.fail_over(i, failure).await?;
@@ -436,26 +472,43 @@ impl SwarmChain {
     }
 }
 
-/// Why a hop failed, and whether the node broke the protocol (banned for good) or was only
-/// unreachable (may be retried when nothing else covers its blocks).
+/// Why a hop failed, before it is tied to its peer: whether the node broke the protocol
+/// (banned for good) or was only unreachable or slow (may be retried when nothing else covers
+/// its blocks). The reason is kept bare for [`Failover::reason`].
 #[derive(Debug)]
-struct HopFailure {
-    reason: String,
-    misbehaved: bool,
+enum HopFailure {
+    Misbehaved(String),
+    Unreachable(String),
+    TimedOut(Duration),
 }
 
 impl HopFailure {
     fn misbehaved(reason: impl Into<String>) -> Self {
-        Self {
-            reason: reason.into(),
-            misbehaved: true,
-        }
+        Self::Misbehaved(reason.into())
     }
 
     fn unreachable(reason: impl Into<String>) -> Self {
-        Self {
-            reason: reason.into(),
-            misbehaved: false,
+        Self::Unreachable(reason.into())
+    }
+
+    fn is_misbehaviour(&self) -> bool {
+        matches!(self, Self::Misbehaved(_))
+    }
+
+    fn into_error(self, peer: PeerId) -> SwarmError {
+        match self {
+            Self::Misbehaved(reason) => SwarmError::PeerMisbehaved { peer, reason },
+            Self::Unreachable(reason) => SwarmError::Unreachable { peer, reason },
+            Self::TimedOut(after) => SwarmError::Timeout { peer, after },
+        }
+    }
+}
+
+impl std::fmt::Display for HopFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Misbehaved(reason) | Self::Unreachable(reason) => f.write_str(reason),
+            Self::TimedOut(after) => write!(f, "no answer within {after:?}"),
         }
     }
 }
@@ -518,8 +571,8 @@ async fn open_session(hop: &HopState, ctx: &StepContext) -> Result<libp2p::Strea
                     "answered open with {other:?}"
                 )))
             }
-            Err(f) if f.misbehaved => return Err(f),
-            Err(f) => last = f.reason,
+            Err(f) if f.is_misbehaviour() => return Err(f),
+            Err(f) => last = f.to_string(),
         }
     }
     Err(HopFailure::unreachable(last))
@@ -598,10 +651,7 @@ async fn step_on(
         Err(_) => {
             // The stream is in an unknown state; a retry must start a fresh session.
             hop.stream = None;
-            return Err(HopFailure::unreachable(format!(
-                "no answer within {:?}",
-                cfg.step_timeout
-            )));
+            return Err(HopFailure::TimedOut(cfg.step_timeout));
         }
     };
     hop.next_step += 1;
@@ -667,7 +717,7 @@ impl HiddenStage for SwarmChain {
         let runtime = self.client.runtime.clone();
         let out = runtime
             .block_on(self.forward_hidden(input))
-            .map_err(|e| EngineError::Remote(format!("{e:#}")))?;
+            .map_err(|e| EngineError::Remote(Box::new(e)))?;
         let t = Tensor::from_vec(out.to_f32(), (1, rows, cols), hidden.device())?;
         Ok(t.to_dtype(hidden.dtype())?)
     }

@@ -1,7 +1,7 @@
 //! A node's persistent ed25519 identity: its libp2p peer id, the key that signs receipts and
 //! announcements. Stored as the 32-byte secret in `<data dir>/node.key`, readable by its owner only.
 
-use anyhow::{bail, Context};
+use crate::error::{Result, SwarmError};
 use hearth_wire::SigningKey;
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
@@ -25,23 +25,26 @@ impl NodeIdentity {
         Self { secret }
     }
 
-    /// Loads `<dir>/node.key`, creating it (mode 0600) on first use.
-    pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
+    /// Loads `<dir>/node.key`, creating it (mode 0600) on first use. A key file of the wrong
+    /// size or readable by others is [`SwarmError::InvalidInput`]; file errors are
+    /// [`SwarmError::Io`].
+    pub fn load_or_create(dir: &Path) -> Result<Self> {
         let path = dir.join(KEY_FILE);
         if path.exists() {
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let bytes = std::fs::read(&path)
+                .map_err(|e| SwarmError::io(format!("reading {}", path.display()), e))?;
             let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                anyhow::anyhow!(
+                SwarmError::InvalidInput(format!(
                     "{} holds {} bytes, expected a 32-byte ed25519 secret",
                     path.display(),
                     bytes.len()
-                )
+                ))
             })?;
             check_private(&path)?;
             return Ok(Self { secret });
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SwarmError::io(format!("creating {}", dir.display()), e))?;
         let id = Self::generate();
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
@@ -52,9 +55,9 @@ impl NodeIdentity {
         }
         let mut f = opts
             .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+            .map_err(|e| SwarmError::io(format!("creating {}", path.display()), e))?;
         f.write_all(&id.secret)
-            .with_context(|| format!("writing {}", path.display()))?;
+            .map_err(|e| SwarmError::io(format!("writing {}", path.display()), e))?;
         Ok(id)
     }
 
@@ -78,20 +81,24 @@ impl NodeIdentity {
 }
 
 #[cfg(unix)]
-fn check_private(path: &Path) -> anyhow::Result<()> {
+fn check_private(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| SwarmError::io(format!("reading {}", path.display()), e))?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o077 != 0 {
-        bail!(
+        return Err(SwarmError::InvalidInput(format!(
             "{} is readable by others (mode {mode:o}); run `chmod 600` on it",
             path.display()
-        );
+        )));
     }
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn check_private(_: &Path) -> anyhow::Result<()> {
+fn check_private(_: &Path) -> Result<()> {
     Ok(())
 }
 
@@ -139,7 +146,8 @@ mod tests {
     fn world_readable_or_malformed_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(KEY_FILE), [1u8; 5]).unwrap();
-        assert!(NodeIdentity::load_or_create(dir.path()).is_err());
+        let err = NodeIdentity::load_or_create(dir.path()).err().unwrap();
+        assert_eq!(err.kind(), crate::SwarmErrorKind::InvalidInput, "{err}");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -148,6 +156,7 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             let err = NodeIdentity::load_or_create(dir.path()).err().unwrap();
             assert!(err.to_string().contains("chmod 600"), "{err}");
+            assert_eq!(err.kind(), crate::SwarmErrorKind::InvalidInput);
         }
     }
 }

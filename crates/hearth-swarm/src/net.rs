@@ -2,6 +2,7 @@
 //! else talks to it through a cloneable [`Net`] handle (bounded command channel, oneshot replies)
 //! or opens streams directly through [`libp2p_stream::Control`].
 
+use crate::error::{Result, SwarmError};
 use crate::identity::NodeIdentity;
 use futures::StreamExt;
 use libp2p::kad::{
@@ -100,7 +101,9 @@ pub struct Net {
 
 impl Net {
     /// Builds the host, starts listening and dialling, and spawns its task on the current runtime.
-    pub async fn start(identity: &NodeIdentity, cfg: NetConfig) -> anyhow::Result<Self> {
+    /// Fails with [`SwarmError::Io`] when a transport cannot be set up or an address cannot be
+    /// listened on.
+    pub async fn start(identity: &NodeIdentity, cfg: NetConfig) -> Result<Self> {
         let keypair = identity.keypair();
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -109,9 +112,11 @@ impl Net {
                 tcp::Config::default().nodelay(true),
                 noise::Config::new,
                 yamux::Config::default,
-            )?
+            )
+            .map_err(|e| SwarmError::transport("setting up TCP", e))?
             .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| SwarmError::transport("setting up the relay client", e))?
             .with_behaviour(|key, relay| {
                 let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
                 kad_cfg
@@ -155,11 +160,14 @@ impl Net {
                     autonat: autonat::Behaviour::new(peer_id, Default::default()),
                     stream: libp2p_stream::Behaviour::new(),
                 })
-            })?
+            })
+            .map_err(|e| SwarmError::transport("setting up the network behaviours", e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
             .build();
         for addr in &cfg.listen {
-            swarm.listen_on(addr.clone())?;
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| SwarmError::transport(format!("listening on {addr}"), e))?;
         }
         for addr in &cfg.bootstrap {
             if let Some(peer) = peer_of(addr) {

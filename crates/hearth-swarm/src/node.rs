@@ -2,10 +2,10 @@
 //! libp2p streams. Steps from concurrent sessions are batched into one forward pass.
 
 use crate::dht::{announcement_key, block_key, find_servers, model_key, now_unix_ms};
+use crate::error::{Result, SwarmError};
 use crate::identity::NodeIdentity;
 use crate::net::{Net, NetConfig};
 use crate::placement::{self, SpanInfo};
-use anyhow::Context;
 use futures::{AsyncRead, AsyncWrite};
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::identity::identity_cached;
@@ -164,16 +164,17 @@ const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 
 impl Node {
     /// Loads the model slice, joins the network and starts serving. Returns once serving.
-    pub async fn start(cfg: NodeConfig) -> anyhow::Result<Self> {
+    pub async fn start(cfg: NodeConfig) -> Result<Self> {
         let identity = NodeIdentity::load_or_create(&cfg.data_dir)?;
         let model_path = cfg.model.clone();
         let ids_dir = cfg.data_dir.join("model-ids");
-        let (src, ident) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (src, ident) = tokio::task::spawn_blocking(move || -> hearth_engine::Result<_> {
             let src = ModelSource::open(&model_path)?;
             let ident = identity_cached(&src, &ids_dir)?;
             Ok((src, ident))
         })
-        .await??;
+        .await
+        .map_err(|e| SwarmError::join("opening the model", e))??;
         let n_blocks = src.config().num_layers as u32;
         let net = Net::start(&identity, cfg.net.clone()).await?;
         let span = match cfg.blocks {
@@ -186,7 +187,7 @@ impl Node {
                 let others = discover_spans(&net, &ident.model_id, n_blocks, &cfg.limits).await;
                 let fit = cfg.max_blocks.unwrap_or(n_blocks).clamp(1, n_blocks);
                 let span = placement::choose_blocks(n_blocks as usize, &others, fit as usize, 1.0)
-                    .map_err(|e| anyhow::anyhow!("choosing blocks: {e}"))?;
+                    .map_err(|e| SwarmError::InvalidInput(format!("choosing blocks: {e}")))?;
                 tracing::info!(%span, known = others.len(), "chose blocks");
                 span
             }
@@ -196,19 +197,22 @@ impl Node {
         let slice = tokio::task::spawn_blocking(move || {
             load_src.load_slice(span, &LoadOptions::default(), None)
         })
-        .await??;
+        .await
+        .map_err(|e| SwarmError::join("loading blocks", e))??;
         let hidden_size = slice.config().hidden_size;
         let server = Arc::new(SliceServer::new(Arc::new(slice), cfg.sessions.clone()));
         let block_ms = {
             let server = server.clone();
-            tokio::task::spawn_blocking(move || measure_block_ms(&server, hidden_size)).await??
+            tokio::task::spawn_blocking(move || measure_block_ms(&server, hidden_size))
+                .await
+                .map_err(|e| SwarmError::join("measuring block speed", e))??
         };
         tracing::info!(%span, block_ms, "serving");
         let (tx, rx) = mpsc::channel(COMPUTE_QUEUE);
         std::thread::Builder::new()
             .name("hearth-compute".into())
             .spawn(move || compute_loop(rx))
-            .context("starting the compute thread")?;
+            .map_err(|e| SwarmError::io("starting the compute thread", e))?;
         let state = Arc::new(NodeState {
             identity: identity.clone(),
             model_id: ident.model_id,
@@ -230,7 +234,7 @@ impl Node {
         let mut control = net.control();
         let mut incoming = control
             .accept(StreamProtocol::new(INFERENCE_PROTOCOL))
-            .map_err(|e| anyhow::anyhow!("cannot accept inference streams: {e}"))?;
+            .map_err(|e| SwarmError::Internal(format!("cannot accept inference streams: {e}")))?;
         {
             let state = state.clone();
             tokio::spawn(async move {
@@ -501,7 +505,7 @@ pub(crate) async fn discover_spans(
 }
 
 /// Times a few single-token steps on a scratch session: compute per block per token, in ms.
-fn measure_block_ms(server: &SliceServer, hidden: usize) -> anyhow::Result<f64> {
+fn measure_block_ms(server: &SliceServer, hidden: usize) -> hearth_engine::Result<f64> {
     let session = server.open(16)?;
     let x = Tensor::zeros(
         (1, 1, hidden),

@@ -85,8 +85,10 @@ pub struct Route {
 /// Why no route exists.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    #[error("no usable server covers block {block}")]
-    Uncovered { block: u32 },
+    /// `blocks` is the first gap: the first block no usable server covers, up to the next
+    /// block one does (or the end of the requested range).
+    #[error("no usable server covers blocks {blocks}")]
+    Uncovered { blocks: BlockRange },
 }
 
 /// The best chain of servers for `req` (see the module docs for the cost model).
@@ -221,8 +223,16 @@ fn route_with_extra_load(
     let Some(end) = labels[n] else {
         let reached = labels.iter().take_while(|l| l.is_some()).count();
         // `reached - 1` is the last reachable boundary; the block right after it is uncovered.
+        let gap = lo + reached.saturating_sub(1) as u32;
+        // No usable span contains `gap` (it would have reached `gap + 1`), so the gap runs to
+        // the next span start after it.
+        let gap_end = edges
+            .iter()
+            .map(|e| e.span.start())
+            .filter(|&s| s > gap)
+            .fold(hi, u32::min);
         return Err(RouteError::Uncovered {
-            block: lo + reached.saturating_sub(1) as u32,
+            blocks: BlockRange::new(gap, gap_end).unwrap_or(req.range),
         });
     };
 
@@ -518,18 +528,33 @@ mod tests {
         let none = HashSet::new();
         let servers = [server(1, 0, 3, 1.0, 1.0), server(2, 5, 8, 1.0, 1.0)];
         let err = find_route(&servers, &request(range(0, 8), &none, RouteMode::Latency));
-        assert_eq!(err, Err(RouteError::Uncovered { block: 3 }));
-        // Banning the only server of block 0 makes block 0 the gap.
+        assert_eq!(err, Err(uncovered(3, 5)));
+        // Banning the only server of block 0 makes 0..5 the first gap.
         let banned: HashSet<PeerId> = [peer(1)].into();
         let err = find_route(&servers, &request(range(0, 8), &banned, RouteMode::Latency));
-        assert_eq!(err, Err(RouteError::Uncovered { block: 0 }));
-        // No servers at all.
+        assert_eq!(err, Err(uncovered(0, 5)));
+        // No servers at all: the whole request is the gap.
         let err = find_route(&[], &request(range(4, 8), &none, RouteMode::Throughput));
-        assert_eq!(err, Err(RouteError::Uncovered { block: 4 }));
+        assert_eq!(err, Err(uncovered(4, 8)));
         // A server whose measurements are garbage is not usable.
         let bad = [server(1, 0, 8, f64::NAN, 1.0)];
         let err = find_route(&bad, &request(range(0, 8), &none, RouteMode::Latency));
-        assert_eq!(err, Err(RouteError::Uncovered { block: 0 }));
+        assert_eq!(err, Err(uncovered(0, 8)));
+        // Overlapping spans before the gap, a span starting inside the gap ends it.
+        let servers = [
+            server(1, 0, 3, 1.0, 1.0),
+            server(2, 2, 4, 1.0, 1.0),
+            server(3, 6, 8, 1.0, 1.0),
+            server(4, 7, 8, 1.0, 1.0),
+        ];
+        let err = find_route(&servers, &request(range(0, 8), &none, RouteMode::Latency));
+        assert_eq!(err, Err(uncovered(4, 6)));
+    }
+
+    fn uncovered(a: u32, b: u32) -> RouteError {
+        RouteError::Uncovered {
+            blocks: range(a, b),
+        }
     }
 
     #[test]
@@ -553,7 +578,7 @@ mod tests {
             &servers[..2],
             &request(range(3, 9), &banned, RouteMode::Latency),
         );
-        assert_eq!(err, Err(RouteError::Uncovered { block: 6 }));
+        assert_eq!(err, Err(uncovered(6, 9)));
     }
 
     #[test]
