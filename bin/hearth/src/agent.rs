@@ -2,8 +2,12 @@
 //! and hands over to `hearth_energy::agent`.
 
 use anyhow::Context;
+use hearth_core::ApiKeys;
 use hearth_energy::agent::{Agent, AgentConfig};
 use std::path::PathBuf;
+
+/// The environment variable with the agent's accepted keys (comma-separated).
+const AGENT_KEYS_ENV: &str = "HEARTH_AGENT_KEYS";
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
@@ -16,11 +20,15 @@ pub struct AgentArgs {
     /// Also add every NVIDIA GPU (NVML) and the host CPU found at start.
     #[arg(long)]
     auto_detect: bool,
-    /// HTTP address for /metrics and /api (default 127.0.0.1:9100).
-    #[arg(long)]
+    #[arg(long, help = with_default(
+        "HTTP address for /metrics and /api",
+        AgentConfig::default().listen,
+    ))]
     listen: Option<String>,
-    /// Seconds between decisions (default 60; the demo uses 10).
-    #[arg(long)]
+    #[arg(long, help = with_default(
+        "Seconds between decisions",
+        format!("{}; the demo uses 10", AgentConfig::default().interval_s),
+    ))]
     interval_secs: Option<f64>,
     /// Electricity prices from a CSV (`hour,price` or `timestamp,price`, $/MWh).
     #[arg(long)]
@@ -47,6 +55,11 @@ pub struct AgentArgs {
     /// Runs for --bench-decide.
     #[arg(long, default_value_t = 21)]
     bench_runs: usize,
+}
+
+/// A flag's help that names the library's default; the config file, when given, overrides it.
+fn with_default(what: &str, default: impl std::fmt::Display) -> String {
+    format!("{what} (default: the config's, else {default})")
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -86,11 +99,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(kw) = args.site_cap_kw {
         cfg.site_cap_kw = Some(kw);
     }
-    cfg.api_keys.extend(args.api_keys.iter().cloned());
-    if let Ok(env) = std::env::var("HEARTH_AGENT_KEYS") {
-        cfg.api_keys
-            .extend(env.split(',').map(|k| k.trim().to_string()));
-    }
+    cfg.api_keys.extend(ApiKeys::keys_from_flags_and_env(
+        &args.api_keys,
+        AGENT_KEYS_ENV,
+    ));
     cfg.api_keys.retain(|k| !k.is_empty());
     cfg.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
 
@@ -114,12 +126,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", agent.cfg.listen))?;
         let addr = listener.local_addr()?;
-        if agent.cfg.api_keys.is_empty() {
-            // Anyone who can post an event can switch the site off: keep that local.
-            anyhow::ensure!(
-                addr.ip().is_loopback(),
-                "refusing to serve the agent's API on {addr} without an API key: pass --api-key (or HEARTH_AGENT_KEYS), or listen on a loopback address"
-            );
+        // Anyone who can post an event can switch the site off: without a key, keep that local.
+        let keys = ApiKeys::new(&agent.cfg.api_keys);
+        keys.check_bind(addr, Some("the agent's API"), AGENT_KEYS_ENV)?;
+        if keys.is_empty() {
             eprintln!("no API key configured: the agent's API listens on loopback only ({addr})");
         }
         eprintln!(

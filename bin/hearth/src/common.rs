@@ -1,6 +1,8 @@
-//! Helpers shared by several commands.
+//! Helpers shared by several commands: where hearth keeps its files, which model a command
+//! works on, and the async runtime of the networked commands. Depends on no other module of the
+//! binary.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use hearth_engine::synth::{self, SynthModel, SynthOptions};
 use hearth_engine::DType;
@@ -14,13 +16,16 @@ pub fn hearth_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".hearth"))
 }
 
-/// `model`, or the synthesized model of shape `synth` (default `tiny`), written to
+/// The synthesized model's shape when a command is given no model.
+pub const DEFAULT_SHAPE: &str = "tiny";
+
+/// `model`, or the synthesized model of shape `synth` (default [`DEFAULT_SHAPE`]), written to
 /// `$HEARTH_HOME/models` on first use.
 pub fn model_path(model: Option<&Path>, synth: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = model {
         return Ok(p.to_path_buf());
     }
-    let shape = synth.unwrap_or("tiny");
+    let shape = synth.unwrap_or(DEFAULT_SHAPE);
     let dir = hearth_home().join("models").join(format!("synth-{shape}"));
     if !dir.join("config.json").exists() {
         eprintln!("synthesizing a {shape}-shaped model into {}", dir.display());
@@ -52,4 +57,13 @@ impl ModelArgs {
     pub fn path(&self) -> Result<PathBuf> {
         model_path(self.model.as_deref(), self.synth.as_deref())
     }
+}
+
+/// The async runtime of the networked commands: networking needs little, kernels run on rayon.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }

@@ -1,5 +1,9 @@
-//! `hearth generate`: run a prompt locally, optionally through an in-process chain of slices.
+//! `hearth generate`: run a prompt locally, optionally through an in-process chain of slices,
+//! or through the swarm (`--swarm`). Depends only on `common`, `net_args` and `swarm_generate`.
 
+use crate::common::ModelArgs;
+use crate::net_args::NetArgs;
+use crate::swarm_generate::generate_through_swarm;
 use anyhow::{Context, Result};
 use clap::Args;
 use hearth_core::BlockRange;
@@ -12,10 +16,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::sync::Arc;
 
+/// The library's sampling defaults, which the flags show.
+fn defaults() -> SamplingParams {
+    SamplingParams::default()
+}
+
 #[derive(Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
-    pub model: crate::common::ModelArgs,
+    pub model: ModelArgs,
     #[arg(long, short, default_value = "Once upon a time")]
     pub prompt: String,
     /// Wrap the prompt as a user message in the model's chat template.
@@ -27,7 +36,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = defaults().temperature)]
     pub temperature: f32,
     #[arg(long)]
     pub top_k: Option<usize>,
@@ -35,11 +44,11 @@ pub struct GenerateArgs {
     pub top_p: Option<f32>,
     #[arg(long)]
     pub min_p: Option<f32>,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults().repetition_penalty)]
     pub repeat_penalty: f32,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults().repeat_last_n)]
     pub repeat_last_n: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults().seed)]
     pub seed: u64,
     /// Stop sequence (repeatable).
     #[arg(long)]
@@ -55,7 +64,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub swarm: bool,
     #[command(flatten)]
-    pub net: crate::swarm::NetArgs,
+    pub net: NetArgs,
     /// Print every verified hop receipt.
     #[arg(long)]
     pub receipts: bool,
@@ -96,13 +105,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
     if args.swarm {
         let head = Arc::new(src.load_head(&opts, None)?);
-        return crate::swarm::generate_through_swarm(
+        return generate_through_swarm(
             &src,
             head,
             &tokenizer,
             &prompt,
             &params(&args),
-            &args.net,
+            args.net.client_config(),
             args.receipts.then_some(usize::MAX),
             &args.prompt,
         );

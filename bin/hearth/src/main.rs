@@ -1,14 +1,32 @@
 //! `hearth`: the command-line front end. Thin: parses arguments and wires library crates together.
+//!
+//! Module graph (a DAG; a subcommand never imports another subcommand):
+//! - shared, importing no other module: `common` (hearth's home, model paths, the runtime) and
+//!   `net_args` (network flags → `NetConfig` / `ClientConfig`);
+//! - shared, importing only `common`: `local_swarm` (node processes on loopback),
+//!   `swarm_generate` (generating through the swarm) and `serve` (serving the HTTP API);
+//! - one subcommand per module: `model`, `generate`, `bench`, `node`, `peers`, `demo`,
+//!   `swarm_bench`, `gateway`, `agent`, `simulate`, each importing only shared modules.
+//!
+//! Defaults live in the libraries' config types (`NetConfig`, `ClientConfig`, `NodeConfig`,
+//! `GatewayConfig`, `AgentConfig`, `SamplingParams`, `hearth_sim::run::Options`); flags show
+//! them and fall back to them.
 
 mod agent;
 mod bench;
 mod common;
+mod demo;
 mod gateway;
 mod generate;
+mod local_swarm;
 mod model;
+mod net_args;
+mod node;
+mod peers;
+mod serve;
 mod simulate;
-mod swarm;
 mod swarm_bench;
+mod swarm_generate;
 
 use clap::{Parser, Subcommand};
 
@@ -32,11 +50,11 @@ enum Command {
     #[command(subcommand)]
     Model(model::ModelCommand),
     /// Start a local swarm of node processes on loopback and generate through it.
-    Demo(swarm::DemoArgs),
+    Demo(demo::DemoArgs),
     /// List the servers the swarm's DHT knows for a model.
-    Peers(swarm::PeersArgs),
+    Peers(peers::PeersArgs),
     /// Serve blocks of a model to the swarm.
-    Node(Box<swarm::NodeArgs>),
+    Node(Box<node::NodeArgs>),
     /// Generate text from a prompt: locally (optionally through a pipeline of slices) or through
     /// the swarm (`--swarm`).
     Generate(Box<generate::GenerateArgs>),
@@ -76,10 +94,10 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Model(cmd) => model::run(cmd),
-        Command::Demo(args) => swarm::run_demo(args, cli.threads),
+        Command::Demo(args) => demo::run(args, cli.threads),
         Command::SwarmBench(args) => swarm_bench::run(args),
-        Command::Peers(args) => swarm::run_peers(args),
-        Command::Node(args) => swarm::run_node(*args),
+        Command::Peers(args) => peers::run(args),
+        Command::Node(args) => node::run(*args),
         Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Gateway(args) => gateway::run(*args),

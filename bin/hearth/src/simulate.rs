@@ -1,15 +1,22 @@
 //! `hearth simulate`: replay a fleet over a price trace and an AI-job trace with the agent's
 //! policy and the site schedulers, and write a report (Markdown, JSON, SVG plots).
 //!
-//! Thin: maps flags onto `hearth_sim::run::Options`; the simulator lives in `hearth-sim`.
+//! Thin: maps flags onto `hearth_sim::run::Options` (whose defaults the flags show); the
+//! simulator lives in `hearth-sim`.
 
 use anyhow::Context;
+use hearth_sim::run::Options;
 use std::path::PathBuf;
+
+/// The simulator's defaults, which the flags show.
+fn defaults() -> Options {
+    Options::default()
+}
 
 #[derive(clap::Args, Debug)]
 pub struct SimulateArgs {
     /// Price trace CSV: `hour,price` or `timestamp,price` ($/MWh; hourly or 5-minute).
-    #[arg(long, default_value = "data/prices/Price_2019.csv")]
+    #[arg(long, default_value_os_t = defaults().prices)]
     prices: PathBuf,
     /// Fill gaps in the price trace with the previous price instead of failing (the number of
     /// filled intervals is reported).
@@ -26,10 +33,10 @@ pub struct SimulateArgs {
     #[arg(long)]
     generate_jobs: Option<usize>,
     /// Seed of the job generator.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults().seed)]
     seed: u64,
     /// Offered load of generated jobs on the fixed AI partition (1.0 = its full capacity).
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = defaults().load)]
     load: f64,
     /// Fleet JSON (sites, device groups, economics); default: the built-in home + farm fleet.
     #[arg(long, conflicts_with = "devices")]
@@ -39,13 +46,13 @@ pub struct SimulateArgs {
     devices: Option<usize>,
     /// Device policies: all, or a comma list of always-mine, oracle, hearth, hybrid, mine-only,
     /// ai-only.
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value_t = defaults().policy)]
     policy: String,
     /// Schedulers: all, or a comma list of fifo, srf, las, hearth.
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value_t = defaults().scheduler)]
     scheduler: String,
-    /// Simulation interval: 5m or 1h.
-    #[arg(long, default_value = "5m")]
+    /// Simulation interval: 5m (300s) or 1h (3600s).
+    #[arg(long, default_value_t = format!("{}s", defaults().interval_s))]
     interval: String,
     /// Simulate only the first DAYS days of the trace.
     #[arg(long)]
@@ -63,7 +70,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     hysteresis: Option<f64>,
     /// AI latency target for the hybrid policy: p95 queue delay, minutes.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = defaults().latency_target_p95_queue_s / 60.0)]
     latency_target_min: f64,
     /// Print the fleet as JSON (the built-in one, or the --devices one) and exit: a starting
     /// point for --fleet.
@@ -111,7 +118,7 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
             a.prices.display()
         );
     }
-    let o = hearth_sim::run::Options {
+    let o = Options {
         prices: a.prices,
         hour_base_unix: a.year.map(hearth_sim::time::year_start_unix),
         fill_gaps: a.fill_gaps,

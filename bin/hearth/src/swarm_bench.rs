@@ -4,23 +4,27 @@
 //! Streams advance in lockstep, like a gateway batching its requests: each round embeds one token
 //! per stream, sends every stream's hidden state through its chain concurrently (so nodes see
 //! concurrent steps and batch them), then computes all heads in one matrix product.
+//!
+//! Depends only on `common` and `local_swarm`.
 
-use crate::swarm::{spawn_nodes, NetArgs};
+use crate::common::{hearth_home, runtime, ModelArgs};
+use crate::local_swarm::{loopback_client, spawn_nodes};
 use anyhow::{Context, Result};
 use clap::Args;
 use futures::future::join_all;
 use hearth_core::BlockRange;
+use hearth_engine::bench::median;
 use hearth_engine::identity::identity_cached;
 use hearth_engine::{ClientHead, ModelSource, Tensor};
 use hearth_swarm::client::short_peer;
-use hearth_swarm::{SwarmChain, SwarmClient};
+use hearth_swarm::{ClientConfig, SwarmChain, SwarmClient};
 use hearth_wire::{HiddenDType, HiddenStates};
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct SwarmBenchArgs {
     #[command(flatten)]
-    pub model: crate::common::ModelArgs,
+    pub model: ModelArgs,
     /// Node processes, each serving an even share of the blocks.
     #[arg(long, default_value_t = 2)]
     pub nodes: u32,
@@ -45,11 +49,6 @@ pub struct SwarmBenchArgs {
     /// last span and kills whichever copy serves the session.
     #[arg(long, default_value_t = 256)]
     pub failover_context: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn hidden_of(t: &Tensor, start: usize) -> Result<HiddenStates> {
@@ -126,7 +125,7 @@ pub fn run(args: SwarmBenchArgs) -> Result<()> {
     let model = args.model.path()?;
     let src = ModelSource::open(&model)?;
     let n_blocks = src.config().num_layers as u32;
-    let ident = identity_cached(&src, &crate::common::hearth_home().join("model-ids"))?;
+    let ident = identity_cached(&src, &hearth_home().join("model-ids"))?;
     let mut spans = BlockRange::split_even(n_blocks, args.nodes.min(n_blocks))?;
     let spare = args.failover_context > 0;
     if spare {
@@ -142,16 +141,13 @@ pub fn run(args: SwarmBenchArgs) -> Result<()> {
         false,
     )?;
     let head = src.load_head(&Default::default(), None)?;
-    let net = NetArgs {
-        bootstrap: vec![bootstrap.parse()?],
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-        no_mdns: true,
-        record_ttl: 30,
-        throughput: false,
-        step_timeout: 120,
+    // Generous: a loaded node may take long over a large batch.
+    let client_config = ClientConfig {
+        step_timeout: Duration::from_secs(120),
+        ..loopback_client(&bootstrap)?
     };
-    let rt = crate::swarm::runtime()?;
-    let client = rt.block_on(SwarmClient::start(net.client_config()))?;
+    let rt = runtime()?;
+    let client = rt.block_on(SwarmClient::start(client_config))?;
     rt.block_on(client.wait_for_coverage(&ident.model_id, n_blocks))?;
     let prompt: Vec<u32> = (0..args.prompt_len as u32)
         .map(|i| 1 + i * 7 % 200)

@@ -163,3 +163,116 @@ fn gateway_refuses_a_public_address_without_a_key() {
     // Nothing was loaded or synthesized on the way.
     assert!(!home.path().join("models").exists());
 }
+
+/// Without an API key the energy agent refuses a non-loopback address too, naming its variable.
+#[test]
+fn agent_refuses_a_public_address_without_a_key() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["agent", "--simulated", "--listen", "0.0.0.0:0"])
+        .env("HEARTH_HOME", home.path())
+        .env_remove("HEARTH_AGENT_KEYS")
+        .output()
+        .expect("hearth runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to serve the agent's API on 0.0.0.0:")
+            && stderr.contains("pass --api-key (or HEARTH_AGENT_KEYS)"),
+        "{stderr}"
+    );
+}
+
+/// `hearth <command> --help`.
+fn help(command: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([command, "--help"])
+        .output()
+        .expect("hearth runs");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The help text of `flag` in `help`: from the flag to the next flag.
+fn flag_help<'a>(help: &'a str, flag: &str) -> &'a str {
+    let start = help
+        .find(&format!("{flag} "))
+        .unwrap_or_else(|| panic!("{flag} missing from\n{help}"));
+    let rest = &help[start + flag.len()..];
+    // The next line that starts with a dash names the next flag.
+    let mut end = 0;
+    for line in rest.split_inclusive('\n') {
+        if end > 0 && line.trim_start().starts_with('-') {
+            break;
+        }
+        end += line.len();
+    }
+    &rest[..end]
+}
+
+/// The defaults users see (read from the libraries' config types) are the ones the CLI always
+/// had; a changed library default shows up here.
+#[test]
+fn help_shows_the_defaults_users_run_with() {
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            "node",
+            &[
+                ("--record-ttl", "60"),
+                ("--step-timeout", "30"),
+                ("--rebalance-secs", "60"),
+                ("--discovery-secs", "3"),
+                ("--price", "0"),
+                ("--cache-mib", "2048"),
+                ("--agent-poll-secs", "5"),
+            ],
+        ),
+        (
+            "gateway",
+            &[
+                ("--http", "127.0.0.1:8080"),
+                ("--record-ttl", "60"),
+                ("--max-body-bytes", "1048576"),
+                ("--max-tokens", "4096"),
+                ("--default-max-tokens", "256"),
+                ("--max-running", "8"),
+                ("--max-queue", "32"),
+            ],
+        ),
+        (
+            "generate",
+            &[
+                ("--max-tokens", "64"),
+                ("--temperature", "0"),
+                ("--repeat-penalty", "1"),
+                ("--repeat-last-n", "64"),
+                ("--seed", "0"),
+            ],
+        ),
+        (
+            "simulate",
+            &[
+                ("--prices", "data/prices/Price_2019.csv"),
+                ("--seed", "1"),
+                ("--load", "0.6"),
+                ("--policy", "all"),
+                ("--scheduler", "all"),
+                ("--interval", "300s"),
+                ("--latency-target-min", "60"),
+            ],
+        ),
+    ];
+    for (command, flags) in cases {
+        let help = help(command);
+        for (flag, default) in *flags {
+            let text = flag_help(&help, flag);
+            assert!(
+                text.contains(&format!("[default: {default}]")),
+                "hearth {command} {flag}: expected default {default} in {text:?}"
+            );
+        }
+    }
+    let agent = help("agent");
+    assert!(flag_help(&agent, "--listen").contains("else 127.0.0.1:9100"));
+    assert!(flag_help(&agent, "--interval-secs").contains("else 60;"));
+}

@@ -34,7 +34,8 @@ pub struct NetConfig {
     pub mdns: bool,
     /// Serve DHT records (nodes) or only query them (clients).
     pub dht_server: bool,
-    /// Lifetime of DHT records this host stores for others.
+    /// Lifetime of DHT records this host stores for others (default 60 s, the `hearth` CLI's
+    /// `--record-ttl`).
     pub record_ttl: Duration,
     /// Interval of the ping protocol, which also measures RTTs.
     pub ping_interval: Duration,
@@ -52,7 +53,7 @@ impl Default for NetConfig {
             bootstrap: Vec::new(),
             mdns: true,
             dht_server: true,
-            record_ttl: Duration::from_secs(120),
+            record_ttl: Duration::from_secs(60),
             ping_interval: Duration::from_secs(5),
         }
     }

@@ -1,0 +1,73 @@
+//! How a networked command joins the swarm: the flags shared by `node`, `peers`, `generate
+//! --swarm` and `gateway`, turned into the library's [`NetConfig`] and [`ClientConfig`]. Their
+//! defaults are the library's. Depends on no other module of the binary.
+
+use clap::Args;
+use hearth_swarm::routing::RouteMode;
+use hearth_swarm::{ClientConfig, NetConfig};
+use libp2p::Multiaddr;
+use std::time::Duration;
+
+/// How a process joins the network.
+#[derive(Args, Clone, Debug)]
+pub struct NetArgs {
+    /// Peer to join through (multiaddr ending in /p2p/<peer id>); repeatable.
+    #[arg(long)]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Address to listen on; repeatable (default, any port: a node TCP and QUIC on all interfaces,
+    /// a client TCP on loopback).
+    #[arg(long)]
+    pub listen: Vec<Multiaddr>,
+    /// Do not discover peers on the local network by mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Lifetime of DHT records, seconds (nodes refresh theirs at a third of it).
+    #[arg(long, default_value_t = NetConfig::default().record_ttl.as_secs())]
+    pub record_ttl: u64,
+    /// Route for throughput (spread parallel streams over replicas) instead of latency.
+    #[arg(long)]
+    pub throughput: bool,
+    /// Seconds to wait for one hop's answer before failing over.
+    #[arg(long, default_value_t = ClientConfig::default().step_timeout.as_secs())]
+    pub step_timeout: u64,
+}
+
+impl NetArgs {
+    /// The network settings of a node (a DHT server).
+    pub fn node_net(&self) -> NetConfig {
+        self.apply(NetConfig {
+            dht_server: true,
+            ..NetConfig::default()
+        })
+    }
+
+    /// The settings of a client (a DHT client, on loopback unless `--listen` says otherwise).
+    pub fn client_config(&self) -> ClientConfig {
+        let base = ClientConfig::default();
+        ClientConfig {
+            net: self.apply(base.net),
+            mode: if self.throughput {
+                RouteMode::Throughput
+            } else {
+                RouteMode::Latency
+            },
+            step_timeout: Duration::from_secs(self.step_timeout.max(1)),
+            ..base
+        }
+    }
+
+    /// `base` with the flags applied; `base`'s listen addresses stay unless `--listen` is given.
+    fn apply(&self, base: NetConfig) -> NetConfig {
+        NetConfig {
+            listen: if self.listen.is_empty() {
+                base.listen
+            } else {
+                self.listen.clone()
+            },
+            bootstrap: self.bootstrap.clone(),
+            mdns: !self.no_mdns,
+            record_ttl: Duration::from_secs(self.record_ttl.max(1)),
+            ..base
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Generating through the swarm with the head kept in this process: the swarm half of `hearth
+//! generate --swarm` and of `hearth demo`. Depends only on `common`.
+
+use crate::common::{hearth_home, runtime};
+use anyhow::Result;
+use hearth_engine::identity::identity_cached;
+use hearth_engine::{generate, ClientHead, ModelSource, Pipeline};
+use hearth_sampling::SamplingParams;
+use hearth_swarm::client::short_peer;
+use hearth_swarm::{ClientConfig, SwarmClient};
+use hearth_tokenizer::Tokenizer;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Generates through the swarm with `head` kept in this process.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_through_swarm(
+    src: &ModelSource,
+    head: Arc<ClientHead>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    client: ClientConfig,
+    print_receipts: Option<usize>,
+    prompt_text: &str,
+) -> Result<()> {
+    let ident = identity_cached(src, &hearth_home().join("model-ids"))?;
+    let n_blocks = src.config().num_layers as u32;
+    let max_len = (prompt.len() + params.max_tokens).min(src.config().max_position_embeddings);
+    let rt = runtime()?;
+    let client = rt.block_on(SwarmClient::start(client))?;
+    eprintln!(
+        "looking for servers of model {} ...",
+        ident.model_id.short()
+    );
+    let servers = rt.block_on(client.wait_for_coverage(&ident.model_id, n_blocks))?;
+    eprintln!("{} servers cover all {n_blocks} blocks", servers.len());
+    let chain = client.chain(ident.model_id, n_blocks, max_len);
+    let log = chain.log();
+    let mut pipeline = Pipeline {
+        head,
+        stages: vec![Box::new(chain)],
+        head_batch: None,
+    };
+    let mut stdout = std::io::stdout();
+    print!("{prompt_text}");
+    let out = generate(&mut pipeline, tokenizer, prompt, params, &mut |text| {
+        print!("{text}");
+        let _ = stdout.flush();
+    })?;
+    println!();
+    drop(pipeline);
+    let log = log.lock().map_err(|_| anyhow::anyhow!("log poisoned"))?;
+    let route: Vec<String> = log
+        .route
+        .iter()
+        .map(|(p, r)| format!("{} [{r}]", short_peer(p)))
+        .collect();
+    eprintln!("route: client -> {} -> client", route.join(" -> "));
+    for f in &log.failovers {
+        eprintln!(
+            "failover: {} [{}] dropped ({}); replaced in {:.0} ms replaying {} positions",
+            short_peer(&f.peer),
+            f.range,
+            f.reason,
+            f.recovery.as_secs_f64() * 1000.0,
+            f.replayed_tokens
+        );
+    }
+    let verified = log
+        .receipts
+        .iter()
+        .filter(|(_, r)| r.verify().is_ok())
+        .count();
+    eprintln!(
+        "{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s; {} hop receipts, {} verified",
+        out.prompt_tokens,
+        out.tokens.len(),
+        out.finish,
+        out.prefill_tokens_per_sec(),
+        out.decode_tokens_per_sec(),
+        log.receipts.len(),
+        verified
+    );
+    if let Some(last) = print_receipts {
+        let skip = log.receipts.len().saturating_sub(last);
+        if skip > 0 {
+            eprintln!(
+                "(the last {last} receipts; `hearth generate --swarm --receipts` prints all)"
+            );
+        }
+        for (peer, r) in log.receipts.iter().skip(skip) {
+            eprintln!(
+                "receipt: node {} step {} blocks {} in {} out {} sig {}..",
+                short_peer(peer),
+                r.body.step,
+                r.body.span,
+                r.body.input.short(),
+                r.body.output.short(),
+                hex::encode(&r.signature[..8])
+            );
+        }
+    }
+    rt.shutdown_timeout(Duration::from_millis(200));
+    Ok(())
+}
