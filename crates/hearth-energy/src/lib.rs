@@ -10,7 +10,7 @@
 //!   workers that retry with backoff.
 //! * [`agent`]: the runtime loop, the HTTP API (`/metrics`, `/api/state`, `/api/dr/events`) and
 //!   the configuration; `/api/state` serializes `hearth_policy::agent_state::Snapshot`.
-//! * [`bench`]: the timing of one decision over a synthetic fleet.
+//! * [`bench`](mod@bench): the timing of one decision over a synthetic fleet.
 //!
 //! Invariant: the policy knows no IO and no clock (Cargo enforces it: it lives in
 //! `hearth-policy`, which depends on serde alone); everything that touches hardware or the

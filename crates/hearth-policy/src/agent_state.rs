@@ -4,7 +4,8 @@
 //! silently stop nodes from pausing.
 //!
 //! Invariant: whatever the agent serializes deserializes again and serializes back to the same
-//! JSON (non-finite floats, written as `null`, read back as NaN; see [`crate::json_float`]).
+//! JSON: serde_json writes non-finite floats as `null`, and every `f64` here (and in the
+//! [`Reason`], [`crate::reading::HealthIssue`] and [`Reading`] it carries) reads `null` as NaN.
 //! Readers ignore fields they do not know, so an agent that adds a field keeps older nodes
 //! working; the agent's tests check that the served JSON holds exactly these fields.
 
