@@ -151,14 +151,18 @@ fn info(path: &Path) -> Result<()> {
 fn pull(args: &PullArgs) -> Result<()> {
     let hub = Hub::new(&crate::common::hearth_home())?;
     let pulled = hub
-        .pull(&args.target, args.name.clone(), args.sha256, &mut Bars::default())
+        .pull(
+            &args.target,
+            args.name.clone(),
+            args.sha256,
+            &mut Bars::default(),
+        )
         .with_context(|| format!("pulling {}", args.target))?;
     match (&pulled.verified, pulled.fetched) {
         (_, false) => eprintln!("{} is already pulled", pulled.name),
-        (Some(checksum), true) => eprintln!(
-            "sha256 {} matches {}",
-            checksum.digest, checksum.origin
-        ),
+        (Some(checksum), true) => {
+            eprintln!("sha256 {} matches {}", checksum.digest, checksum.origin)
+        }
         (None, true) => eprintln!("no sha256 was given or stated by the server: stored unverified"),
     }
     if let Some(sha256) = pulled.sha256 {
@@ -175,7 +179,11 @@ fn list() -> Result<()> {
     let store = hearth_hub::Store::new(&home);
     println!("known models (hearth model pull NAME):");
     for model in hearth_hub::CATALOGUE {
-        let state = if store.is_pulled(model) { "pulled" } else { "-" };
+        let state = if store.is_pulled(model) {
+            "pulled"
+        } else {
+            "-"
+        };
         println!("  {:<24} {:<7} {}", model.name, state, model.description);
     }
     println!("in {}:", store.models_dir().display());
@@ -207,7 +215,10 @@ impl Progress for Bars {
                 ProgressBar::new(total),
                 "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
             ),
-            None => (ProgressBar::no_length(), "{msg} {spinner} {bytes} {bytes_per_sec}"),
+            None => (
+                ProgressBar::no_length(),
+                "{msg} {spinner} {bytes} {bytes_per_sec}",
+            ),
         };
         bar.set_style(
             ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),

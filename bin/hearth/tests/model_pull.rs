@@ -51,10 +51,16 @@ fn pull_checks_the_digest_and_list_shows_the_model() {
     let url = format!("{base}/files/tiny.gguf");
 
     // A wrong digest: refused, named, nothing stored.
-    let out = hearth(home.path(), &["model", "pull", &url, "--sha256", WRONG_SHA256]);
+    let out = hearth(
+        home.path(),
+        &["model", "pull", &url, "--sha256", WRONG_SHA256],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("sha256 mismatch") && stderr.contains(WRONG_SHA256), "{stderr}");
+    assert!(
+        stderr.contains("sha256 mismatch") && stderr.contains(WRONG_SHA256),
+        "{stderr}"
+    );
     assert!(!home.path().join("models/tiny").exists());
 
     // No digest: stored, reported unverified with its digest, path on stdout.
@@ -62,7 +68,10 @@ fn pull_checks_the_digest_and_list_shows_the_model() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let path = home.path().join("models/tiny/tiny.gguf");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), path.display().to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        path.display().to_string()
+    );
     assert_eq!(std::fs::read(&path).unwrap(), BODY);
     assert!(stderr.contains("unverified"), "{stderr}");
 
@@ -77,5 +86,8 @@ fn pull_checks_the_digest_and_list_shows_the_model() {
     assert!(!out.status.success());
     let out = hearth(home.path(), &["model", "pull", "no-such-model"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("known: smollm2-135m-instruct"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("known: smollm2-135m-instruct"),
+        "{stderr}"
+    );
 }

@@ -80,7 +80,13 @@ mod tests {
 
     #[test]
     fn refuses_wrong_lengths_and_non_hex() {
-        for bad in ["", "abc", &EMPTY[..63], &format!("{EMPTY}0"), &EMPTY.replace('e', "g")] {
+        for bad in [
+            "",
+            "abc",
+            &EMPTY[..63],
+            &format!("{EMPTY}0"),
+            &EMPTY.replace('e', "g"),
+        ] {
             assert!(bad.parse::<Sha256Digest>().is_err(), "{bad:?}");
         }
     }

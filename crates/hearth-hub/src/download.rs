@@ -283,7 +283,10 @@ impl Downloader {
                 expected: total,
             });
         }
-        Ok((sink.len, Sha256Digest::from_bytes(sink.hasher.finalize().into())))
+        Ok((
+            sink.len,
+            Sha256Digest::from_bytes(sink.hasher.finalize().into()),
+        ))
     }
 
     fn get(&self, url: &str, offset: u64) -> Result<Response, HubError> {
@@ -363,7 +366,11 @@ fn stream_body(
 
 /// The total length from a `206` answer's `Content-Range: bytes START-END/TOTAL` (`TOTAL` may
 /// be `*`), after checking that it starts where the `.part` ends.
-fn content_range_total(url: &str, headers: &HeaderMap, offset: u64) -> Result<Option<u64>, HubError> {
+fn content_range_total(
+    url: &str,
+    headers: &HeaderMap,
+    offset: u64,
+) -> Result<Option<u64>, HubError> {
     let value = headers
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
@@ -466,7 +473,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("etag", HeaderValue::from_str(&format!("\"{b}\"")).unwrap());
         assert_eq!(etag_digest(&headers).unwrap().digest, b.parse().unwrap());
-        headers.insert("x-linked-etag", HeaderValue::from_str(&format!("\"{a}\"")).unwrap());
+        headers.insert(
+            "x-linked-etag",
+            HeaderValue::from_str(&format!("\"{a}\"")).unwrap(),
+        );
         let found = etag_digest(&headers).unwrap();
         assert_eq!(found.digest, a.parse().unwrap());
         assert!(found.origin.contains("X-Linked-ETag"));

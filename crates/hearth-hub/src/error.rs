@@ -33,7 +33,9 @@ pub enum HubError {
     Status { url: String, status: u16 },
     #[error("{url} is {bytes} bytes, more than the limit of {limit} bytes")]
     TooLarge { url: String, bytes: u64, limit: u64 },
-    #[error("{url} answered a range request with Content-Range {value:?}; expected bytes {offset}-")]
+    #[error(
+        "{url} answered a range request with Content-Range {value:?}; expected bytes {offset}-"
+    )]
     BadContentRange {
         url: String,
         value: String,
@@ -47,7 +49,11 @@ pub enum HubError {
         source: std::io::Error,
     },
     #[error("{url} ended after {got} of {expected} bytes")]
-    Incomplete { url: String, got: u64, expected: u64 },
+    Incomplete {
+        url: String,
+        got: u64,
+        expected: u64,
+    },
     #[error(
         "sha256 mismatch for {url}: expected {expected} ({origin}), got {actual}; the download was deleted"
     )]
@@ -80,6 +86,8 @@ pub enum HubError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("PyPI lists no release {version} of {project}")]
+    NoRelease { project: String, version: String },
     #[error("PyPI lists no wheel for {project} {version}")]
     NoWheel { project: String, version: String },
     #[error("{wheel} holds no file named {member}")]

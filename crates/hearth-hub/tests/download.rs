@@ -4,7 +4,7 @@
 mod common;
 
 use common::{noise, sha256_hex, tree, Recorder, Served, Server};
-use hearth_hub::{part_path, Hub, HubError, Limits, ModelName, Resolved, Silent};
+use hearth_hub::{part_path, Hub, HubError, Limits, ModelName, Resolved, Sha256Digest, Silent};
 
 const PATH: &str = "/org/repo/resolve/main/tiny.gguf";
 
@@ -30,7 +30,8 @@ fn a_cut_download_resumes_from_its_part_file() {
     );
     let home = tempfile::tempdir().unwrap();
     let hub = Hub::with_options(home.path(), server.options(1)).unwrap();
-    let sha = Some(sha256_hex(&body).parse().unwrap());
+    let digest: Sha256Digest = sha256_hex(&body).parse().unwrap();
+    let sha = Some(digest);
 
     // One attempt: the cut fails the pull and keeps what arrived.
     let err = hub.pull(&url, None, sha, &mut Silent).unwrap_err();
@@ -50,12 +51,18 @@ fn a_cut_download_resumes_from_its_part_file() {
     assert_eq!(pulled.path, dest);
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     assert_eq!(pulled.sha256, sha);
-    assert_eq!(pulled.verified.unwrap().digest, sha.unwrap());
+    assert_eq!(pulled.verified.unwrap().digest, digest);
     assert!(!part.exists());
     let total = body.len() as u64;
     assert_eq!(
         progress.transfers,
-        [("tiny.gguf".to_owned(), Some(total), cut as u64, total - cut as u64, true)]
+        [(
+            "tiny.gguf".to_owned(),
+            Some(total),
+            cut as u64,
+            total - cut as u64,
+            true
+        )]
     );
     assert!(matches!(hub.store().resolve("tiny").unwrap(), Resolved::Path(p) if p == dest));
 }
@@ -160,7 +167,11 @@ fn the_servers_stated_digest_is_checked() {
     let pulled = hub.pull(&good, None, None, &mut Silent).unwrap();
     let verified = pulled.verified.unwrap();
     assert_eq!(verified.digest.to_string(), sha256_hex(&body));
-    assert!(verified.origin.contains("X-Linked-ETag"), "{}", verified.origin);
+    assert!(
+        verified.origin.contains("X-Linked-ETag"),
+        "{}",
+        verified.origin
+    );
     assert_eq!(server.seen("/good/tiny.gguf")[0].method, "HEAD");
 
     // A stated digest that does not match.
@@ -193,12 +204,16 @@ fn files_of_one_name_share_a_folder_and_are_not_fetched_twice() {
     let name: ModelName = "my-model".parse().unwrap();
     let config = server.put("/r/config.json", ranged(b"{}"));
     let weights = server.put("/r/model.safetensors", ranged(&noise(1000, 8)));
-    hub.pull(&config, Some(name.clone()), None, &mut Silent).unwrap();
-    hub.pull(&weights, Some(name.clone()), None, &mut Silent).unwrap();
+    hub.pull(&config, Some(name.clone()), None, &mut Silent)
+        .unwrap();
+    hub.pull(&weights, Some(name.clone()), None, &mut Silent)
+        .unwrap();
     let dir = home.path().join("models/my-model");
     assert!(matches!(hub.store().resolve("my-model").unwrap(), Resolved::Path(p) if p == dir));
 
-    let again = hub.pull(&weights, Some(name.clone()), None, &mut Silent).unwrap();
+    let again = hub
+        .pull(&weights, Some(name.clone()), None, &mut Silent)
+        .unwrap();
     assert!(!again.fetched);
     assert_eq!(server.gets("/r/model.safetensors").len(), 1);
     // Checked against a given digest even when already there.
@@ -237,7 +252,14 @@ fn oversized_files_are_refused() {
     let stated = server.put("/big/stated.gguf", ranged(&body));
     let err = hub.pull(&stated, None, None, &mut Silent).unwrap_err();
     assert!(
-        matches!(err, HubError::TooLarge { bytes: 5000, limit: 4096, .. }),
+        matches!(
+            err,
+            HubError::TooLarge {
+                bytes: 5000,
+                limit: 4096,
+                ..
+            }
+        ),
         "{err}"
     );
 
@@ -250,7 +272,10 @@ fn oversized_files_are_refused() {
         },
     );
     let err = hub.pull(&chunked, None, None, &mut Silent).unwrap_err();
-    assert!(matches!(err, HubError::TooLarge { limit: 4096, .. }), "{err}");
+    assert!(
+        matches!(err, HubError::TooLarge { limit: 4096, .. }),
+        "{err}"
+    );
     assert!(tree(&home.path().join("models")).is_empty());
 }
 

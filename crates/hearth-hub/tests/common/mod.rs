@@ -129,7 +129,10 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     };
     let len = served.body.len();
     let mut headers = HeaderMap::new();
-    for (name, value) in [("etag", &served.etag), ("x-linked-etag", &served.linked_etag)] {
+    for (name, value) in [
+        ("etag", &served.etag),
+        ("x-linked-etag", &served.linked_etag),
+    ] {
         if let Some(v) = value {
             headers.insert(name, HeaderValue::from_str(&format!("\"{v}\"")).unwrap());
         }
