@@ -1,9 +1,11 @@
-//! `hearth model ...`: synthesize and inspect models.
+//! `hearth model ...`: synthesize, inspect, pull and list models.
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use hearth_engine::synth::{self, SynthModel, SynthOptions};
 use hearth_engine::{DType, ModelSource};
+use hearth_hub::{Hub, ModelName, Progress, Sha256Digest};
+use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
@@ -15,6 +17,25 @@ pub enum ModelCommand {
         /// HF folder or .gguf file.
         path: PathBuf,
     },
+    /// Download a known model, or a file by URL, into $HEARTH_HOME/models, checking its sha256.
+    Pull(PullArgs),
+    /// List the known models and the models in $HEARTH_HOME/models.
+    List,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// A known model (see `hearth model list`) or an http(s) URL, such as a Hugging Face
+    /// `https://huggingface.co/ORG/REPO/resolve/main/FILE` link. An interrupted download resumes.
+    pub target: String,
+    /// The file's expected sha256 (URLs only). Without it, the sha256 the server states is used
+    /// (Hugging Face does for large files); else the file is stored unverified.
+    #[arg(long)]
+    pub sha256: Option<Sha256Digest>,
+    /// The folder under $HEARTH_HOME/models (URLs only; default: a GGUF file's stem, else the
+    /// Hugging Face repository's name, else the file's stem).
+    #[arg(long)]
+    pub name: Option<ModelName>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -68,6 +89,8 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Synth(args) => synth(&args),
         ModelCommand::Info { path } => info(&path),
+        ModelCommand::Pull(args) => pull(&args),
+        ModelCommand::List => list(),
     }
 }
 
@@ -123,4 +146,97 @@ fn info(path: &Path) -> Result<()> {
         .with_context(|| format!("hashing {}", path.display()))?;
     println!("model id:      {}", identity.model_id.short());
     Ok(())
+}
+
+fn pull(args: &PullArgs) -> Result<()> {
+    let hub = Hub::new(&crate::common::hearth_home())?;
+    let pulled = hub
+        .pull(
+            &args.target,
+            args.name.clone(),
+            args.sha256,
+            &mut Bars::default(),
+        )
+        .with_context(|| format!("pulling {}", args.target))?;
+    match (&pulled.verified, pulled.fetched) {
+        (_, false) => eprintln!("{} is already pulled", pulled.name),
+        (Some(checksum), true) => {
+            eprintln!("sha256 {} matches {}", checksum.digest, checksum.origin)
+        }
+        (None, true) => eprintln!("no sha256 was given or stated by the server: stored unverified"),
+    }
+    if let Some(sha256) = pulled.sha256 {
+        eprintln!("sha256 of the file: {sha256}");
+    }
+    eprintln!("{} bytes as model {:?}", pulled.bytes, pulled.name.as_str());
+    // The path alone on stdout, for scripts.
+    println!("{}", pulled.path.display());
+    Ok(())
+}
+
+fn list() -> Result<()> {
+    let home = crate::common::hearth_home();
+    let store = hearth_hub::Store::new(&home);
+    println!("known models (hearth model pull NAME):");
+    for model in hearth_hub::CATALOGUE {
+        let state = if store.is_pulled(model) {
+            "pulled"
+        } else {
+            "-"
+        };
+        println!("  {:<24} {:<7} {}", model.name, state, model.description);
+    }
+    println!("in {}:", store.models_dir().display());
+    let stored = store.list()?;
+    if stored.is_empty() {
+        println!("  (none)");
+    }
+    for model in stored {
+        println!(
+            "  {:<24} {:>10} {}",
+            model.name.as_str(),
+            format!("{:.1} MB", model.bytes as f64 / 1e6),
+            model.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Download and extraction progress as bars on stderr (hidden when it is not a terminal).
+#[derive(Default)]
+pub(crate) struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress for Bars {
+    fn begin(&mut self, label: &str, total: Option<u64>, done: u64) {
+        let (bar, template) = match total {
+            Some(total) => (
+                ProgressBar::new(total),
+                "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ),
+            None => (
+                ProgressBar::no_length(),
+                "{msg} {spinner} {bytes} {bytes_per_sec}",
+            ),
+        };
+        bar.set_style(
+            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(label.to_owned());
+        bar.set_position(done);
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
 }
