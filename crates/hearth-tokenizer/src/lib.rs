@@ -17,6 +17,7 @@ mod byte_level;
 mod error;
 mod gguf;
 mod hf;
+mod pre;
 mod stream;
 mod synth;
 mod template;
