@@ -1,5 +1,10 @@
 //! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), following llama.cpp's reading of
-//! those keys and Hugging Face's `tokenizer.json` pipelines for the same models.
+//! those keys, assembled from Hugging Face `tokenizers` parts.
+//!
+//! Invariants of a built tokenizer: every token spelling is unique, every merge joins two tokens
+//! into a third, every special id named by the metadata is in the vocabulary, and if prompts
+//! start with BOS there is a BOS token. BPE vocabularies split text with the llama.cpp
+//! pre-tokenizer that `tokenizer.ggml.pre` names ([`crate::pre`]).
 
 use std::collections::HashMap;
 
@@ -524,6 +529,92 @@ mod tests {
         assert_eq!(t.token_to_piece(7).unwrap(), b" ab");
         assert_eq!(t.token_to_piece(10).unwrap(), [0xC3]);
         assert!(t.is_special(0) && t.is_special(1) && !t.is_special(7));
+    }
+
+    /// Gemma 4's BPE: spaces become `▁`, only newlines split words, a newline run that is a
+    /// token is taken whole, bytes without a token fall back to `<0xNN>`, and BOS is always added
+    /// (llama.cpp overrides the metadata).
+    #[test]
+    fn gemma4_raw_utf8_bpe() {
+        let tokens = [
+            "<pad>", "<eos>", "<bos>", "<unk>", "▁", "a", "b", "▁a", "ab", "\n", "\n\n", "<0xC3>",
+            "<0xA9>", "▁ab",
+        ];
+        let types = [3, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 6, 6, 1];
+        let ct = content(vec![
+            (KEY_MODEL, Value::String("gemma4".into())),
+            (KEY_TOKENS, strings(&tokens)),
+            (KEY_TYPES, Value::Array(types.map(Value::I32).to_vec())),
+            (KEY_MERGES, strings(&["▁ a", "a b", "▁a b"])),
+            (KEY_BOS, Value::U32(2)),
+            (KEY_EOS, Value::U32(1)),
+            (KEY_ADD_BOS, Value::Bool(false)),
+        ]);
+        let t = from_gguf(&ct).unwrap();
+        assert!(t.add_bos_token());
+        // "a▁ab" | "\n\n" | "é": `▁ a` then `▁a b` merge; "\n\n" has no merge but is a token.
+        let ids = t.encode("a ab\n\né", true).unwrap();
+        assert_eq!(ids, [2, 5, 13, 10, 11, 12]);
+        // Three newlines are no token: one each.
+        assert_eq!(t.encode("\n\n\n", false).unwrap(), [9, 9, 9]);
+        assert_eq!(t.decode(&ids).unwrap(), "a ab\n\né");
+        assert_eq!(t.token_to_piece(13).unwrap(), b" ab");
+        assert_eq!(t.token_to_piece(11).unwrap(), [0xC3]);
+    }
+
+    /// Byte-level vocabulary over the printable ASCII characters, which GPT-2's alphabet keeps
+    /// as they are; `Ġ` is the space.
+    fn ascii_bpe(pre: &str, merges: Option<&[&str]>) -> Result<Tokenizer, TokenizerError> {
+        let mut tokens: Vec<String> = (b'!'..=b'~').map(|b| char::from(b).to_string()).collect();
+        tokens.extend(["Ġ", "ab", "abc", "Ġab"].map(String::from));
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let mut entries = vec![
+            (KEY_MODEL, Value::String("gpt2".into())),
+            (KEY_PRE, Value::String(pre.into())),
+            (KEY_TOKENS, strings(&tokens)),
+            // No BOS token in this vocabulary.
+            (KEY_ADD_BOS, Value::Bool(false)),
+        ];
+        if let Some(merges) = merges {
+            entries.push((KEY_MERGES, strings(merges)));
+        }
+        from_gguf(&content(entries))
+    }
+
+    fn id(t: &Tokenizer, token: &str) -> u32 {
+        t.token_to_id(token).unwrap()
+    }
+
+    /// `ignore_merges` follows the name: Llama 3 takes a word that is a token whole, DBRX (same
+    /// regex) merges it.
+    #[test]
+    fn ignore_merges_follows_the_name() {
+        // "abc" is a token, but no merge builds it from "ab" + "c".
+        let merges: &[&str] = &["a b"];
+        let llama3 = ascii_bpe("llama-bpe", Some(merges)).unwrap();
+        assert_eq!(llama3.encode("abc", false).unwrap(), [id(&llama3, "abc")]);
+        let dbrx = ascii_bpe("dbrx", Some(merges)).unwrap();
+        assert_eq!(
+            dbrx.encode("abc", false).unwrap(),
+            [id(&dbrx, "ab"), id(&dbrx, "c")]
+        );
+    }
+
+    /// Kimi K2's converter may leave out the merges, which llama.cpp accepts; no other family may.
+    #[test]
+    fn only_kimi_k2_may_lack_merges() {
+        let kimi = ascii_bpe("kimi-k2", None).unwrap();
+        assert_eq!(
+            kimi.encode("ab c", false).unwrap(),
+            [
+                id(&kimi, "a"),
+                id(&kimi, "b"),
+                id(&kimi, "Ġ"),
+                id(&kimi, "c")
+            ]
+        );
+        let err = ascii_bpe("qwen2", None).unwrap_err();
+        assert!(matches!(err, TokenizerError::MissingKey { ref key } if key == KEY_MERGES));
     }
 
     #[test]

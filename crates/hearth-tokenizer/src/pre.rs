@@ -86,7 +86,7 @@ macro_rules! han {
 }
 
 /// A BPE pre-tokenizer family: llama.cpp pre-tokenizer types that split text identically.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Family {
     /// llama.cpp's fallback (`default`, and a GGUF without `tokenizer.ggml.pre`).
     Default,
@@ -99,7 +99,7 @@ pub(crate) enum Family {
     Llama3,
     /// Jais 2: Llama 3 with whitespace runs cut at powers of two.
     Jais2,
-    /// Qwen2 (also StableLM 2, Hunyuan, Solar Open, Grok 2, Megrez, DeepSeek-R1-Qwen, ...).
+    /// Qwen2 and Qwen3 (also StableLM 2, Hunyuan, Solar Open, Grok 2, Megrez, DeepSeek-R1-Qwen, ...).
     Qwen2,
     /// Qwen3.5: Qwen2 with combining marks kept in words.
     Qwen35,
