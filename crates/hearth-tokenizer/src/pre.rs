@@ -276,7 +276,8 @@ impl Family {
             ],
             Self::Afmoe => &[
                 DIGITS_FROM_RIGHT,
-                // U+8C48 is what llama.cpp's source holds where its comment shows U+F900.
+                // llama.cpp's source starts the third range at U+8C48 (the canonical form of
+                // U+F900, presumably meant), so the class also takes U+A000..U+F8FF.
                 "[\u{4e00}-\u{9fff}\u{3400}-\u{4dbf}\u{8c48}-\u{faff}\u{3040}-\u{309f}\u{30a0}-\u{30ff}\u{ff65}-\u{ff9f}\u{2f00}-\u{2fdf}\u{e40}-\u{e7f}\u{e80}-\u{eff}\u{1780}-\u{17ff}\u{1000}-\u{109f}\u{aa60}-\u{aa7f}\u{a9e0}-\u{a9ff}\u{ac00}-\u{d7af}\u{1100}-\u{11ff}]+",
                 DEEPSEEK3_WORDS,
             ],
@@ -357,6 +358,7 @@ impl Family {
     }
 }
 
+/// A literal text replacement (normalizer or decoder step).
 pub(crate) fn replace(pattern: &str, content: &str) -> Result<Replace, TokenizerError> {
     Replace::new(pattern, content).map_err(|e| TokenizerError::Tokenizer(e.to_string()))
 }
@@ -446,8 +448,9 @@ impl PreTokenizer {
             "laguna" => (Laguna, false, IfAsked),
             "exaone-moe" => (ExaoneMoe, false, IfAsked),
             "minicpm5" => (MiniCpm5, true, IfAsked),
-            // llama.cpp takes a run of newlines that is a token whole; ignoring merges for
-            // every word does the same (a line is a token only if merges make it one anyway).
+            // llama.cpp takes a run of newlines that is a token whole. Ignoring merges does that,
+            // and takes whole any other line that is a token too, which gives llama.cpp's result
+            // whenever merges rebuild that token (as in all of llama.cpp's Gemma 4 vectors).
             "gemma4" | "granite-embed-multi-311m" => (Gemma4, true, Always),
             "sarvam-moe" => (Gemma4, false, IfAsked),
             "whitespace" => (Whitespace, false, IfAsked),
