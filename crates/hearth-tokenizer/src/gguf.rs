@@ -1,5 +1,10 @@
 //! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), following llama.cpp's reading of
-//! those keys and Hugging Face's `tokenizer.json` pipelines for the same models.
+//! those keys, assembled from Hugging Face `tokenizers` parts.
+//!
+//! Invariants of a built tokenizer: every token spelling is unique, every merge joins two tokens
+//! into a third, every special id named by the metadata is in the vocabulary, and if prompts
+//! start with BOS there is a BOS token. BPE vocabularies split text with the llama.cpp
+//! pre-tokenizer that `tokenizer.ggml.pre` names ([`crate::pre`]).
 
 use std::collections::HashMap;
 
@@ -9,15 +14,12 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence, NFC};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{
-    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
-};
+use tokenizers::normalizers::{Prepend, Sequence as NormalizerSequence};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
 
 use crate::error::TokenizerError;
+use crate::pre::{replace, AddBos, Family, PreTokenizer};
+use crate::stream::PieceKind;
 use crate::template::ChatTemplate;
 use crate::{Parts, Tokenizer};
 
@@ -29,12 +31,9 @@ pub(crate) mod token_type {
     pub const USER_DEFINED: i64 = 4;
     pub const UNUSED: i64 = 5;
     pub const BYTE: i64 = 6;
+    /// Every value llama.cpp defines (0 is "undefined").
+    pub const KNOWN: [i64; 7] = [0, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE];
 }
-
-/// Pre-tokenizer regexes, spelled exactly as the models' `tokenizer.json` files spell them so that
-/// the regex engine (Oniguruma, like Hugging Face) sees the same pattern.
-pub(crate) const REGEX_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const REGEX_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Keys read by this module.
 const KEY_MODEL: &str = "tokenizer.ggml.model";
@@ -56,32 +55,13 @@ const KEYS_UNK: [&str; 2] = [
     "tokenizer.ggml.unk_token_id",
 ];
 
-/// Byte-level BPE flavours, keyed by `tokenizer.ggml.pre`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pre {
-    Gpt2,
-    Llama3,
-    Qwen2,
-}
-
-impl Pre {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "default" | "gpt-2" | "gpt2" => Self::Gpt2,
-            // llama.cpp maps all of these to its LLAMA3 pre-tokenizer.
-            "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" | "dbrx" => Self::Llama3,
-            "qwen2" | "deepseek-r1-qwen" => Self::Qwen2,
-            _ => return None,
-        })
-    }
-}
-
 pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, TokenizerError> {
     let model = string(required(ct, KEY_MODEL)?, KEY_MODEL)?;
     let tokens = string_array(required(ct, KEY_TOKENS)?, KEY_TOKENS)?;
     if tokens.is_empty() {
         return Err(TokenizerError::bad(KEY_TOKENS, "the vocabulary is empty"));
     }
+    check_unique(&tokens)?;
     let types = match ct.metadata.get(KEY_TYPES) {
         Some(v) => {
             let types = int_array(v, KEY_TYPES)?;
@@ -91,12 +71,18 @@ pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, TokenizerError> {
                     format!("{} entries for {} tokens", types.len(), tokens.len()),
                 ));
             }
+            if let Some(i) = types.iter().position(|t| !token_type::KNOWN.contains(t)) {
+                return Err(TokenizerError::bad(
+                    format!("{KEY_TYPES}[{i}]"),
+                    format!("unknown token type {}", types[i]),
+                ));
+            }
             types
         }
         None => vec![token_type::NORMAL; tokens.len()],
     };
 
-    let (mut inner, default_add_bos, pieces) = match model.as_str() {
+    let (mut inner, add_bos, pieces) = match model.as_str() {
         "llama" => {
             let scores = float_array(required(ct, KEY_SCORES)?, KEY_SCORES)?;
             if scores.len() != tokens.len() {
@@ -111,20 +97,35 @@ pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, TokenizerError> {
             };
             let unk = first_token_id(ct, &KEYS_UNK, tokens.len())?;
             let spm = build_spm(&tokens, &types, &scores, unk, add_space_prefix)?;
-            (spm, true, crate::stream::PieceKind::SentencePiece)
+            (spm, AddBos::UnlessRefused, PieceKind::SentencePiece)
         }
-        "gpt2" => {
-            let pre_name = match ct.metadata.get(KEY_PRE) {
-                Some(v) => string(v, KEY_PRE)?,
-                None => "default".to_owned(),
+        // llama.cpp reads a `gemma4` vocabulary as BPE with the `gemma4` pre-tokenizer,
+        // whatever `tokenizer.ggml.pre` says.
+        "gpt2" | "gemma4" => {
+            let pre_name = match (model.as_str(), ct.metadata.get(KEY_PRE)) {
+                ("gemma4", _) => "gemma4".to_owned(),
+                (_, Some(v)) => string(v, KEY_PRE)?,
+                // As llama.cpp, which warns that quality will suffer.
+                (_, None) => "default".to_owned(),
             };
-            let pre = Pre::parse(&pre_name).ok_or_else(|| TokenizerError::Unsupported {
-                key: KEY_PRE.into(),
-                value: pre_name.clone(),
-            })?;
-            let merges = merges(required(ct, KEY_MERGES)?, &tokens)?;
-            let bpe = build_byte_level(&tokens, merges, pre)?;
-            (bpe, pre == Pre::Llama3, crate::stream::PieceKind::ByteLevel)
+            let pre =
+                PreTokenizer::from_name(&pre_name).ok_or_else(|| TokenizerError::Unsupported {
+                    key: KEY_PRE.into(),
+                    value: pre_name.clone(),
+                })?;
+            let merges = match ct.metadata.get(KEY_MERGES) {
+                Some(v) => merges(v, &tokens)?,
+                // Kimi K2's converter may leave the merges out; llama.cpp accepts that.
+                None if pre.family == Family::KimiK2 => Vec::new(),
+                None => return Err(TokenizerError::missing(KEY_MERGES)),
+            };
+            let bpe = build_bpe(&tokens, merges, pre)?;
+            let pieces = if pre.family.byte_level() {
+                PieceKind::ByteLevel
+            } else {
+                PieceKind::SentencePiece
+            };
+            (bpe, pre.add_bos, pieces)
         }
         other => {
             return Err(TokenizerError::Unsupported {
@@ -135,11 +136,17 @@ pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, TokenizerError> {
     };
     add_special_tokens(&mut inner, &tokens, &types)?;
 
-    let add_bos = match ct.metadata.get(KEY_ADD_BOS) {
-        Some(v) => boolean(v, KEY_ADD_BOS)?,
-        None => default_add_bos,
-    };
     let bos = token_id(ct, KEY_BOS, tokens.len())?;
+    let add_bos = add_bos.resolve(match ct.metadata.get(KEY_ADD_BOS) {
+        Some(v) => Some(boolean(v, KEY_ADD_BOS)?),
+        None => None,
+    });
+    if add_bos && bos.is_none() {
+        return Err(TokenizerError::bad(
+            KEY_BOS,
+            format!("missing, but prompts of this vocabulary start with BOS ({KEY_ADD_BOS})"),
+        ));
+    }
     let mut eos = Vec::new();
     for key in std::iter::once(KEY_EOS).chain(KEYS_EXTRA_EOS) {
         if let Some(id) = token_id(ct, key, tokens.len())? {
@@ -165,6 +172,24 @@ pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, TokenizerError> {
         pieces,
         template,
     })
+}
+
+/// llama.cpp refuses a vocabulary that spells two tokens the same (an empty spelling excepted:
+/// it renames those), since text could not tell them apart.
+fn check_unique(tokens: &[String]) -> Result<(), TokenizerError> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            continue;
+        }
+        if let Some(first) = seen.insert(token, i) {
+            return Err(TokenizerError::bad(
+                KEY_TOKENS,
+                format!("entries {first} and {i} are both `{token}`"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// SentencePiece-style BPE: merges are ranked by the score of the token they produce, which is
@@ -241,61 +266,28 @@ fn build_spm(
     Ok(tokenizer)
 }
 
-fn replace(pattern: &str, content: &str) -> Result<Replace, TokenizerError> {
-    Replace::new(pattern, content).map_err(|e| TokenizerError::Tokenizer(e.to_string()))
-}
-
-/// Byte-level BPE as in GPT-2, Llama 3 and Qwen2 `tokenizer.json` files.
-fn build_byte_level(
+/// BPE over a llama.cpp pre-tokenizer: byte-level (GPT-2's alphabet) or, for the families that
+/// merge raw UTF-8, with `<0xNN>` tokens for bytes that no token spells.
+fn build_bpe(
     tokens: &[String],
     merges: Vec<(String, String)>,
-    pre: Pre,
+    pre: PreTokenizer,
 ) -> Result<tokenizers::Tokenizer, TokenizerError> {
     let bpe = BPE::builder()
         .vocab_and_merges(vocab_for_bpe(tokens), merges)
-        // Llama 3 emits a pre-token that is itself in the vocabulary without merging.
-        .ignore_merges(pre == Pre::Llama3)
+        .ignore_merges(pre.ignore_merges)
+        .byte_fallback(!pre.family.byte_level())
         .build()
         .map_err(|e| TokenizerError::bad(KEY_MERGES, e.to_string()))?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    match pre {
-        // ByteLevel's built-in regex is GPT-2's.
-        Pre::Gpt2 => {
-            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        }
-        Pre::Llama3 => {
-            tokenizer.with_pre_tokenizer(Some(llama3_pre_tokenizer()?));
-        }
-        Pre::Qwen2 => {
-            tokenizer
-                .with_normalizer(Some(NFC))
-                .map_err(|e| TokenizerError::Tokenizer(e.to_string()))?;
-            tokenizer.with_pre_tokenizer(Some(PreSequence::new(vec![
-                regex_split(REGEX_QWEN2)?.into(),
-                ByteLevel::new(false, false, false).into(),
-            ])));
-        }
+    if let Some(normalizer) = pre.family.normalizer()? {
+        tokenizer
+            .with_normalizer(Some(normalizer))
+            .map_err(|e| TokenizerError::Tokenizer(e.to_string()))?;
     }
-    tokenizer.with_decoder(Some(ByteLevel::default()));
+    tokenizer.with_pre_tokenizer(Some(pre.family.pre_tokenizer()?));
+    tokenizer.with_decoder(Some(pre.family.decoder()?));
     Ok(tokenizer)
-}
-
-/// Llama 3's pre-tokenizer: split with its regex, then map bytes to the GPT-2 alphabet.
-pub(crate) fn llama3_pre_tokenizer() -> Result<PreTokenizerWrapper, TokenizerError> {
-    Ok(PreSequence::new(vec![
-        regex_split(REGEX_LLAMA3)?.into(),
-        ByteLevel::new(false, true, false).into(),
-    ])
-    .into())
-}
-
-fn regex_split(regex: &str) -> Result<Split, TokenizerError> {
-    Split::new(
-        SplitPattern::Regex(regex.into()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map_err(|e| TokenizerError::Tokenizer(e.to_string()))
 }
 
 /// Control and unknown tokens become special added tokens (matched in text, skipped when
@@ -539,18 +531,96 @@ mod tests {
         assert!(t.is_special(0) && t.is_special(1) && !t.is_special(7));
     }
 
+    /// Gemma 4's BPE: spaces become `▁`, only newlines split words, a newline run that is a
+    /// token is taken whole, bytes without a token fall back to `<0xNN>`, and BOS is always added
+    /// (llama.cpp overrides the metadata).
+    #[test]
+    fn gemma4_raw_utf8_bpe() {
+        let tokens = [
+            "<pad>", "<eos>", "<bos>", "<unk>", "▁", "a", "b", "▁a", "ab", "\n", "\n\n", "<0xC3>",
+            "<0xA9>", "▁ab",
+        ];
+        let types = [3, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 6, 6, 1];
+        let ct = content(vec![
+            (KEY_MODEL, Value::String("gemma4".into())),
+            (KEY_TOKENS, strings(&tokens)),
+            (KEY_TYPES, Value::Array(types.map(Value::I32).to_vec())),
+            (KEY_MERGES, strings(&["▁ a", "a b", "▁a b"])),
+            (KEY_BOS, Value::U32(2)),
+            (KEY_EOS, Value::U32(1)),
+            (KEY_ADD_BOS, Value::Bool(false)),
+        ]);
+        let t = from_gguf(&ct).unwrap();
+        assert!(t.add_bos_token());
+        // "a▁ab" | "\n\n" | "é": `▁ a` then `▁a b` merge; "\n\n" has no merge but is a token.
+        let ids = t.encode("a ab\n\né", true).unwrap();
+        assert_eq!(ids, [2, 5, 13, 10, 11, 12]);
+        // Three newlines are no token: one each.
+        assert_eq!(t.encode("\n\n\n", false).unwrap(), [9, 9, 9]);
+        assert_eq!(t.decode(&ids).unwrap(), "a ab\n\né");
+        assert_eq!(t.token_to_piece(13).unwrap(), b" ab");
+        assert_eq!(t.token_to_piece(11).unwrap(), [0xC3]);
+    }
+
+    /// Byte-level vocabulary over the printable ASCII characters, which GPT-2's alphabet keeps
+    /// as they are; `Ġ` is the space.
+    fn ascii_bpe(pre: &str, merges: Option<&[&str]>) -> Result<Tokenizer, TokenizerError> {
+        let mut tokens: Vec<String> = (b'!'..=b'~').map(|b| char::from(b).to_string()).collect();
+        tokens.extend(["Ġ", "ab", "abc", "Ġab"].map(String::from));
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let mut entries = vec![
+            (KEY_MODEL, Value::String("gpt2".into())),
+            (KEY_PRE, Value::String(pre.into())),
+            (KEY_TOKENS, strings(&tokens)),
+            // No BOS token in this vocabulary.
+            (KEY_ADD_BOS, Value::Bool(false)),
+        ];
+        if let Some(merges) = merges {
+            entries.push((KEY_MERGES, strings(merges)));
+        }
+        from_gguf(&content(entries))
+    }
+
+    fn id(t: &Tokenizer, token: &str) -> u32 {
+        t.token_to_id(token).unwrap()
+    }
+
+    /// `ignore_merges` follows the name: Llama 3 takes a word that is a token whole, DBRX (same
+    /// regex) merges it.
+    #[test]
+    fn ignore_merges_follows_the_name() {
+        // "abc" is a token, but no merge builds it from "ab" + "c".
+        let merges: &[&str] = &["a b"];
+        let llama3 = ascii_bpe("llama-bpe", Some(merges)).unwrap();
+        assert_eq!(llama3.encode("abc", false).unwrap(), [id(&llama3, "abc")]);
+        let dbrx = ascii_bpe("dbrx", Some(merges)).unwrap();
+        assert_eq!(
+            dbrx.encode("abc", false).unwrap(),
+            [id(&dbrx, "ab"), id(&dbrx, "c")]
+        );
+    }
+
+    /// Kimi K2's converter may leave out the merges, which llama.cpp accepts; no other family may.
+    #[test]
+    fn only_kimi_k2_may_lack_merges() {
+        let kimi = ascii_bpe("kimi-k2", None).unwrap();
+        assert_eq!(
+            kimi.encode("ab c", false).unwrap(),
+            [
+                id(&kimi, "a"),
+                id(&kimi, "b"),
+                id(&kimi, "Ġ"),
+                id(&kimi, "c")
+            ]
+        );
+        let err = ascii_bpe("qwen2", None).unwrap_err();
+        assert!(matches!(err, TokenizerError::MissingKey { ref key } if key == KEY_MERGES));
+    }
+
     #[test]
     fn merge_lines_split_after_first_byte() {
         let tokens: Vec<String> = ["a", "b", "ab", " ", "  "].map(String::from).to_vec();
         let parsed = merges(&strings(&["a b", "   "]), &tokens).unwrap();
         assert_eq!(parsed, [("a".into(), "b".into()), (" ".into(), " ".into())]);
-    }
-
-    #[test]
-    fn pre_tokenizer_names() {
-        assert_eq!(Pre::parse("llama-bpe"), Some(Pre::Llama3));
-        assert_eq!(Pre::parse("qwen2"), Some(Pre::Qwen2));
-        assert_eq!(Pre::parse("gpt-2"), Some(Pre::Gpt2));
-        assert_eq!(Pre::parse("tekken"), None);
     }
 }

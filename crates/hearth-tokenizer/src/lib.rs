@@ -2,9 +2,19 @@
 //! (`tokenizer.json` + `tokenizer_config.json`), plus chat templates, streaming detokenization and
 //! a synthetic byte-level vocabulary for generated test models.
 //!
+//! GGUF vocabularies are read as llama.cpp reads them: SentencePiece (`tokenizer.ggml.model` =
+//! `llama`: Llama 2, Phi-3, Gemma 2/3) and BPE (`gpt2`, and `gemma4`) with every pre-tokenizer
+//! llama.cpp knows (`tokenizer.ggml.pre`: Llama 3, Qwen2/3, SmolLM, DeepSeek, Falcon, StarCoder,
+//! GPT-4o, Tekken, Kimi K2, ... — one regex family per group of names, see the `pre` module).
+//! An unknown model or pre-tokenizer name, and metadata that contradicts itself (merges of unknown
+//! tokens, duplicate tokens, unknown token types, special ids out of range, BOS wanted but absent),
+//! is refused when the tokenizer is built, with an error naming the key.
+//!
 //! Encoding follows the reference tokenizers exactly: llama.cpp's tokenizer test vectors for
-//! Llama 2 (SentencePiece), Llama 3, Qwen2 and GPT-2 vocabularies are checked in
-//! `tests/vocab_vectors.rs`.
+//! Llama 2, Phi-3, Llama 3, Qwen2, Qwen3.5, GPT-2, MPT, DeepSeek LLM and Coder, Falcon, StarCoder,
+//! Refact (and, when fetched, Command-R and Gemma 4) plus SmolLM2's vocabulary are checked in
+//! `tests/vocab_vectors.rs`, and every pre-tokenizer's splits against llama.cpp's own splitter
+//! in `pre`'s tests.
 
 #![warn(missing_docs)]
 
@@ -17,6 +27,7 @@ mod byte_level;
 mod error;
 mod gguf;
 mod hf;
+mod pre;
 mod stream;
 mod synth;
 mod template;
@@ -72,8 +83,10 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Builds a tokenizer from GGUF metadata (`tokenizer.ggml.model` = `llama` or `gpt2`,
-    /// tokens, token types, scores or merges, special token ids, `tokenizer.chat_template`).
+    /// Builds a tokenizer from GGUF metadata (`tokenizer.ggml.model` = `llama`, `gpt2` or
+    /// `gemma4`, `tokenizer.ggml.pre`, tokens, token types, scores or merges, special token ids,
+    /// `tokenizer.chat_template`), as llama.cpp does. Unknown flavours and inconsistent metadata
+    /// are errors naming the key.
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self, TokenizerError> {
         gguf::from_gguf(content)
     }

@@ -9,7 +9,8 @@ use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer
 
 use crate::byte_level::byte_to_char;
 use crate::error::TokenizerError;
-use crate::gguf::{self, token_type};
+use crate::gguf::token_type;
+use crate::pre;
 
 /// Special tokens, at ids 256.. right after the byte tokens so their ids do not depend on the
 /// vocabulary size.
@@ -148,7 +149,7 @@ impl SyntheticVocab {
                 "pretokenizers": [
                     {
                         "type": "Split",
-                        "pattern": {"Regex": gguf::REGEX_LLAMA3},
+                        "pattern": {"Regex": pre::REGEX_LLAMA3},
                         "behavior": "Isolated",
                         "invert": false,
                     },
@@ -271,7 +272,7 @@ type Merges = Vec<(String, String)>;
 /// the new tokens (at most `budget`), in creation order. Ties between equally frequent pairs go
 /// to the smallest pair, so the result is deterministic.
 fn train(budget: usize) -> Result<(Merges, Vec<String>), TokenizerError> {
-    let pre = gguf::llama3_pre_tokenizer()?;
+    let pre = pre::Family::Llama3.pre_tokenizer()?;
     let mut text = PreTokenizedString::from(CORPUS);
     pre.pre_tokenize(&mut text)
         .map_err(|e| TokenizerError::Synthetic(e.to_string()))?;

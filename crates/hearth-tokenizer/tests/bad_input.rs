@@ -150,6 +150,52 @@ fn ids_out_of_range() {
     }
 }
 
+/// Metadata that contradicts itself: the file is refused at load, naming the key.
+#[test]
+fn inconsistent_vocabularies() {
+    // Two tokens spelled alike: text could not tell them apart (llama.cpp refuses this too).
+    let err = expect_error(
+        |md| {
+            if let Some(Value::Array(tokens)) = md.get_mut("tokenizer.ggml.tokens") {
+                tokens[40] = tokens[39].clone();
+            }
+        },
+        "tokenizer.ggml.tokens",
+    );
+    assert!(err.to_string().contains("39 and 40"), "{err}");
+    // A token type llama.cpp does not define.
+    expect_error(
+        |md| {
+            if let Some(Value::Array(types)) = md.get_mut("tokenizer.ggml.token_type") {
+                types[7] = Value::I32(9);
+            }
+        },
+        "tokenizer.ggml.token_type[7]",
+    );
+    // Prompts must start with BOS, but there is none.
+    for add_bos in [Some(true), None] {
+        expect_error(
+            |md| {
+                md.remove("tokenizer.ggml.bos_token_id");
+                match add_bos {
+                    Some(flag) => set(md, "tokenizer.ggml.add_bos_token", Value::Bool(flag)),
+                    // Llama 3's pre-tokenizer adds BOS unless the metadata says not to.
+                    None => {
+                        md.remove("tokenizer.ggml.add_bos_token");
+                    }
+                }
+            },
+            "tokenizer.ggml.bos_token_id",
+        );
+    }
+    // Without BOS and without asking for it, the vocabulary is fine.
+    let mut md = metadata();
+    md.remove("tokenizer.ggml.bos_token_id");
+    set(&mut md, "tokenizer.ggml.add_bos_token", Value::Bool(false));
+    let t = build(md).expect("no BOS needed");
+    assert!(!t.add_bos_token());
+}
+
 #[test]
 fn bad_merges() {
     expect_error(
@@ -175,9 +221,16 @@ fn unsupported_flavours() {
         "tokenizer.ggml.model",
     );
     assert!(matches!(err, TokenizerError::Unsupported { .. }), "{err:?}");
-    expect_error(
+    let err = expect_error(
         |md| set(md, "tokenizer.ggml.pre", Value::String("made-up".into())),
         "made-up",
+    );
+    assert!(err.to_string().contains("tokenizer.ggml.pre"), "{err}");
+    assert!(matches!(err, TokenizerError::Unsupported { .. }), "{err:?}");
+    // A name llama.cpp does not know either, though the model type is spelled `gpt2`.
+    expect_error(
+        |md| set(md, "tokenizer.ggml.pre", Value::String("gpt2".into())),
+        "`tokenizer.ggml.pre` = `gpt2`",
     );
     expect_error(
         |md| set(md, "tokenizer.ggml.tokens", Value::Array(Vec::new())),
