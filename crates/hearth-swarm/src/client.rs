@@ -752,3 +752,34 @@ impl Drop for SwarmChain {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SwarmErrorKind;
+
+    fn lone_client_config() -> ClientConfig {
+        let mut cfg = ClientConfig::default();
+        cfg.net.mdns = false;
+        cfg.cover_timeout = Duration::from_millis(200);
+        cfg
+    }
+
+    #[tokio::test]
+    async fn an_empty_swarm_is_no_coverage_of_every_block_and_zero_blocks_is_invalid() {
+        let client = SwarmClient::start(lone_client_config()).await.unwrap();
+        let model = ContentHash::of(b"no such model");
+        let err = client.wait_for_coverage(&model, 0).await.unwrap_err();
+        assert_eq!(err.kind(), SwarmErrorKind::InvalidInput, "{err}");
+        let err = client.wait_for_coverage(&model, 4).await.unwrap_err();
+        assert!(
+            matches!(err, SwarmError::NoCoverage { blocks } if blocks == BlockRange::new(0, 4).unwrap()),
+            "{err}"
+        );
+        // A chain over it gives up the same way at its first step.
+        let mut chain = client.chain(model, 4, 8);
+        let x = HiddenStates::from_f32(HiddenDType::F16, 0, 1, 4, &[0.5; 4]);
+        let err = chain.forward_hidden(x).await.unwrap_err();
+        assert_eq!(err.kind(), SwarmErrorKind::NoCoverage, "{err}");
+    }
+}

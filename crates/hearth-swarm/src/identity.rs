@@ -143,6 +143,17 @@ mod tests {
     }
 
     #[test]
+    fn a_key_dir_that_cannot_be_created_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = NodeIdentity::load_or_create(&file.join("node"))
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), crate::SwarmErrorKind::Io, "{err}");
+    }
+
+    #[test]
     fn world_readable_or_malformed_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(KEY_FILE), [1u8; 5]).unwrap();

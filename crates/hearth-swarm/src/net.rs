@@ -408,3 +408,28 @@ fn handle_event(
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_address_no_transport_serves_is_an_io_error() {
+        let cfg = NetConfig {
+            // Plain UDP: hearth listens on TCP and QUIC only.
+            listen: vec!["/ip4/127.0.0.1/udp/0".parse().unwrap()],
+            mdns: false,
+            ..NetConfig::default()
+        };
+        let err = Net::start(&NodeIdentity::generate(), cfg)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), crate::SwarmErrorKind::Io, "{err}");
+        assert!(
+            err.to_string()
+                .contains("listening on /ip4/127.0.0.1/udp/0"),
+            "{err}"
+        );
+    }
+}
