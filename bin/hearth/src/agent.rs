@@ -10,7 +10,7 @@ use std::path::PathBuf;
 const AGENT_KEYS_ENV: &str = "HEARTH_AGENT_KEYS";
 
 #[derive(clap::Args, Debug)]
-pub struct AgentArgs {
+pub(crate) struct AgentArgs {
     /// Agent configuration (JSON; see docs/agent.md).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -62,7 +62,7 @@ fn with_default(what: &str, default: impl std::fmt::Display) -> String {
     format!("{what} (default: the config's, else {default})")
 }
 
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(n) = args.bench_decide {
         return bench(n, args.bench_runs);
     }

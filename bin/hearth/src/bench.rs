@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 #[derive(Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// An existing model; otherwise a synthesized GGUF of --shape/--quant is written to --cache.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -50,7 +50,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Args)]
-pub struct RssProbeArgs {
+pub(crate) struct RssProbeArgs {
     #[arg(long)]
     model: PathBuf,
     /// Blocks to load; absent = the client head.
@@ -76,7 +76,7 @@ fn model_path(args: &BenchArgs) -> Result<PathBuf> {
     Ok(path)
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub(crate) fn run(args: BenchArgs) -> Result<()> {
     let path = model_path(&args)?;
     let src = ModelSource::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let opts = LoadOptions {
@@ -227,7 +227,7 @@ fn rss_table(path: &PathBuf, src: &ModelSource, split: u32) -> Result<()> {
     Ok(())
 }
 
-pub fn rss_probe(args: RssProbeArgs) -> Result<()> {
+pub(crate) fn rss_probe(args: RssProbeArgs) -> Result<()> {
     let before = rss_bytes().map(|r| r.0).unwrap_or(0);
     let src = ModelSource::open(&args.model)?;
     let opts = LoadOptions::default();

@@ -9,7 +9,7 @@ use hearth_engine::DType;
 use std::path::{Path, PathBuf};
 
 /// Where synthesized models, node identities and cached model ids are kept.
-pub fn hearth_home() -> PathBuf {
+pub(crate) fn hearth_home() -> PathBuf {
     std::env::var_os("HEARTH_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".hearth")))
@@ -17,11 +17,11 @@ pub fn hearth_home() -> PathBuf {
 }
 
 /// The synthesized model's shape when a command is given no model.
-pub const DEFAULT_SHAPE: &str = "tiny";
+pub(crate) const DEFAULT_SHAPE: &str = "tiny";
 
 /// `model`, or the synthesized model of shape `synth` (default [`DEFAULT_SHAPE`]), written to
 /// `$HEARTH_HOME/models` on first use.
-pub fn model_path(model: Option<&Path>, synth: Option<&str>) -> Result<PathBuf> {
+pub(crate) fn model_path(model: Option<&Path>, synth: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = model {
         return Ok(p.to_path_buf());
     }
@@ -43,7 +43,7 @@ pub fn model_path(model: Option<&Path>, synth: Option<&str>) -> Result<PathBuf> 
 
 /// Which model a command works on: a file or folder, or a synthesized shape.
 #[derive(Args, Clone, Debug)]
-pub struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// HF folder or .gguf file.
     #[arg(long, conflicts_with = "synth")]
     pub model: Option<PathBuf>,
@@ -54,13 +54,13 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn path(&self) -> Result<PathBuf> {
+    pub(crate) fn path(&self) -> Result<PathBuf> {
         model_path(self.model.as_deref(), self.synth.as_deref())
     }
 }
 
 /// The async runtime of the networked commands: networking needs little, kernels run on rayon.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

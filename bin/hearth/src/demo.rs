@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Node processes to start.
     #[arg(long, default_value_t = 3)]
     pub nodes: u32,
@@ -41,7 +41,7 @@ pub struct DemoArgs {
     pub gateway_ready_file: Option<PathBuf>,
 }
 
-pub fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
+pub(crate) fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }

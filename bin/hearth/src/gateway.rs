@@ -21,7 +21,7 @@ fn defaults() -> GatewayConfig {
 }
 
 #[derive(Args, Debug)]
-pub struct GatewayArgs {
+pub(crate) struct GatewayArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -102,7 +102,7 @@ impl GatewayArgs {
     }
 }
 
-pub fn run(args: GatewayArgs) -> Result<()> {
+pub(crate) fn run(args: GatewayArgs) -> Result<()> {
     let api_keys = args.api_keys()?;
     // Refuse an unsafe address before spending time loading the model.
     check_bind(&api_keys, args.http)?;

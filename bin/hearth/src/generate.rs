@@ -22,7 +22,7 @@ fn defaults() -> SamplingParams {
 }
 
 #[derive(Args)]
-pub struct GenerateArgs {
+pub(crate) struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[arg(long, short, default_value = "Once upon a time")]
@@ -79,7 +79,7 @@ fn parse_dtype(s: &str) -> Result<DType> {
     })
 }
 
-pub fn run(args: GenerateArgs) -> Result<()> {
+pub(crate) fn run(args: GenerateArgs) -> Result<()> {
     let path = args.model.path()?;
     let src =
         ModelSource::open(&path).with_context(|| format!("opening model {}", path.display()))?;

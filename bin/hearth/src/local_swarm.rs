@@ -15,7 +15,7 @@ const LOOPBACK_RECORD_TTL: Duration = Duration::from_secs(30);
 
 /// A client that joins a loopback swarm through `bootstrap` (no mDNS); otherwise the library's
 /// client defaults.
-pub fn loopback_client(bootstrap: &str) -> Result<ClientConfig> {
+pub(crate) fn loopback_client(bootstrap: &str) -> Result<ClientConfig> {
     let base = ClientConfig::default();
     Ok(ClientConfig {
         net: NetConfig {
@@ -31,7 +31,7 @@ pub fn loopback_client(bootstrap: &str) -> Result<ClientConfig> {
 
 /// Child processes that are killed when the demo ends, however it ends; with the peer id each
 /// reported.
-pub struct Children(pub Vec<(String, Child)>);
+pub(crate) struct Children(pub Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -44,7 +44,7 @@ impl Drop for Children {
 
 /// Starts one `hearth node` process per span on loopback, the first as everyone's bootstrap
 /// peer; returns once every node serves. With `echo`, prints each node's first line.
-pub fn spawn_nodes(
+pub(crate) fn spawn_nodes(
     model: &std::path::Path,
     spans: &[BlockRange],
     threads: usize,

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
-pub enum ModelCommand {
+pub(crate) enum ModelCommand {
     /// Write a deterministic random-initialised model of a named shape.
     Synth(SynthArgs),
     /// Print a model's shape and format.
@@ -24,7 +24,7 @@ pub enum ModelCommand {
 }
 
 #[derive(Args)]
-pub struct PullArgs {
+pub(crate) struct PullArgs {
     /// A known model (see `hearth model list`) or an http(s) URL, such as a Hugging Face
     /// `https://huggingface.co/ORG/REPO/resolve/main/FILE` link. An interrupted download resumes.
     pub target: String,
@@ -39,14 +39,14 @@ pub struct PullArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum SynthFormat {
+pub(crate) enum SynthFormat {
     Hf,
     Gguf,
     Both,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum HfDtype {
+pub(crate) enum HfDtype {
     F32,
     F16,
     Bf16,
@@ -63,7 +63,7 @@ impl HfDtype {
 }
 
 #[derive(Args)]
-pub struct SynthArgs {
+pub(crate) struct SynthArgs {
     /// Shape: tiny, tiny-qwen2, llama-3.2-1b, qwen2.5-0.5b, llama-3-8b, mistral-7b.
     #[arg(long, default_value = crate::common::DEFAULT_SHAPE)]
     pub shape: String,
@@ -85,7 +85,7 @@ pub struct SynthArgs {
     pub shard_mib: Option<u64>,
 }
 
-pub fn run(cmd: ModelCommand) -> Result<()> {
+pub(crate) fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Synth(args) => synth(&args),
         ModelCommand::Info { path } => info(&path),
@@ -94,7 +94,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
     }
 }
 
-pub fn synth(args: &SynthArgs) -> Result<()> {
+pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
     let cfg = synth::shape(&args.shape)?;
     let model = SynthModel::new(cfg, args.seed)?;
     let opts = SynthOptions {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// How a process joins the network.
 #[derive(Args, Clone, Debug)]
-pub struct NetArgs {
+pub(crate) struct NetArgs {
     /// Peer to join through (multiaddr ending in /p2p/<peer id>); repeatable.
     #[arg(long)]
     pub bootstrap: Vec<Multiaddr>,
@@ -34,7 +34,7 @@ pub struct NetArgs {
 
 impl NetArgs {
     /// The network settings of a node (a DHT server).
-    pub fn node_net(&self) -> NetConfig {
+    pub(crate) fn node_net(&self) -> NetConfig {
         self.apply(NetConfig {
             dht_server: true,
             ..NetConfig::default()
@@ -42,7 +42,7 @@ impl NetArgs {
     }
 
     /// The settings of a client (a DHT client, on loopback unless `--listen` says otherwise).
-    pub fn client_config(&self) -> ClientConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig {
         let base = ClientConfig::default();
         ClientConfig {
             net: self.apply(base.net),

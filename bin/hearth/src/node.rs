@@ -21,7 +21,7 @@ fn defaults() -> NodeConfig {
 }
 
 #[derive(Args)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Blocks to serve, `A..B`; default: chosen from what the swarm lacks.
@@ -106,7 +106,7 @@ async fn follow_agent(node: Arc<Node>, url: String, device: String, every: Durat
     }
 }
 
-pub fn run(args: NodeArgs) -> Result<()> {
+pub(crate) fn run(args: NodeArgs) -> Result<()> {
     let model = args.model.path()?;
     let data_dir = args
         .data_dir

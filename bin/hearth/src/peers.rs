@@ -11,7 +11,7 @@ use hearth_swarm::SwarmClient;
 use std::time::Duration;
 
 #[derive(Args)]
-pub struct PeersArgs {
+pub(crate) struct PeersArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -22,7 +22,7 @@ pub struct PeersArgs {
 }
 
 /// Lists the servers the DHT currently knows for a model, with their announcements.
-pub fn run(args: PeersArgs) -> Result<()> {
+pub(crate) fn run(args: PeersArgs) -> Result<()> {
     let model = args.model.path()?;
     let src = ModelSource::open(&model)?;
     let ident = identity_cached(&src, &hearth_home().join("model-ids"))?;

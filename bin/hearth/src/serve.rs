@@ -13,10 +13,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The environment variable with the gateway's accepted keys (comma-separated).
-pub const API_KEYS_ENV: &str = "HEARTH_API_KEYS";
+pub(crate) const API_KEYS_ENV: &str = "HEARTH_API_KEYS";
 
 /// The name clients use in `model` unless told otherwise: the model folder's or file's name.
-pub fn default_model_name(model: &Path) -> String {
+pub(crate) fn default_model_name(model: &Path) -> String {
     model
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -24,13 +24,13 @@ pub fn default_model_name(model: &Path) -> String {
 }
 
 /// Without an API key only loopback addresses are allowed.
-pub fn check_bind(api_keys: &[String], addr: SocketAddr) -> Result<()> {
+pub(crate) fn check_bind(api_keys: &[String], addr: SocketAddr) -> Result<()> {
     ApiKeys::new(api_keys).check_bind(addr, None, API_KEYS_ENV)?;
     Ok(())
 }
 
 /// A backend over the swarm; waits (bounded) for the model's blocks to be covered and says so.
-pub fn swarm_backend(
+pub(crate) fn swarm_backend(
     rt: &tokio::runtime::Runtime,
     client: SwarmClient,
     src: &ModelSource,
@@ -58,7 +58,7 @@ pub fn swarm_backend(
 
 /// Serves the gateway on `addr` until Ctrl-C; writes its base URL to `ready_file` once it
 /// listens (for scripts and tests).
-pub fn serve_blocking(
+pub(crate) fn serve_blocking(
     rt: &tokio::runtime::Runtime,
     backend: Arc<dyn Backend>,
     cfg: GatewayConfig,

@@ -14,7 +14,7 @@ fn defaults() -> Options {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct SimulateArgs {
+pub(crate) struct SimulateArgs {
     /// Price trace CSV: `hour,price` or `timestamp,price` ($/MWh; hourly or 5-minute).
     #[arg(long, default_value_os_t = defaults().prices)]
     prices: PathBuf,
@@ -89,7 +89,7 @@ fn interval_s(s: &str) -> anyhow::Result<u32> {
     }
 }
 
-pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
+pub(crate) fn run(a: SimulateArgs) -> anyhow::Result<()> {
     if a.print_fleet {
         let fleet = match a.devices {
             Some(n) => hearth_sim::fleet::Fleet::scaled_fleet(n),

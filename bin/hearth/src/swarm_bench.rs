@@ -22,7 +22,7 @@ use hearth_wire::{HiddenDType, HiddenStates};
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
-pub struct SwarmBenchArgs {
+pub(crate) struct SwarmBenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Node processes, each serving an even share of the blocks.
@@ -121,7 +121,7 @@ fn run_streams(
     Ok(started.elapsed().as_secs_f64())
 }
 
-pub fn run(args: SwarmBenchArgs) -> Result<()> {
+pub(crate) fn run(args: SwarmBenchArgs) -> Result<()> {
     let model = args.model.path()?;
     let src = ModelSource::open(&model)?;
     let n_blocks = src.config().num_layers as u32;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// Generates through the swarm with `head` kept in this process.
 #[allow(clippy::too_many_arguments)]
-pub fn generate_through_swarm(
+pub(crate) fn generate_through_swarm(
     src: &ModelSource,
     head: Arc<ClientHead>,
     tokenizer: &Tokenizer,

@@ -78,7 +78,7 @@ async fn start(
 }
 
 mod agent_shared {
-    pub type S = hearth_energy::agent::Shared;
+    pub(crate) type S = hearth_energy::agent::Shared;
 }
 
 async fn post(url: &str, path: &str, body: &str) -> (u16, String) {

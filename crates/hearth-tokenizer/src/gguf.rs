@@ -25,14 +25,14 @@ use crate::{Parts, Tokenizer};
 
 /// llama.cpp's `llama_token_type` values found in `tokenizer.ggml.token_type`.
 pub(crate) mod token_type {
-    pub const NORMAL: i64 = 1;
-    pub const UNKNOWN: i64 = 2;
-    pub const CONTROL: i64 = 3;
-    pub const USER_DEFINED: i64 = 4;
-    pub const UNUSED: i64 = 5;
-    pub const BYTE: i64 = 6;
+    pub(crate) const NORMAL: i64 = 1;
+    pub(crate) const UNKNOWN: i64 = 2;
+    pub(crate) const CONTROL: i64 = 3;
+    pub(crate) const USER_DEFINED: i64 = 4;
+    pub(crate) const UNUSED: i64 = 5;
+    pub(crate) const BYTE: i64 = 6;
     /// Every value llama.cpp defines (0 is "undefined").
-    pub const KNOWN: [i64; 7] = [0, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE];
+    pub(crate) const KNOWN: [i64; 7] = [0, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE];
 }
 
 /// Keys read by this module.

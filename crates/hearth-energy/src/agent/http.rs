@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
 
-pub const MAX_BODY: usize = 64 * 1024;
+pub(super) const MAX_BODY: usize = 64 * 1024;
 
 /// The router over the agent's shared state. Reading is open; writing (events, prices,
 /// demand) needs a configured bearer key when any is configured.

@@ -102,25 +102,31 @@ impl Half16 for f16 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        unsafe {
+            use std::arch::x86_64::*;
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn load16_maskz(mask: u16, p: *const u16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast()))
+        unsafe {
+            use std::arch::x86_64::*;
+            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast()))
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn store16(p: *mut u16, v: std::arch::x86_64::__m512) {
-        use std::arch::x86_64::*;
-        let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
-        _mm256_storeu_si256(p.cast(), h);
+        unsafe {
+            use std::arch::x86_64::*;
+            let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm256_storeu_si256(p.cast(), h);
+        }
     }
 }
 
@@ -140,27 +146,33 @@ impl Half16 for bf16 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+        unsafe {
+            use std::arch::x86_64::*;
+            let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn load16_maskz(mask: u16, p: *const u16) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p.cast()));
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+        unsafe {
+            use std::arch::x86_64::*;
+            let v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p.cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn store16(p: *mut u16, v: std::arch::x86_64::__m512) {
-        use std::arch::x86_64::*;
-        let h = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(_mm512_castps_si512(v)));
-        _mm256_storeu_si256(p.cast(), h);
+        unsafe {
+            use std::arch::x86_64::*;
+            let h = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(_mm512_castps_si512(v)));
+            _mm256_storeu_si256(p.cast(), h);
+        }
     }
 }
 
@@ -629,16 +641,18 @@ mod avx512 {
         j1: usize,
         out: OutPtr,
     ) {
-        // One weight row at a time: the job's rows are contiguous, so this is
-        // a single sequential stream for the prefetchers.
-        for j in j0..j1 {
-            let (wj, yj) = (w.add(j * k), out.ptr.add(j));
-            match m {
-                1 => dot_row::<T, 1>(x, k, wj, yj, out.n),
-                2 => dot_row::<T, 2>(x, k, wj, yj, out.n),
-                3 => dot_row::<T, 3>(x, k, wj, yj, out.n),
-                4 => dot_row::<T, 4>(x, k, wj, yj, out.n),
-                _ => unreachable!(),
+        unsafe {
+            // One weight row at a time: the job's rows are contiguous, so this is
+            // a single sequential stream for the prefetchers.
+            for j in j0..j1 {
+                let (wj, yj) = (w.add(j * k), out.ptr.add(j));
+                match m {
+                    1 => dot_row::<T, 1>(x, k, wj, yj, out.n),
+                    2 => dot_row::<T, 2>(x, k, wj, yj, out.n),
+                    3 => dot_row::<T, 3>(x, k, wj, yj, out.n),
+                    4 => dot_row::<T, 4>(x, k, wj, yj, out.n),
+                    _ => unreachable!(),
+                }
             }
         }
     }
@@ -655,35 +669,41 @@ mod avx512 {
         y: *mut f32,
         ldy: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 4]; RM];
-        let mut p = 0;
-        while p + 64 <= k {
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2).cast());
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2 + 32).cast());
-            let wv: [__m512; 4] = std::array::from_fn(|u| T::load16(w.add(p + 16 * u)));
-            for (i, a) in acc.iter_mut().enumerate() {
-                for u in 0..4 {
-                    a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(i * k + p + 16 * u)), wv[u], a[u]);
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 4]; RM];
+            let mut p = 0;
+            while p + 64 <= k {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2).cast());
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + PF / 2 + 32).cast());
+                let wv: [__m512; 4] = std::array::from_fn(|u| T::load16(w.add(p + 16 * u)));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    for u in 0..4 {
+                        a[u] = _mm512_fmadd_ps(
+                            _mm512_loadu_ps(x.add(i * k + p + 16 * u)),
+                            wv[u],
+                            a[u],
+                        );
+                    }
                 }
+                p += 64;
             }
-            p += 64;
-        }
-        while p < k {
-            // Masked-off lanes are neither read nor faulted on.
-            let mask = if p + 16 <= k {
-                u16::MAX
-            } else {
-                (1u16 << (k - p)) - 1
-            };
-            let wv = T::load16_maskz(mask, w.add(p));
-            for (i, a) in acc.iter_mut().enumerate() {
-                a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x.add(i * k + p)), wv, a[0]);
+            while p < k {
+                // Masked-off lanes are neither read nor faulted on.
+                let mask = if p + 16 <= k {
+                    u16::MAX
+                } else {
+                    (1u16 << (k - p)) - 1
+                };
+                let wv = T::load16_maskz(mask, w.add(p));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x.add(i * k + p)), wv, a[0]);
+                }
+                p += 16;
             }
-            p += 16;
-        }
-        for (i, a) in acc.iter().enumerate() {
-            let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-            *y.add(i * ldy) = _mm512_reduce_add_ps(s);
+            for (i, a) in acc.iter().enumerate() {
+                let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+                *y.add(i * ldy) = _mm512_reduce_add_ps(s);
+            }
         }
     }
 
@@ -735,38 +755,42 @@ mod avx512 {
         out: OutPtr,
         bbuf: *mut u16,
     ) {
-        // One tile of rows (decode): no reuse to block for, so stream each
-        // panel front to back (one sequential stream per thread).
-        let block = match w {
-            Weights::Panels(_) if m <= MR => k,
-            _ => KC,
-        };
-        for k0 in (0..k).step_by(block) {
-            let kc = block.min(k - k0);
-            if let Weights::Rows(w) = w {
-                for pi in p0..p1 {
-                    let rows = NR.min(n - pi * NR);
-                    pack_b::<T>(
-                        w.as_ptr().add(pi * NR * k + k0).cast(),
-                        k,
-                        rows,
-                        kc,
-                        bbuf.add((pi - p0) * KC * NR),
-                    );
+        unsafe {
+            // One tile of rows (decode): no reuse to block for, so stream each
+            // panel front to back (one sequential stream per thread).
+            let block = match w {
+                Weights::Panels(_) if m <= MR => k,
+                _ => KC,
+            };
+            for k0 in (0..k).step_by(block) {
+                let kc = block.min(k - k0);
+                if let Weights::Rows(w) = w {
+                    for pi in p0..p1 {
+                        let rows = NR.min(n - pi * NR);
+                        pack_b::<T>(
+                            w.as_ptr().add(pi * NR * k + k0).cast(),
+                            k,
+                            rows,
+                            kc,
+                            bbuf.add((pi - p0) * KC * NR),
+                        );
+                    }
                 }
-            }
-            for r0 in (0..m).step_by(MR) {
-                let mr = MR.min(m - r0);
-                let ap = a.add(r0 * k + k0 * mr);
-                for pi in p0..p1 {
-                    let cols = NR.min(n - pi * NR);
-                    let cp = out.ptr.add(r0 * n + pi * NR);
-                    let acc = k0 > 0;
-                    let bp = match w {
-                        Weights::Rows(_) => bbuf.add((pi - p0) * KC * NR).cast_const(),
-                        Weights::Panels(panels) => panels.as_ptr().add((pi * k + k0) * NR).cast(),
-                    };
-                    tile_any::<T>(mr, kc, ap, bp, cp, n, cols, acc);
+                for r0 in (0..m).step_by(MR) {
+                    let mr = MR.min(m - r0);
+                    let ap = a.add(r0 * k + k0 * mr);
+                    for pi in p0..p1 {
+                        let cols = NR.min(n - pi * NR);
+                        let cp = out.ptr.add(r0 * n + pi * NR);
+                        let acc = k0 > 0;
+                        let bp = match w {
+                            Weights::Rows(_) => bbuf.add((pi - p0) * KC * NR).cast_const(),
+                            Weights::Panels(panels) => {
+                                panels.as_ptr().add((pi * k + k0) * NR).cast()
+                            }
+                        };
+                        tile_any::<T>(mr, kc, ap, bp, cp, n, cols, acc);
+                    }
                 }
             }
         }
@@ -785,7 +809,8 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
-        macro_rules! go {
+        unsafe {
+            macro_rules! go {
             ($($r:literal)*) => {
                 match mr {
                     $($r => tile::<T, $r>(kc, a, b, c, ldc, cols, accumulate),)*
@@ -793,7 +818,8 @@ mod avx512 {
                 }
             };
         }
-        go!(1 2 3 4 5 6 7 8 9 10 11 12);
+            go!(1 2 3 4 5 6 7 8 9 10 11 12);
+        }
     }
 
     /// The micro-kernel: `c[i][0..cols] (+)= Σ_p a[p * R + i] · b[p][0..cols]`
@@ -810,55 +836,57 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
-        let mut c0 = [_mm512_setzero_ps(); R];
-        let mut c1 = [_mm512_setzero_ps(); R];
-        // Few rows (decode): a second set of accumulators for odd steps, so
-        // the FMA latency chains do not limit how far ahead loads issue.
-        let mut d0 = [_mm512_setzero_ps(); R];
-        let mut d1 = [_mm512_setzero_ps(); R];
-        let split = R <= 2;
-        for p in 0..kc {
-            let bp = b.add(NR * p);
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF / 2).cast());
-            let b0 = T::load16(bp);
-            let b1 = T::load16(bp.add(16));
-            let ap = a.add(R * p);
-            let (e0, e1) = if split && p % 2 == 1 {
-                (&mut d0, &mut d1)
-            } else {
-                (&mut c0, &mut c1)
-            };
-            for i in 0..R {
-                let av = _mm512_set1_ps(*ap.add(i));
-                e0[i] = _mm512_fmadd_ps(av, b0, e0[i]);
-                e1[i] = _mm512_fmadd_ps(av, b1, e1[i]);
-            }
-        }
-        if split {
-            for i in 0..R {
-                c0[i] = _mm512_add_ps(c0[i], d0[i]);
-                c1[i] = _mm512_add_ps(c1[i], d1[i]);
-            }
-        }
-        let mask = if cols >= 32 {
-            u32::MAX
-        } else {
-            (1u32 << cols) - 1
-        };
-        let (m0, m1) = (mask as u16, (mask >> 16) as u16);
-        for i in 0..R {
-            let cp = c.add(i * ldc);
-            let mut v0 = c0[i];
-            if accumulate {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp));
-            }
-            _mm512_mask_storeu_ps(cp, m0, v0);
-            if m1 != 0 {
-                let mut v1 = c1[i];
-                if accumulate {
-                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.add(16)));
+        unsafe {
+            let mut c0 = [_mm512_setzero_ps(); R];
+            let mut c1 = [_mm512_setzero_ps(); R];
+            // Few rows (decode): a second set of accumulators for odd steps, so
+            // the FMA latency chains do not limit how far ahead loads issue.
+            let mut d0 = [_mm512_setzero_ps(); R];
+            let mut d1 = [_mm512_setzero_ps(); R];
+            let split = R <= 2;
+            for p in 0..kc {
+                let bp = b.add(NR * p);
+                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF / 2).cast());
+                let b0 = T::load16(bp);
+                let b1 = T::load16(bp.add(16));
+                let ap = a.add(R * p);
+                let (e0, e1) = if split && p % 2 == 1 {
+                    (&mut d0, &mut d1)
+                } else {
+                    (&mut c0, &mut c1)
+                };
+                for i in 0..R {
+                    let av = _mm512_set1_ps(*ap.add(i));
+                    e0[i] = _mm512_fmadd_ps(av, b0, e0[i]);
+                    e1[i] = _mm512_fmadd_ps(av, b1, e1[i]);
                 }
-                _mm512_mask_storeu_ps(cp.add(16), m1, v1);
+            }
+            if split {
+                for i in 0..R {
+                    c0[i] = _mm512_add_ps(c0[i], d0[i]);
+                    c1[i] = _mm512_add_ps(c1[i], d1[i]);
+                }
+            }
+            let mask = if cols >= 32 {
+                u32::MAX
+            } else {
+                (1u32 << cols) - 1
+            };
+            let (m0, m1) = (mask as u16, (mask >> 16) as u16);
+            for i in 0..R {
+                let cp = c.add(i * ldc);
+                let mut v0 = c0[i];
+                if accumulate {
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp));
+                }
+                _mm512_mask_storeu_ps(cp, m0, v0);
+                if m1 != 0 {
+                    let mut v1 = c1[i];
+                    if accumulate {
+                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.add(16)));
+                    }
+                    _mm512_mask_storeu_ps(cp.add(16), m1, v1);
+                }
             }
         }
     }
@@ -868,33 +896,35 @@ mod avx512 {
     /// rows past `rows` are 0. Goes through f32, which is exact both ways.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     unsafe fn pack_b<T: Half16>(w: *const u16, ldw: usize, rows: usize, kc: usize, out: *mut u16) {
-        for f0 in [0, 16] {
-            let mut p0 = 0;
-            while p0 < kc {
-                let len = 16.min(kc - p0);
-                let mask = if len == 16 {
-                    u16::MAX
-                } else {
-                    (1u16 << len) - 1
-                };
-                let mut r = [_mm512_setzero_ps(); 16];
-                for (q, v) in r.iter_mut().enumerate() {
-                    if f0 + q < rows {
-                        let row = w.add((f0 + q) * ldw + p0);
-                        *v = T::load16_maskz(mask, row);
-                        // The next `KC` slice of this row, into L2 while the
-                        // tiles of this slice compute: 32 rows at a time is too
-                        // many streams for the hardware prefetchers.
-                        if p0 % 32 == 0 {
-                            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(KC).cast());
+        unsafe {
+            for f0 in [0, 16] {
+                let mut p0 = 0;
+                while p0 < kc {
+                    let len = 16.min(kc - p0);
+                    let mask = if len == 16 {
+                        u16::MAX
+                    } else {
+                        (1u16 << len) - 1
+                    };
+                    let mut r = [_mm512_setzero_ps(); 16];
+                    for (q, v) in r.iter_mut().enumerate() {
+                        if f0 + q < rows {
+                            let row = w.add((f0 + q) * ldw + p0);
+                            *v = T::load16_maskz(mask, row);
+                            // The next `KC` slice of this row, into L2 while the
+                            // tiles of this slice compute: 32 rows at a time is too
+                            // many streams for the hardware prefetchers.
+                            if p0 % 32 == 0 {
+                                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(KC).cast());
+                            }
                         }
                     }
+                    let t = transpose16(r);
+                    for (q, v) in t.iter().enumerate().take(len) {
+                        T::store16(out.add((p0 + q) * NR + f0), *v);
+                    }
+                    p0 += 16;
                 }
-                let t = transpose16(r);
-                for (q, v) in t.iter().enumerate().take(len) {
-                    T::store16(out.add((p0 + q) * NR + f0), *v);
-                }
-                p0 += 16;
             }
         }
     }

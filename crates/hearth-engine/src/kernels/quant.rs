@@ -721,41 +721,43 @@ mod avx512 {
     /// The CPU must support AVX-512 F/BW/VL; `xr` is whole blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize_row(xr: &[f32], out: QuantRow<'_>) {
-        let QuantRow {
-            rows,
-            i,
-            bias,
-            q,
-            d,
-            corr,
-        } = out;
-        let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
-        for (b, xb) in xr.chunks_exact(QK).enumerate() {
-            let x0 = _mm512_loadu_ps(xb.as_ptr());
-            let x1 = _mm512_loadu_ps(xb.as_ptr().add(16));
-            // `max(a, b)` returns `b` when either is NaN: NaN lanes keep the maximum so far.
-            let m = _mm512_max_ps(_mm512_abs_ps(x0), _mm512_setzero_ps());
-            let m = _mm512_max_ps(_mm512_abs_ps(x1), m);
-            let amax = _mm512_reduce_max_ps(m);
-            let dx = amax / 127.0;
-            let inv = _mm512_set1_ps(if dx > 0.0 { 1.0 / dx } else { 0.0 });
-            let conv = |x: __m512| {
-                let y = _mm512_mul_ps(x, inv);
-                let y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y), y);
-                let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-                _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y)
-            };
-            let (q0, q1) = (conv(x0), conv(x1));
-            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-            let mut qb = [0u32; QK / 4];
-            _mm_storeu_si128(qb.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q0));
-            _mm_storeu_si128(qb.as_mut_ptr().add(4).cast(), _mm512_cvtepi32_epi8(q1));
-            for (t, &v) in qb.iter().enumerate() {
-                let at = ((b * 8 + t) * rows + i) * 4;
-                q[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        unsafe {
+            let QuantRow {
+                rows,
+                i,
+                bias,
+                q,
+                d,
+                corr,
+            } = out;
+            let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
+            for (b, xb) in xr.chunks_exact(QK).enumerate() {
+                let x0 = _mm512_loadu_ps(xb.as_ptr());
+                let x1 = _mm512_loadu_ps(xb.as_ptr().add(16));
+                // `max(a, b)` returns `b` when either is NaN: NaN lanes keep the maximum so far.
+                let m = _mm512_max_ps(_mm512_abs_ps(x0), _mm512_setzero_ps());
+                let m = _mm512_max_ps(_mm512_abs_ps(x1), m);
+                let amax = _mm512_reduce_max_ps(m);
+                let dx = amax / 127.0;
+                let inv = _mm512_set1_ps(if dx > 0.0 { 1.0 / dx } else { 0.0 });
+                let conv = |x: __m512| {
+                    let y = _mm512_mul_ps(x, inv);
+                    let y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y), y);
+                    let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+                    _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y)
+                };
+                let (q0, q1) = (conv(x0), conv(x1));
+                let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                let mut qb = [0u32; QK / 4];
+                _mm_storeu_si128(qb.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q0));
+                _mm_storeu_si128(qb.as_mut_ptr().add(4).cast(), _mm512_cvtepi32_epi8(q1));
+                for (t, &v) in qb.iter().enumerate() {
+                    let at = ((b * 8 + t) * rows + i) * 4;
+                    q[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                }
+                d[b * rows + i] = dx;
+                corr[b * rows + i] = -bias * sum;
             }
-            d[b * rows + i] = dx;
-            corr[b * rows + i] = -bias * sum;
         }
     }
 
@@ -771,18 +773,19 @@ mod avx512 {
         pis: std::ops::Range<usize>,
         out: OutPtr,
     ) {
-        let (m, n, nb) = (xq.m, out.n, xq.nb);
-        let k = nb * QK;
-        for r0 in (0..m).step_by(MR) {
-            let mr = MR.min(m - r0);
-            let aq = xq.q.as_ptr().add(r0 * k);
-            let ad = xq.d.as_ptr().add(r0 * nb);
-            let ac = xq.corr.as_ptr().add(r0 * nb);
-            for pi in pis.clone() {
-                let cols = NR.min(n - pi * NR);
-                let wp = wp.add((pi - pis.start) * panel);
-                let c = out.ptr.add(r0 * n + pi * NR);
-                macro_rules! go {
+        unsafe {
+            let (m, n, nb) = (xq.m, out.n, xq.nb);
+            let k = nb * QK;
+            for r0 in (0..m).step_by(MR) {
+                let mr = MR.min(m - r0);
+                let aq = xq.q.as_ptr().add(r0 * k);
+                let ad = xq.d.as_ptr().add(r0 * nb);
+                let ac = xq.corr.as_ptr().add(r0 * nb);
+                for pi in pis.clone() {
+                    let cols = NR.min(n - pi * NR);
+                    let wp = wp.add((pi - pis.start) * panel);
+                    let c = out.ptr.add(r0 * n + pi * NR);
+                    macro_rules! go {
                     ($($r:literal)*) => {
                         match (mr, kind) {
                             $(($r, Kind::Q4_0) => tile::<$r, true>(nb, aq, ad, ac, wp, c, n, cols),
@@ -791,7 +794,8 @@ mod avx512 {
                         }
                     };
                 }
-                go!(1 2 3 4 5 6 7 8);
+                    go!(1 2 3 4 5 6 7 8);
+                }
             }
         }
     }
@@ -809,82 +813,84 @@ mod avx512 {
         nb: usize,
         out: *mut u8,
     ) {
-        let bb = kind.block_bytes();
-        let flip = _mm256_set1_epi8(-128);
-        // The 16 rows are one contiguous region read as 16 interleaved
-        // streams, too many for the hardware prefetchers: prefetch the next
-        // panel's region sequentially, a block's worth per block.
-        let next = src.wrapping_add(NR * stride);
-        for b in 0..nb {
-            for l in 0..(NR * bb).div_ceil(64) {
-                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(b * NR * bb + 64 * l).cast());
-            }
-            let (so, qo) = kind.offsets(nb, b);
-            let (qo, dout) = (out.add(qo), out.add(so));
-            for g in 0..NR / 4 {
-                let row = |i: usize| src.wrapping_add((4 * g + i) * stride + b * bb);
-                let live = |i: usize| 4 * g + i < rows;
-                for i in 0..4 {
-                    let d = if live(i) {
-                        row(i).cast::<u16>().read_unaligned()
-                    } else {
-                        0
-                    };
-                    dout.add(2 * (4 * g + i)).cast::<u16>().write_unaligned(d);
+        unsafe {
+            let bb = kind.block_bytes();
+            let flip = _mm256_set1_epi8(-128);
+            // The 16 rows are one contiguous region read as 16 interleaved
+            // streams, too many for the hardware prefetchers: prefetch the next
+            // panel's region sequentially, a block's worth per block.
+            let next = src.wrapping_add(NR * stride);
+            for b in 0..nb {
+                for l in 0..(NR * bb).div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(b * NR * bb + 64 * l).cast());
                 }
-                match kind {
-                    Kind::Q4_0 => {
-                        let v: [__m128i; 4] = std::array::from_fn(|i| {
-                            if live(i) {
-                                _mm_loadu_si128(row(i).add(2).cast())
-                            } else {
-                                _mm_set1_epi8(-120) // nibbles 8 = value 0
-                            }
-                        });
-                        let t0 = _mm_unpacklo_epi32(v[0], v[1]);
-                        let t1 = _mm_unpackhi_epi32(v[0], v[1]);
-                        let t2 = _mm_unpacklo_epi32(v[2], v[3]);
-                        let t3 = _mm_unpackhi_epi32(v[2], v[3]);
-                        let o = [
-                            _mm_unpacklo_epi64(t0, t2),
-                            _mm_unpackhi_epi64(t0, t2),
-                            _mm_unpacklo_epi64(t1, t3),
-                            _mm_unpackhi_epi64(t1, t3),
-                        ];
-                        for (c, v) in o.iter().enumerate() {
-                            _mm_storeu_si128(qo.add(c * 64 + 16 * g).cast(), *v);
-                        }
+                let (so, qo) = kind.offsets(nb, b);
+                let (qo, dout) = (out.add(qo), out.add(so));
+                for g in 0..NR / 4 {
+                    let row = |i: usize| src.wrapping_add((4 * g + i) * stride + b * bb);
+                    let live = |i: usize| 4 * g + i < rows;
+                    for i in 0..4 {
+                        let d = if live(i) {
+                            row(i).cast::<u16>().read_unaligned()
+                        } else {
+                            0
+                        };
+                        dout.add(2 * (4 * g + i)).cast::<u16>().write_unaligned(d);
                     }
-                    Kind::Q8_0 => {
-                        // Same per 128-bit half: the low half gives groups
-                        // 0..4, the high half groups 4..8; bias by 128.
-                        let v: [__m256i; 4] = std::array::from_fn(|i| {
-                            let raw = if live(i) {
-                                _mm256_loadu_si256(row(i).add(2).cast())
-                            } else {
-                                _mm256_setzero_si256()
-                            };
-                            _mm256_xor_si256(raw, flip)
-                        });
-                        let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
-                        let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
-                        let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
-                        let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
-                        let o = [
-                            _mm256_unpacklo_epi64(t0, t2),
-                            _mm256_unpackhi_epi64(t0, t2),
-                            _mm256_unpacklo_epi64(t1, t3),
-                            _mm256_unpackhi_epi64(t1, t3),
-                        ];
-                        for (c, v) in o.iter().enumerate() {
-                            _mm_storeu_si128(
-                                qo.add(c * 64 + 16 * g).cast(),
-                                _mm256_castsi256_si128(*v),
-                            );
-                            _mm_storeu_si128(
-                                qo.add((c + 4) * 64 + 16 * g).cast(),
-                                _mm256_extracti128_si256::<1>(*v),
-                            );
+                    match kind {
+                        Kind::Q4_0 => {
+                            let v: [__m128i; 4] = std::array::from_fn(|i| {
+                                if live(i) {
+                                    _mm_loadu_si128(row(i).add(2).cast())
+                                } else {
+                                    _mm_set1_epi8(-120) // nibbles 8 = value 0
+                                }
+                            });
+                            let t0 = _mm_unpacklo_epi32(v[0], v[1]);
+                            let t1 = _mm_unpackhi_epi32(v[0], v[1]);
+                            let t2 = _mm_unpacklo_epi32(v[2], v[3]);
+                            let t3 = _mm_unpackhi_epi32(v[2], v[3]);
+                            let o = [
+                                _mm_unpacklo_epi64(t0, t2),
+                                _mm_unpackhi_epi64(t0, t2),
+                                _mm_unpacklo_epi64(t1, t3),
+                                _mm_unpackhi_epi64(t1, t3),
+                            ];
+                            for (c, v) in o.iter().enumerate() {
+                                _mm_storeu_si128(qo.add(c * 64 + 16 * g).cast(), *v);
+                            }
+                        }
+                        Kind::Q8_0 => {
+                            // Same per 128-bit half: the low half gives groups
+                            // 0..4, the high half groups 4..8; bias by 128.
+                            let v: [__m256i; 4] = std::array::from_fn(|i| {
+                                let raw = if live(i) {
+                                    _mm256_loadu_si256(row(i).add(2).cast())
+                                } else {
+                                    _mm256_setzero_si256()
+                                };
+                                _mm256_xor_si256(raw, flip)
+                            });
+                            let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+                            let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+                            let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+                            let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+                            let o = [
+                                _mm256_unpacklo_epi64(t0, t2),
+                                _mm256_unpackhi_epi64(t0, t2),
+                                _mm256_unpacklo_epi64(t1, t3),
+                                _mm256_unpackhi_epi64(t1, t3),
+                            ];
+                            for (c, v) in o.iter().enumerate() {
+                                _mm_storeu_si128(
+                                    qo.add(c * 64 + 16 * g).cast(),
+                                    _mm256_castsi256_si128(*v),
+                                );
+                                _mm_storeu_si128(
+                                    qo.add((c + 4) * 64 + 16 * g).cast(),
+                                    _mm256_extracti128_si256::<1>(*v),
+                                );
+                            }
                         }
                     }
                 }
@@ -909,53 +915,55 @@ mod avx512 {
         ldc: usize,
         cols: usize,
     ) {
-        let mut acc = [_mm512_setzero_ps(); R];
-        let low = _mm512_set1_epi8(0x0F);
-        let kind = if Q4 { Kind::Q4_0 } else { Kind::Q8_0 };
-        let pq = kind.panel_qs();
-        for b in 0..nb {
-            let (so, qo) = kind.offsets(nb, b);
-            let base = wp.add(qo);
-            // Stream ahead: a panel is read exactly once per tile.
-            for l in 0..pq / 64 {
-                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PF + 64 * l).cast());
-            }
-            let mut wv = [_mm512_setzero_si512(); 8];
-            for (t, v) in wv.iter_mut().enumerate().take(pq / 64) {
-                *v = _mm512_loadu_si512(base.add(t * 64).cast());
-            }
-            if Q4 {
-                for t in 0..4 {
-                    let v = wv[t];
-                    wv[t] = _mm512_and_si512(v, low);
-                    wv[t + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); R];
+            let low = _mm512_set1_epi8(0x0F);
+            let kind = if Q4 { Kind::Q4_0 } else { Kind::Q8_0 };
+            let pq = kind.panel_qs();
+            for b in 0..nb {
+                let (so, qo) = kind.offsets(nb, b);
+                let base = wp.add(qo);
+                // Stream ahead: a panel is read exactly once per tile.
+                for l in 0..pq / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PF + 64 * l).cast());
+                }
+                let mut wv = [_mm512_setzero_si512(); 8];
+                for (t, v) in wv.iter_mut().enumerate().take(pq / 64) {
+                    *v = _mm512_loadu_si512(base.add(t * 64).cast());
+                }
+                if Q4 {
+                    for t in 0..4 {
+                        let v = wv[t];
+                        wv[t] = _mm512_and_si512(v, low);
+                        wv[t + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                    }
+                }
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(so).cast()));
+                let aqb = aq.add(b * QK * R);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    // Two chains of 4 `vpdpbusd` instead of one of 8: with few
+                    // rows there is little other work to hide the latency behind.
+                    let mut s = [
+                        _mm512_set1_epi32(*ac.add(b * R + i)),
+                        _mm512_setzero_si512(),
+                    ];
+                    for (t, v) in wv.iter().enumerate() {
+                        let x4 = aqb.add((t * R + i) * 4).cast::<i32>().read_unaligned();
+                        s[t % 2] = _mm512_dpbusd_epi32(s[t % 2], *v, _mm512_set1_epi32(x4));
+                    }
+                    let s = _mm512_add_epi32(s[0], s[1]);
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*ad.add(b * R + i)));
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
                 }
             }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(so).cast()));
-            let aqb = aq.add(b * QK * R);
-            for (i, a) in acc.iter_mut().enumerate() {
-                // Two chains of 4 `vpdpbusd` instead of one of 8: with few
-                // rows there is little other work to hide the latency behind.
-                let mut s = [
-                    _mm512_set1_epi32(*ac.add(b * R + i)),
-                    _mm512_setzero_si512(),
-                ];
-                for (t, v) in wv.iter().enumerate() {
-                    let x4 = aqb.add((t * R + i) * 4).cast::<i32>().read_unaligned();
-                    s[t % 2] = _mm512_dpbusd_epi32(s[t % 2], *v, _mm512_set1_epi32(x4));
-                }
-                let s = _mm512_add_epi32(s[0], s[1]);
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*ad.add(b * R + i)));
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
+            let mask = if cols >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << cols) - 1
+            };
+            for (i, a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(c.add(i * ldc), mask, *a);
             }
-        }
-        let mask = if cols >= 16 {
-            u16::MAX
-        } else {
-            (1u16 << cols) - 1
-        };
-        for (i, a) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(c.add(i * ldc), mask, *a);
         }
     }
 }

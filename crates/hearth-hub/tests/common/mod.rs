@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// How one path is served.
 #[derive(Clone, Default)]
-pub struct Served {
+pub(crate) struct Served {
     pub body: Vec<u8>,
     /// Answer `Range: bytes=N-` with 206 (else with the whole file, as some servers do).
     pub honour_range: bool,
@@ -29,7 +29,7 @@ pub struct Served {
 
 /// A request the server saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: String,
     pub path: String,
     pub range: Option<String>,
@@ -41,14 +41,14 @@ struct Shared {
     log: Mutex<Vec<Seen>>,
 }
 
-pub struct Server {
+pub(crate) struct Server {
     pub base: String,
     shared: Arc<Shared>,
 }
 
 impl Server {
     /// Starts a server on 127.0.0.1 (an ephemeral port) in a background thread.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -70,7 +70,7 @@ impl Server {
     }
 
     /// Serves `served` at `path` (which starts with `/`); returns its URL.
-    pub fn put(&self, path: &str, served: Served) -> String {
+    pub(crate) fn put(&self, path: &str, served: Served) -> String {
         self.shared
             .files
             .lock()
@@ -80,20 +80,20 @@ impl Server {
     }
 
     /// The requests seen so far for `path`.
-    pub fn seen(&self, path: &str) -> Vec<Seen> {
+    pub(crate) fn seen(&self, path: &str) -> Vec<Seen> {
         let log = self.shared.log.lock().unwrap();
         log.iter().filter(|s| s.path == path).cloned().collect()
     }
 
     /// The GET requests seen so far for `path`.
-    pub fn gets(&self, path: &str) -> Vec<Seen> {
+    pub(crate) fn gets(&self, path: &str) -> Vec<Seen> {
         let mut seen = self.seen(path);
         seen.retain(|s| s.method == "GET");
         seen
     }
 
     /// Hub options pointing PyPI here, with small, fast limits.
-    pub fn options(&self, attempts: u32) -> HubOptions {
+    pub(crate) fn options(&self, attempts: u32) -> HubOptions {
         HubOptions {
             pypi_url: self.base.clone(),
             limits: Limits {
@@ -194,7 +194,7 @@ fn status(code: StatusCode) -> Response {
 }
 
 /// Deterministic bytes that do not compress away.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -206,7 +206,7 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hearth_hub::Sha256Digest::of_reader(bytes)
         .unwrap()
         .to_string()
@@ -214,7 +214,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Records progress calls.
 #[derive(Default, Debug)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     /// `(label, total, done at start, bytes advanced, ended)` per transfer.
     pub transfers: Vec<(String, Option<u64>, u64, u64, bool)>,
 }
@@ -235,7 +235,7 @@ impl Progress for Recorder {
 }
 
 /// Every path under `dir`, relative, sorted; empty when `dir` does not exist.
-pub fn tree(dir: &std::path::Path) -> Vec<String> {
+pub(crate) fn tree(dir: &std::path::Path) -> Vec<String> {
     fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
