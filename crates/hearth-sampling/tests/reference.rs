@@ -5,24 +5,21 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use hearth_core::SplitMix64;
 use hearth_sampling::{sample_token, step_uniform, SamplingError, SamplingParams};
 
-/// SplitMix64: a tiny deterministic generator for test cases.
-struct Gen(u64);
+/// Test-case generator (hearth's SplitMix64).
+struct Gen(SplitMix64);
 
 impl Gen {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
     fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
@@ -185,7 +182,7 @@ fn random_params(g: &mut Gen) -> SamplingParams {
 
 #[test]
 fn optimised_matches_reference_and_respects_filters() {
-    let mut g = Gen(0x5EED);
+    let mut g = Gen(SplitMix64::new(0x5EED));
     for case in 0..3000 {
         let n = match g.below(10) {
             0 => 1 + g.below(3) as usize,
@@ -241,7 +238,7 @@ fn optimised_matches_reference_and_respects_filters() {
 #[test]
 fn invariants_hold_on_a_large_vocabulary() {
     // Llama-3-sized vocabulary, a few steps, every filter path.
-    let mut g = Gen(7);
+    let mut g = Gen(SplitMix64::new(7));
     let n = 128_256;
     let logits = random_logits(&mut g, n);
     let history: Vec<u32> = (0..200).map(|_| g.below(n as u64) as u32).collect();
@@ -288,7 +285,7 @@ fn invariants_hold_on_a_large_vocabulary() {
 #[test]
 fn errors_are_checked_before_sampling() {
     // The first bad index is reported, regardless of params or step.
-    let mut g = Gen(99);
+    let mut g = Gen(SplitMix64::new(99));
     for _ in 0..200 {
         let n = 2 + g.below(50) as usize;
         let mut logits = random_logits(&mut g, n);
