@@ -63,8 +63,8 @@ pub struct DemoArgs {
 pub const DEFAULT_DEMO_MODEL: &str = "smollm2-135m-instruct";
 /// The demo's prompt: one a small real model completes sensibly (SmolLM2: " Paris.").
 const DEFAULT_PROMPT: &str = "The capital of France is";
-/// The question of a bare `--chat`.
-const DEFAULT_QUESTION: &str = "What is the capital of France?";
+/// The question of a bare `--chat` (SmolLM2 answers "The capital of France is Paris.").
+const DEFAULT_QUESTION: &str = "What is the capital of France? Answer in one sentence.";
 
 pub fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
     if args.nodes == 0 {
