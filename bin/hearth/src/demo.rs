@@ -161,10 +161,7 @@ fn named_or_path(model: &str) -> Result<(PathBuf, String)> {
         Resolved::Path(path) => path,
         Resolved::NotPulled(known) => {
             eprintln!("pulling {} ({})", known.name, known.description);
-            hub()?
-                .pull_known(known, &mut Bars::default())
-                .with_context(|| format!("pulling {}", known.name))?
-                .path
+            hub()?.pull_known(known, &mut Bars::default())?.path
         }
     };
     let name = if Path::new(model).exists() {
@@ -175,7 +172,16 @@ fn named_or_path(model: &str) -> Result<(PathBuf, String)> {
     Ok((path, name))
 }
 
-/// `error` and its causes on one line.
+/// `error` and its causes on one line, leaving out causes its message already quotes.
 fn one_line(error: &anyhow::Error) -> String {
-    format!("{error:#}").replace('\n', " ")
+    let mut line = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if !line.contains(&cause) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&cause);
+        }
+    }
+    line.replace('\n', " ")
 }
