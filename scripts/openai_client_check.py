@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Drives a live hearth gateway with the official `openai` Python client.
 
-Usage: openai_client_check.py BASE_URL MODEL
+Usage: openai_client_check.py BASE_URL MODEL [--real]
 
 Checks, streaming and not, for chat and completions: the shapes the client parses, usage
 counts, that greedy streamed text equals the non-streamed text, that each response carries a
 verification trail whose receipts the gateway verified, and that errors map to the client's
-exception types. Exits non-zero on the first failure.
+exception types. With --real (a real model such as SmolLM2, not random weights) it also checks
+that the answers make sense: the greedy completion of "The capital of France is" and the greedy
+chat answer to a question about it both contain "Paris". Exits non-zero on the first failure.
 """
 
 import json
@@ -16,9 +18,33 @@ import urllib.request
 import openai
 
 
+def check_real_answers(client: openai.OpenAI, model: str) -> None:
+    """Greedy answers of a real model name Paris, through completions and chat."""
+    comp = client.completions.create(
+        model=model, prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    text = comp.choices[0].text
+    assert "Paris" in text, f"completion of 'The capital of France is': {text!r}"
+    question = "What is the capital of France? Answer in one sentence."
+    chat = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], max_tokens=16, temperature=0
+    )
+    answer = chat.choices[0].message.content
+    assert "Paris" in answer, f"chat answer to {question!r}: {answer!r}"
+    print(f"real answers: completion {text!r}, chat {answer!r}")
+
+
 def main() -> None:
-    base, model = sys.argv[1], sys.argv[2]
+    args = sys.argv[1:]
+    real = "--real" in args
+    args = [a for a in args if a != "--real"]
+    if len(args) != 2:
+        sys.exit(__doc__)
+    base, model = args
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused-on-loopback", max_retries=0)
+
+    if real:
+        check_real_answers(client, model)
 
     ids = [m.id for m in client.models.list().data]
     assert model in ids, ids

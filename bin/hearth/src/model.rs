@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use hearth_engine::synth::{self, SynthModel, SynthOptions};
 use hearth_engine::{DType, ModelSource};
-use hearth_hub::{Hub, ModelName, Progress, Sha256Digest};
+use hearth_hub::{ModelName, Progress, Sha256Digest};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -149,7 +149,7 @@ fn info(path: &Path) -> Result<()> {
 }
 
 fn pull(args: &PullArgs) -> Result<()> {
-    let hub = Hub::new(&crate::common::hearth_home())?;
+    let hub = crate::common::hub()?;
     let pulled = hub
         .pull(
             &args.target,
