@@ -11,22 +11,29 @@ use hearth_core::{BlockRange, ContentHash};
 const ANNOUNCE_DOMAIN: &[u8] = b"hearth/announcement/v1";
 /// Most RTT entries one announcement carries.
 pub const MAX_RTTS: usize = 32;
-/// Most listen addresses one announcement carries, and the longest one.
+/// Most listen addresses one announcement carries.
 pub const MAX_ADDRS: usize = 16;
+/// Longest listen address (binary multiaddr) one announcement carries, in bytes.
 pub const MAX_ADDR_LEN: usize = 256;
 
 /// Round-trip time from the announcing node to another node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerRtt {
+    /// The other node's ed25519 public key (its peer id inlines it).
     pub node: [u8; 32],
+    /// Measured round-trip time to it, in microseconds.
     pub rtt_us: u32,
 }
 
+/// A node's offer for one model: the span it serves, how fast, how much room it has, and where to
+/// reach it. Valid until `issued_unix_ms + ttl_secs`; nodes republish every `ttl_secs / 3`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Announcement {
+    /// Id of the model served (content hash of its config, blocks and head).
     pub model_id: ContentHash,
     /// Blocks in the whole model (a sanity check against a mismatched model id).
     pub n_blocks: u32,
+    /// Blocks of the model this node serves; lies within `0..n_blocks`.
     pub span: BlockRange,
     /// Measured compute time per block per token (decode), milliseconds.
     pub block_ms: f32,
@@ -42,7 +49,9 @@ pub struct Announcement {
     pub rtts: Vec<PeerRtt>,
     /// Multiaddrs, binary form, where the node listens.
     pub addrs: Vec<Vec<u8>>,
+    /// When the node issued the record, Unix time in milliseconds.
     pub issued_unix_ms: u64,
+    /// Lifetime of the record from `issued_unix_ms`, in seconds; readers drop it after that.
     pub ttl_secs: u32,
     /// The node's ed25519 public key.
     pub node: [u8; 32],
@@ -51,7 +60,10 @@ pub struct Announcement {
 /// An announcement plus the node's signature over it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SignedAnnouncement {
+    /// The signed record.
     pub announcement: Announcement,
+    /// ed25519 signature by `announcement.node` over the domain `hearth/announcement/v1` followed
+    /// by the record's encoding.
     pub signature: [u8; 64],
 }
 
@@ -110,6 +122,7 @@ impl Announcement {
 }
 
 impl SignedAnnouncement {
+    /// The DHT record value: version byte, announcement, signature.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(600);
         w.u8(VERSION);

@@ -12,32 +12,38 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// An empty writer with room for `n` bytes before it reallocates.
     pub fn with_capacity(n: usize) -> Self {
         Self {
             buf: Vec::with_capacity(n),
         }
     }
 
+    /// Appends one byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
 
+    /// Appends a u16, 2 bytes little-endian.
     pub fn u16(&mut self, v: u16) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// Appends a u32, 4 bytes little-endian.
     pub fn u32(&mut self, v: u32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// Appends a u64, 8 bytes little-endian.
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// Appends an f32 as its IEEE 754 bits, 4 bytes little-endian.
     pub fn f32(&mut self, v: f32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
@@ -56,6 +62,7 @@ impl Writer {
         self
     }
 
+    /// The bytes written so far.
     pub fn finish(self) -> Vec<u8> {
         self.buf
     }
@@ -68,14 +75,17 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader positioned at the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
 
+    /// Bytes not yet consumed.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
+    /// The next `n` bytes, borrowed from the input; [`WireError::Truncated`] if fewer remain.
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
         if n > self.remaining() {
             return Err(WireError::Truncated {
@@ -89,28 +99,34 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// The next `N` bytes as a fixed-size array (hashes, keys, signatures).
     pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N, what)?);
         Ok(out)
     }
 
+    /// One byte.
     pub fn u8(&mut self, what: &'static str) -> Result<u8> {
         Ok(self.array::<1>(what)?[0])
     }
 
+    /// A little-endian u16.
     pub fn u16(&mut self, what: &'static str) -> Result<u16> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
 
+    /// A little-endian u32.
     pub fn u32(&mut self, what: &'static str) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
 
+    /// A little-endian u64.
     pub fn u64(&mut self, what: &'static str) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
+    /// A little-endian f32 (any bit pattern, NaN included: callers check finiteness).
     pub fn f32(&mut self, what: &'static str) -> Result<f32> {
         Ok(f32::from_le_bytes(self.array(what)?))
     }

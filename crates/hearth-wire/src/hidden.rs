@@ -11,11 +11,14 @@ use hearth_core::{ContentHash, ContentHasher};
 /// computes in its own dtype on either side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HiddenDType {
+    /// IEEE 754 half precision (wire code 1).
     F16,
+    /// bfloat16: f32's 8-bit exponent with a 7-bit mantissa (wire code 2).
     BF16,
 }
 
 impl HiddenDType {
+    /// The dtype's byte on the wire.
     pub fn code(self) -> u8 {
         match self {
             Self::F16 => 1,
@@ -23,6 +26,7 @@ impl HiddenDType {
         }
     }
 
+    /// The dtype with wire byte `code`; [`WireError::BadValue`] for an unknown one.
     pub fn from_code(code: u8) -> Result<Self> {
         match code {
             1 => Ok(Self::F16),
@@ -34,6 +38,7 @@ impl HiddenDType {
         }
     }
 
+    /// Lower-case name (`f16`, `bf16`), as [`FromStr`](std::str::FromStr) accepts it.
     pub fn name(self) -> &'static str {
         match self {
             Self::F16 => "f16",
@@ -58,9 +63,13 @@ impl std::str::FromStr for HiddenDType {
 /// `rows` hidden vectors of width `cols`, for positions `start..start + rows`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HiddenStates {
+    /// Element type of `data`.
     pub dtype: HiddenDType,
+    /// Position (token index in the session) of the first row.
     pub start: u32,
+    /// Number of vectors, one per position; at least 1 on the wire.
     pub rows: u32,
+    /// Width of each vector (the model's hidden size); at least 1 on the wire.
     pub cols: u32,
     /// `rows * cols` little-endian 2-byte values.
     pub data: Vec<u8>,

@@ -18,10 +18,16 @@ pub const MAX_ERROR_MESSAGE: usize = 1024;
 /// Opens a session over `span` of model `model_id` for up to `max_len` positions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenSession {
+    /// Client-chosen random id of the session; every receipt of the session carries it.
     pub session: SessionKey,
+    /// Id of the model to run; the node refuses ids it does not serve.
     pub model_id: ContentHash,
+    /// Blocks of the model this node is to run, within `0..Limits::max_blocks`.
     pub span: BlockRange,
+    /// Most positions the session will reach, `1..=Limits::max_positions`; the node reserves KV
+    /// cache for all of them at open.
     pub max_len: u32,
+    /// Element type of every `Step`'s hidden states and of the replies.
     pub dtype: HiddenDType,
 }
 
@@ -29,14 +35,20 @@ pub struct OpenSession {
 /// length rewinds the cache there first (replay after failover, or a client retry).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
+    /// The client's step counter for this hop (0 first); echoed in the reply and its receipt.
     pub step: u64,
+    /// Input to the first block of the span, for positions `hidden.start..hidden.start + rows`.
     pub hidden: HiddenStates,
 }
 
+/// A client-to-node message on a session stream.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
+    /// Start the session (kind 1); once per stream, before any `Step`.
     Open(OpenSession),
+    /// Run one step of the open session (kind 2).
     Step(Step),
+    /// End the session (kind 3): the node frees its cache and closes the stream, with no reply.
     Close,
 }
 
@@ -47,10 +59,14 @@ pub struct Opened {
     pub cache_free_tokens: u64,
 }
 
+/// The node ran a step: its output and the signed receipt for it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepDone {
+    /// The `Step::step` this answers.
     pub step: u64,
+    /// Output of the span's last block, same dtype, positions and shape as the input.
     pub hidden: HiddenStates,
+    /// The node's signature binding the step's input and output digests.
     pub receipt: Receipt,
 }
 
@@ -97,20 +113,27 @@ impl ErrorCode {
     }
 }
 
+/// The node refused or failed a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
+    /// What kind of failure, for the client to act on.
     pub code: ErrorCode,
+    /// Explanation for humans, at most [`MAX_ERROR_MESSAGE`] bytes of UTF-8 on the wire.
     pub message: String,
 }
 
+/// A node-to-client message: one per `Open` or `Step`, in request order.
 #[derive(Clone, Debug, PartialEq)]
 #[allow(
     clippy::large_enum_variant,
     reason = "one response per frame, moved rarely; boxing StepDone would cost an allocation per step"
 )]
 pub enum Response {
+    /// The session is open (kind 101).
     Opened(Opened),
+    /// A step's output and receipt (kind 102).
     StepDone(StepDone),
+    /// The request was refused or failed (kind 103).
     Error(ErrorReply),
 }
 
@@ -178,6 +201,7 @@ impl Request {
         }
     }
 
+    /// Parses a frame body, checking every length against `limits`; trailing bytes are an error.
     pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Self> {
         let mut r = Reader::new(bytes);
         let out = match read_header(&mut r)? {
@@ -215,6 +239,8 @@ impl Request {
 }
 
 impl Response {
+    /// The frame body (without the length prefix); an error message is cut to
+    /// [`MAX_ERROR_MESSAGE`] bytes at a character boundary.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Self::Opened(o) => {
@@ -241,6 +267,8 @@ impl Response {
         }
     }
 
+    /// Parses a frame body, checking every length against `limits`; trailing bytes are an error.
+    /// Does not verify the receipt.
     pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Self> {
         let mut r = Reader::new(bytes);
         let out = match read_header(&mut r)? {
@@ -264,6 +292,7 @@ impl Response {
 }
 
 impl Response {
+    /// An [`Response::Error`] with `code` and `message`.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Error(ErrorReply {
             code,

@@ -10,6 +10,7 @@ use hearth_core::{BlockRange, ContentHash};
 
 /// Domain separation: a receipt signature can never be replayed as another kind of signature.
 const RECEIPT_DOMAIN: &[u8] = b"hearth/hop-receipt/v1";
+/// Bytes in a [`SessionKey`].
 pub const SESSION_KEY_LEN: usize = 16;
 
 /// A client-chosen random session id; receipts from every hop of one generation share it.
@@ -18,19 +19,30 @@ pub type SessionKey = [u8; SESSION_KEY_LEN];
 /// What a node signs for one step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptBody {
+    /// The session the step belongs to.
     pub session: SessionKey,
+    /// The step's index, as the client sent it in `Step::step`.
     pub step: u64,
+    /// Id of the model the node ran.
     pub model_id: ContentHash,
+    /// Blocks of the model the node ran.
     pub span: BlockRange,
+    /// [`HiddenStates::digest`](crate::HiddenStates::digest) of the states the node received.
     pub input: ContentHash,
+    /// [`HiddenStates::digest`](crate::HiddenStates::digest) of the states the node returned;
+    /// in a linked chain it is the next hop's `input`.
     pub output: ContentHash,
 }
 
 /// A body, the signer's ed25519 public key and its signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
+    /// What was signed.
     pub body: ReceiptBody,
+    /// The signing node's ed25519 public key.
     pub node: [u8; 32],
+    /// ed25519 signature by `node` over the domain `hearth/hop-receipt/v1` followed by the body's
+    /// encoding.
     pub signature: [u8; 64],
 }
 
@@ -129,6 +141,7 @@ impl Receipt {
         w.finish()
     }
 
+    /// Parses the [`Receipt::to_bytes`] form (trailing bytes are an error); does not verify it.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
         let version = r.u8("receipt version")?;

@@ -1299,10 +1299,6 @@ fn mutate(rng: &mut ChaCha8Rng, bytes: &mut Vec<u8>) {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Mutates every seed `MUTATIONS_PER_KIND` times in total; every result must decode to Ok or Err
 /// under both limit sets without panicking, and every Ok must be canonical: re-encoding gives
 /// back the very bytes, which decode to the same value. Returns how many decodes succeeded and
@@ -1327,7 +1323,10 @@ where
         for l in [limits(), tight()] {
             let r = catch_unwind(AssertUnwindSafe(|| decode(&m, &l)));
             match r {
-                Err(_) => panic!("{name}: decoder panicked on mutant {i}: {}", hex(&m)),
+                Err(_) => panic!(
+                    "{name}: decoder panicked on mutant {i}: {}",
+                    hex::encode(&m)
+                ),
                 Ok(Err(_)) => err += 1,
                 Ok(Ok(v)) => {
                     let again = encode(&v);
