@@ -1,6 +1,6 @@
 //! Inference session messages. One libp2p stream carries one session: the client sends `Open`,
-//! then `Step`s, then `Close` (or just closes the stream); the node answers each request with
-//! exactly one response, in order.
+//! then `Step`s, then `Close` (or just closes the stream); the node answers each `Open` and
+//! `Step` with exactly one response, in order, and `Close` with none.
 //!
 //! Frame = u32 LE length of the rest, then `version: u8`, `kind: u8`, body. The length is checked
 //! against [`Limits::max_frame_bytes`] before the frame is read.
