@@ -18,21 +18,29 @@ use std::time::Duration;
 /// Served to callers so they can check the signatures themselves.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Trail {
+    /// The model's content id, hex.
     pub model_id: String,
+    /// The hops that served the generation at its end, in block order (after any failovers).
     pub route: Vec<RouteHop>,
+    /// Every hop receipt the gateway verified, in the order received.
     pub receipts: Vec<ReceiptOut>,
+    /// Every hop abandoned mid-generation and how it was replaced.
     pub failovers: Vec<FailoverOut>,
     /// Whether every receipt verified against its node's key and the exact bytes exchanged
     /// (checked by the gateway as it received them).
     pub all_verified: bool,
-    /// Per node: answered steps and mean seconds per step (for metrics; not serialized).
+    /// Per node: answered steps and the total time spent waiting on them (for metrics; not
+    /// serialized).
     #[serde(skip)]
     pub node_latency: Vec<(String, u64, Duration)>,
 }
 
+/// One hop of a route: a node and the blocks it runs.
 #[derive(Clone, Debug, Serialize)]
 pub struct RouteHop {
+    /// The node's peer id (`"local"` for [`LocalBackend`]).
     pub node: String,
+    /// The half-open block range it runs, `start..end`.
     pub blocks: String,
 }
 
@@ -40,28 +48,44 @@ pub struct RouteHop {
 /// (`hearth_wire::Receipt::to_bytes`); the other fields repeat its contents for reading.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReceiptOut {
+    /// The signing node's peer id.
     pub node: String,
+    /// The node's ed25519 public key, hex (what the signature verifies against).
     pub node_key: String,
+    /// The generation step (token position) the receipt covers.
     pub step: u64,
+    /// The half-open block range the node ran, `start..end`.
     pub blocks: String,
+    /// Digest of the hidden state the node received, hex.
     pub input: String,
+    /// Digest of the hidden state the node sent back, hex.
     pub output: String,
+    /// The ed25519 signature, hex.
     pub signature: String,
+    /// The whole receipt in its versioned encoding, hex.
     pub bytes: String,
 }
 
+/// A hop abandoned mid-generation, as served in a [`Trail`].
 #[derive(Clone, Debug, Serialize)]
 pub struct FailoverOut {
+    /// The abandoned node's peer id.
     pub node: String,
+    /// The half-open block range it was running, `start..end`.
     pub blocks: String,
+    /// Why it was abandoned (timeout, bad answer, ...).
     pub reason: String,
+    /// Milliseconds from detecting the failure to the replacement being ready, replay included.
     pub recovery_ms: f64,
+    /// Token positions replayed into the replacement to rebuild its cache.
     pub replayed_tokens: usize,
 }
 
 /// A generation request after validation: prompt tokens and sampling parameters.
 pub struct Job<'a> {
+    /// The prompt's token ids; non-empty and shorter than the context.
     pub prompt: &'a [u32],
+    /// Validated sampling parameters, `max_tokens` included.
     pub params: &'a SamplingParams,
     /// Called with each piece of final text as soon as it exists.
     pub on_text: &'a mut dyn FnMut(&str),
@@ -103,6 +127,8 @@ pub struct SwarmBackend {
 }
 
 impl SwarmBackend {
+    /// A backend that runs the blocks of `model_id` through `client`'s swarm, computing
+    /// embeddings and the head locally with `head` (shared between generations in batches).
     pub fn new(
         client: SwarmClient,
         head: Arc<ClientHead>,
@@ -254,6 +280,7 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
+    /// Loads the whole model from `src` (head and every block); fails if it cannot be read.
     pub fn new(src: ModelSource, model_id: ContentHash) -> anyhow::Result<Self> {
         let opts = LoadOptions::default();
         let head = Arc::new(src.load_head(&opts, None)?);

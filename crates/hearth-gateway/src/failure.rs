@@ -25,7 +25,9 @@ use hearth_swarm::{SwarmError, SwarmErrorKind};
 /// A failed generation, ready to answer and to count.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    /// The kind it is counted under in `/metrics` (`engine` for the gateway's own engine).
     pub kind: SwarmErrorKind,
+    /// The error response: status by kind (see the module docs) and an OpenAI error body.
     pub error: ApiError,
 }
 

@@ -19,40 +19,64 @@ use std::time::Duration;
 /// Distinct node labels kept before new nodes are counted under `other`.
 pub const MAX_NODE_SERIES: usize = 256;
 
+/// Labels of [`Metrics::requests`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// Which endpoint answered: `chat`, `completions`, `models`, or `auth` for a refused key.
     pub endpoint: &'static str,
+    /// The HTTP status it answered with.
     pub status: u16,
 }
 
 /// A failed generation's [`SwarmErrorKind::as_str`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
+    /// The kind's snake_case name, e.g. `no_coverage`.
     pub kind: &'static str,
 }
 
+/// Labels of [`Metrics::node_step_seconds`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabels {
+    /// The node's peer id, or `other` once [`MAX_NODE_SERIES`] nodes have their own series.
     pub node: String,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Every metric the gateway exports, registered under the `hearth_gateway` prefix. The fields
+/// are handles into the registry: updating one updates what [`Metrics::encode`] writes.
 pub struct Metrics {
     registry: Registry,
+    /// HTTP requests answered, by endpoint and status.
     pub requests: Family<RequestLabels, Counter>,
+    /// Prompt tokens processed.
     pub prompt_tokens: Counter,
+    /// Completion tokens generated.
     pub completion_tokens: Counter,
+    /// Seconds from a request's arrival to its first generated text.
     pub time_to_first_token: Histogram,
+    /// Each generation's decode speed after its first token, tokens per second.
     pub decode_tokens_per_second: Histogram,
+    /// Generations admitted and waiting for a running slot.
     pub queue_depth: Gauge,
+    /// Generations running now.
     pub running: Gauge,
+    /// Requests refused with 429 because the queue was full.
     pub rejected_busy: Counter,
+    /// Generations stopped because the client went away.
     pub cancelled: Counter,
+    /// Nodes replaced mid-generation.
     pub failovers: Counter,
+    /// Failed generations, by [`SwarmErrorKind`]; every kind exists from the start at 0.
     pub generation_errors: Family<ErrorLabels, Counter>,
+    /// Per node, the mean seconds it took to answer one step, one sample per generation.
     pub node_step_seconds: HistogramFamily<NodeLabels>,
+    /// Output-head products computed so far (one per batch of generations' rows); a gauge set
+    /// from the backend's running total at each scrape.
     pub head_products: Gauge,
+    /// Rows (one per generation per token) those head products covered; set like
+    /// `head_products`.
     pub head_rows: Gauge,
     known_nodes: Mutex<HashSet<String>>,
 }
@@ -173,6 +197,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one answered request of `endpoint` with HTTP `status`.
     pub fn request(&self, endpoint: &'static str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels { endpoint, status })
@@ -188,7 +213,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one generation's per-node mean step time.
+    /// Records one generation's mean step time on `node`: `total` over `steps` answered steps
+    /// (nothing when `steps` is 0).
     pub fn node_steps(&self, node: &str, steps: u64, total: Duration) {
         if steps == 0 {
             return;

@@ -13,8 +13,11 @@ use serde_json::Value;
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
+    /// The gateway's model name or the model's content id (hex); anything else is a 404.
     pub model: String,
+    /// The conversation, oldest first; rendered with the model's chat template. Non-empty.
     pub messages: Vec<ChatMessageIn>,
+    /// Sampling, length and streaming parameters.
     #[serde(flatten)]
     pub common: CommonParams,
 }
@@ -22,7 +25,9 @@ pub struct ChatRequest {
 /// `POST /v1/completions` body.
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
+    /// The gateway's model name or the model's content id (hex); anything else is a 404.
     pub model: String,
+    /// The text to continue (tokenized with a BOS token), or its token ids.
     pub prompt: PromptIn,
     /// Echoing the prompt back is not supported; `true` is refused.
     #[serde(default)]
@@ -30,6 +35,7 @@ pub struct CompletionRequest {
     /// Text after the completion; hearth has no suffix (fill-in-the-middle) support.
     #[serde(default)]
     pub suffix: Option<String>,
+    /// Sampling, length and streaming parameters.
     #[serde(flatten)]
     pub common: CommonParams,
 }
@@ -37,44 +43,63 @@ pub struct CompletionRequest {
 /// The sampling and streaming parameters both endpoints share.
 #[derive(Debug, Default, Deserialize)]
 pub struct CommonParams {
+    /// Most completion tokens to generate, at least 1; `None` = the gateway's default, capped
+    /// by the context left after the prompt.
     #[serde(default)]
     pub max_tokens: Option<u64>,
     /// The newer name of `max_tokens` in the chat API.
     #[serde(default)]
     pub max_completion_tokens: Option<u64>,
+    /// Softmax temperature in `[0, 2]`; `0` = greedy; `None` = 1.
     #[serde(default)]
     pub temperature: Option<f64>,
+    /// Nucleus sampling mass in `(0, 1]`; `None` = off.
     #[serde(default)]
     pub top_p: Option<f64>,
+    /// Seed of the sampling stream (reinterpreted as `u64`), for replayable answers; `None` =
+    /// one derived from the clock.
     #[serde(default)]
     pub seed: Option<i64>,
+    /// Text sequences that end the completion (not included in it).
     #[serde(default)]
     pub stop: Option<StopIn>,
+    /// Number of choices; only `1` is supported.
     #[serde(default)]
     pub n: Option<u64>,
+    /// `true` = answer as server-sent events, one chunk per piece of text.
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Extra options for a streamed answer.
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Logit penalty in `[-2, 2]` per occurrence of a token in the recent window; `None` = 0.
     #[serde(default)]
     pub frequency_penalty: Option<f64>,
+    /// Logit penalty in `[-2, 2]` once for any token in the recent window; `None` = 0.
     #[serde(default)]
     pub presence_penalty: Option<f64>,
+    /// Token log-probabilities: not supported, anything but `null`/`false` is refused.
     #[serde(default)]
     pub logprobs: Option<Value>,
+    /// Tool definitions: not supported, a non-empty list is refused.
     #[serde(default)]
     pub tools: Option<Value>,
 }
 
+/// `stream_options`: settings that only apply to a streamed answer.
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamOptions {
+    /// `true` = send a last chunk carrying the token [`Usage`]; `None` = no.
     #[serde(default)]
     pub include_usage: Option<bool>,
 }
 
+/// One message of a chat request.
 #[derive(Debug, Deserialize)]
 pub struct ChatMessageIn {
+    /// `system`, `developer` (read as `system`), `user`, `assistant` or `tool`.
     pub role: String,
+    /// What the message says; `None` = empty.
     #[serde(default)]
     pub content: Option<ContentIn>,
 }
@@ -83,14 +108,19 @@ pub struct ChatMessageIn {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum ContentIn {
+    /// Plain text.
     Text(String),
+    /// Typed parts, concatenated in order; all must be `text` parts.
     Parts(Vec<ContentPart>),
 }
 
+/// One typed part of a message's content.
 #[derive(Debug, Deserialize)]
 pub struct ContentPart {
+    /// The part's `type`; only `"text"` is accepted (no images or audio).
     #[serde(rename = "type")]
     pub kind: String,
+    /// The text of a `text` part.
     #[serde(default)]
     pub text: Option<String>,
 }
@@ -99,7 +129,10 @@ pub struct ContentPart {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum PromptIn {
+    /// The prompt as text.
     Text(String),
+    /// A list: either exactly one string, or the prompt's token ids (each below the vocabulary
+    /// size); other lists are refused.
     Many(Vec<Value>),
 }
 
@@ -107,11 +140,14 @@ pub enum PromptIn {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum StopIn {
+    /// A single stop sequence.
     One(String),
+    /// Several stop sequences (at most four are accepted).
     Many(Vec<String>),
 }
 
 impl StopIn {
+    /// The stop sequences as a list, whichever form they came in.
     pub fn into_vec(self) -> Vec<String> {
         match self {
             StopIn::One(s) => vec![s],
@@ -120,14 +156,19 @@ impl StopIn {
     }
 }
 
+/// `usage`: the tokens a request consumed.
 #[derive(Debug, Serialize)]
 pub struct Usage {
+    /// Tokens in the prompt (after the chat template, for chat requests).
     pub prompt_tokens: usize,
+    /// Tokens generated.
     pub completion_tokens: usize,
+    /// `prompt_tokens + completion_tokens`.
     pub total_tokens: usize,
 }
 
 impl Usage {
+    /// The usage of a request with these token counts; computes the total.
     pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
         Self {
             prompt_tokens,
@@ -140,9 +181,13 @@ impl Usage {
 /// One entry of `GET /v1/models`.
 #[derive(Debug, Serialize)]
 pub struct ModelCard {
+    /// The model name clients put in `model`.
     pub id: String,
+    /// Always `"model"`.
     pub object: &'static str,
+    /// When the gateway started, seconds since the Unix epoch.
     pub created: u64,
+    /// Always `"hearth"`.
     pub owned_by: &'static str,
 }
 
@@ -153,10 +198,15 @@ pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 /// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}` with its status.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// HTTP status of the response.
     pub status: StatusCode,
+    /// Human-readable explanation, for the client's user.
     pub message: String,
+    /// The error's `type`: `invalid_request_error`, `rate_limit_error` or `server_error`.
     pub kind: &'static str,
+    /// The request parameter at fault, if one is.
     pub param: Option<&'static str>,
+    /// Machine-readable code (e.g. `model_not_found`), where OpenAI defines one.
     pub code: Option<&'static str>,
     /// Seconds for a `Retry-After` header (429 and 503).
     pub retry_after: Option<u64>,
@@ -187,6 +237,7 @@ impl ApiError {
         }
     }
 
+    /// 404: `model` names no model this gateway serves.
     pub fn model_not_found(model: &str) -> Self {
         Self {
             param: Some("model"),
@@ -199,6 +250,7 @@ impl ApiError {
         }
     }
 
+    /// 401: the `Authorization` header is missing or holds no accepted key.
     pub fn unauthorized() -> Self {
         Self {
             code: Some("invalid_api_key"),
@@ -210,6 +262,7 @@ impl ApiError {
         }
     }
 
+    /// 413: the body is over the gateway's limit of `limit` bytes.
     pub fn too_large(limit: usize) -> Self {
         Self {
             code: Some("request_too_large"),
@@ -221,6 +274,7 @@ impl ApiError {
         }
     }
 
+    /// 429: the generation queue is full; retry after `retry_after` seconds.
     pub fn busy(retry_after: u64) -> Self {
         Self {
             code: Some("rate_limit_exceeded"),
@@ -264,6 +318,7 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
+    /// 404: no route for `path`.
     pub fn not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -272,6 +327,7 @@ impl ApiError {
         )
     }
 
+    /// 405: the path exists but not with this HTTP method.
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,

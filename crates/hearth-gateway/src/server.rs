@@ -89,6 +89,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway serving `backend` with the settings `cfg`; share it with [`router`] or [`serve`].
     pub fn new(backend: Arc<dyn Backend>, cfg: GatewayConfig) -> Arc<Self> {
         Arc::new(Self {
             keys: ApiKeys::new(&cfg.api_keys),
@@ -102,6 +103,7 @@ impl Gateway {
         })
     }
 
+    /// The gateway's metrics, as served on `/metrics`.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -29,15 +29,20 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Settings of a [`SwarmClient`].
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
+    /// Network settings; by default a loopback listener and no DHT serving.
     pub net: NetConfig,
     /// Longest wait for one step's answer before the node counts as failed.
     pub step_timeout: Duration,
     /// Longest wait for the swarm to cover every block (at start and during failover).
     pub cover_timeout: Duration,
+    /// What routes optimise: one stream's latency or many streams' throughput.
     pub mode: RouteMode,
+    /// Element type of the hidden states sent to nodes.
     pub dtype: HiddenDType,
+    /// Caps on what a node's messages and DHT records may make the client allocate.
     pub limits: Limits,
     /// RTT assumed for a server not yet pinged.
     pub default_rtt: Duration,
@@ -64,8 +69,11 @@ impl Default for ClientConfig {
 /// A server of the model as the client sees it.
 #[derive(Clone, Debug)]
 pub struct ServerEntry {
+    /// The server's peer id.
     pub peer: PeerId,
+    /// Its verified DHT record: blocks served, speed, cache room, load, addresses.
     pub announcement: Announcement,
+    /// Round trip the client measured to it; `None` = not pinged yet.
     pub rtt: Option<Duration>,
 }
 
@@ -88,6 +96,7 @@ impl SwarmClient {
         })
     }
 
+    /// The client's handle on the network.
     pub fn net(&self) -> &Net {
         &self.net
     }
@@ -189,8 +198,11 @@ fn views(servers: &[ServerEntry], cfg: &ClientConfig) -> Vec<ServerView> {
 /// Why a hop was abandoned.
 #[derive(Clone, Debug)]
 pub struct Failover {
+    /// The abandoned node (banned for the rest of the chain if it misbehaved).
     pub peer: PeerId,
+    /// The blocks it was running.
     pub range: BlockRange,
+    /// The hop failure that caused it.
     pub reason: String,
     /// Time from detection to the replacement being ready (replay included).
     pub recovery: Duration,
@@ -201,10 +213,13 @@ pub struct Failover {
 /// What a chain did: its current route, every verified receipt, every failover.
 #[derive(Clone, Debug, Default)]
 pub struct ChainLog {
+    /// The hops in block order, as they are now (after any failovers); empty before routing.
     pub route: Vec<(PeerId, BlockRange)>,
+    /// Each verified receipt with the node that signed it, in the order received.
     pub receipts: Vec<(PeerId, Receipt)>,
+    /// Every hop abandoned so far, oldest first.
     pub failovers: Vec<Failover>,
-    /// Time spent waiting on hops (network + remote compute), per step.
+    /// Time spent waiting on hops (network + remote compute), summed over every step.
     pub hop_time: Duration,
     /// Answered steps and the time spent waiting on them, per node.
     pub per_node: HashMap<PeerId, NodeTiming>,
@@ -213,7 +228,9 @@ pub struct ChainLog {
 /// How long one node took to answer this chain's steps.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NodeTiming {
+    /// Steps the node answered.
     pub steps: u64,
+    /// Time spent waiting on those answers (network + remote compute), summed.
     pub total: Duration,
 }
 

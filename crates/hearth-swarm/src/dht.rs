@@ -15,10 +15,12 @@ use hearth_wire::{Announcement, Limits, SignedAnnouncement};
 use libp2p::kad::RecordKey;
 use libp2p::PeerId;
 
+/// The provider key under which every server of `model` is found (a domain-separated hash).
 pub fn model_key(model: &ContentHash) -> RecordKey {
     RecordKey::new(&ContentHasher::new("dht-model").field(&model.0).finish().0)
 }
 
+/// The provider key of one block of `model`: its servers provide it, for per-block lookups.
 pub fn block_key(model: &ContentHash, block: u32) -> RecordKey {
     RecordKey::new(
         &ContentHasher::new("dht-block")
@@ -29,6 +31,7 @@ pub fn block_key(model: &ContentHash, block: u32) -> RecordKey {
     )
 }
 
+/// The record key under which `node` stores its signed announcement about `model`.
 pub fn announcement_key(model: &ContentHash, node: &PeerId) -> RecordKey {
     RecordKey::new(
         &ContentHasher::new("dht-announcement")
@@ -84,6 +87,8 @@ pub async fn find_servers(
     join_all(lookups).await.into_iter().flatten().collect()
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it), the time base of
+/// announcements.
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -21,16 +21,24 @@ pub enum SwarmError {
     /// No known server announces `blocks` (the first gap in coverage), even counting servers
     /// this chain gave up on. More nodes may join; retrying later can succeed.
     #[error("no server of the swarm covers blocks {blocks}")]
-    NoCoverage { blocks: BlockRange },
+    NoCoverage {
+        /// The first range of blocks no known server announces.
+        blocks: BlockRange,
+    },
     /// Some server announces every block, but only servers this chain caught misbehaving (and
     /// will not use again) cover `blocks`.
     #[error("no usable route for blocks {blocks}: every server of them misbehaved")]
-    NoRoute { blocks: BlockRange },
+    NoRoute {
+        /// The blocks only banned servers cover.
+        blocks: BlockRange,
+    },
     /// Failover ran out of replacements for `blocks`: replacements existed but each failed in
     /// turn, or one step needed more failovers than allowed.
     #[error("gave up on blocks {blocks} after {failovers} failovers; last failure: {last}")]
     HopsExhausted {
+        /// The blocks of the hop that could not be replaced.
         blocks: BlockRange,
+        /// Failovers tried before giving up.
         failovers: usize,
         /// The hop failure that ended it (misbehaved, unreachable or timed out).
         #[source]
@@ -40,18 +48,35 @@ pub enum SwarmError {
     /// states, an undecodable or unexpected message, a failed step. The chain never uses it
     /// again.
     #[error("peer {peer} misbehaved: {reason}")]
-    PeerMisbehaved { peer: PeerId, reason: String },
+    PeerMisbehaved {
+        /// The peer at fault.
+        peer: PeerId,
+        /// What it did wrong.
+        reason: String,
+    },
     /// A peer could not be reached, dropped the stream, or refused the session (busy, paused,
     /// not serving those blocks). It may answer again later.
     #[error("peer {peer} unreachable: {reason}")]
-    Unreachable { peer: PeerId, reason: String },
+    Unreachable {
+        /// The peer that could not be used.
+        peer: PeerId,
+        /// What went wrong (dial error, stream closed, session refused and why).
+        reason: String,
+    },
     /// A peer did not answer within the configured time.
     #[error("peer {peer} did not answer within {after:?}")]
-    Timeout { peer: PeerId, after: Duration },
+    Timeout {
+        /// The peer that did not answer.
+        peer: PeerId,
+        /// How long it was waited for.
+        after: Duration,
+    },
     /// Local I/O or transport setup failed (key file, listening socket, libp2p transport).
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, e.g. `reading node.key`.
         context: String,
+        /// The underlying error (a libp2p transport error is wrapped as `io::Error::other`).
         #[source]
         source: std::io::Error,
     },
@@ -70,15 +95,25 @@ pub enum SwarmError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SwarmErrorKind {
+    /// [`SwarmError::NoCoverage`]: some blocks have no server at all.
     NoCoverage,
+    /// [`SwarmError::NoRoute`]: only misbehaving servers cover some blocks.
     NoRoute,
+    /// [`SwarmError::HopsExhausted`]: failover ran out of replacements for a hop.
     HopsExhausted,
+    /// [`SwarmError::PeerMisbehaved`]: a peer sent bad data.
     PeerMisbehaved,
+    /// [`SwarmError::Unreachable`]: a peer could not be reached or refused the session.
     Unreachable,
+    /// [`SwarmError::Timeout`]: a peer did not answer in time.
     Timeout,
+    /// [`SwarmError::Io`]: local I/O or transport setup failed.
     Io,
+    /// [`SwarmError::Engine`]: the local engine failed.
     Engine,
+    /// [`SwarmError::InvalidInput`]: unusable configuration or arguments.
     InvalidInput,
+    /// [`SwarmError::Internal`]: a bug in this crate.
     Internal,
 }
 

@@ -8,6 +8,7 @@ use libp2p::PeerId;
 use std::io::Write;
 use std::path::Path;
 
+/// Name of the key file inside a node's data directory.
 pub const KEY_FILE: &str = "node.key";
 
 /// The node's key pair, usable both by libp2p and by the wire crate's signers.
@@ -61,20 +62,24 @@ impl NodeIdentity {
         Ok(id)
     }
 
+    /// The identity as a libp2p key pair (for the transport and the DHT).
     pub fn keypair(&self) -> Keypair {
         let mut secret = self.secret;
         // A 32-byte secret is always a valid ed25519 secret key.
         Keypair::ed25519_from_bytes(&mut secret).expect("32-byte ed25519 secret")
     }
 
+    /// The libp2p peer id derived from the public key.
     pub fn peer_id(&self) -> PeerId {
         self.keypair().public().to_peer_id()
     }
 
+    /// The ed25519 key that signs receipts and announcements.
     pub fn signing_key(&self) -> SigningKey {
         SigningKey::from_bytes(&self.secret)
     }
 
+    /// The 32-byte ed25519 public key, as carried in receipts and announcements.
     pub fn public_key(&self) -> [u8; 32] {
         self.signing_key().verifying_key().to_bytes()
     }

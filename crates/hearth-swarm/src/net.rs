@@ -84,7 +84,9 @@ enum Command {
 /// A snapshot of what the host knows.
 #[derive(Clone, Debug, Default)]
 pub struct NetStatus {
+    /// Addresses the host listens on now.
     pub listen_addrs: Vec<Multiaddr>,
+    /// Peers with at least one open connection.
     pub connected: Vec<PeerId>,
     /// Latest ping RTT per connected peer.
     pub rtts: HashMap<PeerId, Duration>,
@@ -188,6 +190,7 @@ impl Net {
         })
     }
 
+    /// This host's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
     }
@@ -202,18 +205,23 @@ impl Net {
         let _ = self.commands.send(cmd).await;
     }
 
+    /// Announces this host as a provider of `key` in the DHT (fire and forget; failures are
+    /// logged). The record expires after `record_ttl` unless provided again.
     pub async fn provide(&self, key: kad::RecordKey) {
         self.send(Command::Provide(key)).await;
     }
 
+    /// Stops providing `key` from this host's own store; copies held by other peers expire.
     pub async fn stop_providing(&self, key: kad::RecordKey) {
         self.send(Command::StopProviding(key)).await;
     }
 
+    /// Stores `record` in the DHT (fire and forget; failures are logged).
     pub async fn put_record(&self, record: kad::Record) {
         self.send(Command::PutRecord(record)).await;
     }
 
+    /// Every provider of `key` the DHT query found; empty when none or when shutting down.
     pub async fn get_providers(&self, key: kad::RecordKey) -> HashSet<PeerId> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::GetProviders(key, tx)).await;
@@ -235,6 +243,7 @@ impl Net {
         let _ = rx.await;
     }
 
+    /// A snapshot of the host's listeners, connections and measured RTTs.
     pub async fn status(&self) -> NetStatus {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Status(tx)).await;

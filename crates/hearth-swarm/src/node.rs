@@ -48,8 +48,10 @@ impl std::str::FromStr for Fault {
     }
 }
 
+/// Settings of a serving [`Node`]; [`NodeConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// The model: a Hugging Face folder or a `.gguf` file.
     pub model: PathBuf,
     /// Holds `node.key` and cached model ids.
     pub data_dir: PathBuf,
@@ -59,7 +61,9 @@ pub struct NodeConfig {
     pub max_blocks: Option<u32>,
     /// With automatic placement: how long to look at the swarm before choosing.
     pub discovery_wait: Duration,
+    /// Network settings (listen addresses, bootstrap peers, DHT).
     pub net: NetConfig,
+    /// Limits of the slice server: sessions open at once and KV-cache budget.
     pub sessions: SessionLimits,
     /// Most sessions one peer may hold open at once.
     pub max_sessions_per_peer: usize,
@@ -69,7 +73,9 @@ pub struct NodeConfig {
     pub price: u64,
     /// Close a session's stream after this long without a request.
     pub idle_timeout: Duration,
+    /// Caps on what a peer's messages may make the node allocate.
     pub limits: Limits,
+    /// Testing only: misbehave this way on purpose (`None` in production).
     pub fault: Option<Fault>,
     /// Testing only: sleep this long before answering each step (a slow or distant node).
     pub step_delay: Duration,
@@ -80,6 +86,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Defaults for serving `model` with its key and caches in `data_dir`: automatic
+    /// placement, 60 s announcements, free of charge.
     pub fn new(model: PathBuf, data_dir: PathBuf) -> Self {
         Self {
             model,
@@ -104,11 +112,15 @@ impl NodeConfig {
 
 /// A running node.
 pub struct Node {
+    /// The node's handle on the network.
     pub net: Net,
+    /// The node's peer id (from its persistent identity).
     pub peer_id: PeerId,
+    /// The served model's content-addressed id.
     pub model_id: ContentHash,
+    /// Blocks in the whole model (not only those served).
     pub n_blocks: u32,
-    /// Measured decode compute per block per token.
+    /// Measured decode compute per block per token, milliseconds.
     pub block_ms: f64,
     state: Arc<NodeState>,
 }
@@ -423,6 +435,7 @@ impl Node {
         self.state.current().span
     }
 
+    /// Inference sessions open on this node now.
     pub fn sessions_open(&self) -> usize {
         self.state.current().server.stats().sessions
     }
@@ -444,6 +457,7 @@ impl Node {
         }
     }
 
+    /// Whether the node takes new sessions and announces itself (see [`Node::set_serving`]).
     pub fn is_serving(&self) -> bool {
         self.state
             .serving

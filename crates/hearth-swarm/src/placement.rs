@@ -46,7 +46,9 @@ const PLAN_SEED: u64 = 0x6865_6172_7468_0001;
 /// One server's span as announced in the DHT.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanInfo {
+    /// The server.
     pub peer: PeerId,
+    /// The blocks it serves.
     pub span: BlockRange,
     /// Tokens/s the server offers each block of its span.
     pub throughput: f64,
@@ -55,6 +57,7 @@ pub struct SpanInfo {
 /// A swarm member as the planner sees it: capacity, not position.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Member {
+    /// The member; plans are ordered by peer id, so every node computes the same one.
     pub peer: PeerId,
     /// Blocks it can hold.
     pub blocks: usize,
@@ -65,14 +68,19 @@ pub struct Member {
 /// Why no span can be chosen.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
+    /// `n_blocks` is 0.
     #[error("the model has no blocks")]
     NoBlocks,
+    /// The node can hold 0 blocks.
     #[error("a node must serve at least one block")]
     ZeroSpan,
+    /// The node's throughput is 0, negative or not finite.
     #[error("a node must offer a positive, finite throughput")]
     NoThroughput,
+    /// A span would end at this block count, beyond `u32` block indices.
     #[error("{0} blocks do not fit a block index")]
     TooManyBlocks(usize),
+    /// The chosen bounds do not form a valid [`BlockRange`].
     #[error(transparent)]
     Range(#[from] BlockRangeError),
 }
@@ -291,12 +299,19 @@ pub enum Policy {
 /// round-robin for up to `rebalance_rounds` rounds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
+    /// Blocks in the simulated model.
     pub n_blocks: usize,
+    /// Nodes that join, one by one.
     pub n_nodes: usize,
+    /// Fewest blocks a node can hold (at least 1 is used).
     pub min_blocks: usize,
+    /// Most blocks a node can hold (capped at `n_blocks`).
     pub max_blocks: usize,
+    /// Lowest per-block throughput a node offers, tokens/s.
     pub min_throughput: f64,
+    /// Upper bound (exclusive) of a node's per-block throughput, tokens/s.
     pub max_throughput: f64,
+    /// Most round-robin rebalancing rounds after the joins (0 = joins only).
     pub rebalance_rounds: usize,
     /// Hysteresis of [`should_rebalance`] and [`planned_move`] (ours).
     pub min_gain: f64,

@@ -29,6 +29,7 @@ const TIE_EPS: f64 = 1e-9;
 /// What the client knows about one server.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerView {
+    /// The server.
     pub peer: PeerId,
     /// Blocks the server holds; a hop may use any contiguous sub-range of it.
     pub span: BlockRange,
@@ -54,7 +55,9 @@ pub enum RouteMode {
 /// One step of a route: `peer` runs `range`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hop {
+    /// The server that runs the hop.
     pub peer: PeerId,
+    /// The blocks it runs: a sub-range of its span.
     pub range: BlockRange,
 }
 
@@ -67,12 +70,14 @@ pub struct RouteRequest<'a> {
     pub need_tokens: u64,
     /// Peers never to use (e.g. those that failed in this session).
     pub banned: &'a HashSet<PeerId>,
+    /// What the route's cost optimises.
     pub mode: RouteMode,
 }
 
 /// A chain of hops that tiles the requested range, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Route {
+    /// The hops, in block order; their ranges tile the requested range without overlap.
     pub hops: Vec<Hop>,
     /// Σ over hops of `rtt_ms + block_ms × blocks`: the expected delay per token, whatever the
     /// mode. The cache penalty is left out (it is a preference, not a delay); see `cache_short`.
@@ -88,7 +93,10 @@ pub enum RouteError {
     /// `blocks` is the first gap: the first block no usable server covers, up to the next
     /// block one does (or the end of the requested range).
     #[error("no usable server covers blocks {blocks}")]
-    Uncovered { blocks: BlockRange },
+    Uncovered {
+        /// The first gap.
+        blocks: BlockRange,
+    },
 }
 
 /// The best chain of servers for `req` (see the module docs for the cost model).
