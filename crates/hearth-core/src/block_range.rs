@@ -15,18 +15,35 @@ pub struct BlockRange {
 /// Why a block range is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockRangeError {
+    /// `start >= end`: the range would hold no blocks.
     #[error("block range {start}..{end} is empty or reversed")]
-    Empty { start: u32, end: u32 },
+    Empty {
+        /// First block asked for (inclusive).
+        start: u32,
+        /// Block asked to stop before (exclusive).
+        end: u32,
+    },
+    /// The range reaches past the last block of the model.
     #[error("block range {start}..{end} is out of bounds for a model with {num_blocks} blocks")]
     OutOfBounds {
+        /// First block of the range (inclusive).
         start: u32,
+        /// End of the range (exclusive); greater than `num_blocks`.
         end: u32,
+        /// Number of blocks the model has.
         num_blocks: u32,
     },
+    /// The text (carried here as given) is not of the form `A..B` with `A < B`.
     #[error("cannot parse block range {0:?}: expected `A..B` with A < B")]
     Parse(String),
+    /// `parts` is zero or larger than `num_blocks`, so no split into non-empty slices exists.
     #[error("cannot split {num_blocks} blocks into {parts} non-empty slices")]
-    BadSplit { num_blocks: u32, parts: u32 },
+    BadSplit {
+        /// Number of blocks to split.
+        num_blocks: u32,
+        /// Number of slices asked for.
+        parts: u32,
+    },
 }
 
 impl BlockRange {
@@ -43,10 +60,12 @@ impl BlockRange {
         Self::new(0, num_blocks)
     }
 
+    /// First block of the range (inclusive).
     pub fn start(&self) -> u32 {
         self.start
     }
 
+    /// Block the range stops before (exclusive); always greater than [`Self::start`].
     pub fn end(&self) -> u32 {
         self.end
     }
@@ -61,6 +80,7 @@ impl BlockRange {
         false
     }
 
+    /// True when block index `block` lies in `[start, end)`.
     pub fn contains(&self, block: u32) -> bool {
         (self.start..self.end).contains(&block)
     }

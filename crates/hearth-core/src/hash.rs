@@ -72,6 +72,7 @@ impl ContentHasher {
         self
     }
 
+    /// The hash of the domain and every field added so far; the hasher stays usable.
     pub fn finish(&self) -> ContentHash {
         ContentHash(*self.0.finalize().as_bytes())
     }

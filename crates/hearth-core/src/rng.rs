@@ -44,9 +44,17 @@ impl SplitMix64 {
     }
 
     /// An integer in `[0, n)` by reduction modulo `n` (bias below 2^-40 for `n` < 2^24; fine for
-    /// test cases, not for statistics over huge `n`). `n` must be non-zero.
+    /// simulations and test cases, not for statistics over huge `n`); `n = 0` counts as 1.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
+        self.next_u64() % n.max(1)
+    }
+
+    /// Shuffles `xs` in place (Fisher–Yates, drawing with [`SplitMix64::below`]).
+    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
+        for i in (1..xs.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            xs.swap(i, j);
+        }
     }
 }
 
@@ -73,5 +81,11 @@ mod tests {
             assert!((-3.0..5.0).contains(&r));
             assert!(g.below(10) < 10);
         }
+        let mut xs: Vec<u32> = (0..100).collect();
+        g.shuffle(&mut xs);
+        let mut sorted = xs.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(xs, sorted, "a 100-element shuffle that changes nothing");
     }
 }

@@ -1,6 +1,6 @@
 //! The timing of one policy decision (`hearth agent --bench-decide`) over a synthetic fleet.
 
-pub use hearth_policy::synthetic::{synthetic_fleet, SplitMix};
+pub use hearth_policy::synthetic::synthetic_fleet;
 
 use crate::policy::{
     decide_into, AiDemand, PolicyConfig, PolicyInput, PolicyState, Prices, Scratch,
@@ -10,10 +10,15 @@ use std::time::Instant;
 /// Timing of `runs` decisions over a fleet of `n` devices.
 #[derive(Clone, Debug)]
 pub struct DecideBench {
+    /// Fleet size.
     pub devices: usize,
+    /// Timed decisions (the warm-up run excluded).
     pub runs: usize,
+    /// Median time of one decision, microseconds.
     pub median_us: f64,
+    /// 95th-percentile time of one decision, microseconds.
     pub p95_us: f64,
+    /// Fastest decision, microseconds.
     pub min_us: f64,
     /// Devices not idle in the last decision (a sanity figure: the work was real).
     pub running: usize,

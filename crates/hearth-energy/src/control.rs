@@ -18,14 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Why one control attempt failed (the worker retries).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// The miner refused or did not answer.
     #[error("miner: {0}")]
     Miner(#[from] hearth_mining::Error),
+    /// NVML refused the power limit.
     #[error("{0}")]
     Nvml(#[from] crate::telemetry::nvml::NvmlError),
+    /// The attempt exceeded the worker's time limit (the limit given).
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// Anything else (a poisoned lock, an injected failure).
     #[error("{0}")]
     Other(String),
 }
@@ -68,7 +73,9 @@ impl Actuator for MinerActuator {
 /// limit change it.
 #[derive(Debug, Clone)]
 pub struct NvmlPowerLimit {
+    /// The shared NVML handle.
     pub gpus: NvmlGpus,
+    /// NVML index of the GPU.
     pub index: u32,
 }
 
@@ -119,6 +126,7 @@ impl Actuator for Chain {
 pub struct WorkerConfig {
     /// Limit of one attempt.
     pub attempt_timeout: Duration,
+    /// Delays between failed attempts of one command (reset on success or a new command).
     pub backoff: BackoffConfig,
 }
 
@@ -140,6 +148,7 @@ impl Default for WorkerConfig {
 #[derive(Clone, Debug)]
 pub struct WorkerHandle {
     tx: Arc<watch::Sender<Option<Command>>>,
+    /// The worker's progress, updated by the worker after each attempt.
     pub status: Arc<Mutex<ActuatorStatus>>,
 }
 
@@ -149,6 +158,7 @@ impl WorkerHandle {
         self.tx.send_replace(Some(cmd));
     }
 
+    /// A copy of the worker's current status (default if its lock is poisoned).
     pub fn status(&self) -> ActuatorStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -225,6 +235,7 @@ fn set(st: &Mutex<ActuatorStatus>, f: impl FnOnce(&mut ActuatorStatus)) {
 /// A recording actuator for tests: remembers commands, can fail or hang on demand.
 #[derive(Clone, Debug, Default)]
 pub struct FakeActuator {
+    /// Commands applied successfully, in order.
     pub log: Arc<Mutex<Vec<Command>>>,
     /// Fail this many attempts before succeeding.
     pub fail_next: Arc<Mutex<u32>>,

@@ -13,7 +13,9 @@ use std::time::Instant;
 /// One measurement: `prompt_tokens` of prefill, then `gen_tokens` single-token decode steps.
 #[derive(Clone, Debug)]
 pub struct BenchRun {
+    /// Prompt tokens processed per wall-clock second in the single prefill step.
     pub prefill_tokens_per_sec: f64,
+    /// Decode steps (one token each) per wall-clock second.
     pub decode_tokens_per_sec: f64,
 }
 
@@ -156,8 +158,12 @@ impl BatchSessions {
 /// used meanwhile (all threads; on a shared machine the second is the steadier figure).
 #[derive(Clone, Copy, Debug)]
 pub struct DecodeTiming {
+    /// Tokens decoded, over all sessions and rounds.
     pub tokens: usize,
+    /// Wall-clock seconds the stretch took.
     pub wall_secs: f64,
+    /// CPU seconds (user + system, all threads) this process used meanwhile; `None` where
+    /// `/proc/self/stat` cannot be read.
     pub cpu_secs: Option<f64>,
 }
 

@@ -12,8 +12,11 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
+    /// Meta's Llama 2/3 (HF `LlamaForCausalLM`): no biases.
     Llama,
+    /// Mistral (HF `MistralForCausalLM`): Llama's shape, optionally with sliding-window attention.
     Mistral,
+    /// Qwen2 (HF `Qwen2ForCausalLM`): biases on the q, k and v projections.
     Qwen2,
 }
 
@@ -69,13 +72,22 @@ pub enum RopeLayout {
 pub enum RopeScaling {
     /// Llama 3.1's piecewise scaling (`rope_type: "llama3"`).
     Llama3 {
+        /// Divisor of the low frequencies (wavelengths above `original / low_freq_factor`).
         factor: f64,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are fully
+        /// scaled.
         low_freq_factor: f64,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are left
+        /// unscaled; those in between are interpolated.
         high_freq_factor: f64,
+        /// Context length (positions) the model was pre-trained with, before scaling.
         original_max_position_embeddings: usize,
     },
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        /// Divisor applied to every RoPE frequency (the context stretch).
+        factor: f64,
+    },
     /// Explicit per-frequency divisors, as GGUF files carry them in `rope_freqs.weight`.
     Factors(Vec<f32>),
 }
@@ -83,25 +95,41 @@ pub enum RopeScaling {
 /// A normalised model shape: everything needed to allocate and run blocks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
+    /// Model family, which fixes biases, tying and RoPE details.
     pub architecture: Architecture,
+    /// Width of the hidden states (the residual stream), in values per token.
     pub hidden_size: usize,
+    /// Width of the SwiGLU MLP's gate and up projections.
     pub intermediate_size: usize,
+    /// Number of transformer blocks; fits in `u32`.
     pub num_layers: usize,
+    /// Query heads per block; a multiple of `num_kv_heads`.
     pub num_heads: usize,
+    /// Key/value heads per block (grouped-query attention); divides `num_heads`.
     pub num_kv_heads: usize,
+    /// Values per attention head; even (RoPE rotates pairs).
     pub head_dim: usize,
+    /// Number of tokens in the vocabulary (rows of the embedding and head).
     pub vocab_size: usize,
+    /// Epsilon added to the mean square in RMSNorm; in `(0, 1)`.
     pub rms_norm_eps: f64,
+    /// RoPE base: frequency `i` of a head is `rope_theta^(-2i / head_dim)`; positive.
     pub rope_theta: f64,
+    /// Long-context scaling of the RoPE frequencies, if the model uses any.
     pub rope_scaling: Option<RopeScaling>,
+    /// Which dimensions of a head RoPE rotates together.
     pub rope_layout: RopeLayout,
+    /// Longest context (positions) the model was trained for.
     pub max_position_embeddings: usize,
+    /// The output head reuses the token embedding matrix instead of a tensor of its own.
     pub tie_word_embeddings: bool,
     /// Biases on the q, k and v projections (Qwen2).
     pub attention_bias: bool,
     /// Attention only looks back this many positions (Mistral 7B v0.1).
     pub sliding_window: Option<usize>,
+    /// Token the model expects at the start of a sequence, if it declares one.
     pub bos_token_id: Option<u32>,
+    /// Tokens that end generation (may be empty when the model declares none).
     pub eos_token_ids: Vec<u32>,
 }
 
@@ -469,6 +497,7 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// [`Self::num_layers`] as a block count (validated to fit in `u32`).
     pub fn num_blocks(&self) -> u32 {
         self.num_layers as u32
     }

@@ -69,7 +69,9 @@ impl Drop for LocalStage {
 
 /// The client head plus a chain of stages covering every block in order.
 pub struct Pipeline {
+    /// The client's part: embeddings, final norm and output head.
     pub head: Arc<ClientHead>,
+    /// The stages that run the blocks, in block order; together they cover every block once.
     pub stages: Vec<Box<dyn HiddenStage>>,
     /// When set, the last-position logits go through this shared batcher (many concurrent
     /// generations, one head product) instead of `head`.
@@ -144,19 +146,23 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     /// The text emitted (stop sequences excluded).
     pub text: String,
+    /// Number of prompt tokens fed to the model.
     pub prompt_tokens: usize,
     /// Time to the first sampled token.
     pub prefill: Duration,
     /// Time for the remaining tokens.
     pub decode: Duration,
+    /// Why generation stopped.
     pub finish: FinishReason,
 }
 
 impl Generation {
+    /// Prompt tokens per second of [`Self::prefill`].
     pub fn prefill_tokens_per_sec(&self) -> f64 {
         self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
     }
 
+    /// Tokens after the first per second of [`Self::decode`].
     pub fn decode_tokens_per_sec(&self) -> f64 {
         self.tokens.len().saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
     }

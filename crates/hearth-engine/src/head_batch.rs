@@ -41,7 +41,9 @@ struct Counters {
 /// How much batching happened: head products computed and rows they covered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadBatchStats {
+    /// Head matrix products computed since the batcher started.
     pub products: u64,
+    /// Last-position rows those products covered (`rows / products` is the mean batch size).
     pub rows: u64,
 }
 
@@ -79,6 +81,7 @@ impl HeadBatcher {
         }
     }
 
+    /// Batching counters so far.
     pub fn stats(&self) -> HeadBatchStats {
         HeadBatchStats {
             products: self.stats.products.load(Ordering::Relaxed),

@@ -22,6 +22,7 @@ pub enum ModelFormat {
 /// How to place and run loaded weights.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
+    /// Where the weights go and the blocks run (CPU or a CUDA device).
     pub device: Device,
     /// Dtype of hidden states and dense weights; `None` picks F32 on CPU and the checkpoint's
     /// 16-bit dtype on CUDA.
@@ -108,14 +109,17 @@ impl ModelSource {
         })
     }
 
+    /// The folder or `.gguf` file the model was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Whether the model is a Hugging Face folder or a GGUF file.
     pub fn format(&self) -> ModelFormat {
         self.format
     }
 
+    /// The model's normalised shape.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
@@ -289,6 +293,7 @@ impl SliceCache {
         self.len
     }
 
+    /// True when no position is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -306,14 +311,17 @@ impl SliceCache {
 }
 
 impl ModelSlice {
+    /// The blocks this slice holds and runs.
     pub fn range(&self) -> BlockRange {
         self.range
     }
 
+    /// Shape of the whole model the slice was cut from.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
+    /// Device the slice's weights live and run on.
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -494,14 +502,17 @@ pub struct ClientHead {
 }
 
 impl ClientHead {
+    /// Shape of the model this head belongs to.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
+    /// Dtype of the hidden states the head produces ([`Self::embed`]) and consumes.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// Device the head puts its hidden states on and runs its norm and output projection on.
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -62,8 +62,11 @@ pub struct SliceServer {
 /// A snapshot of a server's load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerStats {
+    /// Sessions open now.
     pub sessions: usize,
+    /// Bytes of KV cache reserved by the open sessions (for their full `max_len`).
     pub reserved_bytes: u64,
+    /// Bytes of KV cache all sessions together may reserve.
     pub budget_bytes: u64,
 }
 
@@ -74,6 +77,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SliceServer {
+    /// A server of `slice` with no session open, admitting sessions within `limits`.
     pub fn new(slice: Arc<ModelSlice>, limits: SessionLimits) -> Self {
         Self {
             slice,
@@ -86,10 +90,12 @@ impl SliceServer {
         }
     }
 
+    /// The slice every session runs on.
     pub fn slice(&self) -> &Arc<ModelSlice> {
         &self.slice
     }
 
+    /// The limits sessions are admitted under.
     pub fn limits(&self) -> &SessionLimits {
         &self.limits
     }
@@ -307,6 +313,7 @@ impl SliceServer {
         stale.len()
     }
 
+    /// A snapshot of the open sessions and the cache they reserve.
     pub fn stats(&self) -> ServerStats {
         let reg = lock(&self.registry);
         ServerStats {

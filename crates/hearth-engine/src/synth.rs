@@ -105,6 +105,7 @@ pub fn shape(name: &str) -> Result<ModelConfig> {
 /// Knobs for synthesis.
 #[derive(Clone, Debug, Default)]
 pub struct SynthOptions {
+    /// Seed of the tensor values: the same shape and seed give the same model in every format.
     pub seed: u64,
     /// Split HF weights into shards of at most this many bytes (`model-0000X-of-0000N`).
     pub shard_bytes: Option<u64>,
@@ -112,12 +113,15 @@ pub struct SynthOptions {
 
 /// A shape with its synthetic byte-level vocabulary wired in (bos/eos ids).
 pub struct SynthModel {
+    /// The shape, with `bos_token_id` and `eos_token_ids` set to the synthetic vocabulary's.
     pub config: ModelConfig,
     vocab: SyntheticVocab,
     seed: u64,
 }
 
 impl SynthModel {
+    /// Wires a synthetic vocabulary of `config.vocab_size` tokens into `config` and validates it;
+    /// `seed` fixes every tensor's values.
     pub fn new(mut config: ModelConfig, seed: u64) -> Result<Self> {
         let vocab = SyntheticVocab::new(config.vocab_size)?;
         config.bos_token_id = Some(vocab.bos_id());

@@ -19,32 +19,49 @@ use std::sync::Arc;
 /// A tensor's role in the model, independent of the file format's naming scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TensorRole {
+    /// Token embedding table `[vocab, hidden]`.
     Embed,
+    /// RMSNorm weight applied after the last block, before the output head.
     FinalNorm,
+    /// Output projection `[vocab, hidden]` to logits (absent when tied to the embeddings).
     LmHead,
     /// Per-frequency RoPE divisors (GGUF `rope_freqs.weight`, Llama 3.1 scaling).
     RopeFreqs,
+    /// Tensor `.1` of block (layer) `.0`, counting blocks from 0.
     Block(u32, BlockTensor),
 }
 
 /// The tensors of one transformer block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BlockTensor {
+    /// RMSNorm weight before attention (HF `input_layernorm`).
     AttnNorm,
+    /// Query projection `[heads * head_dim, hidden]`.
     Q,
+    /// Key projection `[kv_heads * head_dim, hidden]`.
     K,
+    /// Value projection `[kv_heads * head_dim, hidden]`.
     V,
+    /// Attention output projection `[hidden, heads * head_dim]`.
     O,
+    /// Bias of the query projection (Qwen2 only).
     QBias,
+    /// Bias of the key projection (Qwen2 only).
     KBias,
+    /// Bias of the value projection (Qwen2 only).
     VBias,
+    /// RMSNorm weight before the MLP (HF `post_attention_layernorm`).
     FfnNorm,
+    /// MLP gate projection `[intermediate, hidden]` (SwiGLU: `silu(gate) * up`).
     Gate,
+    /// MLP up projection `[intermediate, hidden]`.
     Up,
+    /// MLP down projection `[hidden, intermediate]`.
     Down,
 }
 
 impl BlockTensor {
+    /// Every tensor a block may have (the biases exist only where `attention_bias` is set).
     pub const ALL: [BlockTensor; 12] = [
         Self::AttnNorm,
         Self::Q,
@@ -123,17 +140,24 @@ impl TensorRole {
 /// kernels.
 #[derive(Clone, Debug)]
 pub enum Weight {
+    /// A plain (unquantized) tensor, in its stored dtype, on the load device.
     Dense(Tensor),
+    /// A GGUF quantized tensor kept in ggml blocks, multiplied by candle's kernels.
     Quantized(Arc<QTensor>),
+    /// A matrix in hearth's own CPU kernel layout.
     Packed(Arc<PackedWeight>),
 }
 
 /// An F16, BF16, Q4_0 or Q8_0 matrix in hearth's CPU kernel layout: same size as in the file.
 #[derive(Debug)]
 pub enum PackedWeight {
+    /// IEEE half-precision weights.
     F16(kernels::PackedF16),
+    /// bfloat16 weights (widened exactly to f32 on the fly).
     BF16(kernels::PackedBF16),
+    /// ggml Q4_0 blocks (4-bit values, one f16 scale per 32).
     Q4_0(kernels::PackedQ4_0),
+    /// ggml Q8_0 blocks (8-bit values, one f16 scale per 32).
     Q8_0(kernels::PackedQ8_0),
 }
 

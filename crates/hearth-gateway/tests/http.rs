@@ -628,13 +628,8 @@ async fn mutated_requests_never_get_a_server_error() {
         "[[[[[[[[[[]]]]]]]]]]",
         "\"\u{0}\"",
     ];
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = hearth_core::SplitMix64::new(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || rng.next_u64();
     let client = reqwest::Client::new();
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..600 {

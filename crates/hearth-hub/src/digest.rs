@@ -12,10 +12,12 @@ use std::str::FromStr;
 pub struct Sha256Digest([u8; 32]);
 
 impl Sha256Digest {
+    /// The digest with these 32 bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 
+    /// The digest's 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -53,6 +53,7 @@ impl Default for Limits {
 /// A digest a download must match, and where it came from (for messages).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checksum {
+    /// The sha256 the download must have.
     pub digest: Sha256Digest,
     /// E.g. "--sha256", "PyPI", "the server's X-Linked-ETag header".
     pub origin: String,
@@ -61,8 +62,11 @@ pub struct Checksum {
 /// A finished download.
 #[derive(Clone, Debug)]
 pub struct Downloaded {
+    /// Where the file now is (the `dest` asked for).
     pub path: PathBuf,
+    /// Its length, bytes.
     pub bytes: u64,
+    /// Its sha256, computed while it was written.
     pub sha256: Sha256Digest,
 }
 
@@ -83,6 +87,7 @@ pub fn part_path(dest: &Path) -> PathBuf {
 }
 
 impl Downloader {
+    /// A downloader with its HTTP clients set up for `limits`.
     pub fn new(limits: Limits) -> Result<Self, HubError> {
         let build = |redirect| {
             Client::builder()
@@ -102,6 +107,7 @@ impl Downloader {
         })
     }
 
+    /// The limits it enforces.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

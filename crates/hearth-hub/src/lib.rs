@@ -52,6 +52,7 @@ use std::path::{Path, PathBuf};
 pub struct HubOptions {
     /// Base of PyPI's JSON API ([`DEFAULT_PYPI_URL`]); tests point it at a local server.
     pub pypi_url: String,
+    /// Size, timeout and retry bounds of every download.
     pub limits: Limits,
 }
 
@@ -67,9 +68,11 @@ impl Default for HubOptions {
 /// A pulled model.
 #[derive(Clone, Debug)]
 pub struct Pulled {
+    /// The model's name in the store (its folder).
     pub name: ModelName,
     /// The stored file.
     pub path: PathBuf,
+    /// Length of the stored file, bytes.
     pub bytes: u64,
     /// The stored file's sha256, when it was computed (a fresh pull, or a check of a stored file
     /// against a given digest).
@@ -94,6 +97,7 @@ impl Hub {
         Self::with_options(home, HubOptions::default())
     }
 
+    /// A hub storing under the hearth home `home`, with the given sources and limits.
     pub fn with_options(home: &Path, options: HubOptions) -> Result<Self, HubError> {
         Ok(Self {
             store: Store::new(home),
@@ -102,6 +106,7 @@ impl Hub {
         })
     }
 
+    /// The store models are pulled into.
     pub fn store(&self) -> &Store {
         &self.store
     }

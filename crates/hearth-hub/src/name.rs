@@ -46,11 +46,14 @@ pub struct FileName(String);
 macro_rules! component {
     ($ty:ident, $what:literal) => {
         impl $ty {
+            /// Wraps `value` if it meets the module's invariant (one safe path component);
+            /// the error says which rule it breaks.
             pub fn new(value: &str) -> Result<Self, HubError> {
                 check($what, value)?;
                 Ok(Self(value.to_owned()))
             }
 
+            /// The name as a string.
             pub fn as_str(&self) -> &str {
                 &self.0
             }

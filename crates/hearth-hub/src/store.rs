@@ -18,6 +18,7 @@ pub struct Store {
 /// A model in the store.
 #[derive(Clone, Debug)]
 pub struct StoredModel {
+    /// The model's name (its folder under `models`).
     pub name: ModelName,
     /// What to load: a `.gguf` file or an HF folder (see [`Store::stored`]).
     pub path: PathBuf,
@@ -42,6 +43,7 @@ impl Store {
         }
     }
 
+    /// The folder all models are stored under (`<home>/models`).
     pub fn models_dir(&self) -> &Path {
         &self.models
     }
@@ -56,6 +58,7 @@ impl Store {
         self.models.join(model.name).join(model.file_name())
     }
 
+    /// Whether the known model's file is in the store.
     pub fn is_pulled(&self, model: &KnownModel) -> bool {
         self.known_path(model).is_file()
     }

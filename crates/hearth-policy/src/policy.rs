@@ -53,15 +53,20 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceKind {
+    /// A GPU (NVML telemetry and power limits).
     Gpu,
+    /// A mining ASIC, controlled through its miner.
     Asic,
+    /// A CPU package (RAPL telemetry).
     Cpu,
+    /// Anything else (a resistive heater, a simulated load).
     Other,
 }
 
 /// Mining capability: the hashrate at the given power.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MineSpec {
+    /// Draw while mining, watts.
     pub power_w: f64,
     /// Hashrate at `power_w`, TH/s (SHA-256d).
     pub hashrate_th_s: f64,
@@ -70,6 +75,7 @@ pub struct MineSpec {
 /// AI-serving capability.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AiSpec {
+    /// Draw while serving, watts.
     pub power_w: f64,
     /// Tokens per second this device serves when busy.
     pub tokens_per_s: f64,
@@ -78,20 +84,26 @@ pub struct AiSpec {
 /// Heat-only capability (a load run only for its heat, e.g. a resistive mode or a stress load).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeatSpec {
+    /// Draw while heating, watts.
     pub power_w: f64,
 }
 
 /// Static description of one device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceSpec {
+    /// Stable name of the device (logs, metrics, control, the agent's state).
     pub id: String,
+    /// What hardware it is.
     pub kind: DeviceKind,
     /// Draw when idle (or curtailed), watts.
     pub idle_w: f64,
+    /// Mining capability; `None`: the device cannot mine.
     #[serde(default)]
     pub mine: Option<MineSpec>,
+    /// AI-serving capability; `None`: the device cannot serve AI work.
     #[serde(default)]
     pub ai: Option<AiSpec>,
+    /// Heat-only capability; `None`: no heat-only mode.
     #[serde(default)]
     pub heat: Option<HeatSpec>,
     /// Never exceed this temperature. `None`: no limit and no temperature needed.
@@ -126,6 +138,7 @@ pub struct PriceForecast<'a> {
     pub start_s: f64,
     /// Seconds per entry.
     pub step_s: f64,
+    /// Electricity prices, $/MWh, one per `step_s` from `start_s`; non-finite entries are skipped.
     pub usd_per_mwh: &'a [f64],
 }
 
@@ -152,13 +165,18 @@ pub enum DrTarget {
 /// `hearth_energy::signals::dr`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DrEvent {
+    /// The event's identifier (named in reasons and logs).
     pub id: String,
+    /// Start, seconds on the policy clock (inclusive).
     pub start_s: f64,
+    /// End, seconds on the policy clock (exclusive).
     pub end_s: f64,
+    /// What the event asks of the site while active.
     pub target: DrTarget,
 }
 
 impl DrEvent {
+    /// Whether the event is in force at `now_s`: `start_s <= now_s < end_s`.
     pub fn active_at(&self, now_s: f64) -> bool {
         self.start_s <= now_s && now_s < self.end_s
     }
@@ -200,15 +218,24 @@ impl Default for PolicyConfig {
 /// treated as a vanished sensor.
 #[derive(Clone, Copy, Debug)]
 pub struct PolicyInput<'a> {
+    /// The current time, seconds on the policy clock (wall or simulated).
     pub now_s: f64,
+    /// The devices to decide for; decisions and state follow this order.
     pub devices: &'a [DeviceSpec],
+    /// Latest reading per device, same order as `devices`.
     pub readings: &'a [Reading],
+    /// Prices holding now.
     pub prices: Prices,
+    /// Electricity price vector; when it covers `now_s` its mean over the dwell horizon replaces
+    /// the spot price.
     pub forecast: Option<PriceForecast<'a>>,
+    /// Paid AI work waiting for this site.
     pub ai: AiDemand,
+    /// Demand-response events; only those active at `now_s` count.
     pub events: &'a [DrEvent],
     /// Site power cap, watts. `None`: unlimited.
     pub site_cap_w: Option<f64>,
+    /// The policy's tunables.
     pub config: &'a PolicyConfig,
 }
 
@@ -216,15 +243,21 @@ pub struct PolicyInput<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// Mining (SHA-256d) at [`MineSpec::power_w`].
     Mine,
+    /// Serving a paid AI job at [`AiSpec::power_w`].
     ServeAi,
+    /// Running a load for its heat only, at [`HeatSpec::power_w`].
     Heat,
+    /// No load: drawing [`DeviceSpec::idle_w`] (also the safe state).
     Idle,
 }
 
 impl Mode {
+    /// Every mode, in declaration order.
     pub const ALL: [Mode; 4] = [Mode::Mine, Mode::ServeAi, Mode::Heat, Mode::Idle];
 
+    /// The snake_case name, as serialized and logged (`"serve_ai"`).
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Mine => "mine",
@@ -247,62 +280,85 @@ impl std::fmt::Display for Mode {
 #[serde(tag = "why", rename_all = "snake_case")]
 pub enum Reason {
     /// Reading unhealthy: safe idle.
-    Unsafe { issue: HealthIssue },
+    Unsafe {
+        /// What is wrong with the reading.
+        issue: HealthIssue,
+    },
     /// A demand-response curtail event is active.
-    Curtailed { event: String },
+    Curtailed {
+        /// Id of the curtail event.
+        event: String,
+    },
     /// At or above `limit − margin`, or every load would exceed it within the interval.
     Thermal {
+        /// The device's temperature, °C.
         #[serde(deserialize_with = "nan_if_null")]
         temp_c: f64,
+        /// The device's temperature limit (before the margin), °C.
         #[serde(deserialize_with = "nan_if_null")]
         limit_c: f64,
     },
     /// Mining pays: electricity below the break-even price.
     MineProfitable {
+        /// Effective electricity price, $/MWh.
         #[serde(deserialize_with = "nan_if_null")]
         price_usd_per_mwh: f64,
+        /// Electricity price at which mining (plus heat value) stops paying, $/MWh.
         #[serde(deserialize_with = "nan_if_null")]
         break_even_usd_per_mwh: f64,
     },
     /// Not mining: electricity above the break-even price (`stopped`: it was mining).
     MineUnprofitable {
+        /// Effective electricity price, $/MWh.
         #[serde(deserialize_with = "nan_if_null")]
         price_usd_per_mwh: f64,
+        /// Electricity price at which mining (plus heat value) stops paying, $/MWh.
         #[serde(deserialize_with = "nan_if_null")]
         break_even_usd_per_mwh: f64,
+        /// The device was mining before this step (it was stopped, not left off).
         stopped: bool,
     },
     /// Serving paid AI work.
     ServingAi {
+        /// Token revenue at the offered price, $/h.
         #[serde(deserialize_with = "nan_if_null")]
         revenue_usd_per_h: f64,
+        /// Electricity cost of the planned draw, $/h.
         #[serde(deserialize_with = "nan_if_null")]
         energy_usd_per_h: f64,
     },
     /// Running for heat: heat is worth more than the electricity.
     Heating {
+        /// Value of the useful heat, $/MWh.
         #[serde(deserialize_with = "nan_if_null")]
         heat_usd_per_mwh: f64,
+        /// Effective electricity price, $/MWh.
         #[serde(deserialize_with = "nan_if_null")]
         price_usd_per_mwh: f64,
     },
     /// Kept in its mode: switched too recently.
     Dwell {
+        /// Seconds until the minimum dwell has passed.
         #[serde(deserialize_with = "nan_if_null")]
         remaining_s: f64,
     },
     /// Kept in its mode: the better mode's gain does not cover switching.
     Hysteresis {
+        /// The mode that would gain more (`Idle`: the current mode loses money).
         better: Mode,
+        /// How much more it would gain, $/h.
         #[serde(deserialize_with = "nan_if_null")]
         gain_usd_per_h: f64,
+        /// The gain a switch needs (the hysteresis band), $/h.
         #[serde(deserialize_with = "nan_if_null")]
         needed_usd_per_h: f64,
     },
     /// A profitable mode did not fit under the cap (`event`: the DR event that set it).
     PowerCap {
+        /// The cap in force (site cap or DR limit), watts.
         #[serde(deserialize_with = "nan_if_null")]
         cap_w: f64,
+        /// Id of the demand-response event that set the cap; `None`: the site cap.
         event: Option<String>,
     },
     /// Nothing to do: no AI work, no mining, no heat wanted.
@@ -364,6 +420,7 @@ impl std::fmt::Display for Reason {
 pub struct Decision {
     /// Index into `PolicyInput::devices`.
     pub device: usize,
+    /// What the device does for the next interval.
     pub mode: Mode,
     /// Planned draw, watts (idle draw when idle).
     pub power_w: f64,
@@ -373,12 +430,14 @@ pub struct Decision {
     pub derated: bool,
     /// The mode differs from the previous step's.
     pub changed: bool,
+    /// Why it got this mode.
     pub reason: Reason,
 }
 
 /// Per-device memory the policy carries between steps.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceState {
+    /// The mode the device was last told to run.
     pub mode: Mode,
     /// When the device entered `mode`, seconds on the policy clock.
     pub since_s: f64,
@@ -400,6 +459,7 @@ impl Default for DeviceState {
 /// a length change resets the state of the devices past the old length).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicyState {
+    /// One entry per device, in device order.
     pub devices: Vec<DeviceState>,
 }
 

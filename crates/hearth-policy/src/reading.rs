@@ -46,9 +46,13 @@ pub struct Reading {
 #[serde(tag = "issue", rename_all = "snake_case")]
 pub enum HealthIssue {
     /// The source reported a fault (vanished sensor, unreachable miner).
-    SourceFault { detail: String },
+    SourceFault {
+        /// The source's description of the fault.
+        detail: String,
+    },
     /// The reading is older than the staleness limit.
     Stale {
+        /// Age of the reading, seconds (infinite when a timestamp is not finite).
         #[serde(deserialize_with = "nan_if_null")]
         age_s: f64,
     },
@@ -56,16 +60,19 @@ pub enum HealthIssue {
     NoTemperature,
     /// Temperature not finite or outside [-50, 150] °C.
     BadTemperature {
+        /// The reported temperature, °C.
         #[serde(deserialize_with = "nan_if_null")]
         temp_c: f64,
     },
     /// Power negative, not finite or absurdly large.
     BadPower {
+        /// The reported power, watts.
         #[serde(deserialize_with = "nan_if_null")]
         power_w: f64,
     },
     /// Utilisation not finite or outside [0, 1].
     BadUtilization {
+        /// The reported utilisation.
         #[serde(deserialize_with = "nan_if_null")]
         utilization: f64,
     },
@@ -92,7 +99,9 @@ impl std::fmt::Display for HealthIssue {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Health {
+    /// The reading can be trusted.
     Ok,
+    /// The reading cannot be trusted; the device must idle.
     Unhealthy(HealthIssue),
 }
 

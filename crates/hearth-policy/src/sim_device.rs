@@ -16,18 +16,30 @@ pub enum SimFault {
     /// Nonsense values: −1 W and 500 °C.
     Nonsense,
     /// The reading's timestamp stops advancing.
-    Stalled { since_s: f64 },
+    Stalled {
+        /// The timestamp every reading carries from now on, seconds.
+        since_s: f64,
+    },
 }
 
+/// One simulated device: its spec, thermal state and commanded mode, in simulated time.
 #[derive(Clone, Debug)]
 pub struct SimulatedDevice {
+    /// What the device is: draw per mode, idle draw, power-limit range.
     pub spec: DeviceSpec,
+    /// The thermal model its temperature follows (the spec's, or a generic one).
     pub model: ThermalModel,
+    /// The commanded mode.
     pub mode: Mode,
+    /// The commanded power limit, watts; caps the draw of a load (never below idle draw).
     pub power_limit_w: Option<f64>,
+    /// True temperature now, °C.
     pub temp_c: f64,
+    /// Energy drawn since creation, joules.
     pub energy_j: f64,
+    /// Simulated time now, seconds.
     pub now_s: f64,
+    /// An injected sensor fault; `None`: readings tell the truth.
     pub fault: Option<SimFault>,
 }
 

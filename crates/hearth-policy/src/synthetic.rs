@@ -3,33 +3,16 @@
 //!
 //! Invariant: a pure function of `(n, seed, now_s)`; the same arguments give the same fleet.
 
+use hearth_core::SplitMix64;
+
 use crate::policy::{AiSpec, DeviceKind, DeviceSpec, HeatSpec, MineSpec};
 use crate::reading::Reading;
 use crate::thermal::ThermalModel;
 
-/// SplitMix64: a tiny deterministic generator so fleets are reproducible without a dependency.
-#[derive(Clone, Debug)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
-
 /// A mixed fleet of `n` devices (GPUs that mine, serve AI and heat; ASICs that mine) with
 /// healthy readings at `now_s`.
 pub fn synthetic_fleet(n: usize, seed: u64, now_s: f64) -> (Vec<DeviceSpec>, Vec<Reading>) {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut specs = Vec::with_capacity(n);
     let mut readings = Vec::with_capacity(n);
     for i in 0..n {

@@ -1,8 +1,9 @@
 //! Property tests of the policy: power cap, thermal limits (one step and closed loop with the
 //! simulated device), demand-response curtailment, hysteresis, AI first, unsafe → idle.
 
+use hearth_core::SplitMix64;
 use hearth_policy::sim_device::SimulatedDevice;
-use hearth_policy::synthetic::{synthetic_fleet, SplitMix};
+use hearth_policy::synthetic::synthetic_fleet;
 use hearth_policy::*;
 use proptest::prelude::*;
 
@@ -40,7 +41,7 @@ fn input<'a>(
 
 /// A random previous state: modes and switch times.
 fn random_state(n: usize, seed: u64, now: f64) -> PolicyState {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     PolicyState {
         devices: (0..n)
             .map(|_| DeviceState {
@@ -124,7 +125,7 @@ proptest! {
         let mut devs: Vec<SimulatedDevice> =
             specs.iter().cloned().map(|s| SimulatedDevice::new(s, 0.0)).collect();
         let mut state = PolicyState::default();
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix64::new(seed);
         for step in 0..120 {
             let now = step as f64 * cfg.interval_s;
             let readings: Vec<Reading> = devs.iter().map(|d| d.reading()).collect();
@@ -222,7 +223,7 @@ proptest! {
         for s in &mut specs {
             s.switch_cost_usd = 0.0;
         }
-        let mut rng = SplitMix(bad);
+        let mut rng = SplitMix64::new(bad);
         let mut unsafe_dev = vec![false; n];
         for (i, r) in readings.iter_mut().enumerate() {
             r.temp_c = Some(40.0);

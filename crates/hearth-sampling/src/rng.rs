@@ -26,8 +26,8 @@
 //! step `n` is a function of `(seed, n)` alone: a verifier can replay any single
 //! step without replaying the earlier ones.
 
-use rand_chacha::ChaCha20Rng;
 use hearth_core::SplitMix64;
+use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 /// `2^-53`, the spacing of the uniform grid produced by [`step_uniform`].

@@ -23,10 +23,13 @@ pub const MAX_FLEET_BYTES: usize = 1 << 20;
 /// A fleet file that does not make sense.
 #[derive(Debug, Error)]
 pub enum FleetError {
+    /// The text is not valid fleet JSON (syntax, unknown or missing fields).
     #[error("fleet JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The text is longer than [`MAX_FLEET_BYTES`].
     #[error("fleet JSON larger than {MAX_FLEET_BYTES} bytes")]
     TooLarge,
+    /// The fleet parses but breaks an invariant; the message says which.
     #[error("fleet: {0}")]
     Invalid(String),
 }
@@ -51,8 +54,11 @@ pub struct Economics {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Climate {
+    /// Yearly mean outdoor temperature, °C.
     pub mean_c: f64,
+    /// Amplitude of the yearly sinusoid (half the summer–winter swing), °C.
     pub seasonal_amp_c: f64,
+    /// Amplitude of the daily sinusoid (half the day–night swing), °C.
     pub daily_amp_c: f64,
     /// Device intake air is this much warmer than outdoors.
     #[serde(default)]
@@ -76,7 +82,9 @@ pub struct HeatDemand {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrProgram {
+    /// Events per year.
     pub events: u32,
+    /// Length of each event, hours.
     pub hours: u32,
     /// Site limit during an event, kW (0 = curtail everything).
     pub limit_kw: f64,
@@ -86,19 +94,28 @@ pub struct DrProgram {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceGroup {
+    /// Name of the group, shown in reports.
     pub name: String,
+    /// What kind of device this is (ASIC miner, GPU, ...).
     pub kind: DeviceKind,
+    /// Number of identical devices (≥ 1).
     pub count: u32,
+    /// Power drawn while idle, watts.
     pub idle_w: f64,
+    /// Mining capability; `None` if the device cannot mine.
     #[serde(default)]
     pub mine: Option<MineSpec>,
+    /// AI-serving capability; `None` if the device cannot serve AI.
     #[serde(default)]
     pub ai: Option<AiSpec>,
+    /// Heat-delivery capability; `None` if its heat is not useful.
     #[serde(default)]
     pub heat: Option<HeatSpec>,
+    /// Highest allowed device temperature, °C.
     pub temp_limit_c: f64,
-    /// Thermal resistance, °C per watt, and time constant, seconds.
+    /// Thermal resistance, °C per watt.
     pub r_c_per_w: f64,
+    /// Thermal time constant, seconds.
     pub tau_s: f64,
     /// Wear and fixed cost of one mode change, $.
     pub wear_usd: f64,
@@ -113,13 +130,19 @@ pub struct DeviceGroup {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Site {
+    /// Name of the site, shown in errors and reports.
     pub name: String,
+    /// Grid connection cap: most power the site may draw, kW (> 0).
     pub power_cap_kw: f64,
+    /// Outdoor climate (sets device intake temperature and heat demand).
     pub climate: Climate,
+    /// Space heating wanted; `None`: heat is worth nothing here.
     #[serde(default)]
     pub heat: Option<HeatDemand>,
+    /// Demand-response programme; `None`: no events.
     #[serde(default)]
     pub dr: Option<DrProgram>,
+    /// The devices at the site.
     pub groups: Vec<DeviceGroup>,
 }
 
@@ -127,7 +150,9 @@ pub struct Site {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fleet {
+    /// Prices and costs shared by all sites.
     pub economics: Economics,
+    /// The sites (at least one).
     pub sites: Vec<Site>,
 }
 

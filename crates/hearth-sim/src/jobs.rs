@@ -27,8 +27,9 @@ use thiserror::Error;
 pub const MAX_LINE: usize = 512;
 /// Most jobs accepted from a file or generated.
 pub const MAX_JOBS: usize = 2_000_000;
-/// Shortest and longest generated durations, seconds.
+/// Shortest generated duration, seconds.
 pub const MIN_DURATION_S: f64 = 60.0;
+/// Longest generated duration, seconds (two days).
 pub const MAX_DURATION_S: f64 = 2.0 * 86_400.0;
 /// Largest accepted job duration from a file (one year).
 pub const MAX_FILE_DURATION_S: f64 = 366.0 * 86_400.0;
@@ -36,9 +37,11 @@ pub const MAX_FILE_DURATION_S: f64 = 366.0 * 86_400.0;
 /// One AI job.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Job {
+    /// Position of the job in its list.
     pub id: u32,
     /// Seconds since the start of the simulation.
     pub arrival_s: f64,
+    /// GPUs the job needs at once, all on one site (≥ 1).
     pub gpus: u32,
     /// Execution time on `gpus` GPUs of reference speed, seconds.
     pub work_s: f64,
@@ -49,12 +52,21 @@ pub struct Job {
 /// A job trace that could not be read.
 #[derive(Debug, Error, PartialEq)]
 pub enum JobError {
+    /// A row could not be parsed or broke an invariant.
     #[error("line {line}: {msg}")]
-    Line { line: usize, msg: String },
+    Line {
+        /// 1-based line number in the file.
+        line: usize,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// The file is empty or lacks the header line.
     #[error("the job trace has no header line")]
     NoHeader,
+    /// More than [`MAX_JOBS`] jobs.
     #[error("more than {MAX_JOBS} jobs")]
     TooMany,
+    /// A generator parameter is out of range; the message says which.
     #[error("bad generator parameter: {0}")]
     Param(String),
 }
@@ -207,11 +219,13 @@ pub fn parse_jobs(
 pub struct GenParams {
     /// Number of jobs; `None`: as many as fill `max_horizon_s` at `load`.
     pub n_jobs: Option<usize>,
+    /// Seed of the ChaCha8 generator; the same seed gives the same trace.
     pub seed: u64,
     /// Largest job, GPUs (sizes are 1..=max_gpus).
     pub max_gpus: u32,
     /// Offered load on `capacity_gpus` (0 < load).
     pub load: f64,
+    /// GPUs the offered load is measured against.
     pub capacity_gpus: u32,
     /// Unix seconds of simulated time 0 (for business hours).
     pub start_unix: i64,

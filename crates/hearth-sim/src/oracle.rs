@@ -13,9 +13,13 @@
 pub struct OnOff {
     /// Revenue while on, $/h.
     pub rev_usd_per_h: f64,
+    /// Power drawn while on, watts.
     pub on_w: f64,
+    /// Power drawn while off (standby), watts.
     pub off_w: f64,
+    /// Cost of one off→on transition, dollars.
     pub start_usd: f64,
+    /// Cost of one on→off transition, dollars.
     pub stop_usd: f64,
 }
 

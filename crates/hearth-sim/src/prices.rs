@@ -51,14 +51,28 @@ pub struct PriceTrace {
 /// A price trace that could not be read.
 #[derive(Debug, Error, PartialEq)]
 pub enum TraceError {
+    /// A row could not be parsed or broke an invariant.
     #[error("line {line}: {msg}")]
-    Line { line: usize, msg: String },
+    Line {
+        /// 1-based line number in the file.
+        line: usize,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// The file has a header but no data rows.
     #[error("the trace has no data rows")]
     Empty,
+    /// More than [`MAX_ROWS`] rows.
     #[error("the trace has more than {MAX_ROWS} rows")]
     TooManyRows,
+    /// Resampling between these interval lengths is not supported.
     #[error("cannot resample a {from}s trace to {to}s (only 1 h <-> 5 min)")]
-    Resample { from: u32, to: u32 },
+    Resample {
+        /// Interval length of the trace, seconds.
+        from: u32,
+        /// Requested interval length, seconds.
+        to: u32,
+    },
 }
 
 fn line_err(line: usize, msg: impl Into<String>) -> TraceError {

@@ -15,21 +15,29 @@ use std::path::Path;
 pub struct Targets {
     /// (hearth − always-mine) / (oracle − always-mine), on `mining_net_usd`.
     pub gain_fraction: Option<f64>,
+    /// Oracle's `mining_net_usd` minus always-mine's, dollars.
     pub oracle_gain_usd: Option<f64>,
+    /// Hearth's `mining_net_usd` minus always-mine's, dollars.
     pub hearth_gain_usd: Option<f64>,
     /// Hybrid's net $/kWh over the best single mode's (mine-only, ai-only), minus 1.
     pub hybrid_vs_best_single_usd_per_kwh: Option<f64>,
+    /// Policy name of the best single mode by net $/kWh (`mine-only` or `ai-only`).
     pub best_single_mode: Option<String>,
-    /// The same on GPUs only, and per kWh of site capacity.
+    /// The same as `hybrid_vs_best_single_usd_per_kwh`, on GPUs' energy only.
     pub hybrid_vs_best_single_gpu_usd_per_kwh: Option<f64>,
+    /// The same per kWh of site capacity.
     pub hybrid_vs_best_single_usd_per_cap_kwh: Option<f64>,
+    /// Hybrid's net profit over the best single mode's, minus 1.
     pub hybrid_vs_best_single_profit: Option<f64>,
-    /// Hybrid's p95 queue delay, seconds, and whether it meets the latency target.
+    /// Hybrid's p95 queue delay, seconds (`None` if it finished no job).
     pub hybrid_p95_queue_s: Option<f64>,
+    /// The p95 queue-delay target, seconds.
     pub latency_target_p95_queue_s: f64,
+    /// Hybrid meets the p95 target and finished every job.
     pub hybrid_meets_latency: Option<bool>,
-    /// FIFO's mean queue delay / each scheduler's (higher is better), and the same for JCT.
+    /// FIFO's mean queue delay / each scheduler's (higher is better), per "scheduler (policy)".
     pub queue_ratio_vs_fifo: Vec<(String, f64)>,
+    /// The same ratio for mean job completion time.
     pub jct_ratio_vs_fifo: Vec<(String, f64)>,
 }
 

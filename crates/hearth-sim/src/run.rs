@@ -19,21 +19,48 @@ pub const MAX_INPUT_BYTES: u64 = 256 << 20;
 /// What went wrong in a simulation run.
 #[derive(Debug, Error)]
 pub enum RunError {
+    /// Reading an input or writing the report failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or report directory.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// An input file is larger than [`MAX_INPUT_BYTES`].
     #[error("{path}: larger than {MAX_INPUT_BYTES} bytes")]
-    TooLarge { path: PathBuf },
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The price trace could not be read.
     #[error("{path}: {source}")]
-    Prices { path: PathBuf, source: TraceError },
+    Prices {
+        /// The price file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: TraceError,
+    },
+    /// The job trace could not be read.
     #[error("{path}: {source}")]
-    Jobs { path: PathBuf, source: JobError },
+    Jobs {
+        /// The job file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: JobError,
+    },
+    /// The job generator rejected its parameters.
     #[error("job generator: {0}")]
     Generate(JobError),
+    /// The fleet file could not be read.
     #[error("{path}: {source}")]
-    Fleet { path: PathBuf, source: FleetError },
+    Fleet {
+        /// The fleet file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: FleetError,
+    },
+    /// Options that are out of range or exclude each other; the message names the flag.
     #[error("{0}")]
     Usage(String),
 }
@@ -41,31 +68,42 @@ pub enum RunError {
 /// Everything `hearth simulate` can be told.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// Price trace file (`hour,price` or timestamped CSV, $/MWh).
     pub prices: PathBuf,
     /// Unix seconds that hour 1 of an `hour,price` file starts at; `None`: from a `_YYYY` in
     /// the file name, else 2019-01-01.
     pub hour_base_unix: Option<i64>,
+    /// Forward-fill gaps in the price trace instead of rejecting it.
     pub fill_gaps: bool,
+    /// Job trace CSV; `None`: generate jobs (excludes `generate_jobs`).
     pub jobs: Option<PathBuf>,
     /// Generated jobs: `None` fills the trace at `load`.
     pub generate_jobs: Option<usize>,
+    /// Seed of the job generator.
     pub seed: u64,
+    /// Offered load of generated jobs on the fixed AI partition, in (0, 10].
     pub load: f64,
+    /// Fleet JSON file; `None`: the built-in fleet (excludes `devices`).
     pub fleet: Option<PathBuf>,
+    /// Use the built-in fleet scaled to this many devices (excludes `fleet`).
     pub devices: Option<usize>,
     /// `all` or one of [`DevicePolicy`]'s names.
     pub policy: String,
     /// `all` or one of fifo, srf, las, hearth.
     pub scheduler: String,
+    /// Simulation interval, seconds: 300 or 3600 (the trace is resampled to it).
     pub interval_s: u32,
     /// Only the first this many days of the trace.
     pub days: Option<f64>,
+    /// Give hearth's policy the day's prices as a day-ahead forecast.
     pub day_ahead: bool,
     /// Drop every site's demand-response programme (a pure price comparison).
     pub no_dr: bool,
+    /// Target for the hybrid run's p95 queue delay, seconds.
     pub latency_target_p95_queue_s: f64,
     /// hearth's policy tunables (`interval_s` is overridden by the trace interval).
     pub policy_config: hearth_policy::PolicyConfig,
+    /// Directory to write the report (Markdown, JSON, SVG plots) to; `None`: write nothing.
     pub out: Option<PathBuf>,
 }
 
@@ -97,8 +135,11 @@ impl Default for Options {
 /// What a simulation produced.
 #[derive(Debug)]
 pub struct Outcome {
+    /// One result per (policy, scheduler) pair run.
     pub runs: Vec<RunResult>,
+    /// The targets computed from `runs`.
     pub targets: Targets,
+    /// The report as a Markdown document.
     pub markdown: String,
     /// Intervals forward-filled over gaps in the price trace.
     pub filled: usize,

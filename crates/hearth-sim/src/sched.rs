@@ -39,19 +39,25 @@ const EPS: f64 = 1e-6;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SchedPolicy {
+    /// Strict arrival order, no backfilling, no preemption (the baseline).
     Fifo,
+    /// Shortest remaining time first, preemptive, with backfilling.
     Srf,
+    /// Tiresias-like discretised least-attained-service queues.
     Las,
+    /// SRF crediting running jobs their preemption cost, plus lending of mining GPUs.
     Hearth,
 }
 
 impl SchedPolicy {
+    /// Every policy, in the order reports list them.
     pub const ALL: [SchedPolicy; 4] = [
         SchedPolicy::Fifo,
         SchedPolicy::Srf,
         SchedPolicy::Las,
         SchedPolicy::Hearth,
     ];
+    /// Lower-case name used in reports and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             SchedPolicy::Fifo => "fifo",
@@ -65,13 +71,14 @@ impl SchedPolicy {
 /// One GPU as the scheduler sees it.
 #[derive(Clone, Debug)]
 pub struct SchedGpu {
+    /// Index of the site the GPU sits at; jobs only gang GPUs of one site.
     pub site: u16,
     /// Speed relative to the reference GPU.
     pub speed: f64,
     /// May take AI work now.
     pub available: bool,
     job: u32,
-    /// Seconds held by a job since the last [`Scheduler::take_step_usage`].
+    /// Seconds held by a job since the last [`Scheduler::take_usage`].
     pub held_s: f64,
     /// Reference-GPU seconds of useful work done since the last take.
     pub work_s: f64,
@@ -100,12 +107,19 @@ struct JobState {
 /// Per-job outcome.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobOutcome {
+    /// Index of the job in the trace given to [`Scheduler::new`].
     pub id: u32,
+    /// Arrival time, simulation seconds.
     pub arrival_s: f64,
+    /// When the job first got its GPUs, simulation seconds; `None` if it never started.
     pub first_start_s: Option<f64>,
+    /// Completion time, simulation seconds; `None` if unfinished at the end.
     pub finish_s: Option<f64>,
+    /// Seconds between arrival and completion spent not holding GPUs; `None` if unfinished.
     pub queue_delay_s: Option<f64>,
+    /// Job completion time (completion − arrival), seconds; `None` if unfinished.
     pub jct_s: Option<f64>,
+    /// Times the job was preempted.
     pub preemptions: u32,
 }
 
@@ -115,6 +129,7 @@ pub struct Scheduler {
     policy: SchedPolicy,
     checkpoint_s: f64,
     restart_s: f64,
+    /// Every GPU that may take AI work, indexed as in [`Scheduler::new`]'s `gpus`.
     pub gpus: Vec<SchedGpu>,
     n_sites: usize,
     jobs: Vec<JobState>,
@@ -125,7 +140,9 @@ pub struct Scheduler {
     dirty: bool,
     /// Arrival order of starts under FIFO (for the invariant check).
     pub fifo_last_started: Option<u32>,
+    /// Preemptions of all jobs so far (including GPUs taken away from running jobs).
     pub preemptions: u64,
+    /// Times FIFO started a job before an earlier-arrived one; must stay 0.
     pub fifo_order_violations: u64,
     // Scratch for rescheduling.
     order: Vec<u32>,
@@ -193,6 +210,7 @@ impl Scheduler {
         }
     }
 
+    /// Simulation time the scheduler has advanced to, seconds.
     pub fn now(&self) -> f64 {
         self.now
     }

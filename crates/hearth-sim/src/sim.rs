@@ -38,15 +38,22 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DevicePolicy {
+    /// Every mining-capable device mines; the AI partition serves AI.
     AlwaysMine,
+    /// Mining devices follow the perfect-foresight on/off schedule.
     Oracle,
+    /// Mining devices follow hearth's policy seeing prices only.
     Hearth,
+    /// hearth's policy with every signal: AI demand, heat value, demand response, site cap.
     Hybrid,
+    /// Every device mines (no AI partition).
     MineOnly,
+    /// Every GPU serves AI.
     AiOnly,
 }
 
 impl DevicePolicy {
+    /// Every policy, in the order reports list them.
     pub const ALL: [DevicePolicy; 6] = [
         DevicePolicy::AlwaysMine,
         DevicePolicy::Oracle,
@@ -55,6 +62,7 @@ impl DevicePolicy {
         DevicePolicy::MineOnly,
         DevicePolicy::AiOnly,
     ];
+    /// Kebab-case name used in reports and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             DevicePolicy::AlwaysMine => "always-mine",
@@ -65,6 +73,7 @@ impl DevicePolicy {
             DevicePolicy::AiOnly => "ai-only",
         }
     }
+    /// The policy named `s` (as [`DevicePolicy::as_str`] writes it), if any.
     pub fn parse(s: &str) -> Option<DevicePolicy> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
@@ -114,9 +123,13 @@ pub fn hearth_policy_config() -> PolicyConfig {
 /// A demand-response window in simulated seconds with the site limit, watts.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct DrWindow {
+    /// Index of the site in [`Fleet::sites`].
     pub site: usize,
+    /// Start of the event, simulation seconds (inclusive).
     pub start_s: f64,
+    /// End of the event, simulation seconds (exclusive).
     pub end_s: f64,
+    /// Most power the site may draw during the event, watts.
     pub limit_w: f64,
 }
 
@@ -166,49 +179,81 @@ pub fn dr_windows(fleet: &Fleet, trace: &PriceTrace) -> Vec<DrWindow> {
 /// Totals of one run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Metrics {
+    /// Device policy name ([`DevicePolicy::as_str`]).
     pub policy: String,
+    /// Job scheduler name ([`SchedPolicy::as_str`]).
     pub scheduler: String,
+    /// Devices simulated.
     pub devices: usize,
+    /// Price intervals simulated.
     pub intervals: usize,
+    /// Length of one interval, seconds.
     pub interval_s: u32,
+    /// Energy drawn by all devices, kWh.
     pub energy_kwh: f64,
+    /// Electricity cost of `energy_kwh` at the trace's prices, $.
     pub energy_cost_usd: f64,
+    /// Mining revenue at the fleet's hashprice, $.
     pub mining_revenue_usd: f64,
+    /// Revenue from tokens produced for AI jobs, $ (preemption overhead is unpaid).
     pub ai_revenue_usd: f64,
+    /// Value of useful heat, capped by each site's heat demand, $.
     pub heat_value_usd: f64,
+    /// Wear and lost mining revenue of mode changes, $.
     pub switching_cost_usd: f64,
+    /// Mining + AI + heat value − electricity − switching, $.
     pub net_profit_usd: f64,
+    /// `net_profit_usd` per kWh drawn, $/kWh.
     pub net_usd_per_kwh: f64,
     /// Net profit per kWh of the sites' capacity over the run.
     pub net_usd_per_cap_kwh: f64,
-    /// GPUs only (the devices that have a choice between mining and AI).
+    /// Energy drawn by GPUs only (the devices that have a choice between mining and AI), kWh.
     pub gpu_energy_kwh: f64,
+    /// GPUs' revenue + their share of heat value − their electricity − switching, $.
     pub gpu_net_usd: f64,
+    /// `gpu_net_usd` per kWh the GPUs drew, $/kWh.
     pub gpu_net_usd_per_kwh: f64,
     /// Devices the device policy controls (not the AI partition): mining revenue − their
     /// electricity − their switching costs. The oracle maximises exactly this.
     pub mining_net_usd: f64,
+    /// Device mode changes, summed over devices and intervals.
     pub mode_switches: u64,
+    /// Jobs in the trace.
     pub jobs_total: usize,
+    /// Jobs finished by the end of the drain.
     pub jobs_done: usize,
+    /// Mean job completion time of finished jobs, seconds (NaN if none finished).
     pub mean_jct_s: f64,
+    /// 95th-percentile job completion time of finished jobs, seconds.
     pub p95_jct_s: f64,
+    /// Mean queue delay of finished jobs, seconds (NaN if none finished).
     pub mean_queue_s: f64,
+    /// 95th-percentile queue delay of finished jobs, seconds.
     pub p95_queue_s: f64,
+    /// Job preemptions, including GPUs taken away from running jobs.
     pub preemptions: u64,
+    /// Site-intervals inside a demand-response event.
     pub dr_intervals: u64,
+    /// Of `dr_intervals`, those where the site stayed within the event's limit.
     pub dr_compliant: u64,
+    /// `dr_compliant / dr_intervals`, 1 when there were no events.
     pub dr_compliance: f64,
+    /// Device-intervals ending above the device's temperature limit.
     pub thermal_violations: u64,
+    /// Hottest device temperature seen at an interval end, °C.
     pub max_temp_c: f64,
+    /// Wall-clock time the simulation took, seconds.
     pub wall_s: f64,
 }
 
 /// Per-group share of each mode over one sample.
 #[derive(Clone, Debug, Serialize)]
 pub struct GroupSeries {
+    /// Name of the group's site.
     pub site: String,
+    /// Name of the group.
     pub group: String,
+    /// Devices in the group.
     pub count: u32,
     /// Per sample: fraction of device-time in [mine, serve_ai, heat, idle].
     pub frac: Vec<[f32; 4]>,
@@ -217,17 +262,24 @@ pub struct GroupSeries {
 /// Time series of a run (one point per sample).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Series {
+    /// End of each sample, days since the start of the trace.
     pub t_days: Vec<f64>,
+    /// Cumulative net profit at the end of each sample, $.
     pub profit_usd: Vec<f64>,
+    /// Mean number of waiting jobs over each sample (taken at interval ends).
     pub queue_len: Vec<f64>,
+    /// Mode shares of every device group, in fleet order.
     pub groups: Vec<GroupSeries>,
 }
 
 /// Everything a run produced.
 #[derive(Clone, Debug)]
 pub struct RunResult {
+    /// Totals of the run.
     pub metrics: Metrics,
+    /// Time series for the plots.
     pub series: Series,
+    /// Outcome of every job, in trace order.
     pub jobs: Vec<JobOutcome>,
 }
 

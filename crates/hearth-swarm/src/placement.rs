@@ -24,7 +24,7 @@
 //!
 //! All functions are pure; the simulation and the planner use explicit or fixed seeds.
 
-use hearth_core::{BlockRange, BlockRangeError};
+use hearth_core::{BlockRange, BlockRangeError, SplitMix64};
 use libp2p::PeerId;
 use std::cmp::Ordering;
 
@@ -352,7 +352,7 @@ pub struct SimOutcome {
 /// the same arrivals; Petals' random shuffle draws from a separate stream of the same seed.
 pub fn simulate_joins(cfg: &SimConfig, policy: Policy, seed: u64) -> SimOutcome {
     let n = cfg.n_blocks;
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let lo = cfg.min_blocks.max(1);
     let hi = cfg.max_blocks.max(lo);
     let nodes: Vec<(usize, f64)> = (0..cfg.n_nodes)
@@ -387,7 +387,7 @@ pub fn simulate_joins(cfg: &SimConfig, policy: Policy, seed: u64) -> SimOutcome 
         _ => Vec::new(),
     };
     let planned = recompute(n, &plan, &nodes);
-    let mut shuffle_rng = SplitMix64(seed ^ 0xA076_1D64_78BD_642F);
+    let mut shuffle_rng = SplitMix64::new(seed ^ 0xA076_1D64_78BD_642F);
     let mut moves = 0;
     let mut settled = cfg.rebalance_rounds == 0;
     for _ in 0..cfg.rebalance_rounds {
@@ -661,7 +661,7 @@ fn plan_starts(n: usize, nodes: &[(usize, f64)]) -> Vec<usize> {
         add(&mut t, starts[i], len, tp);
     }
 
-    let mut rng = SplitMix64(PLAN_SEED);
+    let mut rng = SplitMix64::new(PLAN_SEED);
     let mut cur = sorted(&t);
     for _ in 0..(PLAN_ITERS_PER_MEMBER * m).min(PLAN_MAX_ITERS) {
         let i = rng.below(m as u64) as usize;
@@ -715,37 +715,6 @@ fn planned_step(
     // rounding residue, hence the tolerance.
     let dark = |t: &[f64]| t.iter().filter(|&&x| x <= TIE_EPS * tp.max(1.0)).count();
     dark(&after) <= dark(now)
-}
-
-/// SplitMix64: a tiny, well-mixed PRNG, enough for reproducible simulations.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [0, n) for n ≥ 1 (the modulo bias is irrelevant for simulations).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// Fisher–Yates, as `np.random.shuffle` does.
-    fn shuffle<T>(&mut self, xs: &mut [T]) {
-        for i in (1..xs.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            xs.swap(i, j);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -820,7 +789,7 @@ mod tests {
     /// `count` nodes with pseudo-random sizes in `min..=max` and throughputs in [1, 10), all
     /// crowded at block 0 (the worst start), plus their capacities.
     fn crowd(seed: u64, count: u8, min: usize, max: usize) -> (Vec<SpanInfo>, Vec<(usize, f64)>) {
-        let mut rng = SplitMix64(seed);
+        let mut rng = SplitMix64::new(seed);
         let caps: Vec<(usize, f64)> = (0..count)
             .map(|_| {
                 let len = min + rng.below((max - min + 1) as u64) as usize;
@@ -936,7 +905,7 @@ mod tests {
     fn join_rule_maximises_the_outcome_leximin() {
         // The module docs claim Petals' order is leximin-optimal for the outcome whatever the
         // node adds. Check it against brute force on random profiles with many ties.
-        let mut rng = SplitMix64(11);
+        let mut rng = SplitMix64::new(11);
         let levels = [0.0, 0.5, 1.0, 2.0, 3.0, 7.0];
         for _ in 0..3000 {
             let n = 2 + rng.below(9) as usize;

@@ -603,13 +603,8 @@ mod tests {
         // Deterministic pseudo-random swarm; checks the search completes and is optimal against
         // a simple bound (no timing assertion).
         let none = HashSet::new();
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut rng = hearth_core::SplitMix64::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = |m: u64| rng.below(m);
         let servers: Vec<ServerView> = (0..1000u32)
             .map(|i| {
                 let len = 1 + next(40) as u32;

@@ -50,15 +50,10 @@ fn gguf_tokenizer(vocab: &SyntheticVocab) -> Tokenizer {
     Tokenizer::from_gguf(&content).unwrap()
 }
 
-/// Deterministic pseudo-random UTF-8 strings covering all planes (xorshift, no dependency).
+/// Deterministic pseudo-random UTF-8 strings covering all planes.
 fn random_strings(count: usize) -> Vec<String> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut state = hearth_core::SplitMix64::new(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || state.next_u64();
     (0..count)
         .map(|_| {
             let len = (next() % 40) as usize;

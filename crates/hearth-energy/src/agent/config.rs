@@ -10,6 +10,7 @@ pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 /// Most devices one agent drives.
 pub const MAX_DEVICES: usize = 100_000;
 
+/// The whole agent configuration; every field has a default, unknown fields are rejected.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
@@ -22,16 +23,23 @@ pub struct AgentConfig {
     pub interval_s: f64,
     /// Site power cap, kW (`null`: none).
     pub site_cap_kw: Option<f64>,
+    /// The policy's tunables (`interval_s` is overridden by the agent's own).
     pub policy: PolicyConfig,
+    /// Where the electricity price comes from.
     pub price: PriceConfig,
+    /// Where the hashprice comes from.
     pub hashprice: HashpriceSource,
+    /// Paid AI demand: initial values and an optional endpoint.
     pub ai: AiConfig,
+    /// What useful heat is worth.
     pub heat: HeatDemand,
     /// Add every NVIDIA GPU (NVML) and the host CPU found at start.
     pub auto_detect: bool,
+    /// Devices configured explicitly (ids unique, at most [`MAX_DEVICES`]).
     pub devices: Vec<DeviceConfig>,
-    /// Root of sysfs and procfs (tests point these at fixture trees).
+    /// Root of sysfs, normally `/sys` (tests point it at a fixture tree).
     pub sys_root: String,
+    /// Root of procfs, normally `/proc` (tests point it at a fixture tree).
     pub proc_root: String,
 }
 
@@ -57,6 +65,8 @@ impl Default for AgentConfig {
     }
 }
 
+/// Electricity price sources; a pushed or polled price wins over the CSV, the CSV over the fixed
+/// price.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PriceConfig {
@@ -81,17 +91,20 @@ impl Default for PriceConfig {
     }
 }
 
+/// Paid AI demand for this site.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AiConfig {
-    /// Paid AI jobs waiting and the offered price (until an update arrives).
+    /// Paid AI jobs waiting (until an update arrives).
     pub jobs_waiting: u32,
+    /// Offered price, $ per million tokens (until an update arrives).
     pub usd_per_mtok: f64,
     /// An HTTP JSON endpoint (`{"jobs_waiting": n, "usd_per_mtok": x}`) polled every interval.
     pub url: Option<String>,
 }
 
 impl AiConfig {
+    /// The configured demand as the policy takes it.
     pub fn demand(&self) -> AiDemand {
         AiDemand {
             jobs_waiting: self.jobs_waiting,
@@ -107,39 +120,62 @@ pub enum Backend {
     /// A simulated device (thermal RC model) that follows commands.
     Simulated,
     /// NVIDIA GPU `index` through NVML: telemetry and power limits.
-    Nvml { index: u32 },
+    Nvml {
+        /// NVML device index.
+        index: u32,
+    },
     /// The host CPU: RAPL, hwmon, /proc/stat; optionally running the built-in Stratum miner.
     HostCpu {
+        /// Run the built-in Stratum miner on the CPU; `None`: telemetry only.
         #[serde(default)]
         builtin_miner: Option<BuiltinMinerConfig>,
     },
     /// An external miner with the cgminer/bmminer API (`host:4028`).
-    Cgminer { addr: String },
+    Cgminer {
+        /// API address, `host:port`.
+        addr: String,
+    },
     /// An external LuxOS miner (`host:4028`).
-    Luxos { addr: String },
+    Luxos {
+        /// API address, `host:port`.
+        addr: String,
+    },
 }
 
+/// The pool the built-in CPU miner connects to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuiltinMinerConfig {
-    /// `stratum+tcp://host:port`.
+    /// Pool URL, `stratum+tcp://host:port`.
     pub url: String,
+    /// Stratum worker name (usually `account.worker`).
     pub user: String,
+    /// Stratum worker password; `None`: the miner's default.
     #[serde(default)]
     pub password: Option<String>,
 }
 
+/// One configured device: what it can do and how the agent reaches it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
+    /// The device as the policy sees it.
     pub spec: DeviceSpec,
+    /// How it is read and controlled.
     pub backend: Backend,
 }
 
+/// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file is too large, not valid JSON or out of range.
     #[error("config {path}: {msg}")]
-    Invalid { path: String, msg: String },
+    Invalid {
+        /// The config file (or `(agent)` for one built in code).
+        path: String,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 impl AgentConfig {

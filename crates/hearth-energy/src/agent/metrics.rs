@@ -13,23 +13,41 @@ type G = Gauge<f64, AtomicU64>;
 /// Every series the agent exports.
 pub struct Metrics {
     registry: Registry,
+    /// `hearth_device_power_watts{device}`: measured draw, watts (absent while not reported).
     pub device_power_w: Family<Labels, G>,
+    /// `hearth_device_planned_watts{device}`: draw the policy planned, watts.
     pub device_planned_w: Family<Labels, G>,
+    /// `hearth_device_temperature_celsius{device}`: measured temperature, °C.
     pub device_temp_c: Family<Labels, G>,
+    /// `hearth_device_utilization_ratio{device}`: utilisation in [0, 1].
     pub device_utilization: Family<Labels, G>,
+    /// `hearth_device_healthy{device}`: 1 when the reading is trusted, else 0.
     pub device_healthy: Family<Labels, G>,
+    /// `hearth_device_mode{device,mode}`: 1 for the current mode, 0 for the others.
     pub device_mode: Family<Labels, G>,
+    /// `hearth_device_mode_changes_total{device,mode}`: switches into `mode`.
     pub mode_changes: Family<Labels, Counter>,
+    /// `hearth_device_control_failures{device}`: failed control attempts so far.
     pub control_failures: Family<Labels, G>,
+    /// `hearth_decisions_total`: policy decisions run.
     pub decisions: Counter,
+    /// `hearth_decide_seconds`: duration of the last decision, seconds.
     pub decide_seconds: G,
+    /// `hearth_electricity_price_usd_per_mwh`: price the last decision used, $/MWh.
     pub price: G,
+    /// `hearth_hashprice_usd_per_th_day`: hashprice the last decision used, $/TH/day.
     pub hashprice: G,
+    /// `hearth_heat_value_usd_per_mwh`: heat value the last decision used, $/MWh.
     pub heat_value: G,
+    /// `hearth_ai_price_usd_per_mtok`: offered AI price, $ per million tokens.
     pub ai_price: G,
+    /// `hearth_ai_jobs_waiting`: paid AI jobs waiting.
     pub ai_jobs: G,
+    /// `hearth_dr_active`: 1 while a demand-response event is active, else 0.
     pub dr_active: G,
+    /// `hearth_site_cap_watts`: effective site cap (lowered by demand response), watts; -1: none.
     pub cap_w: G,
+    /// `hearth_site_planned_watts`: total planned draw of the last decision, watts.
     pub planned_w: G,
 }
 
@@ -46,6 +64,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every series registered under the `hearth_` prefix, none set yet.
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("hearth");
         let m = Metrics {

@@ -47,25 +47,40 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The configured price CSV does not parse.
     #[error("price CSV {path}: {source}")]
     PriceCsv {
+        /// The CSV file.
         path: String,
+        /// What is wrong with it (names the line).
         source: crate::signals::price::PriceError,
     },
+    /// A file could not be read (message names it).
     #[error("{0}")]
     Io(String),
+    /// A configured device could not be set up.
     #[error("device {id}: {msg}")]
-    Device { id: String, msg: String },
+    Device {
+        /// The device's id.
+        id: String,
+        /// What failed.
+        msg: String,
+    },
 }
 
 /// One device as the agent drives it.
 pub struct AgentDevice {
+    /// The device as the policy sees it.
     pub spec: DeviceSpec,
+    /// Where its readings come from.
     pub telemetry: Arc<dyn Telemetry>,
+    /// What carries out its commands (driven by its control worker).
     pub actuator: Arc<dyn Actuator>,
     /// What it is, for humans ("nvml:0", "cgminer 10.0.0.5:4028", "simulated").
     pub backend: String,
@@ -74,24 +89,34 @@ pub struct AgentDevice {
 /// Signal inputs and their last good values.
 #[derive(Debug, Default)]
 pub struct SignalState {
+    /// Fallback electricity price when no other source has one, $/MWh.
     pub fixed_price: f64,
+    /// Prices from the configured CSV, if any.
     pub price_series: Option<PriceSeries>,
+    /// Give the policy a forecast (from the pushed update, else the CSV).
     pub use_forecast: bool,
     /// From the price endpoint or `POST /api/price` (newer wins over the CSV).
     pub price_update: Latest<PriceUpdate>,
+    /// Hashprice source; `None` (before start): hashprice 0, no mining.
     pub hashprice: Option<HashpriceSource>,
+    /// Paid AI demand, from the config, the endpoint or `POST /api/ai`.
     pub ai: Latest<AiDemand>,
+    /// Heat demand; `None` (before start): heat worth nothing.
     pub heat: Option<HeatDemand>,
 }
 
 /// State shared between the loop and the HTTP server.
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// What the last decision produced (`GET /api/state`).
     pub snapshot: Mutex<Snapshot>,
+    /// Known demand-response events.
     pub dr: Mutex<DrBook>,
+    /// Signal inputs and their last good values.
     pub signals: Mutex<SignalState>,
     /// Wakes the loop at once (demand-response events, price pushes).
     pub wake: Notify,
+    /// The Prometheus series served at `/metrics`.
     pub metrics: Metrics,
     /// The control workers, one per device in order (empty until `run`).
     pub workers: Mutex<Vec<WorkerHandle>>,
@@ -117,9 +142,13 @@ impl Shared {
 
 /// The agent: devices, configuration, shared state.
 pub struct Agent {
+    /// The validated configuration (policy interval and staleness adjusted to `interval_s`).
     pub cfg: AgentConfig,
+    /// The devices driven, in policy order.
     pub devices: Vec<AgentDevice>,
+    /// State shared with the HTTP server.
     pub shared: Arc<Shared>,
+    /// Timing of each device's control worker.
     pub worker: WorkerConfig,
     /// Time limit of one telemetry read.
     pub read_timeout: Duration,

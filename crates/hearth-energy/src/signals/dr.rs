@@ -20,10 +20,14 @@ use super::time::{parse_duration, parse_timestamp};
 use crate::policy::{DrEvent, DrTarget};
 use serde_json::Value;
 
+/// Most events a [`DrBook`] keeps pending.
 pub const MAX_EVENTS: usize = 256;
+/// Most intervals, and most payloads, read from one OpenADR event; the rest are ignored.
 pub const MAX_PAYLOADS: usize = 16;
+/// Longest accepted event, seconds (7 days).
 pub const MAX_DURATION_S: f64 = 7.0 * 86_400.0;
 
+/// A rejected demand-response event; the message says what was wrong.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("demand-response event: {0}")]
 pub struct DrError(pub String);
@@ -177,10 +181,12 @@ impl DrBook {
         n != self.events.len()
     }
 
+    /// Drops events that ended at or before `now_s`.
     pub fn expire(&mut self, now_s: f64) {
         self.events.retain(|e| e.end_s > now_s);
     }
 
+    /// The events kept, in insertion order (expired ones too until the next `expire`).
     pub fn events(&self) -> &[DrEvent] {
         &self.events
     }

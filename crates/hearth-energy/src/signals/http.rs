@@ -9,21 +9,44 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Largest response body accepted, bytes.
 pub const MAX_BODY: usize = 256 * 1024;
+/// Largest status line plus headers accepted, bytes.
 pub const MAX_HEADER: usize = 16 * 1024;
 
+/// Why a GET failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// The URL (given) is not a plain `http://host[:port]/path`.
     #[error("URL {0:?}: only http://host[:port]/path is supported")]
     Url(String),
+    /// The whole request exceeded its time limit (the URL given).
     #[error("{0}: timed out")]
     Timeout(String),
+    /// Connecting, writing or reading failed.
     #[error("{url}: {source}")]
-    Io { url: String, source: std::io::Error },
+    Io {
+        /// The URL requested.
+        url: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The server answered with a non-2xx status.
     #[error("{url}: HTTP status {status}")]
-    Status { url: String, status: u16 },
+    Status {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The answer is malformed or over the size limits.
     #[error("{url}: {msg}")]
-    Protocol { url: String, msg: String },
+    Protocol {
+        /// The URL requested.
+        url: String,
+        /// What was wrong.
+        msg: String,
+    },
 }
 
 /// (host:port, path) of an `http://` URL.

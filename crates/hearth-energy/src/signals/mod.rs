@@ -25,16 +25,23 @@ pub fn hashprice_usd_per_th_day(difficulty: f64, block_reward_btc: f64, coin_usd
 #[serde(rename_all = "snake_case")]
 pub enum HashpriceSource {
     /// A given value, $/TH/day.
-    Given { usd_per_th_day: f64 },
+    Given {
+        /// Hashprice, $/TH/day.
+        usd_per_th_day: f64,
+    },
     /// Computed from network difficulty, block reward (subsidy + average fees) and coin price.
     Network {
+        /// Network difficulty (≤ 0 or NaN: hashprice 0).
         difficulty: f64,
+        /// BTC per block: subsidy plus average fees.
         block_reward_btc: f64,
+        /// Coin price, $ per BTC.
         coin_usd: f64,
     },
 }
 
 impl HashpriceSource {
+    /// The hashprice now, $/TH/day.
     pub fn usd_per_th_day(&self) -> f64 {
         match *self {
             HashpriceSource::Given { usd_per_th_day } => usd_per_th_day,
@@ -56,17 +63,24 @@ pub enum HeatDemand {
     /// Heat is worth `value_usd_per_mwh` while the room is below `setpoint_c − deadband_c/2`;
     /// worthless once it is above `setpoint_c + deadband_c/2`; linear in between.
     Thermostat {
+        /// Room temperature, °C.
         room_c: f64,
+        /// Target room temperature, °C.
         setpoint_c: f64,
+        /// Width of the band around the setpoint, °C (default 1).
         #[serde(default = "default_deadband")]
         deadband_c: f64,
+        /// Heat value while the room is cold, $/MWh.
         value_usd_per_mwh: f64,
     },
     /// Heat is worth `value_usd_per_mwh` during the given UTC hours `[from_hour, to_hour)`
     /// (wrapping past midnight when `from_hour > to_hour`).
     Schedule {
+        /// First UTC hour with heat wanted (0..=23).
         from_hour: u8,
+        /// UTC hour at which heat stops being wanted (exclusive).
         to_hour: u8,
+        /// Heat value during those hours, $/MWh.
         value_usd_per_mwh: f64,
     },
 }
@@ -124,6 +138,7 @@ impl HeatDemand {
 /// A value with its last good update: a rejected update leaves it unchanged and records why.
 #[derive(Clone, Debug, Serialize)]
 pub struct Latest<T> {
+    /// The last good value; `None` until one arrives.
     pub value: Option<T>,
     /// When the value was last updated, seconds.
     pub updated_s: Option<f64>,
@@ -142,6 +157,8 @@ impl<T> Default for Latest<T> {
 }
 
 impl<T> Latest<T> {
+    /// Takes `Ok` as the new value at `now_s` (clearing the error); keeps the value on `Err` and
+    /// records the error.
     pub fn update<E: std::fmt::Display>(&mut self, r: Result<T, E>, now_s: f64) {
         match r {
             Ok(v) => {

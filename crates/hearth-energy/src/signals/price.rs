@@ -15,15 +15,25 @@
 use super::time::{parse_timestamp, year_start_s};
 use serde::{Deserialize, Serialize};
 
+/// Most data rows a price CSV may have.
 pub const MAX_ROWS: usize = 1_000_000;
+/// Longest CSV line accepted, bytes.
 pub const MAX_LINE: usize = 4096;
 /// Prices outside this band ($/MWh) are input errors, not market events.
 pub const PRICE_BOUND: f64 = 100_000.0;
 
+/// A rejected price input.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PriceError {
+    /// The CSV is malformed or out of range.
     #[error("price CSV line {line}: {msg}")]
-    Csv { line: usize, msg: String },
+    Csv {
+        /// 1-based line number of the offending line.
+        line: usize,
+        /// What was wrong.
+        msg: String,
+    },
+    /// The JSON body is malformed or out of range (message says what).
     #[error("price JSON: {0}")]
     Json(String),
 }
@@ -33,7 +43,10 @@ pub enum PriceError {
 #[serde(rename_all = "snake_case")]
 pub enum Timebase {
     /// Row `i` covers `[start + i·step, start + (i+1)·step)`.
-    Absolute { start_s: f64 },
+    Absolute {
+        /// Start of row 0, Unix seconds.
+        start_s: f64,
+    },
     /// Row `i` covers the `i`-th interval of the year, repeating every year.
     YearIndex,
 }
@@ -41,8 +54,11 @@ pub enum Timebase {
 /// A uniformly spaced price series.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PriceSeries {
+    /// How row indices map to time.
     pub timebase: Timebase,
+    /// Seconds each row covers.
     pub step_s: f64,
+    /// One price per row, $/MWh.
     pub usd_per_mwh: Vec<f64>,
 }
 
@@ -226,7 +242,9 @@ pub fn parse_csv(text: &str) -> Result<PriceSeries, PriceError> {
 /// A price update from JSON.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PriceUpdate {
+    /// The price now, $/MWh.
     pub usd_per_mwh: f64,
+    /// Prices ahead, if the body carried a forecast (absolute time base).
     pub forecast: Option<PriceSeries>,
 }
 

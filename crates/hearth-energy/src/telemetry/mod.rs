@@ -109,7 +109,9 @@ impl Telemetry for FixedTelemetry {
 /// control worker keeps retrying); it never blocks the agent.
 #[derive(Debug, Clone)]
 pub struct MinerTelemetry {
+    /// The miner, shared with its actuator.
     pub miner: Arc<hearth_mining::Miner>,
+    /// Time limit of one status query.
     pub timeout: std::time::Duration,
 }
 

@@ -12,10 +12,13 @@ use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::Nvml;
 use std::sync::Arc;
 
+/// A failed NVML query or command.
 #[derive(Debug, thiserror::Error)]
 pub enum NvmlError {
+    /// NVML returned an error (no such GPU, no permission, unsupported).
     #[error("NVML: {0}")]
     Nvml(#[from] nvml_wrapper::error::NvmlError),
+    /// The requested power limit (watts, given) is NaN or infinite.
     #[error("power limit {0} W is not finite")]
     BadLimit(f64),
 }
@@ -24,6 +27,7 @@ pub enum NvmlError {
 #[derive(Clone)]
 pub struct NvmlGpus {
     nvml: Arc<Nvml>,
+    /// Number of GPUs NVML reports (indices `0..count`; at least 1).
     pub count: u32,
 }
 
@@ -38,8 +42,11 @@ impl std::fmt::Debug for NvmlGpus {
 /// Static facts about one GPU, for building its [`crate::policy::DeviceSpec`].
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct GpuInfo {
+    /// NVML device index.
     pub index: u32,
+    /// Product name (`GPU <index>` when NVML does not say).
     pub name: String,
+    /// NVML UUID (`GPU-…`; empty when NVML does not say).
     pub uuid: String,
     /// Allowed power-limit range, watts.
     pub limit_range_w: Option<(f64, f64)>,
@@ -63,6 +70,7 @@ impl NvmlGpus {
         })
     }
 
+    /// Static facts about GPU `index`: name, UUID, power-limit range and current limit.
     pub fn info(&self, index: u32) -> Result<GpuInfo, NvmlError> {
         let d = self.nvml.device_by_index(index)?;
         Ok(GpuInfo {

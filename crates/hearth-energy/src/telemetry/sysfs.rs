@@ -19,15 +19,26 @@ const MAX_PROC_STAT: usize = 1 << 20;
 const MAX_HWMON: usize = 64;
 const MAX_SENSORS: usize = 64;
 
+/// A sysfs or procfs file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SysfsError {
+    /// The file could not be read (or is over its size bound).
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The read error.
         source: std::io::Error,
     },
+    /// The file does not hold an integer.
     #[error("{path}: cannot parse {value:?} as a number")]
-    Parse { path: String, value: String },
+    Parse {
+        /// The file.
+        path: String,
+        /// Its trimmed content, at most 32 characters.
+        value: String,
+    },
+    /// `/proc/stat` has no usable aggregate `cpu` line (message says why).
     #[error("/proc/stat: {0}")]
     ProcStat(String),
 }
@@ -47,8 +58,11 @@ fn read_int<T: std::str::FromStr>(path: &Path) -> Result<T, SysfsError> {
 /// One RAPL package domain (`intel-rapl:N`).
 #[derive(Debug)]
 pub struct RaplDomain {
+    /// The domain's powercap directory.
     pub dir: PathBuf,
+    /// Its `name` file (`package-0`), or the directory when unreadable.
     pub name: String,
+    /// `max_energy_range_uj`: where `energy_uj` wraps, microjoules (> 0).
     pub range_uj: u64,
     last: Option<(f64, u64)>,
     /// Accumulated energy across wraps, joules.
@@ -137,8 +151,11 @@ impl RaplDomain {
 /// One temperature sensor of a hwmon chip.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct HwmonSensor {
+    /// The chip's `name` (`coretemp`, `k10temp`; empty when unreadable).
     pub chip: String,
+    /// The sensor's `temp*_label`, or its file stem (`temp1`) when it has none.
     pub label: String,
+    /// Temperature, °C.
     pub temp_c: f64,
 }
 
@@ -255,10 +272,15 @@ struct HostState {
 /// What was found for the host CPU, and why each missing part is missing.
 #[derive(Debug)]
 pub struct HostDetection {
+    /// The host CPU device over whatever was found.
     pub cpu: HostCpu,
+    /// At least one RAPL package counter is readable.
     pub has_power: bool,
+    /// A CPU hwmon sensor (one of [`CPU_CHIPS`]) reports a temperature.
     pub has_temp: bool,
+    /// `/proc/stat` gives CPU time counters.
     pub has_util: bool,
+    /// Why each missing part is missing, for the log.
     pub notes: Vec<String>,
 }
 

@@ -102,6 +102,8 @@ impl Half16 for f16 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+        // SAFETY: per `Half16::load16`'s contract the CPU has the features enabled on this fn
+        // and `p` is valid for reading 16 values (the 32 bytes of the unaligned load).
         unsafe {
             use std::arch::x86_64::*;
             _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
@@ -112,6 +114,8 @@ impl Half16 for f16 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn load16_maskz(mask: u16, p: *const u16) -> std::arch::x86_64::__m512 {
+        // SAFETY: per `Half16::load16_maskz`'s contract the CPU has the features enabled on this
+        // fn and the lanes in `mask` are readable at `p`; masked-off lanes are not accessed.
         unsafe {
             use std::arch::x86_64::*;
             _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast()))
@@ -122,6 +126,8 @@ impl Half16 for f16 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn store16(p: *mut u16, v: std::arch::x86_64::__m512) {
+        // SAFETY: per `Half16::store16`'s contract the CPU has the features enabled on this fn
+        // and `p` is valid for writing 16 values (the 32 bytes of the unaligned store).
         unsafe {
             use std::arch::x86_64::*;
             let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
@@ -146,6 +152,8 @@ impl Half16 for bf16 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+        // SAFETY: per `Half16::load16`'s contract the CPU has the features enabled on this fn
+        // and `p` is valid for reading 16 values (the 32 bytes of the unaligned load).
         unsafe {
             use std::arch::x86_64::*;
             let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
@@ -157,6 +165,8 @@ impl Half16 for bf16 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn load16_maskz(mask: u16, p: *const u16) -> std::arch::x86_64::__m512 {
+        // SAFETY: per `Half16::load16_maskz`'s contract the CPU has the features enabled on this
+        // fn and the lanes in `mask` are readable at `p`; masked-off lanes are not accessed.
         unsafe {
             use std::arch::x86_64::*;
             let v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p.cast()));
@@ -168,6 +178,8 @@ impl Half16 for bf16 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn store16(p: *mut u16, v: std::arch::x86_64::__m512) {
+        // SAFETY: per `Half16::store16`'s contract the CPU has the features enabled on this fn
+        // and `p` is valid for writing 16 values (the 32 bytes of the unaligned store).
         unsafe {
             use std::arch::x86_64::*;
             let h = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(_mm512_castps_si512(v)));
@@ -631,6 +643,14 @@ mod avx512 {
         });
     }
 
+    /// Weight rows `j0..j1`, each dotted with all `m` activation rows into
+    /// column `j` of the output.
+    ///
+    /// # Safety
+    /// The CPU must support the features enabled here; `x` points to `m * k`
+    /// f32s with `1 <= m <= DOT_MAX_M`, `w` to at least `j1 * k` values,
+    /// `j1 <= out.n`, and no one else accesses columns `j0..j1` of `out`
+    /// meanwhile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     unsafe fn dot_job<T: Half16>(
         x: *const f32,
@@ -641,6 +661,9 @@ mod avx512 {
         j1: usize,
         out: OutPtr,
     ) {
+        // SAFETY: by the contract above, row `j < j1` of `w` (`k` values from
+        // `w + j * k`) is in bounds, and `out.ptr + j` with stride `out.n`
+        // addresses column `j` of rows `0..m`, which only this job writes.
         unsafe {
             // One weight row at a time: the job's rows are contiguous, so this is
             // a single sequential stream for the prefetchers.
@@ -660,6 +683,11 @@ mod avx512 {
     /// `y[i * ldy] = x[i] · w` for `RM` activation rows and one weight row of
     /// length `k`. Four accumulators per activation row (steps of 64) keep
     /// the FMA latency chains off the critical path; reduced once at the end.
+    ///
+    /// # Safety
+    /// The CPU must support the features enabled here; `x` is valid for
+    /// reading `RM * k` f32s, `w` for `k` values, and `y + i * ldy` for
+    /// writing one f32 for each `i < RM`, with no other access meanwhile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn dot_row<T: Half16, const RM: usize>(
@@ -669,6 +697,9 @@ mod avx512 {
         y: *mut f32,
         ldy: usize,
     ) {
+        // SAFETY: features by the contract above. Full steps read `x` and `w`
+        // at offsets below `p + 64 <= k`; the tail loads only the lanes below
+        // `k` (masked-off lanes are not accessed); prefetches never fault.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 4]; RM];
             let mut p = 0;
@@ -736,12 +767,22 @@ mod avx512 {
                 let bbuf = buf.bytes_mut().as_mut_ptr().cast::<u16>();
                 // SAFETY: features checked by the caller; panels `p0..p1`
                 // are in bounds and their columns belong to this job only;
-                // the scratch holds `(p1 - p0) * KC * NR` floats.
+                // the scratch holds `per * KC * NR >= (p1 - p0) * KC * NR` halves.
                 unsafe { gemm_job(a.as_ptr(), m, k, w, n, p0, p1, out, bbuf) }
             });
         });
     }
 
+    /// Panels `p0..p1` of the GEMM: for each depth block, (for row-major
+    /// weights) transposes the panels into `bbuf`, then runs every `MR`-row
+    /// tile of `a` against them.
+    ///
+    /// # Safety
+    /// The CPU must support the features enabled here; `a` is `m * k` f32s
+    /// laid out by `pack_a`; `w` holds `n * k` values (`ceil(n / 32) * 32 * k`
+    /// for panels); `p1 <= ceil(n / 32)`; `out` is `m * n` and no one else
+    /// accesses the columns of panels `p0..p1` meanwhile; for row-major
+    /// weights `bbuf` is valid for writing `(p1 - p0) * KC * NR` halves.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm_job<T: Half16>(
@@ -755,6 +796,11 @@ mod avx512 {
         out: OutPtr,
         bbuf: *mut u16,
     ) {
+        // SAFETY: by the contract above. `pack_b` reads `rows <= 32` rows of
+        // panel `pi` at depth `k0..k0 + kc <= k` and writes `kc * NR <= KC * NR`
+        // halves into slot `pi - p0` of `bbuf`; the tiles read `mr` rows of `a`
+        // at depth `k0..k0 + kc`, `kc` steps of a panel slice, and write the
+        // `cols` in-bounds columns of panel `pi` in rows `r0..r0 + mr`.
         unsafe {
             // One tile of rows (decode): no reuse to block for, so stream each
             // panel front to back (one sequential stream per thread).
@@ -797,6 +843,9 @@ mod avx512 {
     }
 
     /// [`tile`] for a run-time row count `mr <= MR`.
+    ///
+    /// # Safety
+    /// As [`tile`] with `R = mr`; `1 <= mr <= MR`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile_any<T: Half16>(
@@ -809,6 +858,7 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
+        // SAFETY: forwards this fn's contract to `tile` with `R = mr`.
         unsafe {
             macro_rules! go {
             ($($r:literal)*) => {
@@ -825,6 +875,12 @@ mod avx512 {
     /// The micro-kernel: `c[i][0..cols] (+)= Σ_p a[p * R + i] · b[p][0..cols]`
     /// for `R` rows and one 32-wide panel slice of `kc` steps, with all
     /// `2 * R` accumulators in registers. `b` is `T`, widened on the fly.
+    ///
+    /// # Safety
+    /// The CPU must support the features enabled here; `a` is valid for
+    /// reading `kc * R` f32s, `b` for `kc * 32` values, and `c + i * ldc` for
+    /// reading and writing `cols <= 32` f32s for each `i < R`, with no other
+    /// access to those meanwhile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn tile<T: Half16, const R: usize>(
@@ -836,6 +892,10 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
+        // SAFETY: by the contract above: step `p < kc` reads `a[R * p..R * p + R]`
+        // and `b[32 * p..32 * p + 32]`; the loads and stores of `c` are masked
+        // to the first `cols` columns (masked-off lanes are not accessed), and
+        // prefetches never fault.
         unsafe {
             let mut c0 = [_mm512_setzero_ps(); R];
             let mut c1 = [_mm512_setzero_ps(); R];
@@ -894,8 +954,16 @@ mod avx512 {
     /// Transposes `rows <= 32` weight rows (stride `ldw` halves) × `kc` steps
     /// into a panel `out[p * 32 + f]` of `T` (the layout of `PackedF16`);
     /// rows past `rows` are 0. Goes through f32, which is exact both ways.
+    ///
+    /// # Safety
+    /// The CPU must support the features enabled here; `w + r * ldw` is valid
+    /// for reading `kc` values for each `r < rows <= 32`, and `out` for writing
+    /// `kc * 32` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     unsafe fn pack_b<T: Half16>(w: *const u16, ldw: usize, rows: usize, kc: usize, out: *mut u16) {
+        // SAFETY: by the contract above: only rows `< rows` are loaded, masked
+        // to the `len` steps left below `kc`; the stores cover steps `< kc` of
+        // the 32-wide panel; prefetches never fault.
         unsafe {
             for f0 in [0, 16] {
                 let mut p0 = 0;

@@ -172,6 +172,8 @@ struct OutPtr {
 // SAFETY: an `OutPtr` is built from a `&mut [f32]` of length `m * n` that
 // outlives the parallel section, and jobs write disjoint column ranges.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: the jobs sharing an `OutPtr` each read and write
+// only their own column range, and the ranges are disjoint.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {

@@ -721,6 +721,9 @@ mod avx512 {
     /// The CPU must support AVX-512 F/BW/VL; `xr` is whole blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize_row(xr: &[f32], out: QuantRow<'_>) {
+        // SAFETY: the features are the caller's obligation; every load reads
+        // within one whole 32-value block `xb`, the stores write the 32 bytes
+        // of `qb`, and `q`, `d`, `corr` are written through checked indexing.
         unsafe {
             let QuantRow {
                 rows,
@@ -764,6 +767,12 @@ mod avx512 {
     /// Every activation tile against panels `pis` (consecutive, `panel`
     /// bytes each, starting at `wp`): tiles outside, so a tile's activations
     /// are read once for all the panels.
+    ///
+    /// # Safety
+    /// The CPU must support the features enabled here; `wp` is valid for
+    /// reading `pis.len() * panel` bytes of packed panels of `kind` with
+    /// `xq.nb` blocks; `pis.end <= ceil(out.n / 16)`; `out` is `xq.m * out.n`
+    /// and no one else accesses the columns of panels `pis` meanwhile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn panel_job(
         kind: Kind,
@@ -773,6 +782,10 @@ mod avx512 {
         pis: std::ops::Range<usize>,
         out: OutPtr,
     ) {
+        // SAFETY: by the contract above; each tile reads the `mr` rows of
+        // group `r0` of `xq` (laid out as `QuantX` says), one whole panel at
+        // `wp + (pi - pis.start) * panel`, and writes the in-bounds `cols`
+        // columns of panel `pi` in rows `r0..r0 + mr`.
         unsafe {
             let (m, n, nb) = (xq.m, out.n, xq.nb);
             let k = nb * QK;
@@ -804,6 +817,11 @@ mod avx512 {
     /// panel layout at `out` (see `Kind::panel_value`), 4 rows at a time:
     /// a 4 × 4 dword transpose turns the rows' 4-byte groups into the panel's
     /// 16-byte runs. Rows past `rows` become padding (scale 0, value 0).
+    ///
+    /// # Safety
+    /// The CPU must support the features enabled here; `src + r * stride` is
+    /// valid for reading `nb` raw blocks of `kind` for each `r < rows <= 16`,
+    /// and `out` for writing one packed panel (`nb * 16 * block_bytes` bytes).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn repack(
         kind: Kind,
@@ -813,6 +831,10 @@ mod avx512 {
         nb: usize,
         out: *mut u8,
     ) {
+        // SAFETY: by the contract above: only live rows (`< rows`) are read,
+        // each within its block `b < nb` (2 scale bytes, then 16 or 32 value
+        // bytes); the writes land at the offsets `Kind::offsets` gives inside
+        // the panel; prefetches never fault.
         unsafe {
             let bb = kind.block_bytes();
             let flip = _mm256_set1_epi8(-128);
@@ -902,6 +924,13 @@ mod avx512 {
     /// Per block: load and unpack the panel's 8 weight vectors once, then per
     /// row 8 `vpdpbusd` (activation bytes broadcast) starting from the bias
     /// correction, and one FMA by `d_w · d_x`.
+    ///
+    /// # Safety
+    /// The CPU must support the features enabled here; `aq`, `ad`, `ac` point
+    /// to one group of `R` rows of a `QuantX` with `nb` blocks (`nb * 32 * R`
+    /// bytes, `nb * R` scales and corrections); `wp` to one packed panel
+    /// (Q4_0 if `Q4`, else Q8_0); `c + i * ldc` is valid for writing
+    /// `cols <= 16` f32s for each `i < R`, with no other access meanwhile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
@@ -915,6 +944,10 @@ mod avx512 {
         ldc: usize,
         cols: usize,
     ) {
+        // SAFETY: by the contract above: block `b < nb` reads its 32 scale
+        // bytes and `panel_qs` value bytes at `Kind::offsets` in the panel and
+        // the group's bytes, scales and corrections of block `b`; the stores
+        // are masked to the first `cols` columns; prefetches never fault.
         unsafe {
             let mut acc = [_mm512_setzero_ps(); R];
             let low = _mm512_set1_epi8(0x0F);

@@ -1,21 +1,22 @@
 //! Kernels against scalar references, and SIMD against the portable path.
 
 use half::{bf16, f16};
+use hearth_core::SplitMix64;
 
 use super::fp16;
 use super::quant::{self, QK};
 use super::*;
 
-/// SplitMix64: deterministic test data without extra dependencies.
-struct Rng(u64);
+/// Deterministic test data (hearth's SplitMix64).
+struct Rng(SplitMix64);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(seed))
+    }
+
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [-1, 1).
@@ -91,7 +92,7 @@ const F16_SHAPES: &[(usize, usize, usize)] = &[
 
 #[test]
 fn f16_matches_f64_reference() {
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     for &(m, k, n) in F16_SHAPES {
         let x = rng.vec(m * k);
         let w: Vec<f16> = rng.vec(n * k).into_iter().map(f16::from_f32).collect();
@@ -120,7 +121,7 @@ fn f16_matches_f64_reference() {
 
 #[test]
 fn f16_simd_agrees_with_scalar() {
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     for &(m, k, n) in F16_SHAPES {
         let x = rng.vec(m * k);
         let w: Vec<f16> = rng.vec(n * k).into_iter().map(f16::from_f32).collect();
@@ -211,7 +212,7 @@ fn bf16_shapes() -> Vec<(usize, usize, usize)> {
 
 #[test]
 fn bf16_widening_is_exact() {
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let w = random_bf16(&mut rng, 1000);
     for v in &w {
         assert_eq!(f32::from_bits(u32::from(v.to_bits()) << 16), v.to_f32());
@@ -220,7 +221,7 @@ fn bf16_widening_is_exact() {
 
 #[test]
 fn bf16_matches_f64_reference() {
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     for (m, k, n) in bf16_shapes() {
         let x = rng.vec(m * k);
         let w = random_bf16(&mut rng, n * k);
@@ -250,7 +251,7 @@ fn bf16_matches_f64_reference() {
 
 #[test]
 fn bf16_simd_agrees_with_scalar() {
-    let mut rng = Rng(4);
+    let mut rng = Rng::new(4);
     for (m, k, n) in bf16_shapes() {
         let x = rng.vec(m * k);
         let w = random_bf16(&mut rng, n * k);
@@ -278,7 +279,7 @@ fn bf16_simd_agrees_with_scalar() {
 fn bf16_exact_on_exact_products() {
     // Small integers: every product and partial sum is exact in f32, so every
     // path must give the exact answer whatever its summation order.
-    let mut rng = Rng(6);
+    let mut rng = Rng::new(6);
     let (m, k, n) = (13, 96, 33);
     let x: Vec<f32> = (0..m * k)
         .map(|_| (rng.next_u64() % 9) as f32 - 4.0)
@@ -423,7 +424,7 @@ fn quantization_bound(x: &[f32], m: usize, k: usize, wf: &[f32], n: usize) -> Ve
 }
 
 fn quant_case(q8: bool, seed: u64, integer_x: bool) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let bb = if q8 {
         Q8_0_BLOCK_BYTES
     } else {
@@ -522,7 +523,7 @@ fn q8_0_exact_when_activations_are_exact_int8() {
 #[test]
 fn q4_0_zero_activations_and_scales() {
     let (m, k, n) = (3, 64, 5);
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let w = random_blocks(&mut rng, n, k, Q4_0_BLOCK_BYTES);
     let x = vec![0.0; m * k];
     let mut y = vec![f32::NAN; m * n];
@@ -592,7 +593,7 @@ fn packed_sizes_match_the_file_format() {
 /// what lets a node batch many sessions' steps without changing any session's output.
 #[test]
 fn quant_rows_do_not_depend_on_the_batch() {
-    let mut rng = Rng(77);
+    let mut rng = Rng::new(77);
     let (k, n) = (256, 37);
     for q8 in [false, true] {
         let bb = if q8 {

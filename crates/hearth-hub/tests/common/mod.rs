@@ -16,23 +16,29 @@ use std::time::Duration;
 /// How one path is served.
 #[derive(Clone, Default)]
 pub(crate) struct Served {
-    pub body: Vec<u8>,
+    /// The file's bytes.
+    pub(crate) body: Vec<u8>,
     /// Answer `Range: bytes=N-` with 206 (else with the whole file, as some servers do).
-    pub honour_range: bool,
+    pub(crate) honour_range: bool,
     /// Cut the connection of the first GET after this many body bytes.
-    pub cut_first_after: Option<usize>,
+    pub(crate) cut_first_after: Option<usize>,
     /// Send the body chunked, without Content-Length.
-    pub chunked: bool,
-    pub etag: Option<String>,
-    pub linked_etag: Option<String>,
+    pub(crate) chunked: bool,
+    /// Sent quoted as the `ETag` header, when set.
+    pub(crate) etag: Option<String>,
+    /// Sent quoted as the `X-Linked-ETag` header (as Hugging Face does for LFS files), when set.
+    pub(crate) linked_etag: Option<String>,
 }
 
 /// A request the server saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Seen {
-    pub method: String,
-    pub path: String,
-    pub range: Option<String>,
+    /// HTTP method, e.g. "GET" or "HEAD".
+    pub(crate) method: String,
+    /// Request path, starting with `/`.
+    pub(crate) path: String,
+    /// The `Range` header, if one was sent.
+    pub(crate) range: Option<String>,
 }
 
 #[derive(Default)]
@@ -41,8 +47,10 @@ struct Shared {
     log: Mutex<Vec<Seen>>,
 }
 
+/// The test HTTP server: what it serves and what it was asked.
 pub(crate) struct Server {
-    pub base: String,
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub(crate) base: String,
     shared: Arc<Shared>,
 }
 
@@ -206,6 +214,7 @@ pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Lowercase hex sha256 of `bytes`.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hearth_hub::Sha256Digest::of_reader(bytes)
         .unwrap()
@@ -216,7 +225,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 #[derive(Default, Debug)]
 pub(crate) struct Recorder {
     /// `(label, total, done at start, bytes advanced, ended)` per transfer.
-    pub transfers: Vec<(String, Option<u64>, u64, u64, bool)>,
+    pub(crate) transfers: Vec<(String, Option<u64>, u64, u64, bool)>,
 }
 
 impl Progress for Recorder {
