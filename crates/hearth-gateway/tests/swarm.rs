@@ -12,7 +12,7 @@ use hearth_swarm::node::{Fault, Node, NodeConfig};
 use hearth_swarm::{ClientConfig, NetConfig, SwarmClient};
 use hearth_wire::Receipt;
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,16 @@ async fn addr_of(n: &Node) -> String {
     }
 }
 
+/// The tiny synthesized model both tests serve, written as an HF folder under `dir`.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let model = dir.join("m");
+    SynthModel::new(shape("tiny").unwrap(), 5)
+        .unwrap()
+        .write_hf(&model, DType::F32, &SynthOptions::default())
+        .unwrap();
+    model
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -69,11 +79,7 @@ async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_answers_carry_verifiable_receipts_and_hangups_free_node_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m");
-    SynthModel::new(shape("tiny").unwrap(), 5)
-        .unwrap()
-        .write_hf(&model, DType::F32, &SynthOptions::default())
-        .unwrap();
+    let model = tiny_model(dir.path());
     let a = node(&model, &dir.path().join("a"), (0, 3), None).await;
     let boot = addr_of(&a).await;
     let b = node(&model, &dir.path().join("b"), (3, 6), Some(boot.clone())).await;
@@ -240,11 +246,7 @@ fn errors_of(metrics: &str, kind: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_failures_get_the_status_of_their_kind_and_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m");
-    SynthModel::new(shape("tiny").unwrap(), 5)
-        .unwrap()
-        .write_hf(&model, DType::F32, &SynthOptions::default())
-        .unwrap();
+    let model = tiny_model(dir.path());
     // Blocks 3..6 have no server.
     let a = node(&model, &dir.path().join("a"), (0, 3), None).await;
     let boot = addr_of(&a).await;

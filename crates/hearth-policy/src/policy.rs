@@ -832,10 +832,9 @@ fn explain(
         Some(rev / extra_mw + heat)
     };
     let locked = now - cur.since_s < dwell;
-    if !dec.changed && locked && dec.mode != Mode::Idle {
-        // Kept by dwell only if something else would have been chosen; cheap check: the
-        // mode's own gain is not positive.
-        let gain = option(
+    // The kept mode's own gain (None: the device cannot run it), used by both checks below.
+    let own_gain = || {
+        option(
             spec,
             dec.mode,
             price,
@@ -844,7 +843,11 @@ fn explain(
             input.ai,
         )
         .map(|(_, g)| g)
-        .unwrap_or(f64::NEG_INFINITY);
+    };
+    if !dec.changed && locked && dec.mode != Mode::Idle {
+        // Kept by dwell only if something else would have been chosen; cheap check: the
+        // mode's own gain is not positive.
+        let gain = own_gain().unwrap_or(f64::NEG_INFINITY);
         if gain <= 0.0 {
             return Reason::Dwell {
                 remaining_s: dwell - (now - cur.since_s),
@@ -853,16 +856,7 @@ fn explain(
     }
     if !dec.changed && dec.mode != Mode::Idle {
         // Hysteresis: another mode (or idle) has a higher raw gain but not by enough.
-        let own = option(
-            spec,
-            dec.mode,
-            price,
-            heat,
-            input.prices.hashprice_usd_per_th_day,
-            input.ai,
-        )
-        .map(|(_, g)| g)
-        .unwrap_or(0.0);
+        let own = own_gain().unwrap_or(0.0);
         let mut better: Option<(Mode, f64)> = if own < 0.0 {
             Some((Mode::Idle, -own))
         } else {
