@@ -3,9 +3,10 @@
 
 use crate::config::{ModelConfig, RopeLayout, RopeScaling};
 use crate::error::{EngineError, Result};
+use crate::kernels;
 use crate::weights::{BlockTensor, PackedWeight, TensorRole, Weight};
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::{DType, Device, Module, Storage, Tensor, D};
 use std::sync::Arc;
 
 /// A projection `y = x Wᵀ (+ b)`.
@@ -19,8 +20,12 @@ pub(crate) struct Linear {
 enum LinearWeight {
     /// Plain weights in the activation dtype.
     Dense(Tensor),
-    /// ggml blocks, multiplied by candle's quantized kernels (K-quants, CUDA).
-    Quantized(QMatMul),
+    /// ggml blocks, multiplied by candle's quantized kernels (Q4_1, Q5_x, K-quants, CUDA), at
+    /// most `rows_per_call` rows at a time (see [`candle_rows_per_call`]).
+    Quantized {
+        matmul: QMatMul,
+        rows_per_call: Option<usize>,
+    },
     /// F16 / Q4_0 / Q8_0 weights repacked for hearth's own CPU kernels (same size as the file).
     Packed(Arc<PackedWeight>),
 }
@@ -30,7 +35,10 @@ impl Linear {
         let weight = match weight {
             Weight::Packed(p) => LinearWeight::Packed(p),
             Weight::Dense(t) => LinearWeight::Dense(t.to_dtype(act_dtype)?),
-            Weight::Quantized(q) => LinearWeight::Quantized(QMatMul::from_arc(q)?),
+            Weight::Quantized(q) => LinearWeight::Quantized {
+                rows_per_call: candle_rows_per_call(q.dtype(), &q.device()),
+                matmul: QMatMul::from_arc(q)?,
+            },
         };
         Ok(Self { weight, bias })
     }
@@ -43,9 +51,25 @@ impl Linear {
                     .matmul(&w.t()?)?
                     .reshape((b, t, ()))?
             }
-            LinearWeight::Quantized(q) => {
+            LinearWeight::Quantized {
+                matmul,
+                rows_per_call,
+            } => {
                 let in_dtype = x.dtype();
-                q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?
+                let x = x.to_dtype(DType::F32)?;
+                let (b, t, k) = x.dims3()?;
+                let y = match rows_per_call {
+                    Some(chunk) if b * t > *chunk => {
+                        let rows = x.reshape((b * t, k))?;
+                        let parts = (0..b * t)
+                            .step_by(*chunk)
+                            .map(|r| matmul.forward(&rows.narrow(0, r, (*chunk).min(b * t - r))?))
+                            .collect::<candle_core::Result<Vec<_>>>()?;
+                        Tensor::cat(&parts, 0)?.reshape((b, t, ()))?
+                    }
+                    _ => matmul.forward(&x)?,
+                };
+                y.to_dtype(in_dtype)?
             }
             LinearWeight::Packed(p) => {
                 let (b, t, _) = x.dims3()?;
@@ -64,6 +88,21 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+/// How many rows candle's CPU kernels for `dtype` may take per call for a row's result to be the
+/// same in any batch. candle 0.11 computes each output of a row with one fixed dot product, except
+/// that it switches kernels on the row count: Q6_K takes a compact GEMV for one row and repacked
+/// tiles for more (which round differently), and Q4_K takes AMX tiles from 32 rows where the CPU
+/// has AMX. Calling with one row (Q6_K) or at most 31 (Q4_K) keeps every row on one kernel.
+/// `None`: any number (also on CUDA, whose results are not batch-invariant anyway).
+fn candle_rows_per_call(dtype: GgmlDType, device: &Device) -> Option<usize> {
+    match dtype {
+        _ if !device.is_cpu() => None,
+        GgmlDType::Q6K => Some(1),
+        GgmlDType::Q4K => Some(31),
+        _ => None,
     }
 }
 
@@ -207,7 +246,10 @@ pub(crate) struct StepContext {
     pub(crate) t: usize,
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
-    /// Additive mask `[n_rep * t, past + t]` (0 or -inf), absent for a plain single-token step.
+    /// The model's sliding window (a position sees at most this many positions).
+    pub(crate) window: Option<usize>,
+    /// Additive mask `[n_rep * t, past + t]` (0 or -inf) for candle's attention, absent for a
+    /// plain single-token step and for the CPU kernel (which skips masked positions itself).
     pub(crate) mask: Option<Tensor>,
 }
 
@@ -223,7 +265,8 @@ impl StepContext {
         let (cos, sin) = rope.angles(past, t, device, dtype)?;
         let total = past + t;
         let window = cfg.sliding_window.filter(|&w| w < total);
-        let mask = if t > 1 || window.is_some() {
+        let cpu_kernel = device.is_cpu() && dtype == DType::F32;
+        let mask = if !cpu_kernel && (t > 1 || window.is_some()) {
             let n_rep = cfg.num_heads / cfg.num_kv_heads;
             let mut m = Vec::with_capacity(n_rep * t * total);
             // Query rows are grouped per KV head as [n_rep, t]; row r is query position past + r % t.
@@ -238,7 +281,13 @@ impl StepContext {
         } else {
             None
         };
-        Ok(Self { t, cos, sin, mask })
+        Ok(Self {
+            t,
+            cos,
+            sin,
+            window: cfg.sliding_window,
+            mask,
+        })
     }
 }
 
@@ -424,12 +473,16 @@ impl Block {
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
         let q = rope.apply(&q, &ctx.cos, &ctx.sin)?;
         let k = rope.apply(&k, &ctx.cos, &ctx.sin)?;
+        let past = cache.len;
         let (k_all, v_all) = cache.append(&k, &v)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        if q.device().is_cpu() && q.dtype() == DType::F32 {
+            return self.attend_cpu(&q, &k_all, &v_all, past, ctx, scale as f32);
+        }
 
         // Grouped-query attention without copying keys per query head: the n_rep query heads that
         // share a KV head are folded into the row dimension.
         let q = q.reshape((b, nkv, n_rep * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&k_all.contiguous()?.t()?)? * scale)?;
         let scores = match &ctx.mask {
             Some(m) => scores.broadcast_add(m)?,
@@ -441,6 +494,54 @@ impl Block {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?)
+    }
+
+    /// [`Self::attend`] on the CPU in f32 with [`kernels::attention`]: a position's output is
+    /// bitwise the same in a prefill, a decode step or a replay (see that kernel). `q` is
+    /// `[1, heads, t, dim]`; `k_all`, `v_all` are views of the cache buffers (`[1, kv_heads,
+    /// past + t, dim]`, narrowed from contiguous buffers of a larger capacity).
+    fn attend_cpu(
+        &self,
+        q: &Tensor,
+        k_all: &Tensor,
+        v_all: &Tensor,
+        past: usize,
+        ctx: &StepContext,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let (nh, hd, t) = (self.num_heads, self.head_dim, ctx.t);
+        let qv = q.flatten_all()?.to_vec1::<f32>()?;
+        let kernel_err = |e: kernels::KernelError| EngineError::Unsupported {
+            what: "attention arguments",
+            detail: e.to_string(),
+        };
+        let (k_store, k_layout) = k_all.storage_and_layout();
+        let (v_store, v_layout) = v_all.storage_and_layout();
+        let (Storage::Cpu(k_cpu), Storage::Cpu(v_cpu)) = (&*k_store, &*v_store) else {
+            return Err(EngineError::Unsupported {
+                what: "attention",
+                detail: "the CPU kernel needs the cache on the CPU".into(),
+            });
+        };
+        // The cache views are narrowed along positions: the stride of a KV head is the buffer's
+        // capacity, and the data of head 0 starts at the view's offset.
+        let kv_stride = k_layout.stride()[1] / hd;
+        let len = self.num_kv_heads * kv_stride * hd;
+        let k = &k_cpu.as_slice::<f32>()?[k_layout.start_offset()..][..len];
+        let v = &v_cpu.as_slice::<f32>()?[v_layout.start_offset()..][..len];
+        let shape = kernels::AttentionShape {
+            heads: nh,
+            kv_heads: self.num_kv_heads,
+            head_dim: hd,
+            past,
+            rows: t,
+            kv_stride,
+            window: ctx.window,
+            scale,
+        };
+        let mut out = vec![0f32; t * nh * hd];
+        kernels::attention(&shape, &qv, k, v, &mut out).map_err(kernel_err)?;
+        Ok(Tensor::from_vec(out, (1, t, nh * hd), q.device())?)
     }
 }
 

@@ -384,9 +384,10 @@ impl ModelSlice {
     /// Returns each item's hidden states after the last block (`[1, t_i, hidden_size]`), in order.
     ///
     /// All rows go through the norms, projections and MLP together; attention and RoPE run per
-    /// session on its own cache and positions. A session's output does not depend on what else
-    /// is in the batch beyond the rounding of the matmul kernels: hearth's quantized kernels
-    /// (Q4_0, Q8_0) give bitwise the same rows; f32 and F16/BF16 may differ in the last bits.
+    /// session on its own cache and positions. On the CPU in f32 a session's output is bitwise
+    /// what it would be alone, and a position's output is the same whether it came in a prefill,
+    /// a decode step or a replay, on any number of threads (every weight type; see
+    /// `tests/determinism.rs`). On CUDA, or with a 16-bit activation dtype, only up to rounding.
     ///
     /// Every hidden shape is checked before any cache is touched; on error every cache is left as
     /// it was.

@@ -148,9 +148,13 @@ pub enum Weight {
     Packed(Arc<PackedWeight>),
 }
 
-/// An F16, BF16, Q4_0 or Q8_0 matrix in hearth's CPU kernel layout: same size as in the file.
+/// An F32, F16, BF16, Q4_0 or Q8_0 matrix in hearth's CPU kernel layout: same size as in the file.
+/// Every one of these kernels gives a row bitwise the same result in any batch and on any number
+/// of threads (see `kernels`).
 #[derive(Debug)]
 pub enum PackedWeight {
+    /// Single-precision weights.
+    F32(kernels::PackedF32),
     /// IEEE half-precision weights.
     F16(kernels::PackedF16),
     /// bfloat16 weights (widened exactly to f32 on the fly).
@@ -170,6 +174,14 @@ impl PackedWeight {
             detail: e.to_string(),
         };
         Ok(Some(match format {
+            StoredFormat::Dense(DType::F32) | StoredFormat::Ggml(GgmlDType::F32) => {
+                // Copy out of the file: its bytes need not be 4-byte aligned.
+                let w: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Self::F32(kernels::PackedF32::pack(w, n, k).map_err(err)?)
+            }
             StoredFormat::Dense(DType::F16) => {
                 // Copy out of the file: its bytes need not be 2-byte aligned.
                 let w: Vec<half::f16> = bytes
@@ -203,6 +215,7 @@ impl PackedWeight {
 
     pub(crate) fn n(&self) -> usize {
         match self {
+            Self::F32(p) => p.n(),
             Self::F16(p) => p.n(),
             Self::BF16(p) => p.n(),
             Self::Q4_0(p) => p.n(),
@@ -217,6 +230,7 @@ impl PackedWeight {
         y: &mut [f32],
     ) -> Result<(), kernels::KernelError> {
         match self {
+            Self::F32(p) => p.matmul(x, m, y),
             Self::F16(p) => p.matmul(x, m, y),
             Self::BF16(p) => p.matmul(x, m, y),
             Self::Q4_0(p) => p.matmul(x, m, y),

@@ -521,25 +521,6 @@ impl<T> Clone for Weights<'_, T> {
 
 impl<T> Copy for Weights<'_, T> {}
 
-/// f32 dot product in 16 independent lanes (vectorizable, and the same
-/// summation shape as the SIMD path).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// `a += x · b`. A function of its own so the compiler knows `a` and `b`
 /// do not overlap and vectorizes it.
 #[inline]
@@ -562,7 +543,7 @@ fn scalar_rows<T: Half16>(x: &[f32], m: usize, k: usize, w: &[T], n: usize, out:
                 for i in 0..m {
                     // SAFETY: column `j` belongs to this job only.
                     let yij = unsafe { out.row_mut(i, j, 1) };
-                    yij[0] = dot(&x[i * k..(i + 1) * k], wf);
+                    yij[0] = super::dot(&x[i * k..(i + 1) * k], wf);
                 }
             }
         });
@@ -897,55 +878,41 @@ mod avx512 {
         // to the first `cols` columns (masked-off lanes are not accessed), and
         // prefetches never fault.
         unsafe {
-            let mut c0 = [_mm512_setzero_ps(); R];
-            let mut c1 = [_mm512_setzero_ps(); R];
-            // Few rows (decode): a second set of accumulators for odd steps, so
-            // the FMA latency chains do not limit how far ahead loads issue.
-            let mut d0 = [_mm512_setzero_ps(); R];
-            let mut d1 = [_mm512_setzero_ps(); R];
-            let split = R <= 2;
-            for p in 0..kc {
-                let bp = b.add(NR * p);
-                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF / 2).cast());
-                let b0 = T::load16(bp);
-                let b1 = T::load16(bp.add(16));
-                let ap = a.add(R * p);
-                let (e0, e1) = if split && p % 2 == 1 {
-                    (&mut d0, &mut d1)
-                } else {
-                    (&mut c0, &mut c1)
-                };
-                for i in 0..R {
-                    let av = _mm512_set1_ps(*ap.add(i));
-                    e0[i] = _mm512_fmadd_ps(av, b0, e0[i]);
-                    e1[i] = _mm512_fmadd_ps(av, b1, e1[i]);
-                }
-            }
-            if split {
-                for i in 0..R {
-                    c0[i] = _mm512_add_ps(c0[i], d0[i]);
-                    c1[i] = _mm512_add_ps(c1[i], d1[i]);
-                }
-            }
             let mask = if cols >= 32 {
                 u32::MAX
             } else {
                 (1u32 << cols) - 1
             };
             let (m0, m1) = (mask as u16, (mask >> 16) as u16);
+            // One FMA chain per output, continued from the previous depth block's stored sum:
+            // the result is the same sequence of roundings for any blocking and any `R`, which
+            // is what makes a row's output independent of the batch it is computed in.
+            let mut c0 = [_mm512_setzero_ps(); R];
+            let mut c1 = [_mm512_setzero_ps(); R];
+            if accumulate {
+                for i in 0..R {
+                    let cp = c.add(i * ldc);
+                    c0[i] = _mm512_maskz_loadu_ps(m0, cp);
+                    c1[i] = _mm512_maskz_loadu_ps(m1, cp.add(16));
+                }
+            }
+            for p in 0..kc {
+                let bp = b.add(NR * p);
+                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF / 2).cast());
+                let b0 = T::load16(bp);
+                let b1 = T::load16(bp.add(16));
+                let ap = a.add(R * p);
+                for i in 0..R {
+                    let av = _mm512_set1_ps(*ap.add(i));
+                    c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+                    c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+                }
+            }
             for i in 0..R {
                 let cp = c.add(i * ldc);
-                let mut v0 = c0[i];
-                if accumulate {
-                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp));
-                }
-                _mm512_mask_storeu_ps(cp, m0, v0);
+                _mm512_mask_storeu_ps(cp, m0, c0[i]);
                 if m1 != 0 {
-                    let mut v1 = c1[i];
-                    if accumulate {
-                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.add(16)));
-                    }
-                    _mm512_mask_storeu_ps(cp.add(16), m1, v1);
+                    _mm512_mask_storeu_ps(cp.add(16), m1, c1[i]);
                 }
             }
         }

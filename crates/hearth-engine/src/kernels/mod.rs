@@ -35,6 +35,16 @@
 //! most `Σ_blocks (d_x / 2) · Σ|w|` with `d_x = max|x_block| / 127`
 //! (tested), as in llama.cpp; the integer block sums themselves are exact.
 //!
+//! Determinism: the matmuls of the packed types ([`PackedF32`], [`PackedF16`], [`PackedBF16`],
+//! [`PackedQ4_0`], [`PackedQ8_0`]) and [`attention`] compute each output with one fixed sequence
+//! of roundings, whatever the number of rows in the call (1 in decode, hundreds in a prefill,
+//! several sessions batched), where a row falls in the register tiles, and the number of threads
+//! (work is split over output features, never over a reduction). So a token's row is bitwise the
+//! same computed alone or in any batch, which makes a replayed prefill rebuild a KV cache exactly.
+//! The portable and AVX-512 paths differ from each other in the last bits (FMA vs separate
+//! multiply and add); the row-major `matmul_*` functions are not batch-invariant (their few-row
+//! path splits the reduction differently) and the engine does not use them.
+//!
 //! Every public function checks its lengths up front and returns
 //! [`KernelError`] instead of panicking or reading out of bounds.
 
@@ -43,11 +53,15 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+mod attention;
+mod f32;
 mod fp16;
 mod quant;
 #[cfg(test)]
 mod tests;
 
+pub use attention::{attention, AttentionShape};
+pub use f32::PackedF32;
 pub use fp16::{
     matmul_bf16, matmul_bf16_reference, matmul_f16, matmul_f16_reference, PackedBF16, PackedF16,
     F16_PANEL_WIDTH,
@@ -77,6 +91,13 @@ pub enum KernelError {
     },
     /// The dimensions overflow `usize` when multiplied.
     Overflow,
+    /// The query heads are not a positive multiple of the key/value heads.
+    Heads {
+        /// Query heads.
+        heads: usize,
+        /// Key/value heads.
+        kv_heads: usize,
+    },
 }
 
 impl fmt::Display for KernelError {
@@ -91,6 +112,12 @@ impl fmt::Display for KernelError {
                 actual,
             } => write!(f, "{what} has {actual} elements, expected {expected}"),
             KernelError::Overflow => write!(f, "matrix dimensions overflow usize"),
+            KernelError::Heads { heads, kv_heads } => {
+                write!(
+                    f,
+                    "{heads} query heads do not share {kv_heads} key/value heads evenly"
+                )
+            }
         }
     }
 }
@@ -303,4 +330,23 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let mut out = None;
     rayon::scope(|_| out = Some(f()));
     out.expect("rayon::scope runs its closure before returning")
+}
+
+/// f32 dot product in 16 independent lanes, summed lane by lane at the end: vectorizable, and a
+/// fixed order of roundings for a given length, whatever the caller batches around it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }

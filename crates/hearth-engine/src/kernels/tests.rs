@@ -634,3 +634,49 @@ fn quant_rows_do_not_depend_on_the_batch() {
         }
     }
 }
+
+/// F16 and BF16 rows are bitwise the same in any batch (alone, in tiles of any height, across
+/// depth blocks) and on any number of threads, on every ISA: one multiply-add chain per output in
+/// order of depth.
+#[test]
+fn half_rows_do_not_depend_on_the_batch_or_threads() {
+    let mut rng = Rng::new(78);
+    // k > KC exercises the depth blocks of the tiled path; n not a multiple of the panel width.
+    let (k, n) = (600, 45);
+    let w16: Vec<f16> = (0..n * k).map(|_| f16::from_f32(rng.f32())).collect();
+    let wb16 = random_bf16(&mut rng, n * k);
+    let p16 = PackedF16::pack(&w16, n, k).unwrap();
+    let pb16 = PackedBF16::pack(&wb16, n, k).unwrap();
+    for isa in isas() {
+        for bf in [false, true] {
+            let run = |x: &[f32], m: usize| {
+                let mut y = vec![f32::NAN; m * n];
+                match bf {
+                    false => p16.matmul_isa(isa, x, m, &mut y).unwrap(),
+                    true => pb16.matmul_isa(isa, x, m, &mut y).unwrap(),
+                }
+                y
+            };
+            for m in [2, 3, 5, 12, 13, 25] {
+                let x = rng.vec(m * k);
+                let all = run(&x, m);
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    for i in 0..m {
+                        let alone = pool.install(|| run(&x[i * k..(i + 1) * k], 1));
+                        assert!(
+                            alone
+                                .iter()
+                                .zip(&all[i * n..(i + 1) * n])
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "bf16 {bf} {isa:?} {threads} threads: row {i} of {m} differs alone"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
