@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use hearth_core::BlockRange;
 use hearth_engine::{
-    generate, parse_device, DType, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline,
+    generate, parse_device, DType, Generation, HiddenStage, LoadOptions, LocalStage, ModelSource,
+    Pipeline,
 };
 use hearth_sampling::SamplingParams;
 use hearth_tokenizer::ChatMessage;
@@ -68,6 +69,9 @@ pub(crate) struct GenerateArgs {
     /// Print every verified hop receipt.
     #[arg(long)]
     pub receipts: bool,
+    /// Print the generated token ids (to stderr, after the text): what determinism checks compare.
+    #[arg(long)]
+    pub token_ids: bool,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -105,7 +109,7 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
 
     if args.swarm {
         let head = Arc::new(src.load_head(&opts, None)?);
-        return generate_through_swarm(
+        let out = generate_through_swarm(
             &src,
             head,
             &tokenizer,
@@ -114,7 +118,9 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
             args.net.client_config(),
             args.receipts.then_some(usize::MAX),
             &args.prompt,
-        );
+        )?;
+        print_token_ids(&args, &out);
+        return Ok(());
     }
     let total: u64 =
         src.head_file_bytes() + ranges.iter().map(|r| src.slice_file_bytes(*r)).sum::<u64>();
@@ -165,7 +171,15 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
         out.prefill_tokens_per_sec(),
         out.decode_tokens_per_sec()
     );
+    print_token_ids(&args, &out);
     Ok(())
+}
+
+fn print_token_ids(args: &GenerateArgs, out: &Generation) {
+    if args.token_ids {
+        let ids: Vec<String> = out.tokens.iter().map(u32::to_string).collect();
+        eprintln!("token ids: {}", ids.join(" "));
+    }
 }
 
 fn params(args: &GenerateArgs) -> SamplingParams {

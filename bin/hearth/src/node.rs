@@ -48,7 +48,8 @@ pub(crate) struct NodeArgs {
     pub cache_mib: u64,
     #[command(flatten)]
     pub net: NetArgs,
-    /// Testing only: misbehave in the given way (bad-signature, non-finite, wrong-shape).
+    /// Testing only: misbehave in the given way (bad-signature, non-finite, wrong-shape,
+    /// crash-at-step:N).
     #[arg(long, hide = true)]
     pub fault: Option<Fault>,
     /// Testing only: delay every answer by this many milliseconds.

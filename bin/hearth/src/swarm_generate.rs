@@ -4,7 +4,7 @@
 use crate::common::{hearth_home, runtime};
 use anyhow::Result;
 use hearth_engine::identity::identity_cached;
-use hearth_engine::{generate, ClientHead, ModelSource, Pipeline};
+use hearth_engine::{generate, ClientHead, Generation, ModelSource, Pipeline};
 use hearth_sampling::SamplingParams;
 use hearth_swarm::client::short_peer;
 use hearth_swarm::{ClientConfig, SwarmClient};
@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Generates through the swarm with `head` kept in this process.
+/// Generates through the swarm with `head` kept in this process; returns what was generated.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn generate_through_swarm(
     src: &ModelSource,
@@ -24,7 +24,7 @@ pub(crate) fn generate_through_swarm(
     client: ClientConfig,
     print_receipts: Option<usize>,
     prompt_text: &str,
-) -> Result<()> {
+) -> Result<Generation> {
     let ident = identity_cached(src, &hearth_home().join("model-ids"))?;
     let n_blocks = src.config().num_layers as u32;
     let max_len = (prompt.len() + params.max_tokens).min(src.config().max_position_embeddings);
@@ -103,5 +103,5 @@ pub(crate) fn generate_through_swarm(
         }
     }
     rt.shutdown_timeout(Duration::from_millis(200));
-    Ok(())
+    Ok(out)
 }

@@ -10,8 +10,9 @@
 //! - replacements were found but each failed in turn, or one step needed more than
 //!   `MAX_FAILOVERS_PER_STEP` failovers → [`SwarmError::HopsExhausted`], whose last failure is
 //!   a hop's [`SwarmError::PeerMisbehaved`], [`SwarmError::Unreachable`] or
-//!   [`SwarmError::Timeout`]. An unreachable or slow node stays a last-resort candidate, so
-//!   those two reach the caller only this way.
+//!   [`SwarmError::Timeout`]. An unreachable or slow node stays a last-resort candidate (after
+//!   `UNREACHABLE_BACKOFF`, so that a node that joins meanwhile is preferred to retrying a dead
+//!   one at once), so those two reach the caller only this way.
 
 use crate::dht::find_servers;
 use crate::error::{Result, SwarmError};
@@ -175,7 +176,7 @@ impl SwarmClient {
             hops: Vec::new(),
             servers: Vec::new(),
             banned: HashSet::new(),
-            unreachable: HashSet::new(),
+            unreachable: HashMap::new(),
             log: Arc::new(Mutex::new(ChainLog::default())),
         }
     }
@@ -257,9 +258,13 @@ pub struct SwarmChain {
     /// Nodes caught misbehaving: never used again by this chain.
     banned: HashSet<PeerId>,
     /// Nodes that failed to answer: avoided while anything else covers their blocks.
-    unreachable: HashSet<PeerId>,
+    /// When each was last found unreachable.
+    unreachable: HashMap<PeerId, Instant>,
     log: Arc<Mutex<ChainLog>>,
 }
+
+/// How long a node that failed to answer is skipped before it may be retried as a last resort.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Failovers one step may go through before the generation gives up.
 const MAX_FAILOVERS_PER_STEP: usize = 8;
@@ -281,22 +286,42 @@ impl SwarmChain {
 
     /// Routes `range` over known servers minus banned ones, refreshing the server list (and
     /// waiting for coverage) when needed. Nodes that were only unreachable (not caught
-    /// misbehaving) are allowed again as a last resort: a dropped connection may be transient.
+    /// misbehaving) are allowed again as a last resort once `UNREACHABLE_BACKOFF` has passed: a
+    /// dropped connection may be transient, but a node that just died is better waited out.
     async fn route(&mut self, range: BlockRange) -> Result<Vec<Hop>> {
         let deadline = Instant::now() + self.client.cfg.cover_timeout;
         let mut refreshed = false;
         let none = HashSet::new();
         loop {
             let views = views(&self.servers, &self.client.cfg);
-            let strict: HashSet<PeerId> = self.banned.union(&self.unreachable).copied().collect();
+            let failed: HashSet<PeerId> = self
+                .banned
+                .iter()
+                .chain(self.unreachable.keys())
+                .copied()
+                .collect();
+            // Unreachable nodes again, but only once they have had time to come back: right
+            // after a node dies, its record outlives it and retrying it would only burn the
+            // failover attempts while a replacement may be joining.
+            let recently_failed: HashSet<PeerId> = self
+                .banned
+                .iter()
+                .chain(
+                    self.unreachable
+                        .iter()
+                        .filter(|(_, at)| at.elapsed() < UNREACHABLE_BACKOFF)
+                        .map(|(p, _)| p),
+                )
+                .copied()
+                .collect();
             let request = |banned| RouteRequest {
                 range,
                 need_tokens: self.max_len as u64,
                 banned,
                 mode: self.client.cfg.mode,
             };
-            let result = find_route(&views, &request(&strict))
-                .or_else(|_| find_route(&views, &request(&self.banned)));
+            let result = find_route(&views, &request(&failed))
+                .or_else(|_| find_route(&views, &request(&recently_failed)));
             match result {
                 Ok(route) => return Ok(route.hops),
                 Err(RouteError::Uncovered { blocks })
@@ -443,7 +468,7 @@ impl SwarmChain {
         if failure.is_misbehaviour() {
             self.banned.insert(peer);
         } else {
-            self.unreachable.insert(peer);
+            self.unreachable.insert(peer, Instant::now());
         }
     }
 

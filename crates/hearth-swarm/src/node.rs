@@ -32,6 +32,9 @@ pub enum Fault {
     NonFinite,
     /// Return one row too few.
     WrongShape,
+    /// Abort the process (as `kill -9` would, no reply, no cleanup) on receiving the node's
+    /// `n`-th step, counting every session's: failover tests kill at an exact step this way.
+    CrashAtStep(u64),
 }
 
 impl std::str::FromStr for Fault {
@@ -41,9 +44,12 @@ impl std::str::FromStr for Fault {
             "bad-signature" => Ok(Self::BadSignature),
             "non-finite" => Ok(Self::NonFinite),
             "wrong-shape" => Ok(Self::WrongShape),
-            other => Err(format!(
-                "unknown fault {other:?} (bad-signature, non-finite, wrong-shape)"
-            )),
+            other => match other.strip_prefix("crash-at-step:").map(str::parse) {
+                Some(Ok(n)) if n > 0 => Ok(Self::CrashAtStep(n)),
+                _ => Err(format!(
+                    "unknown fault {other:?} (bad-signature, non-finite, wrong-shape, crash-at-step:N with N >= 1)"
+                )),
+            },
         }
     }
 }
@@ -143,6 +149,8 @@ struct NodeState {
     per_peer: Mutex<HashMap<PeerId, usize>>,
     idle_timeout: Duration,
     fault: Option<Fault>,
+    /// Steps received so far (for [`Fault::CrashAtStep`]).
+    steps_received: std::sync::atomic::AtomicU64,
     step_delay: Duration,
     /// Most inbound streams served at once.
     max_streams: usize,
@@ -236,6 +244,7 @@ impl Node {
             per_peer: Mutex::new(HashMap::new()),
             idle_timeout: cfg.idle_timeout,
             fault: cfg.fault,
+            steps_received: std::sync::atomic::AtomicU64::new(0),
             step_delay: cfg.step_delay,
             max_streams: cfg.sessions.max_sessions + 16,
             serving: std::sync::atomic::AtomicBool::new(true),
@@ -760,6 +769,16 @@ fn open_session(
 }
 
 async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
+    if let Some(Fault::CrashAtStep(n)) = state.fault {
+        let received = state
+            .steps_received
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if received == n {
+            eprintln!("fault injection: aborting on step {n}");
+            std::process::abort();
+        }
+    }
     let h = &step.hidden;
     if h.cols as usize != state.hidden_size || h.dtype != s.open.dtype {
         return Response::error(
@@ -845,7 +864,7 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
             output.data.truncate(output.data.len() - 2);
             body.output = output.digest();
         }
-        None => {}
+        Some(Fault::CrashAtStep(_)) | None => {}
     }
     let receipt = body.sign(&state.identity.signing_key());
     Response::StepDone(StepDone {
