@@ -5,6 +5,7 @@
 use clap::Args;
 use hearth_swarm::routing::RouteMode;
 use hearth_swarm::{ClientConfig, NetConfig};
+use hearth_wire::HiddenDType;
 use libp2p::Multiaddr;
 use std::time::Duration;
 
@@ -30,6 +31,11 @@ pub(crate) struct NetArgs {
     /// Seconds to wait for one hop's answer before failing over.
     #[arg(long, default_value_t = ClientConfig::default().step_timeout.as_secs())]
     pub step_timeout: u64,
+    /// Element type of the hidden states sent between hops: f16 or bf16 (half the bytes), or
+    /// f32 (no rounding at span boundaries: the swarm then gives bitwise what one process gives,
+    /// and a failover is exact whatever spans the replacement covers).
+    #[arg(long, default_value_t = ClientConfig::default().dtype)]
+    pub wire_dtype: HiddenDType,
 }
 
 impl NetArgs {
@@ -52,6 +58,7 @@ impl NetArgs {
                 RouteMode::Latency
             },
             step_timeout: Duration::from_secs(self.step_timeout.max(1)),
+            dtype: self.wire_dtype,
             ..base
         }
     }

@@ -109,9 +109,14 @@ fn capture(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 }
 
 fn client(home: &Path, model: &Path, bootstrap: &str) -> Child {
+    client_with(home, model, bootstrap, &[])
+}
+
+fn client_with(home: &Path, model: &Path, bootstrap: &str, extra: &[&str]) -> Child {
     hearth(home)
         .args(["--threads", "1", "generate", "--swarm", "--model"])
         .arg(model)
+        .args(extra)
         .args(["--prompt", PROMPT, "--token-ids"])
         .args(["--max-tokens", &MAX_TOKENS.to_string()])
         .args(["--bootstrap", bootstrap, "--no-mdns"])
@@ -252,4 +257,51 @@ fn failover_is_exact_on_smollm2_q8_0() {
 #[test]
 fn failover_is_exact_on_smollm2_f16() {
     failover_is_exact(Some("f16"), kills(), 3);
+}
+
+/// With f32 on the wire nothing is rounded at span boundaries: the swarm gives the token ids of a
+/// local run, and a replacement that splits the failed span at another boundary is exact too.
+#[test]
+fn f32_wire_matches_local_and_survives_a_differently_split_replacement() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path();
+    let local = hearth(home)
+        .args(["--threads", "1", "generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", PROMPT, "--token-ids"])
+        .args(["--max-tokens", &MAX_TOKENS.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("local generate");
+    let (expected, _) = finish(local);
+    let f32_wire = ["--wire-dtype", "f32"];
+    let first = NodeProc::start(home, "first", &model, FIRST, None);
+    let victim = NodeProc::start_with(
+        home,
+        "victim",
+        &model,
+        SECOND,
+        Some(&first.addr),
+        &["--fault", "crash-at-step:20"],
+    );
+    let run = client_with(home, &model, &first.addr, &f32_wire);
+    wait_for(
+        "the victim to get the session",
+        Duration::from_secs(120),
+        || victim.log().contains("session opened"),
+    );
+    let _a = NodeProc::start(home, "a", &model, "15..22", Some(&first.addr));
+    let _b = NodeProc::start(home, "b", &model, "22..30", Some(&first.addr));
+    let (ids, log) = finish(run);
+    assert!(log.contains("failover:"), "no failover: {log}");
+    assert!(
+        log.contains("[15..22]"),
+        "the replacement did not split the span: {log}"
+    );
+    assert_eq!(
+        ids, expected,
+        "f32 wire: swarm with failover differs from local: {log}"
+    );
 }

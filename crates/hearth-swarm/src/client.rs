@@ -711,7 +711,9 @@ fn merge(history: &[HiddenStates]) -> Option<HiddenStates> {
             out.data.extend_from_slice(&h.data);
         } else {
             // A rewind: the later step overwrote positions from h.start on.
-            let keep = (h.start.saturating_sub(out.start)) as usize * out.cols as usize * 2;
+            let keep = (h.start.saturating_sub(out.start)) as usize
+                * out.cols as usize
+                * out.dtype.bytes_per_value();
             out.data.truncate(keep);
             out.rows = h.start.saturating_sub(out.start);
             out.rows += h.rows;

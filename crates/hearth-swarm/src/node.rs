@@ -249,7 +249,8 @@ impl Node {
             max_streams: cfg.sessions.max_sessions + 16,
             serving: std::sync::atomic::AtomicBool::new(true),
             serving_changed: tokio::sync::Notify::new(),
-            step_frame_limit: (64 + cfg.limits.max_rows as usize * hidden_size * 2)
+            // The widest wire dtype (f32) bounds a step's frame.
+            step_frame_limit: (64 + cfg.limits.max_rows as usize * hidden_size * 4)
                 .min(cfg.limits.max_frame_bytes),
         });
         let mut control = net.control();
@@ -856,12 +857,14 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
             output.rows -= 1;
             output
                 .data
-                .truncate(output.data.len() - 2 * h.cols as usize);
+                .truncate(output.data.len() - h.dtype.bytes_per_value() * h.cols as usize);
             body.output = output.digest();
         }
         Some(Fault::WrongShape) => {
             output.cols -= 1;
-            output.data.truncate(output.data.len() - 2);
+            output
+                .data
+                .truncate(output.data.len() - h.dtype.bytes_per_value());
             body.output = output.digest();
         }
         Some(Fault::CrashAtStep(_)) | None => {}

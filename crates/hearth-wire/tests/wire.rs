@@ -132,6 +132,10 @@ fn requests() -> Vec<Request> {
             step: u64::MAX,
             hidden: hidden(HiddenDType::BF16, 17, 1, 5),
         }),
+        Request::Step(Step {
+            step: 4,
+            hidden: hidden(HiddenDType::F32, 2, 2, 3),
+        }),
         Request::Close,
     ]
 }
@@ -597,7 +601,7 @@ fn open_span_must_be_non_empty_and_within_max_blocks() {
 
 #[test]
 fn unknown_dtype_is_refused_in_open_and_step() {
-    for code in [0u8, 3, 0xff] {
+    for code in [0u8, 4, 0xff] {
         let mut bytes = Request::Open(open()).encode();
         bytes[OPEN_DTYPE] = code;
         assert_bad_value(Request::decode(&bytes, &limits()), "dtype");
@@ -614,9 +618,10 @@ fn unknown_dtype_is_refused_in_open_and_step() {
         bytes[STEP_DTYPE] = code;
         assert_bad_value(Response::decode(&bytes, &limits()), "dtype");
     }
-    assert!(HiddenDType::from_code(3).is_err());
+    assert!(HiddenDType::from_code(4).is_err());
     assert_eq!("BF16".parse::<HiddenDType>(), Ok(HiddenDType::BF16));
-    assert!("f32".parse::<HiddenDType>().is_err());
+    assert_eq!("f32".parse::<HiddenDType>(), Ok(HiddenDType::F32));
+    assert!("f64".parse::<HiddenDType>().is_err());
 }
 
 #[test]
@@ -1027,6 +1032,27 @@ fn f16_round_trip_is_within_half_an_ulp() {
 fn bf16_round_trip_is_within_half_an_ulp() {
     // 8-bit significand → relative error ≤ 2^-8, over (nearly) the whole f32 range.
     rel_bound_holds(HiddenDType::BF16, 2f32.powi(-8), 1e-30, 1e38, 0.0);
+}
+
+#[test]
+fn f32_round_trip_is_exact() {
+    let v: Vec<f32> = [0.1f32, -3.5e-39, 1e38, -0.0, 7.0, 123.456]
+        .iter()
+        .copied()
+        .cycle()
+        .take(12)
+        .collect();
+    let h = HiddenStates::from_f32(HiddenDType::F32, 0, 3, 4, &v);
+    assert_eq!(h.data.len(), 12 * 4);
+    assert!(h
+        .to_f32()
+        .iter()
+        .zip(&v)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let mut nan = v.clone();
+    nan[6] = f32::NAN;
+    let h = HiddenStates::from_f32(HiddenDType::F32, 0, 3, 4, &nan);
+    assert_eq!(h.first_non_finite(), Some((1, 2)));
 }
 
 #[test]
