@@ -10,7 +10,9 @@
 // parsed (so a chat template rendered as text becomes its control tokens), evaluated from an empty
 // KV cache, then extended greedily for --steps tokens whatever they are (an end-of-generation
 // token does not stop it: the comparison is numerical). Greedy = the highest logit, the lower id
-// on a tie. Only llama.h's public API is used.
+// on a tie. Then, as a measure of llama.cpp's own numerical noise, the same tokens go through in
+// one batch and the logits are compared ("batched": top-1 agreement and the largest difference at
+// the recorded top logits). Only llama.h's public API is used.
 
 #include "llama.h"
 #include "ggml.h"
@@ -158,6 +160,44 @@ void decode(llama_context * ctx, std::vector<llama_token> & ids) {
     }
 }
 
+// llama.cpp against itself: the prompt and the continuation (but its last token) in one batch,
+// every position's logits, compared with the one-token-at-a-time steps: how far llama.cpp's own
+// logits move with the evaluation order, the scale hearth's differences are judged on.
+json batched_self_check(llama_context * ctx, int n_vocab, const std::vector<llama_token> & prompt,
+                        const std::vector<llama_token> & continuation, const json & steps) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    std::vector<llama_token> input = prompt;
+    input.insert(input.end(), continuation.begin(), continuation.end() - 1);
+    llama_batch batch = llama_batch_init((int32_t) input.size(), 0, 1);
+    for (size_t i = 0; i < input.size(); i++) {
+        batch.token[i] = input[i];
+        batch.pos[i] = (llama_pos) i;
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = 0;
+        batch.logits[i] = i + 1 >= prompt.size();
+    }
+    batch.n_tokens = (int32_t) input.size();
+    int rc = llama_decode(ctx, batch);
+    llama_batch_free(batch);
+    if (rc != 0) {
+        throw std::runtime_error("llama_decode failed on the batched check");
+    }
+    double max_diff = 0;
+    int top1_agree = 0;
+    for (size_t s = 0; s < continuation.size(); s++) {
+        const float * logits = llama_get_logits_ith(ctx, (int32_t) (prompt.size() - 1 + s));
+        if (logits == nullptr) {
+            throw std::runtime_error("no logits on the batched check");
+        }
+        top1_agree += top_ids(logits, n_vocab, 1)[0] == continuation[s];
+        for (const auto & entry : steps[s]["top"]) {
+            double diff = std::fabs(logits[entry[0].get<llama_token>()] - entry[1].get<double>());
+            max_diff = std::max(max_diff, diff);
+        }
+    }
+    return json{{"top1_agree", top1_agree}, {"max_top_logit_diff", rounded((float) max_diff)}};
+}
+
 json run_prompt(llama_context * ctx, const llama_vocab * vocab, const std::string & text,
                 const Args & args) {
     llama_memory_clear(llama_get_memory(ctx), true);
@@ -190,6 +230,7 @@ json run_prompt(llama_context * ctx, const llama_vocab * vocab, const std::strin
     return json{{"text", text},
                 {"prompt_tokens", prompt},
                 {"continuation", detokenize(vocab, continuation)},
+                {"batched", batched_self_check(ctx, n_vocab, prompt, continuation, steps)},
                 {"steps", steps}};
 }
 
@@ -210,6 +251,7 @@ void write_fixture(const std::string & path, const json & header, const json & p
         out << "      \"text\": " << p["text"].dump() << ",\n";
         out << "      \"prompt_tokens\": " << p["prompt_tokens"].dump() << ",\n";
         out << "      \"continuation\": " << p["continuation"].dump() << ",\n";
+        out << "      \"batched\": " << p["batched"].dump() << ",\n";
         out << "      \"steps\": [\n";
         const json & steps = p["steps"];
         for (size_t s = 0; s < steps.size(); s++) {
