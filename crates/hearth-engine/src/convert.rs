@@ -199,3 +199,50 @@ fn temp_file_beside(output: &Path) -> Result<tempfile::NamedTempFile> {
         .tempfile_in(dir)
         .map_err(|e| EngineError::io(dir, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file::VersionedMagic;
+
+    #[test]
+    fn metadata_states_the_new_type_and_the_writers_alignment_and_keeps_the_rest() {
+        let content = Content {
+            magic: VersionedMagic::GgufV3,
+            metadata: [
+                ("llama.block_count", Value::U32(30)),
+                (FILE_TYPE_KEY, Value::U32(3)),
+                (ALIGNMENT_KEY, Value::U32(64)),
+                ("general.name", Value::String("m".into())),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            tensor_infos: Default::default(),
+            tensor_data_offset: 0,
+        };
+        let md: Vec<(String, String)> = converted_metadata(&content, GgmlDType::Q8_0)
+            .into_iter()
+            .map(|(k, v)| (k, format!("{v:?}")))
+            .collect();
+        let expected = [
+            (ALIGNMENT_KEY, "U32(32)"),
+            (FILE_TYPE_KEY, "U32(7)"),
+            ("general.name", "String(\"m\")"),
+            ("llama.block_count", "U32(30)"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(md, expected);
+
+        // A file without the key gets one.
+        let mut bare = content;
+        bare.metadata.remove(FILE_TYPE_KEY);
+        let md = converted_metadata(&bare, GgmlDType::F16);
+        assert!(md
+            .iter()
+            .any(|(k, v)| k == FILE_TYPE_KEY && matches!(v, Value::U32(1))));
+    }
+}
