@@ -1,9 +1,9 @@
-//! `hearth model ...`: synthesize, inspect, pull and list models.
+//! `hearth model ...`: synthesize, convert, inspect, pull and list models.
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use hearth_engine::synth::{self, SynthModel, SynthOptions};
-use hearth_engine::{DType, ModelSource};
+use hearth_engine::{ConvertOptions, DType, ModelSource};
 use hearth_hub::{ModelName, Progress, Sha256Digest};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -12,6 +12,15 @@ use std::path::{Path, PathBuf};
 pub(crate) enum ModelCommand {
     /// Write a deterministic random-initialised model of a named shape.
     Synth(SynthArgs),
+    /// Re-encode a GGUF model's weights in another type (requantize, or widen to F16/F32).
+    ///
+    /// Every matrix (the token embedding included) is dequantized to f32 and re-encoded in
+    /// --quant; vectors (norms, biases) are stored F32. All metadata (tokenizer, chat template,
+    /// architecture keys) is copied unchanged except `general.file_type`, which states the new
+    /// type. Tensor names, shapes and order are kept. A matrix whose rows do not divide into
+    /// --quant's blocks is stored as Q8_0, or else F16, and the command lists it. The output is
+    /// written under a temporary name beside --out and renamed when complete.
+    Convert(ConvertArgs),
     /// Print a model's shape and format.
     Info {
         /// HF folder or .gguf file.
@@ -36,6 +45,19 @@ pub(crate) struct PullArgs {
     /// Hugging Face repository's name, else the file's stem).
     #[arg(long)]
     pub name: Option<ModelName>,
+}
+
+#[derive(Args)]
+pub(crate) struct ConvertArgs {
+    /// The GGUF file to convert.
+    pub input: PathBuf,
+    /// Weight type of the output: q8_0, q4_0, q4_k, f16, bf16, f32 (also q4_1, q5_0, q5_1,
+    /// q2_k, q3_k, q5_k, q6_k).
+    #[arg(long)]
+    pub quant: String,
+    /// The GGUF file to write (not the input).
+    #[arg(long, short)]
+    pub out: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -88,6 +110,7 @@ pub(crate) struct SynthArgs {
 pub(crate) fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Synth(args) => synth(&args),
+        ModelCommand::Convert(args) => convert(&args),
         ModelCommand::Info { path } => info(&path),
         ModelCommand::Pull(args) => pull(&args),
         ModelCommand::List => list(),
@@ -116,6 +139,42 @@ pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
         args.out.display(),
         args.shape,
         args.seed
+    );
+    Ok(())
+}
+
+fn convert(args: &ConvertArgs) -> Result<()> {
+    let quant = synth::parse_quant(&args.quant)?;
+    let converted = hearth_engine::convert_gguf(&args.input, &args.out, &ConvertOptions { quant })
+        .with_context(|| format!("converting {}", args.input.display()))?;
+    // One line per (row length, stored type): a real model has a few of these, over many tensors.
+    let mut groups: Vec<((usize, String), Vec<&str>)> = Vec::new();
+    for f in &converted.fallbacks {
+        let key = (f.row_len, format!("{:?}", f.dtype));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, names)) => names.push(&f.name),
+            None => groups.push((key, vec![&f.name])),
+        }
+    }
+    for ((row_len, dtype), names) in groups {
+        const SHOWN: usize = 4;
+        let more = match names.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        eprintln!(
+            "{} tensors have rows of {row_len} values, not a whole number of {} blocks: stored as {dtype} ({}{more})",
+            names.len(),
+            args.quant.to_ascii_lowercase(),
+            names[..names.len().min(SHOWN)].join(", "),
+        );
+    }
+    eprintln!(
+        "wrote {} ({} tensors, {:.1} MB, {})",
+        args.out.display(),
+        converted.tensors,
+        converted.bytes as f64 / 1e6,
+        args.quant.to_ascii_lowercase()
     );
     Ok(())
 }

@@ -115,6 +115,39 @@ fn synth_gguf_and_info() {
 }
 
 #[test]
+fn converted_model_generates() {
+    let home = tempfile::tempdir().unwrap();
+    let src = home.path().join("q4_0.gguf");
+    let out = home.path().join("q8_0.gguf");
+    let (src, out) = (src.to_str().unwrap(), out.to_str().unwrap());
+    hearth(
+        home.path(),
+        &[
+            "model", "synth", "--shape", "tiny", "--format", "gguf", "--quant", "q4_0", "--out",
+            src,
+        ],
+    );
+    let (_, err) = hearth(
+        home.path(),
+        &["model", "convert", src, "--quant", "q8_0", "--out", out],
+    );
+    assert!(err.contains("wrote") && err.contains("q8_0"), "{err}");
+    let (text, _) = hearth(
+        home.path(),
+        &[
+            "generate",
+            "--model",
+            out,
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "8",
+        ],
+    );
+    assert!(text.starts_with("Hi"));
+}
+
+#[test]
 fn bad_arguments_fail_cleanly() {
     let home = tempfile::tempdir().unwrap();
     for args in [
@@ -122,6 +155,24 @@ fn bad_arguments_fail_cleanly() {
         &["generate", "--synth", "no-such-shape"],
         &["generate", "--synth", "tiny", "--split", "7"],
         &["generate", "--synth", "tiny", "--device", "tpu"],
+        &[
+            "model",
+            "convert",
+            "/nonexistent/m.gguf",
+            "--quant",
+            "q8_0",
+            "--out",
+            "/nonexistent/o.gguf",
+        ],
+        &[
+            "model",
+            "convert",
+            "/nonexistent/m.gguf",
+            "--quant",
+            "q9_9",
+            "--out",
+            "/nonexistent/o.gguf",
+        ],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
             .args(args)

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod convert;
 pub mod device;
 pub mod error;
 pub mod generate;
@@ -20,6 +21,7 @@ pub mod weights;
 mod writer;
 
 pub use config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
+pub use convert::{convert_gguf, ConvertOptions, Converted};
 pub use device::parse_device;
 pub use error::{EngineError, Result};
 pub use identity::{identity_cached, ModelIdentity};

@@ -363,8 +363,8 @@ impl SynthModel {
     }
 }
 
-/// llama.cpp's `llama_ftype` for a file mostly in `quant`.
-fn file_type(quant: GgmlDType) -> u32 {
+/// llama.cpp's `llama_ftype` for a file mostly in `quant` (`general.file_type`).
+pub(crate) fn file_type(quant: GgmlDType) -> u32 {
     match quant {
         GgmlDType::F32 => 0,
         GgmlDType::F16 => 1,
@@ -383,7 +383,9 @@ fn file_type(quant: GgmlDType) -> u32 {
     }
 }
 
-fn gguf_dtype_for(dims: &[usize], quant: GgmlDType) -> GgmlDType {
+/// The type a tensor of row-major `dims` is stored in when a file is written in `quant`: vectors
+/// stay F32; a matrix whose rows do not divide into `quant` blocks falls back to Q8_0, then F16.
+pub(crate) fn gguf_dtype_for(dims: &[usize], quant: GgmlDType) -> GgmlDType {
     if dims.len() < 2 {
         return GgmlDType::F32;
     }
@@ -426,7 +428,8 @@ fn encode_dense(v: &[f32], dtype: candle_core::DType) -> Vec<u8> {
     }
 }
 
-fn encode_ggml(v: Vec<f32>, dims: &[usize], dtype: GgmlDType) -> io::Result<Vec<u8>> {
+/// The stored bytes of row-major values `v` of shape `dims` in `dtype`, quantized by candle.
+pub(crate) fn encode_ggml(v: Vec<f32>, dims: &[usize], dtype: GgmlDType) -> io::Result<Vec<u8>> {
     match dtype {
         GgmlDType::F32 => Ok(encode_dense(&v, candle_core::DType::F32)),
         GgmlDType::F16 => Ok(encode_dense(&v, candle_core::DType::F16)),

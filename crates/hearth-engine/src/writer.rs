@@ -46,7 +46,9 @@ impl TensorSpec {
     }
 }
 
-const GGUF_ALIGNMENT: usize = 32;
+/// The data alignment of every GGUF file written here (GGUF's default, so no
+/// `general.alignment` key is needed).
+pub(crate) const GGUF_ALIGNMENT: usize = 32;
 
 fn pad_to(n: usize, align: usize) -> usize {
     n.div_ceil(align) * align
