@@ -174,8 +174,8 @@ fn failover_is_exact(quant: Option<&str>, kills: usize, seed: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path();
     let model = model_file(home, &model, quant);
-    let first = NodeProc::start(home, "first", &model, FIRST, None);
     let expected = {
+        let first = NodeProc::start(home, "first", &model, FIRST, None);
         let _second = NodeProc::start(home, "second", &model, SECOND, Some(&first.addr));
         finish(client(home, &model, &first.addr)).0
     };
@@ -186,6 +186,9 @@ fn failover_is_exact(quant: Option<&str>, kills: usize, seed: u64) {
         // the run ended on an end-of-text token, but none).
         let step = 1 + rng.below(expected.len() as u64);
         let fault = format!("crash-at-step:{step}");
+        // A fresh swarm per kill point: dead peers from earlier rounds would otherwise pile up
+        // in the DHT's routing tables and slow every lookup.
+        let first = NodeProc::start(home, &format!("first{kill}"), &model, FIRST, None);
         let victim = NodeProc::start_with(
             home,
             &format!("victim{kill}"),
