@@ -806,17 +806,33 @@ mod avx512 {
                 for r0 in (0..m).step_by(MR) {
                     let mr = MR.min(m - r0);
                     let ap = a.add(r0 * k + k0 * mr);
-                    for pi in p0..p1 {
-                        let cols = NR.min(n - pi * NR);
-                        let cp = out.ptr.add(r0 * n + pi * NR);
-                        let acc = k0 > 0;
-                        let bp = match w {
-                            Weights::Rows(_) => bbuf.add((pi - p0) * KC * NR).cast_const(),
-                            Weights::Panels(panels) => {
-                                panels.as_ptr().add((pi * k + k0) * NR).cast()
+                    let cols = |pi: usize| NR.min(n - pi * NR);
+                    let cp = |pi: usize| out.ptr.add(r0 * n + pi * NR);
+                    let bp = |pi: usize| match w {
+                        Weights::Rows(_) => bbuf.add((pi - p0) * KC * NR).cast_const(),
+                        Weights::Panels(panels) => panels.as_ptr().add((pi * k + k0) * NR).cast(),
+                    };
+                    let acc = k0 > 0;
+                    let mut pi = p0;
+                    while pi < p1 {
+                        if mr <= 2 && pi + 1 < p1 {
+                            // Few rows (decode): two panels at once, so four or eight independent
+                            // FMA chains hide the latency. Chains run across output features,
+                            // never across depth: each output's order stays that of `tile`.
+                            let (b2, c2, n2) = (
+                                [bp(pi), bp(pi + 1)],
+                                [cp(pi), cp(pi + 1)],
+                                [cols(pi), cols(pi + 1)],
+                            );
+                            match mr {
+                                1 => tile_pair::<T, 1>(kc, ap, b2, c2, n, n2, acc),
+                                _ => tile_pair::<T, 2>(kc, ap, b2, c2, n, n2, acc),
                             }
-                        };
-                        tile_any::<T>(mr, kc, ap, bp, cp, n, cols, acc);
+                            pi += 2;
+                        } else {
+                            tile_any::<T>(mr, kc, ap, bp(pi), cp(pi), n, cols(pi), acc);
+                            pi += 1;
+                        }
                     }
                 }
             }
@@ -913,6 +929,68 @@ mod avx512 {
                 _mm512_mask_storeu_ps(cp, m0, c0[i]);
                 if m1 != 0 {
                     _mm512_mask_storeu_ps(cp.add(16), m1, c1[i]);
+                }
+            }
+        }
+    }
+
+    /// [`tile`] for two panels at once (`R <= 2` rows): the same sequence of roundings per
+    /// output, with twice the independent accumulator chains.
+    ///
+    /// # Safety
+    /// As [`tile`], for each panel `q` with `b[q]`, `c[q]` and `cols[q]`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn tile_pair<T: Half16, const R: usize>(
+        kc: usize,
+        a: *const f32,
+        b: [*const u16; 2],
+        c: [*mut f32; 2],
+        ldc: usize,
+        cols: [usize; 2],
+        accumulate: bool,
+    ) {
+        // SAFETY: by the contract above, as in `tile` for each panel.
+        unsafe {
+            let masks = cols.map(|cols| {
+                let mask = if cols >= 32 {
+                    u32::MAX
+                } else {
+                    (1u32 << cols) - 1
+                };
+                (mask as u16, (mask >> 16) as u16)
+            });
+            // acc[q][i] = the two 16-lane halves of panel q, row i.
+            let mut acc = [[[_mm512_setzero_ps(); 2]; R]; 2];
+            if accumulate {
+                for q in 0..2 {
+                    for i in 0..R {
+                        let cp = c[q].add(i * ldc);
+                        acc[q][i][0] = _mm512_maskz_loadu_ps(masks[q].0, cp);
+                        acc[q][i][1] = _mm512_maskz_loadu_ps(masks[q].1, cp.add(16));
+                    }
+                }
+            }
+            for p in 0..kc {
+                let av: [__m512; R] = std::array::from_fn(|i| _mm512_set1_ps(*a.add(R * p + i)));
+                for q in 0..2 {
+                    let bp = b[q].add(NR * p);
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF / 2).cast());
+                    let b0 = T::load16(bp);
+                    let b1 = T::load16(bp.add(16));
+                    for i in 0..R {
+                        acc[q][i][0] = _mm512_fmadd_ps(av[i], b0, acc[q][i][0]);
+                        acc[q][i][1] = _mm512_fmadd_ps(av[i], b1, acc[q][i][1]);
+                    }
+                }
+            }
+            for q in 0..2 {
+                for i in 0..R {
+                    let cp = c[q].add(i * ldc);
+                    _mm512_mask_storeu_ps(cp, masks[q].0, acc[q][i][0]);
+                    if masks[q].1 != 0 {
+                        _mm512_mask_storeu_ps(cp.add(16), masks[q].1, acc[q][i][1]);
+                    }
                 }
             }
         }
