@@ -362,21 +362,20 @@ impl ModelConfig {
             None => None,
             Some(obj) => parse_hf_rope_scaling(file, scaling_field, obj)?,
         };
-        // Phi-3.5/Phi-4-mini rotate only part of each head (transformers 4.x keeps the factor
-        // top-level, 5.x under `rope_parameters`).
-        for (obj, field) in [
+        // Phi-4-mini (a Phi3ForCausalLM) rotates 3/4 of each head (transformers 4.x keeps the
+        // factor top-level, 5.x under `rope_parameters`).
+        for (holder, field) in [
             (Some(obj), "partial_rotary_factor"),
             (rope_params, "rope_parameters.partial_rotary_factor"),
         ] {
-            let Some(obj) = obj else { continue };
-            let factor = Fields { file, obj }.opt_f64("partial_rotary_factor")?;
-            if factor.is_some_and(|x| x != 1.0) {
+            let Some(holder) = holder else { continue };
+            let factor = Fields { file, obj: holder }.opt_f64("partial_rotary_factor")?;
+            if let Some(factor) = factor.filter(|&x| x != 1.0) {
                 return Err(EngineError::Unsupported {
                     what: "RoPE",
                     detail: format!(
-                        "{}: {field} = {}: hearth rotates whole heads only",
-                        file.display(),
-                        factor.unwrap_or(1.0)
+                        "{}: {field} = {factor}: hearth rotates whole heads only",
+                        file.display()
                     ),
                 });
             }

@@ -354,7 +354,7 @@ impl LayerCache {
 }
 
 /// `N` projections of the same input, stored either as one matrix each or as one fused matrix
-/// whose output rows are the parts' in order (Phi-3's `qkv_proj`, `gate_up_proj`).
+/// that stacks the parts' rows in order (Phi-3's `qkv_proj`, `gate_up_proj`).
 #[derive(Debug)]
 enum Projections<const N: usize> {
     Separate([Linear; N]),
