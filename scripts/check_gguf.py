@@ -4,12 +4,23 @@
 Usage: check_gguf.py FILE QUANT
 
 Checks the header parses, architecture keys and tokenizer metadata are present and consistent,
-every tensor's declared type/shape matches its data size, and matrices carry the requested type.
+every tensor is one llama.cpp knows for the file's architecture (gguf-py's MODEL_TENSORS, which
+mirror llama-arch.cpp), every tensor's declared type/shape matches its data size, and matrices
+carry the requested type.
 """
+import re
 import sys
 
 import numpy as np
-from gguf import GGUFReader, GGMLQuantizationType
+from gguf import GGUFReader, GGMLQuantizationType, MODEL_ARCH_NAMES, MODEL_TENSORS, TENSOR_NAMES
+
+# The tensors every block of each architecture must have (Phi-3's q/k/v and gate/up are fused).
+BLOCK_TENSORS = {
+    "llama": ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"),
+    "qwen2": ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"),
+    "qwen3": ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_q_norm", "attn_k_norm", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"),
+    "phi3": ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"),
+}
 
 
 def field(reader, key):
@@ -33,7 +44,7 @@ def main():
     path, quant = sys.argv[1], sys.argv[2].upper()
     reader = GGUFReader(path)
     arch = string(reader, "general.architecture")
-    assert arch in ("llama", "qwen2"), arch
+    assert arch in BLOCK_TENSORS, arch
     n_layers = int(scalar(reader, f"{arch}.block_count"))
     hidden = int(scalar(reader, f"{arch}.embedding_length"))
     vocab = int(scalar(reader, f"{arch}.vocab_size"))
@@ -50,9 +61,14 @@ def main():
 
     names = {t.name for t in reader.tensors}
     for i in range(n_layers):
-        for suffix in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"):
+        for suffix in BLOCK_TENSORS[arch]:
             assert f"blk.{i}.{suffix}.weight" in names, f"blk.{i}.{suffix}.weight missing"
     assert "token_embd.weight" in names and "output_norm.weight" in names
+    arch_id = next(a for a, n in MODEL_ARCH_NAMES.items() if n == arch)
+    known = {TENSOR_NAMES[t] for t in MODEL_TENSORS[arch_id]}
+    for name in names:
+        base = re.sub(r"^blk\.\d+\.", "blk.{bid}.", name.rsplit(".", 1)[0])
+        assert base in known, f"{name}: not a {arch} tensor for llama.cpp"
 
     want = GGMLQuantizationType[quant.replace("Q4_K", "Q4_K")]
     seen = set()

@@ -86,7 +86,8 @@ impl HfDtype {
 
 #[derive(Args)]
 pub(crate) struct SynthArgs {
-    /// Shape: tiny, tiny-qwen2, llama-3.2-1b, qwen2.5-0.5b, llama-3-8b, mistral-7b.
+    /// Shape: tiny, tiny-qwen2, tiny-qwen3, tiny-phi3, llama-3.2-1b, qwen2.5-0.5b, llama-3-8b,
+    /// mistral-7b.
     #[arg(long, default_value = crate::common::DEFAULT_SHAPE)]
     pub shape: String,
     /// Output: a folder for `hf`, a file path for `gguf`; for `both`, a folder that gets `hf/` and `model-<quant>.gguf`.

@@ -1,14 +1,21 @@
 //! The model's shape, normalised from Hugging Face `config.json` (transformers 4.x and 5.x) or
 //! GGUF metadata into one [`ModelConfig`].
+//!
+//! Every difference between the supported families lives here, as data: which tensors a block
+//! has ([`Architecture::block_tensors`], with shapes from [`ModelConfig::block_tensor_shape`]),
+//! whether queries and keys are normalised per head, and how each format names and lays out
+//! things. The block itself ([`crate::layers`]) only follows these flags.
 
 use crate::error::{EngineError, Result};
+use crate::weights::BlockTensor;
 use candle_core::quantized::gguf_file;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 
 /// Supported model families. All are pre-norm decoder-only transformers with RMSNorm, RoPE,
-/// grouped-query attention and a SwiGLU MLP; they differ in biases, tying and RoPE details.
+/// grouped-query attention and a SwiGLU MLP; they differ in biases, tying, RoPE details, q/k
+/// norms and whether projections are stored fused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
@@ -18,7 +25,21 @@ pub enum Architecture {
     Mistral,
     /// Qwen2 (HF `Qwen2ForCausalLM`): biases on the q, k and v projections.
     Qwen2,
+    /// Qwen3 (HF `Qwen3ForCausalLM`): a per-head RMSNorm on queries and keys before RoPE; the
+    /// head width need not be `hidden / heads`.
+    Qwen3,
+    /// Phi-3 (HF `Phi3ForCausalLM`): q, k, v in one fused projection and gate, up in another.
+    Phi3,
 }
+
+/// Every architecture, for help texts and errors.
+const ALL_ARCHITECTURES: [Architecture; 5] = [
+    Architecture::Llama,
+    Architecture::Mistral,
+    Architecture::Qwen2,
+    Architecture::Qwen3,
+    Architecture::Phi3,
+];
 
 impl Architecture {
     /// The `model_type` string of HF `config.json`.
@@ -27,6 +48,8 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Phi3 => "phi3",
         }
     }
 
@@ -36,24 +59,86 @@ impl Architecture {
             Self::Llama => "LlamaForCausalLM",
             Self::Mistral => "MistralForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Phi3 => "Phi3ForCausalLM",
         }
     }
 
-    /// The `general.architecture` value of GGUF (llama.cpp writes Mistral as `llama`).
+    /// The `general.architecture` value of GGUF, as llama.cpp's `llama-arch.cpp` spells it
+    /// (llama.cpp writes Mistral as `llama`).
     pub fn gguf_name(self) -> &'static str {
         match self {
             Self::Llama | Self::Mistral => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Phi3 => "phi3",
         }
     }
 
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "llama" | "LlamaForCausalLM" => Some(Self::Llama),
-            "mistral" | "MistralForCausalLM" => Some(Self::Mistral),
-            "qwen2" | "Qwen2ForCausalLM" => Some(Self::Qwen2),
-            _ => None,
+    /// The RoPE layout of q/k weights in llama.cpp's GGUF files: its converter permutes the
+    /// Llama family's rows into the interleaved layout and leaves NEOX-style families as HF has
+    /// them.
+    pub fn gguf_rope_layout(self) -> RopeLayout {
+        match self {
+            Self::Llama | Self::Mistral => RopeLayout::Interleaved,
+            Self::Qwen2 | Self::Qwen3 | Self::Phi3 => RopeLayout::Half,
         }
+    }
+
+    /// Queries and keys get a per-head RMSNorm (weights of `head_dim`) after the projections and
+    /// before RoPE.
+    pub fn qk_norm(self) -> bool {
+        self == Self::Qwen3
+    }
+
+    /// q, k and v are stored as one `[q_dim + 2 kv_dim, hidden]` matrix, and gate and up as one
+    /// `[2 intermediate, hidden]` matrix (gate rows first).
+    pub fn fused_projections(self) -> bool {
+        self == Self::Phi3
+    }
+
+    /// Every tensor a block of this family may have, in [`BlockTensor::ALL`] order. The q/k/v
+    /// biases are present only where [`ModelConfig::attention_bias`] is set.
+    pub fn block_tensors(self) -> Vec<BlockTensor> {
+        BlockTensor::ALL
+            .into_iter()
+            .filter(|t| match t {
+                BlockTensor::Q
+                | BlockTensor::K
+                | BlockTensor::V
+                | BlockTensor::QBias
+                | BlockTensor::KBias
+                | BlockTensor::VBias
+                | BlockTensor::Gate
+                | BlockTensor::Up => !self.fused_projections(),
+                BlockTensor::Qkv | BlockTensor::GateUp => self.fused_projections(),
+                BlockTensor::QNorm | BlockTensor::KNorm => self.qk_norm(),
+                BlockTensor::AttnNorm
+                | BlockTensor::O
+                | BlockTensor::FfnNorm
+                | BlockTensor::Down => true,
+            })
+            .collect()
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        ALL_ARCHITECTURES
+            .into_iter()
+            .find(|a| name == a.hf_model_type() || name == a.hf_class())
+    }
+
+    fn from_gguf_name(name: &str) -> Option<Self> {
+        // Mistral shares `llama` and is read as Llama (the two compute the same function).
+        ALL_ARCHITECTURES
+            .into_iter()
+            .find(|a| *a != Self::Mistral && name == a.gguf_name())
+    }
+
+    /// The architectures hearth runs under one naming scheme, for error messages.
+    fn supported_list(name: fn(Self) -> &'static str) -> String {
+        let mut names: Vec<&str> = ALL_ARCHITECTURES.into_iter().map(name).collect();
+        names.dedup();
+        names.join(", ")
     }
 }
 
@@ -239,10 +324,11 @@ impl ModelConfig {
             .ok_or_else(|| EngineError::Unsupported {
                 what: "architecture",
                 detail: format!(
-                    "{}: model_type {:?} / architectures {:?}; hearth runs llama, mistral and qwen2",
+                    "{}: model_type {:?} / architectures {:?}; hearth runs {}",
                     file.display(),
                     model_type.unwrap_or("<none>"),
-                    class.unwrap_or("<none>")
+                    class.unwrap_or("<none>"),
+                    Architecture::supported_list(Architecture::hf_model_type)
                 ),
             })?;
 
@@ -276,13 +362,37 @@ impl ModelConfig {
             None => None,
             Some(obj) => parse_hf_rope_scaling(file, scaling_field, obj)?,
         };
+        // Phi-4-mini (a Phi3ForCausalLM) rotates 3/4 of each head (transformers 4.x keeps the
+        // factor top-level, 5.x under `rope_parameters`).
+        for (holder, field) in [
+            (Some(obj), "partial_rotary_factor"),
+            (rope_params, "rope_parameters.partial_rotary_factor"),
+        ] {
+            let Some(holder) = holder else { continue };
+            let factor = Fields { file, obj: holder }.opt_f64("partial_rotary_factor")?;
+            if let Some(factor) = factor.filter(|&x| x != 1.0) {
+                return Err(EngineError::Unsupported {
+                    what: "RoPE",
+                    detail: format!(
+                        "{}: {field} = {factor}: hearth rotates whole heads only",
+                        file.display()
+                    ),
+                });
+            }
+        }
 
         let attention_bias = match architecture {
             Architecture::Qwen2 => true,
+            // Phi-3's fused projection has no bias (its config has no such field).
+            Architecture::Phi3 => false,
             _ => f.opt_bool("attention_bias")?.unwrap_or(false),
         };
         let sliding_window = match architecture {
-            Architecture::Qwen2 if !f.opt_bool("use_sliding_window")?.unwrap_or(false) => None,
+            Architecture::Qwen2 | Architecture::Qwen3
+                if !f.opt_bool("use_sliding_window")?.unwrap_or(false) =>
+            {
+                None
+            }
             _ => f.opt_usize("sliding_window")?,
         };
         let tie_default = architecture == Architecture::Qwen2 && hidden_size <= 2048;
@@ -325,19 +435,15 @@ impl ModelConfig {
             }
             None => return Err(EngineError::config(file, "general.architecture", "missing")),
         };
-        let architecture = match arch_name.as_str() {
-            "llama" => Architecture::Llama,
-            "qwen2" => Architecture::Qwen2,
-            other => {
-                return Err(EngineError::Unsupported {
-                    what: "architecture",
-                    detail: format!(
-                        "{}: general.architecture = {other:?}; hearth runs llama (incl. Mistral) and qwen2",
-                        file.display()
-                    ),
-                })
-            }
-        };
+        let architecture =
+            Architecture::from_gguf_name(&arch_name).ok_or_else(|| EngineError::Unsupported {
+                what: "architecture",
+                detail: format!(
+                    "{}: general.architecture = {arch_name:?}; hearth runs {}",
+                    file.display(),
+                    Architecture::supported_list(Architecture::gguf_name)
+                ),
+            })?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let get_u = |k: &str| -> Result<Option<usize>> {
             let full = key(k);
@@ -376,6 +482,32 @@ impl ModelConfig {
             None if num_heads > 0 => hidden_size / num_heads,
             None => 0,
         };
+        // hearth's heads have one width for keys and values, and RoPE turns all of it.
+        for k in ["attention.value_length", "rope.dimension_count"] {
+            if let Some(d) = get_u(k)?.filter(|&d| d != head_dim) {
+                return Err(EngineError::Unsupported {
+                    what: "head layout",
+                    detail: format!(
+                        "{}: {} = {d}, but the heads are {head_dim} wide",
+                        file.display(),
+                        key(k)
+                    ),
+                });
+            }
+        }
+        // Phi-3's long-context RoPE ("longrope"/"su") travels as these two tensors.
+        for name in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+            if content.tensor_infos.contains_key(name) {
+                return Err(EngineError::Unsupported {
+                    what: "RoPE scaling",
+                    detail: format!(
+                        "{}: tensor `{name}` holds Phi-3 long-context (longrope) RoPE factors, \
+                         which hearth does not implement",
+                        file.display()
+                    ),
+                });
+            }
+        }
         let vocab_size = match get_u("vocab_size")? {
             Some(v) => v,
             None => match content.tensor_infos.get("token_embd.weight") {
@@ -432,14 +564,11 @@ impl ModelConfig {
             rms_norm_eps: get_f("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
             rope_theta: get_f("rope.freq_base")?.unwrap_or(10_000.0),
             rope_scaling,
-            rope_layout: match architecture {
-                Architecture::Qwen2 => RopeLayout::Half,
-                _ => RopeLayout::Interleaved,
-            },
+            rope_layout: architecture.gguf_rope_layout(),
             max_position_embeddings: get_u("context_length")?.unwrap_or(4096),
             tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
             attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-            sliding_window: None,
+            sliding_window: get_u("attention.sliding_window")?.filter(|&w| w > 0),
             bos_token_id: bos,
             eos_token_ids: eos,
         };
@@ -494,6 +623,16 @@ impl ModelConfig {
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return Err(EngineError::config(file, "rope_theta", "must be positive"));
         }
+        if self.attention_bias && self.architecture.fused_projections() {
+            return Err(EngineError::config(
+                file,
+                "attention_bias",
+                format!(
+                    "{:?} stores q, k and v fused, without biases",
+                    self.architecture
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -514,10 +653,46 @@ impl ModelConfig {
 
     /// Parameters of one transformer block (weights and norms, no biases).
     pub fn block_params(&self) -> usize {
-        let h = self.hidden_size;
-        let attn = h * self.q_dim() + 2 * h * self.kv_dim() + self.q_dim() * h;
-        let mlp = 3 * h * self.intermediate_size;
-        attn + mlp + 2 * h
+        self.architecture
+            .block_tensors()
+            .into_iter()
+            .filter(|t| !t.is_bias())
+            .map(|t| self.block_tensor_shape(t).iter().product::<usize>())
+            .sum()
+    }
+
+    /// Row-major shape of block tensor `t` (`[out, in]` for a matrix).
+    pub fn block_tensor_shape(&self, t: BlockTensor) -> Vec<usize> {
+        let (h, q, kv, ff) = (
+            self.hidden_size,
+            self.q_dim(),
+            self.kv_dim(),
+            self.intermediate_size,
+        );
+        match t {
+            BlockTensor::AttnNorm | BlockTensor::FfnNorm => vec![h],
+            BlockTensor::Q => vec![q, h],
+            BlockTensor::K | BlockTensor::V => vec![kv, h],
+            BlockTensor::Qkv => vec![q + 2 * kv, h],
+            BlockTensor::O => vec![h, q],
+            BlockTensor::QBias => vec![q],
+            BlockTensor::KBias | BlockTensor::VBias => vec![kv],
+            BlockTensor::QNorm | BlockTensor::KNorm => vec![self.head_dim],
+            BlockTensor::Gate | BlockTensor::Up => vec![ff, h],
+            BlockTensor::GateUp => vec![2 * ff, h],
+            BlockTensor::Down => vec![h, ff],
+        }
+    }
+
+    /// The tensors each block of this model has, with their shapes, in [`BlockTensor::ALL`]
+    /// order: its architecture's, less the biases unless [`Self::attention_bias`] is set.
+    pub fn block_tensors(&self) -> Vec<(BlockTensor, Vec<usize>)> {
+        self.architecture
+            .block_tensors()
+            .into_iter()
+            .filter(|t| self.attention_bias || !t.is_bias())
+            .map(|t| (t, self.block_tensor_shape(t)))
+            .collect()
     }
 
     /// Writes an HF `config.json` (transformers 4.x layout) for this shape.
@@ -541,12 +716,18 @@ impl ModelConfig {
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_ids,
         });
-        if self.architecture != Architecture::Qwen2 {
-            obj["attention_bias"] = Value::Bool(self.attention_bias);
+        match self.architecture {
+            Architecture::Llama | Architecture::Mistral | Architecture::Qwen3 => {
+                obj["attention_bias"] = Value::Bool(self.attention_bias);
+            }
+            Architecture::Qwen2 => {}
+            Architecture::Phi3 => {
+                obj["original_max_position_embeddings"] = self.max_position_embeddings.into();
+            }
         }
         if let Some(w) = self.sliding_window {
             obj["sliding_window"] = w.into();
-            if self.architecture == Architecture::Qwen2 {
+            if matches!(self.architecture, Architecture::Qwen2 | Architecture::Qwen3) {
                 obj["use_sliding_window"] = Value::Bool(true);
             }
         }
@@ -575,9 +756,9 @@ fn parse_hf_rope_scaling(
     obj: &serde_json::Map<String, Value>,
 ) -> Result<Option<RopeScaling>> {
     let f = Fields { file, obj };
-    let kind = match f.opt_str("rope_type")? {
-        Some(t) => t,
-        None => f.opt_str("type")?.unwrap_or("default"),
+    let (kind_key, kind) = match f.opt_str("rope_type")? {
+        Some(t) => ("rope_type", t),
+        None => ("type", f.opt_str("type")?.unwrap_or("default")),
     };
     let need_f = |k: &str| -> Result<f64> {
         f.opt_f64(k)?
@@ -602,10 +783,18 @@ fn parse_hf_rope_scaling(
                     )
                 })?,
         })),
+        "longrope" | "su" => Err(EngineError::Unsupported {
+            what: "RoPE scaling",
+            detail: format!(
+                "{}: {field}.{kind_key} = {kind:?}: Phi-3's long-context RoPE (long_factor / \
+                 short_factor) is not implemented; use a model with `{field}: null` (Phi-3 4k)",
+                file.display()
+            ),
+        }),
         other => Err(EngineError::Unsupported {
             what: "RoPE scaling",
             detail: format!(
-                "{}: {field}.rope_type = {other:?} (supported: default, linear, llama3)",
+                "{}: {field}.{kind_key} = {other:?} (supported: default, linear, llama3)",
                 file.display()
             ),
         }),
@@ -720,10 +909,204 @@ mod tests {
         assert!(ModelConfig::from_hf_json(p, "{ not json").is_err());
     }
 
+    /// Qwen/Qwen3-0.6B's config.json (transformers 4.51).
+    const QWEN3_06B: &str = r#"{
+      "architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+      "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu",
+      "hidden_size": 1024, "initializer_range": 0.02, "intermediate_size": 3072,
+      "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+      "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8,
+      "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000,
+      "sliding_window": null, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+      "transformers_version": "4.51.0", "use_cache": true, "use_sliding_window": false,
+      "vocab_size": 151936
+    }"#;
+
+    /// microsoft/Phi-3-mini-4k-instruct's config.json.
+    const PHI3_MINI_4K: &str = r#"{
+      "architectures": ["Phi3ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1,
+      "embd_pdrop": 0.0, "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": 3072,
+      "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 4096,
+      "model_type": "phi3", "num_attention_heads": 32, "num_hidden_layers": 32,
+      "num_key_value_heads": 32, "original_max_position_embeddings": 4096, "pad_token_id": 32000,
+      "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0,
+      "sliding_window": 2047, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+      "transformers_version": "4.40.2", "use_cache": true, "vocab_size": 32064
+    }"#;
+
+    #[test]
+    fn qwen3_has_wide_heads_and_qk_norms() {
+        let c = ModelConfig::from_hf_json(Path::new("c.json"), QWEN3_06B).unwrap();
+        assert_eq!(c.architecture, Architecture::Qwen3);
+        assert_eq!((c.head_dim, c.q_dim(), c.hidden_size), (128, 2048, 1024));
+        assert!(c.tie_word_embeddings && !c.attention_bias);
+        assert_eq!(c.sliding_window, None);
+        assert_eq!(c.rope_layout, RopeLayout::Half);
+        let tensors: Vec<BlockTensor> = c.block_tensors().into_iter().map(|(t, _)| t).collect();
+        assert!(tensors.contains(&BlockTensor::QNorm) && tensors.contains(&BlockTensor::KNorm));
+        assert!(!tensors.contains(&BlockTensor::QBias));
+        assert_eq!(c.block_tensor_shape(BlockTensor::KNorm), vec![128]);
+        assert_eq!(c.block_tensor_shape(BlockTensor::O), vec![1024, 2048]);
+    }
+
+    #[test]
+    fn phi3_is_fused_with_a_sliding_window() {
+        let c = ModelConfig::from_hf_json(Path::new("c.json"), PHI3_MINI_4K).unwrap();
+        assert_eq!(c.architecture, Architecture::Phi3);
+        assert_eq!((c.head_dim, c.num_kv_heads), (96, 32));
+        assert_eq!(c.sliding_window, Some(2047));
+        assert!(!c.tie_word_embeddings && !c.attention_bias);
+        assert_eq!(c.eos_token_ids, vec![32000]);
+        let tensors: Vec<BlockTensor> = c.block_tensors().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            tensors,
+            [
+                BlockTensor::AttnNorm,
+                BlockTensor::O,
+                BlockTensor::FfnNorm,
+                BlockTensor::Down,
+                BlockTensor::Qkv,
+                BlockTensor::GateUp
+            ]
+        );
+        assert_eq!(c.block_tensor_shape(BlockTensor::Qkv), vec![3 * 3072, 3072]);
+        assert_eq!(
+            c.block_tensor_shape(BlockTensor::GateUp),
+            vec![2 * 8192, 3072]
+        );
+        // Same parameter count as the unfused layout.
+        let unfused = ModelConfig {
+            architecture: Architecture::Llama,
+            ..c.clone()
+        };
+        assert_eq!(c.block_params(), unfused.block_params());
+    }
+
+    #[test]
+    fn phi3_long_context_rope_is_refused_naming_the_field() {
+        let p = Path::new("/m/config.json");
+        let longrope = PHI3_MINI_4K.replace(
+            "\"rope_scaling\": null",
+            r#""rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}"#,
+        );
+        let err = ModelConfig::from_hf_json(p, &longrope)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rope_scaling.type") && err.contains("longrope"),
+            "{err}"
+        );
+        let su = longrope.replace("longrope", "su");
+        let err = ModelConfig::from_hf_json(p, &su).unwrap_err().to_string();
+        assert!(err.contains("rope_scaling.type = \"su\""), "{err}");
+
+        let partial = PHI3_MINI_4K.replace(
+            "\"rope_theta\": 10000.0",
+            "\"rope_theta\": 10000.0, \"partial_rotary_factor\": 0.75",
+        );
+        let err = ModelConfig::from_hf_json(p, &partial)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partial_rotary_factor"), "{err}");
+    }
+
+    #[test]
+    fn fused_projections_have_no_biases() {
+        let mut c = ModelConfig::from_hf_json(Path::new("c.json"), PHI3_MINI_4K).unwrap();
+        c.attention_bias = true;
+        let err = c.validate(Path::new("c.json")).unwrap_err().to_string();
+        assert!(err.contains("attention_bias"), "{err}");
+    }
+
+    /// GGUF metadata of a small Phi-3 plus the given tensors (for the config reader only).
+    fn phi3_gguf(extra_md: &[(&str, u32)], tensors: &[&str]) -> gguf_file::Content {
+        use candle_core::quantized::GgmlDType;
+        use gguf_file::Value as V;
+        let mut metadata: std::collections::HashMap<String, V> = [
+            ("general.architecture", V::String("phi3".into())),
+            ("phi3.embedding_length", V::U32(256)),
+            ("phi3.feed_forward_length", V::U32(512)),
+            ("phi3.block_count", V::U32(2)),
+            ("phi3.attention.head_count", V::U32(4)),
+            ("phi3.attention.head_count_kv", V::U32(4)),
+            ("phi3.attention.sliding_window", V::U32(2047)),
+            ("phi3.vocab_size", V::U32(512)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in extra_md {
+            metadata.insert(k.to_string(), V::U32(*v));
+        }
+        let tensor_infos = tensors
+            .iter()
+            .map(|name| {
+                let info = gguf_file::TensorInfo {
+                    ggml_dtype: GgmlDType::F32,
+                    shape: candle_core::Shape::from(vec![32]),
+                    offset: 0,
+                };
+                (name.to_string(), info)
+            })
+            .collect();
+        gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata,
+            tensor_infos,
+            tensor_data_offset: 0,
+        }
+    }
+
+    #[test]
+    fn phi3_gguf_reads_its_window_and_refuses_long_context_rope() {
+        let p = Path::new("/m/phi3.gguf");
+        let c = ModelConfig::from_gguf(p, &phi3_gguf(&[], &["output.weight"])).unwrap();
+        assert_eq!(c.architecture, Architecture::Phi3);
+        assert_eq!(
+            (c.sliding_window, c.rope_layout),
+            (Some(2047), RopeLayout::Half)
+        );
+        assert!(!c.tie_word_embeddings);
+
+        let longrope = phi3_gguf(
+            &[],
+            &["rope_factors_long.weight", "rope_factors_short.weight"],
+        );
+        let err = ModelConfig::from_gguf(p, &longrope)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rope_factors_long.weight") && err.contains("phi3.gguf"),
+            "{err}"
+        );
+
+        let partial = phi3_gguf(&[("phi3.rope.dimension_count", 48)], &[]);
+        let err = ModelConfig::from_gguf(p, &partial).unwrap_err().to_string();
+        assert!(err.contains("phi3.rope.dimension_count"), "{err}");
+    }
+
+    #[test]
+    fn architecture_names_round_trip() {
+        for a in ALL_ARCHITECTURES {
+            assert_eq!(Architecture::from_name(a.hf_model_type()), Some(a));
+            assert_eq!(Architecture::from_name(a.hf_class()), Some(a));
+            let from_gguf = Architecture::from_gguf_name(a.gguf_name());
+            let expected = if a == Architecture::Mistral {
+                Architecture::Llama
+            } else {
+                a
+            };
+            assert_eq!(from_gguf, Some(expected));
+        }
+        assert_eq!(Architecture::from_gguf_name("gemma2"), None);
+    }
+
     #[test]
     fn hf_json_round_trips() {
-        let c = ModelConfig::from_hf_json(Path::new("c"), LLAMA31_V4).unwrap();
-        let text = c.to_hf_json("bfloat16").to_string();
-        assert_eq!(ModelConfig::from_hf_json(Path::new("c"), &text).unwrap(), c);
+        for source in [LLAMA31_V4, QWEN3_06B, PHI3_MINI_4K] {
+            let c = ModelConfig::from_hf_json(Path::new("c"), source).unwrap();
+            let text = c.to_hf_json("bfloat16").to_string();
+            assert_eq!(ModelConfig::from_hf_json(Path::new("c"), &text).unwrap(), c);
+        }
     }
 }

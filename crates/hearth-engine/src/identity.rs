@@ -14,8 +14,12 @@
 //!   Storage type names are safetensors' (`F32`, `F16`, `BF16`) or llama.cpp's ggml type names
 //!   (`F16`, `Q8_0`, `Q4_K`, ...).
 //! * **Block hash** (domain `block`): the tensor records of one block in [`BLOCK_TENSORS`] order
-//!   (attn_norm, q, k, v, o, q_bias, k_bias, v_bias, ffn_norm, gate, up, down); absent biases are
-//!   recorded as absent. The block's index is *not* hashed: the model id fixes positions.
+//!   (attn_norm, q, k, v, o, q_bias, k_bias, v_bias, ffn_norm, gate, up, down, q_norm, k_norm,
+//!   qkv, gate_up), taking only the tensors its architecture may have
+//!   ([`Architecture::block_tensors`]: Llama, Mistral and Qwen2 have the first twelve, Qwen3
+//!   adds q_norm and k_norm, Phi-3 has qkv and gate_up instead of q, k, v, the biases, gate and
+//!   up); absent biases are recorded as absent. The block's index is *not* hashed: the model id
+//!   fixes positions.
 //! * **Head hash** (domain `head`): the records of `embed`, `final_norm` and `output`; an absent
 //!   `output` means the head is tied to the embedding.
 //! * **Config hash** (domain `config`): the scheme version, then (name, value) pairs of every
@@ -51,7 +55,7 @@ pub const IDENTITY_SCHEME: u64 = 1;
 
 /// The tensors of a block in hashing order, with their role names. Part of the protocol: do not
 /// reorder (a unit test checks it covers [`BlockTensor::ALL`]).
-pub const BLOCK_TENSORS: [(BlockTensor, &str); 12] = [
+pub const BLOCK_TENSORS: [(BlockTensor, &str); 16] = [
     (BlockTensor::AttnNorm, "attn_norm"),
     (BlockTensor::Q, "q"),
     (BlockTensor::K, "k"),
@@ -64,6 +68,10 @@ pub const BLOCK_TENSORS: [(BlockTensor, &str); 12] = [
     (BlockTensor::Gate, "gate"),
     (BlockTensor::Up, "up"),
     (BlockTensor::Down, "down"),
+    (BlockTensor::QNorm, "q_norm"),
+    (BlockTensor::KNorm, "k_norm"),
+    (BlockTensor::Qkv, "qkv"),
+    (BlockTensor::GateUp, "gate_up"),
 ];
 
 /// The client head's tensors in hashing order, with their role names.
@@ -167,13 +175,10 @@ fn block_hash(
     block: u32,
 ) -> Result<ContentHash> {
     let mut h = ContentHasher::new("block");
-    for (t, name) in BLOCK_TENSORS {
+    let has = src.config().architecture.block_tensors();
+    for (t, name) in BLOCK_TENSORS.into_iter().filter(|(t, _)| has.contains(t)) {
         let role = TensorRole::Block(block, t);
-        let optional = matches!(
-            t,
-            BlockTensor::QBias | BlockTensor::KBias | BlockTensor::VBias
-        );
-        if !tensor_record(&mut h, index, maps, role, name)? && !optional {
+        if !tensor_record(&mut h, index, maps, role, name)? && !t.is_bias() {
             return Err(missing(index, src, role));
         }
     }
@@ -223,6 +228,8 @@ fn config_hash(cfg: &ModelConfig, index: &WeightIndex, maps: &MappedFiles) -> Re
         Architecture::Llama => "llama",
         Architecture::Mistral => "mistral",
         Architecture::Qwen2 => "qwen2",
+        Architecture::Qwen3 => "qwen3",
+        Architecture::Phi3 => "phi3",
     };
     h.field(b"scheme").field(&IDENTITY_SCHEME.to_le_bytes());
     h.field(b"architecture").field(arch.as_bytes());
@@ -478,6 +485,13 @@ fn write_atomic(file: &Path, entry: &CacheEntry) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_order_is_the_block_tensor_order() {
+        // `Architecture::block_tensors` follows `BlockTensor::ALL`; hashing follows this list.
+        let order: Vec<BlockTensor> = BLOCK_TENSORS.iter().map(|(t, _)| *t).collect();
+        assert_eq!(order, BlockTensor::ALL);
+    }
 
     #[test]
     fn block_order_covers_every_block_tensor_once() {

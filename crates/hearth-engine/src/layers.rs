@@ -124,6 +124,15 @@ impl RmsNorm {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
     }
+
+    /// Normalises each `head_dim`-wide head of `x: [b, t, heads * head_dim]` on its own (Qwen3's
+    /// q/k norm). Row-wise like [`Self::forward`], so a position's result does not depend on
+    /// the other rows.
+    fn forward_heads(&self, x: &Tensor, head_dim: usize) -> Result<Tensor> {
+        let (b, t, width) = x.dims3()?;
+        let heads = x.reshape((b, t, width / head_dim, head_dim))?;
+        Ok(self.forward(&heads)?.reshape((b, t, width))?)
+    }
 }
 
 /// RoPE frequencies for one model; angles are computed per step for the positions in use, which
@@ -344,17 +353,56 @@ impl LayerCache {
     }
 }
 
+/// `N` projections of the same input, stored either as one matrix each or as one fused matrix
+/// that stacks the parts' rows in order (Phi-3's `qkv_proj`, `gate_up_proj`).
+#[derive(Debug)]
+enum Projections<const N: usize> {
+    Separate([Linear; N]),
+    /// One matrix whose output splits into parts of these widths.
+    Fused(Linear, [usize; N]),
+}
+
+impl<const N: usize> Projections<N> {
+    /// The parts' outputs for `x: [b, t, hidden]`, in order (views of one product when fused).
+    fn forward(&self, x: &Tensor) -> Result<[Tensor; N]> {
+        let mut out = Vec::with_capacity(N);
+        match self {
+            Self::Separate(parts) => {
+                for p in parts {
+                    out.push(p.forward(x)?);
+                }
+            }
+            Self::Fused(linear, widths) => {
+                let y = linear.forward(x)?;
+                let mut at = 0;
+                for &w in widths {
+                    out.push(y.narrow(D::Minus1, at, w)?);
+                    at += w;
+                }
+            }
+        }
+        Ok(out
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one output per part")))
+    }
+}
+
 /// One pre-norm transformer block: attention with grouped-query heads, then a SwiGLU MLP.
+///
+/// The families differ only in how the block's weights are stored (separate or fused q/k/v and
+/// gate/up, optional q/k/v biases) and in Qwen3's per-head q/k norm; see
+/// [`crate::Architecture::block_tensors`].
 #[derive(Debug)]
 pub(crate) struct Block {
     attn_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Queries, keys, values.
+    qkv: Projections<3>,
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3).
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     o: Linear,
     ffn_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// SwiGLU gate, then up.
+    gate_up: Projections<2>,
     down: Linear,
     num_heads: usize,
     num_kv_heads: usize,
@@ -362,51 +410,62 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    /// Loads block `index` through `load(role, expected_shape)`.
+    /// Loads block `index` through `load(role, expected_shape)`: the tensors
+    /// [`ModelConfig::block_tensors`] lists, with its shapes.
     pub(crate) fn load(
         cfg: &ModelConfig,
         index: u32,
         act_dtype: DType,
         load: &mut dyn FnMut(TensorRole, &[usize]) -> Result<Weight>,
     ) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let role = |t| TensorRole::Block(index, t);
-        let mut linear =
-            |t: BlockTensor, out: usize, inp: usize, bias: Option<BlockTensor>| -> Result<Linear> {
-                let w = load(role(t), &[out, inp])?;
-                let b = match bias {
-                    Some(bt) => Some(load(role(bt), &[out])?.to_dense(act_dtype)?),
-                    None => None,
-                };
-                Linear::new(w, b, act_dtype)
+        let mut tensor =
+            |t: BlockTensor| load(TensorRole::Block(index, t), &cfg.block_tensor_shape(t));
+        let mut linear = |t: BlockTensor, bias: Option<BlockTensor>| -> Result<Linear> {
+            let w = tensor(t)?;
+            let b = match bias.filter(|_| cfg.attention_bias) {
+                Some(bt) => Some(tensor(bt)?.to_dense(act_dtype)?),
+                None => None,
             };
-        let bias = |t| cfg.attention_bias.then_some(t);
-        let q = linear(BlockTensor::Q, cfg.q_dim(), h, bias(BlockTensor::QBias))?;
-        let k = linear(BlockTensor::K, cfg.kv_dim(), h, bias(BlockTensor::KBias))?;
-        let v = linear(BlockTensor::V, cfg.kv_dim(), h, bias(BlockTensor::VBias))?;
-        let o = linear(BlockTensor::O, h, cfg.q_dim(), None)?;
-        let gate = linear(BlockTensor::Gate, cfg.intermediate_size, h, None)?;
-        let up = linear(BlockTensor::Up, cfg.intermediate_size, h, None)?;
-        let down = linear(BlockTensor::Down, h, cfg.intermediate_size, None)?;
-        let attn_norm = RmsNorm::new(
-            load(role(BlockTensor::AttnNorm), &[h])?,
-            cfg.rms_norm_eps,
-            act_dtype,
-        )?;
-        let ffn_norm = RmsNorm::new(
-            load(role(BlockTensor::FfnNorm), &[h])?,
-            cfg.rms_norm_eps,
-            act_dtype,
-        )?;
+            Linear::new(w, b, act_dtype)
+        };
+        let (qkv, gate_up) = if cfg.architecture.fused_projections() {
+            (
+                Projections::Fused(
+                    linear(BlockTensor::Qkv, None)?,
+                    [cfg.q_dim(), cfg.kv_dim(), cfg.kv_dim()],
+                ),
+                Projections::Fused(
+                    linear(BlockTensor::GateUp, None)?,
+                    [cfg.intermediate_size; 2],
+                ),
+            )
+        } else {
+            (
+                Projections::Separate([
+                    linear(BlockTensor::Q, Some(BlockTensor::QBias))?,
+                    linear(BlockTensor::K, Some(BlockTensor::KBias))?,
+                    linear(BlockTensor::V, Some(BlockTensor::VBias))?,
+                ]),
+                Projections::Separate([
+                    linear(BlockTensor::Gate, None)?,
+                    linear(BlockTensor::Up, None)?,
+                ]),
+            )
+        };
+        let o = linear(BlockTensor::O, None)?;
+        let down = linear(BlockTensor::Down, None)?;
+        let mut norm = |t: BlockTensor| RmsNorm::new(tensor(t)?, cfg.rms_norm_eps, act_dtype);
+        let qk_norm = match cfg.architecture.qk_norm() {
+            true => Some((norm(BlockTensor::QNorm)?, norm(BlockTensor::KNorm)?)),
+            false => None,
+        };
         Ok(Self {
-            attn_norm,
-            q,
-            k,
-            v,
+            attn_norm: norm(BlockTensor::AttnNorm)?,
+            qkv,
+            qk_norm,
             o,
-            ffn_norm,
-            gate,
-            up,
+            ffn_norm: norm(BlockTensor::FfnNorm)?,
+            gate_up,
             down,
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
@@ -431,9 +490,14 @@ impl Block {
     ) -> Result<Tensor> {
         debug_assert_eq!(ctxs.len(), caches.len());
         let xn = self.attn_norm.forward(x)?;
-        let q = self.q.forward(&xn)?;
-        let k = self.k.forward(&xn)?;
-        let v = self.v.forward(&xn)?;
+        let [q, k, v] = self.qkv.forward(&xn)?;
+        let (q, k) = match &self.qk_norm {
+            Some((q_norm, k_norm)) => (
+                q_norm.forward_heads(&q, self.head_dim)?,
+                k_norm.forward_heads(&k, self.head_dim)?,
+            ),
+            None => (q, k),
+        };
         let attn = if let ([ctx], [cache]) = (ctxs, &mut *caches) {
             self.attend(&q, &k, &v, ctx, rope, cache)?
         } else {
@@ -449,7 +513,8 @@ impl Block {
         let x = (x + self.o.forward(&attn)?)?;
 
         let xn = self.ffn_norm.forward(&x)?;
-        let gated = (candle_nn::ops::silu(&self.gate.forward(&xn)?)? * self.up.forward(&xn)?)?;
+        let [gate, up] = self.gate_up.forward(&xn)?;
+        let gated = (candle_nn::ops::silu(&gate)? * up)?;
         Ok((x + self.down.forward(&gated)?)?)
     }
 

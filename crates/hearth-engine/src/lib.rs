@@ -1,5 +1,5 @@
-//! hearth's model engine: load any contiguous slice of a Llama-family model (HF safetensors or
-//! GGUF), run it on hidden states with per-session KV caches, and keep the client's part
+//! hearth's model engine: load any contiguous slice of a Llama-family model (Llama, Mistral,
+//! Qwen2, Qwen3, Phi-3; HF safetensors or GGUF), run it on hidden states with per-session KV caches, and keep the client's part
 //! (embeddings, final norm, head) separate.
 //!
 //! Invariant: knows nothing of networks. Hidden states in, hidden states out.

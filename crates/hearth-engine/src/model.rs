@@ -142,10 +142,12 @@ impl ModelSource {
     }
 
     fn block_roles(&self, range: BlockRange) -> impl Iterator<Item = TensorRole> + '_ {
-        range.as_usize_range().flat_map(|i| {
-            BlockTensor::ALL
-                .iter()
-                .map(move |&t| TensorRole::Block(i as u32, t))
+        let tensors = self.config.block_tensors();
+        range.as_usize_range().flat_map(move |i| {
+            tensors
+                .clone()
+                .into_iter()
+                .map(move |(t, _)| TensorRole::Block(i as u32, t))
         })
     }
 

@@ -23,6 +23,8 @@ use std::path::Path;
 pub const SHAPES: &[&str] = &[
     "tiny",
     "tiny-qwen2",
+    "tiny-qwen3",
+    "tiny-phi3",
     "llama-3.2-1b",
     "qwen2.5-0.5b",
     "llama-3-8b",
@@ -74,6 +76,23 @@ pub fn shape(name: &str) -> Result<ModelConfig> {
             rms_norm_eps: 1e-6,
             max_position_embeddings: 4096,
             ..llama(256, 768, 5, 4, 1, 512, 1_000_000.0, true)
+        },
+        // Qwen3 features: per-head q/k norms, heads wider than hidden / heads (q_dim 512 over a
+        // hidden size of 256, as Qwen3-0.6B has 2048 over 1024), tied embeddings.
+        "tiny-qwen3" => ModelConfig {
+            architecture: Architecture::Qwen3,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            max_position_embeddings: 4096,
+            ..llama(256, 768, 5, 4, 2, 512, 1_000_000.0, true)
+        },
+        // Phi-3 features: fused qkv and gate/up projections, untied head, and Phi-3-mini-4k's
+        // sliding window (2047 of a 4096 context).
+        "tiny-phi3" => ModelConfig {
+            architecture: Architecture::Phi3,
+            sliding_window: Some(2047),
+            max_position_embeddings: 4096,
+            ..llama(256, 512, 4, 4, 2, 512, 10_000.0, false)
         },
         "llama-3.2-1b" => ModelConfig {
             rope_scaling: llama3_scaling(32.0),
@@ -139,22 +158,13 @@ impl SynthModel {
         let c = &self.config;
         let h = c.hidden_size;
         let mut out = vec![(TensorRole::Embed, vec![c.vocab_size, h])];
+        let block = c.block_tensors();
         for i in 0..c.num_blocks() {
-            let b = |t| TensorRole::Block(i, t);
-            out.push((b(BlockTensor::AttnNorm), vec![h]));
-            out.push((b(BlockTensor::Q), vec![c.q_dim(), h]));
-            out.push((b(BlockTensor::K), vec![c.kv_dim(), h]));
-            out.push((b(BlockTensor::V), vec![c.kv_dim(), h]));
-            if c.attention_bias {
-                out.push((b(BlockTensor::QBias), vec![c.q_dim()]));
-                out.push((b(BlockTensor::KBias), vec![c.kv_dim()]));
-                out.push((b(BlockTensor::VBias), vec![c.kv_dim()]));
-            }
-            out.push((b(BlockTensor::O), vec![h, c.q_dim()]));
-            out.push((b(BlockTensor::FfnNorm), vec![h]));
-            out.push((b(BlockTensor::Gate), vec![c.intermediate_size, h]));
-            out.push((b(BlockTensor::Up), vec![c.intermediate_size, h]));
-            out.push((b(BlockTensor::Down), vec![h, c.intermediate_size]));
+            out.extend(
+                block
+                    .iter()
+                    .map(|(t, dims)| (TensorRole::Block(i, *t), dims.clone())),
+            );
         }
         out.push((TensorRole::FinalNorm, vec![h]));
         if !c.tie_word_embeddings {
@@ -178,7 +188,13 @@ impl SynthModel {
         let mut uniform = move || (rng.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0;
         let (scale, offset) = match role {
             TensorRole::FinalNorm
-            | TensorRole::Block(_, BlockTensor::AttnNorm | BlockTensor::FfnNorm) => (0.1, 1.0),
+            | TensorRole::Block(
+                _,
+                BlockTensor::AttnNorm
+                | BlockTensor::FfnNorm
+                | BlockTensor::QNorm
+                | BlockTensor::KNorm,
+            ) => (0.1, 1.0),
             TensorRole::Block(_, BlockTensor::QBias | BlockTensor::KBias | BlockTensor::VBias) => {
                 (0.1, 0.0)
             }
@@ -321,9 +337,12 @@ impl SynthModel {
         md.push((a("rope.freq_base"), Value::F32(c.rope_theta as f32)));
         md.push((a("rope.dimension_count"), Value::U32(c.head_dim as u32)));
         md.push((a("vocab_size"), Value::U32(c.vocab_size as u32)));
+        if let Some(w) = c.sliding_window {
+            md.push((a("attention.sliding_window"), Value::U32(w as u32)));
+        }
         md.extend(self.vocab.gguf_metadata());
 
-        let interleave = c.architecture.gguf_name() == "llama";
+        let interleave = c.architecture.gguf_rope_layout() == RopeLayout::Interleaved;
         let mut tensors: Vec<(TensorRole, Vec<usize>)> = self.tensors();
         if c.rope_scaling.is_some() {
             tensors.push((TensorRole::RopeFreqs, vec![c.head_dim / 2]));

@@ -58,11 +58,22 @@ pub enum BlockTensor {
     Up,
     /// MLP down projection `[hidden, intermediate]`.
     Down,
+    /// Per-head RMSNorm weight applied to queries before RoPE `[head_dim]` (Qwen3).
+    QNorm,
+    /// Per-head RMSNorm weight applied to keys before RoPE `[head_dim]` (Qwen3).
+    KNorm,
+    /// Fused q, k, v projection `[(heads + 2 kv_heads) * head_dim, hidden]`, rows in that order
+    /// (Phi-3).
+    Qkv,
+    /// Fused MLP gate and up projection `[2 * intermediate, hidden]`, gate rows first (Phi-3).
+    GateUp,
 }
 
 impl BlockTensor {
-    /// Every tensor a block may have (the biases exist only where `attention_bias` is set).
-    pub const ALL: [BlockTensor; 12] = [
+    /// Every tensor a block may have, in the order of [`crate::identity::BLOCK_TENSORS`]; which
+    /// ones a model has is [`crate::Architecture::block_tensors`] (and the biases exist only
+    /// where `attention_bias` is set).
+    pub const ALL: [BlockTensor; 16] = [
         Self::AttnNorm,
         Self::Q,
         Self::K,
@@ -75,7 +86,16 @@ impl BlockTensor {
         Self::Gate,
         Self::Up,
         Self::Down,
+        Self::QNorm,
+        Self::KNorm,
+        Self::Qkv,
+        Self::GateUp,
     ];
+
+    /// Whether this is one of the optional q/k/v projection biases.
+    pub fn is_bias(self) -> bool {
+        matches!(self, Self::QBias | Self::KBias | Self::VBias)
+    }
 
     fn hf_suffix(self) -> &'static str {
         match self {
@@ -91,6 +111,10 @@ impl BlockTensor {
             Self::Gate => "mlp.gate_proj.weight",
             Self::Up => "mlp.up_proj.weight",
             Self::Down => "mlp.down_proj.weight",
+            Self::QNorm => "self_attn.q_norm.weight",
+            Self::KNorm => "self_attn.k_norm.weight",
+            Self::Qkv => "self_attn.qkv_proj.weight",
+            Self::GateUp => "mlp.gate_up_proj.weight",
         }
     }
 
@@ -108,6 +132,12 @@ impl BlockTensor {
             Self::Gate => "ffn_gate.weight",
             Self::Up => "ffn_up.weight",
             Self::Down => "ffn_down.weight",
+            Self::QNorm => "attn_q_norm.weight",
+            Self::KNorm => "attn_k_norm.weight",
+            Self::Qkv => "attn_qkv.weight",
+            // llama.cpp keeps the separate name for the fused matrix: a model has one or the
+            // other ([`crate::Architecture::block_tensors`]).
+            Self::GateUp => "ffn_up.weight",
         }
     }
 }
@@ -946,6 +976,16 @@ mod tests {
         assert_eq!(
             TensorRole::Block(0, BlockTensor::QBias).hf_name(),
             "model.layers.0.self_attn.q_proj.bias"
+        );
+        let r = TensorRole::Block(3, BlockTensor::KNorm);
+        assert_eq!(r.hf_name(), "model.layers.3.self_attn.k_norm.weight");
+        assert_eq!(r.gguf_name(), "blk.3.attn_k_norm.weight");
+        let r = TensorRole::Block(1, BlockTensor::Qkv);
+        assert_eq!(r.hf_name(), "model.layers.1.self_attn.qkv_proj.weight");
+        assert_eq!(r.gguf_name(), "blk.1.attn_qkv.weight");
+        assert_eq!(
+            TensorRole::Block(0, BlockTensor::GateUp).hf_name(),
+            "model.layers.0.mlp.gate_up_proj.weight"
         );
     }
 }

@@ -48,9 +48,13 @@ fn f32_hf() -> Fixture {
 }
 
 fn gguf(quant: GgmlDType) -> Fixture {
+    gguf_of("tiny", quant)
+}
+
+fn gguf_of(shape_name: &str, quant: GgmlDType) -> Fixture {
     fixture(|dir| {
         let path = dir.join("m.gguf");
-        SynthModel::new(shape("tiny").unwrap(), 5)
+        SynthModel::new(shape(shape_name).unwrap(), 5)
             .unwrap()
             .write_gguf(&path, quant)
             .unwrap();
@@ -219,6 +223,14 @@ fn f32_batch_matches_sessions_alone() {
 #[test]
 fn q8_0_batch_is_bitwise_the_sessions_alone() {
     check_batched_matches_alone(&gguf(GgmlDType::Q8_0), None);
+}
+
+/// Qwen3's per-head q/k norms and Phi-3's fused projections are per-row too.
+#[test]
+fn new_families_batch_bitwise_like_the_sessions_alone() {
+    for name in ["tiny-qwen3", "tiny-phi3"] {
+        check_batched_matches_alone(&gguf_of(name, GgmlDType::Q8_0), None);
+    }
 }
 
 #[test]

@@ -155,7 +155,37 @@ fn every_cpu_weight_type_is_batch_split_and_thread_invariant() {
     }
 }
 
-/// A random small Llama-family shape: head counts, GQA ratio, RoPE layout, sliding window.
+/// The synthesized Qwen3 and Phi-3 shapes (q/k norms, wide heads, fused projections, a sliding
+/// window) on hearth's kernels and candle's, in GGUF and HF.
+#[test]
+fn new_family_shapes_are_batch_split_and_thread_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let splits = vec![vec![5, 1, 1, 12], vec![2, 9, 8]];
+    for name in ["tiny-qwen3", "tiny-phi3"] {
+        let model = SynthModel::new(shape(name).unwrap(), 21).unwrap();
+        let xs = inputs(1, 19, model.config.hidden_size);
+        for quant in [
+            GgmlDType::F32,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q6K,
+        ] {
+            let path = dir.path().join(format!("{name}-{quant:?}.gguf"));
+            model.write_gguf(&path, quant).unwrap();
+            let (_, slice) = load(&path);
+            assert_invariant(&slice, &xs, &splits, &format!("{name} GGUF {quant:?}"));
+        }
+        let hf = dir.path().join(format!("{name}-hf"));
+        model
+            .write_hf(&hf, DType::BF16, &SynthOptions::default())
+            .unwrap();
+        let (_, slice) = load(&hf);
+        assert_invariant(&slice, &xs, &splits, &format!("{name} HF BF16"));
+    }
+}
+
+/// A random small shape of a random family: head counts and width (Qwen3's heads need not
+/// divide the hidden size), GQA ratio, RoPE layout, sliding window.
 fn random_config(seed: u64) -> ModelConfig {
     let mut rng = SplitMix64::new(seed);
     let kv_heads = 1 + rng.below(3) as usize;
@@ -167,11 +197,12 @@ fn random_config(seed: u64) -> ModelConfig {
         64
     };
     let mut cfg = shape("tiny").unwrap();
-    cfg.architecture = if rng.below(2) == 0 {
-        Architecture::Llama
-    } else {
-        Architecture::Qwen2
-    };
+    cfg.architecture = [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+        Architecture::Phi3,
+    ][rng.below(4) as usize];
     cfg.attention_bias = cfg.architecture == Architecture::Qwen2;
     cfg.num_layers = 1 + rng.below(3) as usize;
     cfg.num_heads = heads;

@@ -125,8 +125,8 @@ fn sharded_checkpoint_loads_like_a_single_file() {
 }
 
 #[test]
-fn gguf_f32_matches_hf_f32_for_llama_and_qwen2() {
-    for name in ["tiny", "tiny-qwen2"] {
+fn gguf_f32_matches_hf_f32_for_every_family() {
+    for name in ["tiny", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"] {
         let dir = tempfile::tempdir().unwrap();
         let hf = synth_hf(&dir.path().join("hf"), name, DType::F32, None);
         let gguf = synth_gguf(&dir.path().join("m.gguf"), name, GgmlDType::F32);
@@ -135,6 +135,32 @@ fn gguf_f32_matches_hf_f32_for_llama_and_qwen2() {
         let b = run(&mut pipeline(&gguf, &[1]), 6);
         // Interleaved vs half-split RoPE sums in a different order: allow f32 rounding noise.
         assert_same_run(&a, &b, 1e-4, name);
+    }
+}
+
+/// Qwen3 (q/k norms, wide heads) and Phi-3 (fused projections): cut at every block boundary, in
+/// f32 HF and in quantized GGUF, the pipeline gives the whole model's greedy tokens and logits.
+#[test]
+fn new_families_split_at_every_boundary_like_the_whole_model() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["tiny-qwen3", "tiny-phi3"] {
+        let hf = synth_hf(&dir.path().join(name), name, DType::F32, None);
+        let q8 = synth_gguf(
+            &dir.path().join(format!("{name}.gguf")),
+            name,
+            GgmlDType::Q8_0,
+        );
+        for (src, tol) in [(&hf, 1e-5), (&q8, 1e-4)] {
+            let n = src.config().num_blocks();
+            let whole = run(&mut pipeline(src, &[]), 16);
+            let every: Vec<u32> = (1..n).collect();
+            let mut cut_sets: Vec<Vec<u32>> = every.iter().map(|&c| vec![c]).collect();
+            cut_sets.push(every);
+            for cuts in cut_sets {
+                let split = run(&mut pipeline(src, &cuts), 16);
+                assert_same_run(&whole, &split, tol, &format!("{name} cuts {cuts:?}"));
+            }
+        }
     }
 }
 

@@ -132,6 +132,30 @@ fn one_byte_in_a_gguf_block_changes_only_that_block() {
     assert_only_block_changed(&ia, &ib, 2);
 }
 
+/// Qwen3's q/k norms and Phi-3's fused matrices are part of their block's hash.
+#[test]
+fn new_family_tensors_are_hashed_with_their_block() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, tensor) in [
+        ("tiny-qwen3", "blk.2.attn_q_norm.weight"),
+        ("tiny-phi3", "blk.2.attn_qkv.weight"),
+        ("tiny-phi3", "blk.2.ffn_up.weight"),
+    ] {
+        let path = dir.path().join(format!("{name}.gguf"));
+        let ia = write_gguf(&path, name, GgmlDType::Q8_0).identity().unwrap();
+        flip_byte(&path, gguf_offset(&path, tensor));
+        let ib = ModelSource::open(&path).unwrap().identity().unwrap();
+        assert_only_block_changed(&ia, &ib, 2);
+    }
+    // Same tensor shapes and bytes, another family: another config hash.
+    let qwen3 = write_gguf(&dir.path().join("a.gguf"), "tiny-qwen3", GgmlDType::Q8_0);
+    let qwen2 = write_gguf(&dir.path().join("b.gguf"), "tiny-qwen2", GgmlDType::Q8_0);
+    assert_ne!(
+        qwen3.identity().unwrap().config,
+        qwen2.identity().unwrap().config
+    );
+}
+
 #[test]
 fn config_change_changes_config_hash_and_model_id_only() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

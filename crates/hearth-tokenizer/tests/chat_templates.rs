@@ -1,5 +1,5 @@
-//! Real chat templates (Llama 3.1, Qwen2.5, Mistral Nemo) render exactly as transformers'
-//! `apply_chat_template` does. Expected strings were derived by reading the templates (and agree
+//! Real chat templates (Llama 3.1, Qwen2.5, Qwen3, Phi-3, Mistral Nemo) render exactly as
+//! transformers' `apply_chat_template` does. Expected strings were derived by reading the templates (and agree
 //! with Python Jinja2 configured like transformers).
 
 use std::fs;
@@ -35,6 +35,27 @@ fn mistral_nemo() -> ChatTemplate {
         Some("<s>"),
         Some("</s>"),
     )
+}
+
+fn qwen3() -> ChatTemplate {
+    // Qwen3's tokenizer_config has no bos_token (null).
+    template("Qwen-Qwen3-0.6B.jinja", None, Some("<|im_end|>"))
+}
+
+fn phi3() -> ChatTemplate {
+    template(
+        "microsoft-Phi-3-mini-4k-instruct.jinja",
+        Some("<s>"),
+        Some("<|endoftext|>"),
+    )
+}
+
+/// system + user.
+fn two_messages() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new("system", "You are a helpful assistant."),
+        ChatMessage::new("user", "Hello!"),
+    ]
 }
 
 /// system + user + assistant + user.
@@ -97,6 +118,55 @@ fn qwen25_default_system_prompt() {
 }
 
 #[test]
+fn qwen3_renders() {
+    let out = qwen3().render(&two_messages(), true).unwrap();
+    assert_eq!(
+        out,
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
+         <|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+/// The thinking of an answer before the last user turn is dropped; the final answer after the
+/// last user turn keeps it, stripped of the newlines around it.
+#[test]
+fn qwen3_keeps_only_the_last_turns_thinking() {
+    let earlier = [
+        ChatMessage::new("user", "What is 2+2?"),
+        ChatMessage::new("assistant", "<think>\nSimple arithmetic.\n</think>\n\n4"),
+        ChatMessage::new("user", "And 3+3?"),
+    ];
+    assert_eq!(
+        qwen3().render(&earlier, true).unwrap(),
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n\
+         <|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let last = [
+        ChatMessage::new("user", "Hi"),
+        ChatMessage::new("assistant", "<think>\n\nGreet back.\n</think>\n\nHello!"),
+    ];
+    assert_eq!(
+        qwen3().render(&last, false).unwrap(),
+        "<|im_start|>user\nHi<|im_end|>\n\
+         <|im_start|>assistant\n<think>\nGreet back.\n</think>\n\nHello!<|im_end|>\n"
+    );
+}
+
+#[test]
+fn phi3_renders() {
+    let template = phi3();
+    assert_eq!(
+        template.render(&two_messages(), true).unwrap(),
+        "<|system|>\nYou are a helpful assistant.<|end|>\n<|user|>\nHello!<|end|>\n<|assistant|>\n"
+    );
+    // Without the generation prompt the conversation is closed with the EOS token.
+    assert_eq!(
+        template.render(&two_messages(), false).unwrap(),
+        "<|system|>\nYou are a helpful assistant.<|end|>\n<|user|>\nHello!<|end|>\n<|endoftext|>"
+    );
+}
+
+#[test]
 fn mistral_nemo_renders() {
     // The system message goes into the last user turn; there is no generation prompt to add.
     let expected = "<s>[INST]Hello![/INST]Hi there! How can I help?</s>\
@@ -133,7 +203,7 @@ fn mistral_nemo_rejects_non_alternating_roles() {
 
 #[test]
 fn empty_conversation_is_an_error_not_a_panic() {
-    for template in [llama31(), qwen25(), mistral_nemo()] {
+    for template in [llama31(), qwen25(), qwen3(), phi3(), mistral_nemo()] {
         // Jinja2 fails on `messages[0]['role']` too; all that matters is that we return.
         let _ = template.render(&[], true);
     }
