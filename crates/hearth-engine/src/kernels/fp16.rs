@@ -963,11 +963,11 @@ mod avx512 {
             // acc[q][i] = the two 16-lane halves of panel q, row i.
             let mut acc = [[[_mm512_setzero_ps(); 2]; R]; 2];
             if accumulate {
-                for q in 0..2 {
-                    for i in 0..R {
+                for (q, panel) in acc.iter_mut().enumerate() {
+                    for (i, halves) in panel.iter_mut().enumerate() {
                         let cp = c[q].add(i * ldc);
-                        acc[q][i][0] = _mm512_maskz_loadu_ps(masks[q].0, cp);
-                        acc[q][i][1] = _mm512_maskz_loadu_ps(masks[q].1, cp.add(16));
+                        halves[0] = _mm512_maskz_loadu_ps(masks[q].0, cp);
+                        halves[1] = _mm512_maskz_loadu_ps(masks[q].1, cp.add(16));
                     }
                 }
             }
@@ -984,12 +984,12 @@ mod avx512 {
                     }
                 }
             }
-            for q in 0..2 {
-                for i in 0..R {
+            for (q, panel) in acc.iter().enumerate() {
+                for (i, halves) in panel.iter().enumerate() {
                     let cp = c[q].add(i * ldc);
-                    _mm512_mask_storeu_ps(cp, masks[q].0, acc[q][i][0]);
+                    _mm512_mask_storeu_ps(cp, masks[q].0, halves[0]);
                     if masks[q].1 != 0 {
-                        _mm512_mask_storeu_ps(cp.add(16), masks[q].1, acc[q][i][1]);
+                        _mm512_mask_storeu_ps(cp.add(16), masks[q].1, halves[1]);
                     }
                 }
             }
