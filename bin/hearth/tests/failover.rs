@@ -8,12 +8,14 @@
 //! (default 2; `scripts/failover_exactness.sh` runs 34 per format, 102 in all). Without the
 //! variable the test says SKIPPED, except under CI (`CI=true`), where that is a failure.
 
+mod common;
+
+use common::{hearth, wait_for, NodeProc};
 use hearth_core::SplitMix64;
-use std::io::{BufRead, BufReader, Read};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
 
 const PROMPT: &str = "The three most useful things to pack for a week of hiking are";
 /// Generated tokens per run: long enough that a changed rounding early on shows as a changed
@@ -23,89 +25,17 @@ const MAX_TOKENS: usize = 64;
 const FIRST: &str = "0..15";
 const SECOND: &str = "15..30";
 
-fn hearth(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
-    cmd.env("HEARTH_HOME", home)
-        .env("RUST_LOG", "hearth_swarm=info");
-    cmd
-}
-
-/// A node process; killed on drop.
-struct NodeProc {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl NodeProc {
-    fn start(home: &Path, name: &str, model: &Path, blocks: &str, bootstrap: Option<&str>) -> Self {
-        Self::start_with(home, name, model, blocks, bootstrap, &[])
-    }
-
-    fn start_with(
-        home: &Path,
-        name: &str,
-        model: &Path,
-        blocks: &str,
-        bootstrap: Option<&str>,
-        extra: &[&str],
-    ) -> Self {
-        let ready = home.join(format!("{name}.addr"));
-        let _ = std::fs::remove_file(&ready);
-        let mut cmd = hearth(home);
-        cmd.args(["--threads", "1", "node", "--model"])
-            .arg(model)
-            .args(["--blocks", blocks, "--data-dir"])
-            .arg(home.join(name))
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-            .args(["--record-ttl", "3"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(b) = bootstrap {
-            cmd.args(["--bootstrap", b]);
-        }
-        let mut child = cmd.spawn().expect("start node");
-        let log = capture(child.stderr.take().expect("stderr"));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let addr = loop {
-            if let Ok(s) = std::fs::read_to_string(&ready) {
-                break s.trim().to_string();
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("node {name} exited with {status}: {}", log.lock().unwrap());
-            }
-            assert!(Instant::now() < deadline, "node {name} not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Self { child, addr, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn capture(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let out = buf.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            let mut b = out.lock().unwrap();
-            b.push_str(&line);
-            b.push('\n');
-        }
-    });
-    buf
+/// A node of `model` (see [`NodeProc::start`]).
+fn node(
+    home: &Path,
+    name: &str,
+    model: &Path,
+    blocks: &str,
+    bootstrap: Option<&str>,
+    extra: &[&str],
+) -> NodeProc {
+    let model = [OsStr::new("--model"), model.as_os_str()];
+    NodeProc::start(home, name, &model, blocks, bootstrap, extra)
 }
 
 fn client(home: &Path, model: &Path, bootstrap: &str) -> Child {
@@ -142,14 +72,6 @@ fn finish(child: Child) -> (Vec<u32>, String) {
     (ids, log)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `model` converted to `quant` in `dir` (the file as is for `None`).
 fn model_file(home: &Path, model: &Path, quant: Option<&str>) -> PathBuf {
     let Some(quant) = quant else {
@@ -175,8 +97,8 @@ fn failover_is_exact(quant: Option<&str>, kills: usize, seed: u64) {
     let home = dir.path();
     let model = model_file(home, &model, quant);
     let expected = {
-        let first = NodeProc::start(home, "first", &model, FIRST, None);
-        let _second = NodeProc::start(home, "second", &model, SECOND, Some(&first.addr));
+        let first = node(home, "first", &model, FIRST, None, &[]);
+        let _second = node(home, "second", &model, SECOND, Some(&first.addr), &[]);
         finish(client(home, &model, &first.addr)).0
     };
     assert!(expected.len() >= 32, "the reference run stopped early");
@@ -188,8 +110,8 @@ fn failover_is_exact(quant: Option<&str>, kills: usize, seed: u64) {
         let fault = format!("crash-at-step:{step}");
         // A fresh swarm per kill point: dead peers from earlier rounds would otherwise pile up
         // in the DHT's routing tables and slow every lookup.
-        let first = NodeProc::start(home, &format!("first{kill}"), &model, FIRST, None);
-        let victim = NodeProc::start_with(
+        let first = node(home, &format!("first{kill}"), &model, FIRST, None, &[]);
+        let victim = node(
             home,
             &format!("victim{kill}"),
             &model,
@@ -204,12 +126,13 @@ fn failover_is_exact(quant: Option<&str>, kills: usize, seed: u64) {
             || victim.log().contains("session opened"),
         );
         // Joins only now, so the victim is certainly on the route; the client waits for it.
-        let _replacement = NodeProc::start(
+        let _replacement = node(
             home,
             &format!("replacement{kill}"),
             &model,
             SECOND,
             Some(&first.addr),
+            &[],
         );
         let (ids, log) = finish(run);
         assert!(
@@ -280,8 +203,8 @@ fn f32_wire_matches_local_and_survives_a_differently_split_replacement() {
         .expect("local generate");
     let (expected, _) = finish(local);
     let f32_wire = ["--wire-dtype", "f32"];
-    let first = NodeProc::start(home, "first", &model, FIRST, None);
-    let victim = NodeProc::start_with(
+    let first = node(home, "first", &model, FIRST, None, &[]);
+    let victim = node(
         home,
         "victim",
         &model,
@@ -295,8 +218,8 @@ fn f32_wire_matches_local_and_survives_a_differently_split_replacement() {
         Duration::from_secs(120),
         || victim.log().contains("session opened"),
     );
-    let _a = NodeProc::start(home, "a", &model, "15..22", Some(&first.addr));
-    let _b = NodeProc::start(home, "b", &model, "22..30", Some(&first.addr));
+    let _a = node(home, "a", &model, "15..22", Some(&first.addr), &[]);
+    let _b = node(home, "b", &model, "22..30", Some(&first.addr), &[]);
     let (ids, log) = finish(run);
     assert!(log.contains("failover:"), "no failover: {log}");
     assert!(

@@ -1,113 +1,24 @@
 //! Multi-process swarm tests on loopback: real `hearth node` processes, a real client process.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use common::{capture, hearth, wait_for, NodeProc};
 use std::path::{Path, PathBuf};
+use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PROMPT: &str = "Hello, hearth";
 
-fn hearth(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
-    cmd.env("HEARTH_HOME", home)
-        .env("RUST_LOG", "hearth_swarm=info");
-    cmd
-}
-
-/// A node process; killed (SIGKILL) on drop.
-struct NodeProc {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl NodeProc {
-    fn start(
-        home: &Path,
-        name: &str,
-        blocks: &str,
-        bootstrap: Option<&str>,
-        extra: &[&str],
-    ) -> Self {
-        let ready = home.join(format!("{name}.addr"));
-        let mut cmd = hearth(home);
-        cmd.args(["--threads", "1", "node", "--synth", "tiny"]);
-        if blocks == "auto" {
-            cmd.args(["--max-blocks", "3", "--discovery-secs", "1"]);
-        } else {
-            cmd.args(["--blocks", blocks]);
-        }
-        cmd.arg("--data-dir")
-            .arg(home.join(name))
-            .arg("--ready-file")
-            .arg(&ready)
-            .args([
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--no-mdns",
-                "--record-ttl",
-                "3",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(b) = bootstrap {
-            cmd.args(["--bootstrap", b]);
-        }
-        let mut child = cmd.spawn().expect("start node");
-        let log = capture(child.stderr.take().expect("stderr"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
-            if let Ok(s) = std::fs::read_to_string(&ready) {
-                break s.trim().to_string();
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("node {name} exited with {status}: {}", log.lock().unwrap());
-            }
-            assert!(Instant::now() < deadline, "node {name} not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Self { child, addr, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Collects a pipe's text in the background.
-fn capture(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let out = buf.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            let mut b = out.lock().unwrap();
-            b.push_str(&line);
-            b.push('\n');
-        }
-    });
-    buf
-}
-
-/// Polls `cond` until it holds; the timeouts are generous because CI runs these tests in
-/// parallel on 2 cores, several node processes each.
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A node of the synthesized `tiny` model (see [`NodeProc::start`]).
+fn node(
+    home: &Path,
+    name: &str,
+    blocks: &str,
+    bootstrap: Option<&str>,
+    extra: &[&str],
+) -> NodeProc {
+    NodeProc::start(home, name, &["--synth", "tiny"], blocks, bootstrap, extra)
 }
 
 fn local_text(home: &Path, max_tokens: usize) -> String {
@@ -165,9 +76,9 @@ fn home() -> (tempfile::TempDir, PathBuf) {
 fn three_node_swarm_generates_the_same_tokens_as_local_generation() {
     let (_d, home) = home();
     let expected = local_text(&home, 24);
-    let a = NodeProc::start(&home, "a", "0..2", None, &[]);
-    let _b = NodeProc::start(&home, "b", "2..4", Some(&a.addr), &[]);
-    let _c = NodeProc::start(&home, "c", "4..6", Some(&a.addr), &[]);
+    let a = node(&home, "a", "0..2", None, &[]);
+    let _b = node(&home, "b", "2..4", Some(&a.addr), &[]);
+    let _c = node(&home, "c", "4..6", Some(&a.addr), &[]);
     let (text, log) = finish(swarm_client(&home, &a.addr, 24));
     assert_eq!(text, expected);
     // 3 hops × (1 prefill + 23 decode steps), every one verified.
@@ -180,10 +91,10 @@ fn killing_a_middle_node_mid_generation_fails_over_without_changing_the_output()
     let (_d, home) = home();
     let expected = local_text(&home, 48);
     let slow = ["--step-delay-ms", "40"];
-    let a = NodeProc::start(&home, "a", "0..2", None, &[]);
-    let mut b1 = NodeProc::start(&home, "b1", "2..4", Some(&a.addr), &slow);
-    let mut b2 = NodeProc::start(&home, "b2", "2..4", Some(&a.addr), &slow);
-    let _c = NodeProc::start(&home, "c", "4..6", Some(&a.addr), &[]);
+    let a = node(&home, "a", "0..2", None, &[]);
+    let mut b1 = node(&home, "b1", "2..4", Some(&a.addr), &slow);
+    let mut b2 = node(&home, "b2", "2..4", Some(&a.addr), &slow);
+    let _c = node(&home, "c", "4..6", Some(&a.addr), &[]);
     let client = swarm_client(&home, &a.addr, 48);
     wait_for(
         "a middle node to get the session",
@@ -214,9 +125,9 @@ fn killing_a_middle_node_mid_generation_fails_over_without_changing_the_output()
 fn misbehaving_node_is_routed_around(fault: &str, expected_reason: &str) {
     let (_d, home) = home();
     let expected = local_text(&home, 16);
-    let a = NodeProc::start(&home, "a", "0..2", None, &[]);
-    let _bad = NodeProc::start(&home, "bad", "2..4", Some(&a.addr), &["--fault", fault]);
-    let _c = NodeProc::start(&home, "c", "4..6", Some(&a.addr), &[]);
+    let a = node(&home, "a", "0..2", None, &[]);
+    let _bad = node(&home, "bad", "2..4", Some(&a.addr), &["--fault", fault]);
+    let _c = node(&home, "c", "4..6", Some(&a.addr), &[]);
     let mut client = swarm_client(&home, &a.addr, 16);
     let err = capture(client.stderr.take().expect("stderr"));
     wait_for(
@@ -224,7 +135,7 @@ fn misbehaving_node_is_routed_around(fault: &str, expected_reason: &str) {
         Duration::from_secs(60),
         || err.lock().unwrap().contains("hop failed"),
     );
-    let _good = NodeProc::start(&home, "good", "2..4", Some(&a.addr), &[]);
+    let _good = node(&home, "good", "2..4", Some(&a.addr), &[]);
     let status = client.wait().expect("client");
     let log = err.lock().unwrap().clone();
     assert!(status.success(), "{log}");
@@ -259,8 +170,8 @@ fn node_with_wrong_shapes_is_routed_around() {
 fn overlapping_uneven_spans_route_through_part_of_a_node() {
     let (_d, home) = home();
     let expected = local_text(&home, 12);
-    let a = NodeProc::start(&home, "a", "0..4", None, &[]);
-    let b = NodeProc::start(&home, "b", "1..6", Some(&a.addr), &[]);
+    let a = node(&home, "a", "0..4", None, &[]);
+    let b = node(&home, "b", "1..6", Some(&a.addr), &[]);
     let (text, log) = finish(swarm_client(&home, &a.addr, 12));
     assert_eq!(text, expected, "{log}");
     // Two hops, at least one of them using only part of its node's blocks.
@@ -290,12 +201,12 @@ fn overlapping_uneven_spans_route_through_part_of_a_node() {
 fn automatic_placement_covers_the_model_and_serves_it() {
     let (_d, home) = home();
     let expected = local_text(&home, 8);
-    let a = NodeProc::start(&home, "a", "auto", None, &[]);
+    let a = node(&home, "a", "auto", None, &[]);
     // Wait until a's announcement is in the DHT, so b sees what is missing.
     wait_for("a's announcement", Duration::from_secs(60), || {
         peers(&home, &a.addr).contains("1 servers")
     });
-    let _b = NodeProc::start(&home, "b", "auto", Some(&a.addr), &[]);
+    let _b = node(&home, "b", "auto", Some(&a.addr), &[]);
     let listed = peers(&home, &a.addr);
     assert!(listed.contains("blocks 0..3"), "{listed}");
     assert!(listed.contains("blocks 3..6"), "{listed}");
@@ -310,15 +221,15 @@ fn rebalancing_covers_blocks_left_by_a_departed_node() {
     let (_d, home) = home();
     let expected = local_text(&home, 8);
     let fast = ["--rebalance-secs", "2"];
-    let a = NodeProc::start(&home, "a", "auto", None, &fast);
+    let a = node(&home, "a", "auto", None, &fast);
     wait_for("a's announcement", Duration::from_secs(60), || {
         peers(&home, &a.addr).contains("1 servers")
     });
-    let b = NodeProc::start(&home, "b", "auto", Some(&a.addr), &fast);
+    let b = node(&home, "b", "auto", Some(&a.addr), &fast);
     wait_for("b's announcement", Duration::from_secs(60), || {
         peers(&home, &a.addr).contains("2 servers")
     });
-    let c = NodeProc::start(&home, "c", "auto", Some(&a.addr), &fast);
+    let c = node(&home, "c", "auto", Some(&a.addr), &fast);
     wait_for("c's announcement", Duration::from_secs(60), || {
         peers(&home, &a.addr).contains("3 servers")
     });
@@ -385,8 +296,8 @@ fn peers(home: &Path, bootstrap: &str) -> String {
 #[test]
 fn dht_records_expire_when_a_node_leaves() {
     let (_d, home) = home();
-    let a = NodeProc::start(&home, "a", "0..3", None, &[]);
-    let b = NodeProc::start(&home, "b", "3..6", Some(&a.addr), &[]);
+    let a = node(&home, "a", "0..3", None, &[]);
+    let b = node(&home, "b", "3..6", Some(&a.addr), &[]);
     let b_id = b.addr.rsplit('/').next().expect("peer id").to_string();
     wait_for("both announcements", Duration::from_secs(30), || {
         peers(&home, &a.addr).contains("2 servers")
@@ -489,7 +400,7 @@ fn a_node_follows_its_energy_agent() {
         http("GET", port, "/api/state", "").is_some_and(|(s, b)| s == 200 && b.contains("sim-gpu2"))
     });
     let agent_url = format!("http://127.0.0.1:{port}");
-    let node = NodeProc::start(
+    let node = node(
         &home,
         "a",
         "0..6",

@@ -1,0 +1,115 @@
+//! What the multi-process tests share: `hearth` commands with their own home, node processes that
+//! are killed on drop, and polling.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `hearth` with `HEARTH_HOME=home` and the swarm's info logs on stderr.
+pub(crate) fn hearth(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    cmd.env("HEARTH_HOME", home)
+        .env("RUST_LOG", "hearth_swarm=info");
+    cmd
+}
+
+/// A `hearth node` process on loopback (no mDNS, 3 s DHT records); killed (SIGKILL) on drop.
+pub(crate) struct NodeProc {
+    pub(crate) child: Child,
+    /// Its multiaddr with `/p2p/<peer id>`, as a bootstrap address for others.
+    pub(crate) addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl NodeProc {
+    /// Starts a node of the model named by `model` (e.g. `["--synth", "tiny"]` or
+    /// `["--model", path]`) on `blocks` (`A..B`, or `auto` to let it choose up to 3), joining
+    /// through `bootstrap`, with `extra` flags; returns once it serves.
+    pub(crate) fn start<S: AsRef<OsStr>>(
+        home: &Path,
+        name: &str,
+        model: &[S],
+        blocks: &str,
+        bootstrap: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
+        let ready = home.join(format!("{name}.addr"));
+        let _ = std::fs::remove_file(&ready);
+        let mut cmd = hearth(home);
+        cmd.args(["--threads", "1", "node"]).args(model);
+        if blocks == "auto" {
+            cmd.args(["--max-blocks", "3", "--discovery-secs", "1"]);
+        } else {
+            cmd.args(["--blocks", blocks]);
+        }
+        cmd.arg("--data-dir")
+            .arg(home.join(name))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(["--record-ttl", "3"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(b) = bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        let mut child = cmd.spawn().expect("start node");
+        let log = capture(child.stderr.take().expect("stderr"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let addr = loop {
+            if let Ok(s) = std::fs::read_to_string(&ready) {
+                break s.trim().to_string();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("node {name} exited with {status}: {}", log.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "node {name} not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, addr, log }
+    }
+
+    /// Its stderr so far.
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Collects a pipe's text in the background.
+pub(crate) fn capture(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let out = buf.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut b = out.lock().unwrap();
+            b.push_str(&line);
+            b.push('\n');
+        }
+    });
+    buf
+}
+
+/// Polls `cond` until it holds; the timeouts are generous because CI runs these tests in
+/// parallel on 2 cores, several node processes each.
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
