@@ -191,18 +191,18 @@ async fn hostile_peer_gets_errors_and_the_node_keeps_serving() {
     assert!(freed, "closing a stream did not free its session");
 
     // Once open, a frame may be as large as the biggest step this model can take, no larger:
-    // 2048 rows × 256 wide × 2 bytes + header.
+    // 2048 rows × 256 wide × 4 bytes (f32, the widest wire dtype) + header.
     let mut s4 = stream(&net, peer).await;
     assert!(matches!(
         exchange(&mut s4, &open(&node, node.model_id)).await,
         Some(Response::Opened(_))
     ));
-    s4.write_all(&2_000_000u32.to_le_bytes()).await.unwrap();
+    s4.write_all(&2_200_000u32.to_le_bytes()).await.unwrap();
     s4.flush().await.unwrap();
     let reply = read_frame(&mut s4, 1 << 20).await.unwrap().unwrap();
     assert!(matches!(
         Response::decode(&reply, &Limits::default()).unwrap(),
-        Response::Error(e) if e.message.contains("exceeds the limit of 1048640")
+        Response::Error(e) if e.message.contains("exceeds the limit of 2097216")
     ));
     assert!(closed(&mut s4).await);
 
