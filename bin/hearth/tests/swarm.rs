@@ -3,8 +3,8 @@
 mod common;
 
 use common::{capture, hearth, wait_for, NodeProc};
-use std::path::{Path, PathBuf};
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
