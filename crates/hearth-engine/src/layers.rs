@@ -249,6 +249,12 @@ impl Rope {
     }
 }
 
+/// Whether attention runs on [`kernels::attention`] (bit-exact, skips masked positions itself)
+/// rather than candle's matmul + softmax (which needs the additive mask).
+fn uses_cpu_attention(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32
+}
+
 /// Per-step inputs of one session, shared by every block of a slice.
 pub(crate) struct StepContext {
     /// Rows (tokens) this session contributes to the step.
@@ -274,8 +280,7 @@ impl StepContext {
         let (cos, sin) = rope.angles(past, t, device, dtype)?;
         let total = past + t;
         let window = cfg.sliding_window.filter(|&w| w < total);
-        let cpu_kernel = device.is_cpu() && dtype == DType::F32;
-        let mask = if !cpu_kernel && (t > 1 || window.is_some()) {
+        let mask = if !uses_cpu_attention(device, dtype) && (t > 1 || window.is_some()) {
             let n_rep = cfg.num_heads / cfg.num_kv_heads;
             let mut m = Vec::with_capacity(n_rep * t * total);
             // Query rows are grouped per KV head as [n_rep, t]; row r is query position past + r % t.
@@ -541,7 +546,7 @@ impl Block {
         let past = cache.len;
         let (k_all, v_all) = cache.append(&k, &v)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        if q.device().is_cpu() && q.dtype() == DType::F32 {
+        if uses_cpu_attention(q.device(), q.dtype()) {
             return self.attend_cpu(&q, &k_all, &v_all, past, ctx, scale as f32);
         }
 
