@@ -8,6 +8,7 @@ use clap::Args;
 use hearth_core::BlockRange;
 use hearth_engine::SessionLimits;
 use hearth_policy::agent_state::Snapshot;
+use hearth_swarm::adversary::Adversary;
 use hearth_swarm::node::{Fault, Node, NodeConfig};
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,6 +53,11 @@ pub(crate) struct NodeArgs {
     /// crash-at-step:N).
     #[arg(long, hide = true)]
     pub fault: Option<Fault>,
+    /// Testing only: cheat in the given way (noise:REL, stale, random, copy-input, skip-block,
+    /// claim-model:HEX, each optionally @FRACTION); refused unless built with the `adversary`
+    /// feature, as test builds are.
+    #[arg(long, hide = true)]
+    pub adversary: Option<Adversary>,
     /// Testing only: delay every answer by this many milliseconds.
     #[arg(long, hide = true)]
     pub step_delay_ms: Option<u64>,
@@ -126,6 +132,7 @@ pub(crate) fn run(args: NodeArgs) -> Result<()> {
             ..base.sessions
         },
         fault: args.fault,
+        adversary: args.adversary,
         step_delay: args
             .step_delay_ms
             .map_or(base.step_delay, Duration::from_millis),

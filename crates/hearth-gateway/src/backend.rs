@@ -2,84 +2,17 @@
 //! the embeddings and the head, nodes run the blocks) or in-process slices (`--local`, one
 //! machine, no network). Both are blocking and run on tokio's blocking pool.
 
+use crate::trail::{trail_of, RouteHop, Trail};
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{
     generate_cancellable, ClientHead, EngineError, Generation, HeadBatchStats, HeadBatcher,
     HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline, SessionLimits, SliceServer,
 };
 use hearth_sampling::SamplingParams;
-use hearth_swarm::{ChainLog, SwarmClient};
+use hearth_swarm::SwarmClient;
 use hearth_tokenizer::Tokenizer;
-use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Who computed what for one response: the route, every signed hop receipt, and the failovers.
-/// Served to callers so they can check the signatures themselves.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Trail {
-    /// The model's content id, hex.
-    pub model_id: String,
-    /// The hops that served the generation at its end, in block order (after any failovers).
-    pub route: Vec<RouteHop>,
-    /// Every hop receipt the gateway verified, in the order received.
-    pub receipts: Vec<ReceiptOut>,
-    /// Every hop abandoned mid-generation and how it was replaced.
-    pub failovers: Vec<FailoverOut>,
-    /// Whether every receipt verified against its node's key and the exact bytes exchanged
-    /// (checked by the gateway as it received them).
-    pub all_verified: bool,
-    /// Per node: answered steps and the total time spent waiting on them (for metrics; not
-    /// serialized).
-    #[serde(skip)]
-    pub node_latency: Vec<(String, u64, Duration)>,
-}
-
-/// One hop of a route: a node and the blocks it runs.
-#[derive(Clone, Debug, Serialize)]
-pub struct RouteHop {
-    /// The node's peer id (`"local"` for [`LocalBackend`]).
-    pub node: String,
-    /// The half-open block range it runs, `start..end`.
-    pub blocks: String,
-}
-
-/// A hop receipt in a form any client can verify: `bytes` is the versioned encoding
-/// (`hearth_wire::Receipt::to_bytes`); the other fields repeat its contents for reading.
-#[derive(Clone, Debug, Serialize)]
-pub struct ReceiptOut {
-    /// The signing node's peer id.
-    pub node: String,
-    /// The node's ed25519 public key, hex (what the signature verifies against).
-    pub node_key: String,
-    /// The generation step (token position) the receipt covers.
-    pub step: u64,
-    /// The half-open block range the node ran, `start..end`.
-    pub blocks: String,
-    /// Digest of the hidden state the node received, hex.
-    pub input: String,
-    /// Digest of the hidden state the node sent back, hex.
-    pub output: String,
-    /// The ed25519 signature, hex.
-    pub signature: String,
-    /// The whole receipt in its versioned encoding, hex.
-    pub bytes: String,
-}
-
-/// A hop abandoned mid-generation, as served in a [`Trail`].
-#[derive(Clone, Debug, Serialize)]
-pub struct FailoverOut {
-    /// The abandoned node's peer id.
-    pub node: String,
-    /// The half-open block range it was running, `start..end`.
-    pub blocks: String,
-    /// Why it was abandoned (timeout, bad answer, ...).
-    pub reason: String,
-    /// Milliseconds from detecting the failure to the replacement being ready, replay included.
-    pub recovery_ms: f64,
-    /// Token positions replayed into the replacement to rebuild its cache.
-    pub replayed_tokens: usize,
-}
 
 /// A generation request after validation: prompt tokens and sampling parameters.
 pub struct Job<'a> {
@@ -219,53 +152,6 @@ fn run_job(
     );
     drop(pipeline);
     result
-}
-
-fn trail_of(model_id: &ContentHash, log: &ChainLog) -> Trail {
-    let receipts: Vec<ReceiptOut> = log
-        .receipts
-        .iter()
-        .map(|(peer, r)| ReceiptOut {
-            node: peer.to_string(),
-            node_key: hex::encode(r.node),
-            step: r.body.step,
-            blocks: r.body.span.to_string(),
-            input: r.body.input.to_hex(),
-            output: r.body.output.to_hex(),
-            signature: hex::encode(r.signature),
-            bytes: hex::encode(r.to_bytes()),
-        })
-        .collect();
-    Trail {
-        model_id: model_id.to_hex(),
-        route: log
-            .route
-            .iter()
-            .map(|(p, r)| RouteHop {
-                node: p.to_string(),
-                blocks: r.to_string(),
-            })
-            .collect(),
-        // The chain keeps only receipts it verified against the bytes it exchanged.
-        all_verified: log.receipts.iter().all(|(_, r)| r.verify().is_ok()),
-        receipts,
-        failovers: log
-            .failovers
-            .iter()
-            .map(|f| FailoverOut {
-                node: f.peer.to_string(),
-                blocks: f.range.to_string(),
-                reason: f.reason.clone(),
-                recovery_ms: f.recovery.as_secs_f64() * 1000.0,
-                replayed_tokens: f.replayed_tokens,
-            })
-            .collect(),
-        node_latency: log
-            .per_node
-            .iter()
-            .map(|(p, t)| (p.to_string(), t.steps, t.total))
-            .collect(),
-    }
 }
 
 /// Runs every block in this process (no swarm): for a single machine, and for tests.

@@ -17,6 +17,8 @@ pub mod failure;
 pub mod metrics;
 pub mod openai;
 pub mod server;
+pub mod trail;
 
-pub use backend::{Backend, LocalBackend, SwarmBackend, Trail};
+pub use backend::{Backend, LocalBackend, SwarmBackend};
 pub use server::{router, serve, Gateway, GatewayConfig};
+pub use trail::{verify_trail, Trail, TrailReport};

@@ -8,13 +8,14 @@
 //! - a generation whose client went away stops at its next token, and its swarm sessions are
 //!   closed (the chain is dropped), so nodes free their caches at once.
 
-use crate::backend::{Backend, Job, Trail};
+use crate::backend::{Backend, Job};
 use crate::failure::Failure;
 use crate::metrics::Metrics;
 use crate::openai::{
     unix_now, ApiError, ChatMessageIn, ChatRequest, CommonParams, CompletionRequest, ContentIn,
     ModelCard, PromptIn, Usage,
 };
+use crate::trail::Trail;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};

@@ -21,9 +21,14 @@ use crate::net::{Net, NetConfig};
 use crate::routing::{find_route, Hop, RouteError, RouteMode, RouteRequest, ServerView};
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{EngineError, HiddenStage, Tensor};
+use hearth_verify::compare::compare_rows;
+use hearth_verify::{
+    check_chain, LinkError, Reputation, SpotCheckPolicy, SpotSeed, Standing, Verdict,
+};
 use hearth_wire::{
-    read_frame, write_frame, Announcement, HiddenDType, HiddenStates, Limits, OpenSession, Receipt,
-    ReceiptBody, Request, Response, SessionKey, Step, INFERENCE_PROTOCOL,
+    read_frame, write_frame, ActivationCommitment, Announcement, FraudProof, HiddenDType,
+    HiddenStates, Limits, OpenSession, ProvenStep, Receipt, ReceiptBody, Request, Response,
+    SessionKey, Step, INFERENCE_PROTOCOL,
 };
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use std::collections::{HashMap, HashSet};
@@ -47,6 +52,12 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// RTT assumed for a server not yet pinged.
     pub default_rtt: Duration,
+    /// Spot checks: how often each node's windows are re-executed on another server of the same
+    /// blocks (`None`: never). Checks need a second server for the blocks; without one a window
+    /// is recorded as unchecked.
+    pub spot_checks: Option<SpotCheckPolicy>,
+    /// Largest worst-row relative error a re-execution may show before the node is suspected.
+    pub tolerance: f64,
 }
 
 impl Default for ClientConfig {
@@ -63,6 +74,8 @@ impl Default for ClientConfig {
             dtype: HiddenDType::F16,
             limits: Limits::default(),
             default_rtt: Duration::from_millis(2),
+            spot_checks: Some(SpotCheckPolicy::default()),
+            tolerance: hearth_verify::HONEST_TOLERANCE,
         }
     }
 }
@@ -84,6 +97,8 @@ pub struct SwarmClient {
     net: Net,
     cfg: Arc<ClientConfig>,
     runtime: tokio::runtime::Handle,
+    /// What this client observed of each node, shared by all its chains.
+    reputations: Arc<Mutex<HashMap<PeerId, Reputation>>>,
 }
 
 impl SwarmClient {
@@ -94,7 +109,17 @@ impl SwarmClient {
             net,
             cfg: Arc::new(cfg),
             runtime: tokio::runtime::Handle::current(),
+            reputations: Arc::default(),
         })
+    }
+
+    /// What this client has observed of `peer` (checked windows, measured latency).
+    pub fn reputation(&self, peer: &PeerId) -> Reputation {
+        self.reputations().get(peer).copied().unwrap_or_default()
+    }
+
+    fn reputations(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Reputation>> {
+        self.reputations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The client's handle on the network.
@@ -138,7 +163,7 @@ impl SwarmClient {
         let full = BlockRange::full(n_blocks)?;
         loop {
             let servers = self.servers(model, n_blocks).await;
-            let views = views(&servers, &self.cfg);
+            let views = views(&servers, &self.cfg, &self.reputations());
             let none = HashSet::new();
             let req = RouteRequest {
                 range: full,
@@ -165,30 +190,80 @@ impl SwarmClient {
     /// A chain over the whole model for one generation of up to `max_len` positions. Routing
     /// happens at the first step.
     pub fn chain(&self, model: ContentHash, n_blocks: u32, max_len: usize) -> SwarmChain {
-        let mut session = [0u8; 16];
-        session.copy_from_slice(&NodeIdentity::generate().public_key()[..16]);
+        let range = BlockRange::full(n_blocks.max(1)).expect("n_blocks >= 1");
+        self.chain_over(model, n_blocks, range, max_len, HashSet::new())
+            .with_spot_checks(self.cfg.spot_checks)
+    }
+
+    /// A chain over `range` only, never routed through `excluded`, without spot checks of its
+    /// own: what re-executes a window for a check.
+    fn chain_over(
+        &self,
+        model: ContentHash,
+        n_blocks: u32,
+        range: BlockRange,
+        max_len: usize,
+        excluded: HashSet<PeerId>,
+    ) -> SwarmChain {
+        let session: SessionKey = random_bytes();
+        let spot_seed = SpotSeed(random_bytes());
         SwarmChain {
             client: self.clone(),
             model,
             n_blocks,
+            range,
             max_len,
             session,
             hops: Vec::new(),
             servers: Vec::new(),
-            banned: HashSet::new(),
+            banned: excluded,
             unreachable: HashMap::new(),
-            log: Arc::new(Mutex::new(ChainLog::default())),
+            spot_checks: None,
+            spot_seed,
+            log: Arc::new(Mutex::new(ChainLog {
+                spot_commitment: Some(spot_seed.commitment()),
+                ..ChainLog::default()
+            })),
         }
     }
 }
 
-fn views(servers: &[ServerEntry], cfg: &ClientConfig) -> Vec<ServerView> {
+/// Unpredictable bytes (session keys, spot-check seeds) from the operating system.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    if getrandom::fill(&mut out).is_err() {
+        // No OS randomness (never seen on supported targets): fall back to a fresh ed25519 key,
+        // itself drawn from libp2p's generator.
+        for (o, k) in out
+            .iter_mut()
+            .zip(NodeIdentity::generate().public_key().iter().cycle())
+        {
+            *o = *k;
+        }
+    }
+    out
+}
+
+fn views(
+    servers: &[ServerEntry],
+    cfg: &ClientConfig,
+    reputations: &HashMap<PeerId, Reputation>,
+) -> Vec<ServerView> {
     servers
         .iter()
+        .filter(|s| {
+            reputations
+                .get(&s.peer)
+                .is_none_or(|r| r.standing() != Standing::Excluded)
+        })
         .map(|s| ServerView {
             peer: s.peer,
             span: s.announcement.span,
-            block_ms: f64::from(s.announcement.block_ms),
+            // Measured beats announced; a node still in probation must be clearly faster.
+            block_ms: reputations.get(&s.peer).map_or(
+                f64::from(s.announcement.block_ms) * Reputation::default().route_penalty(),
+                |r| r.effective_block_ms(f64::from(s.announcement.block_ms)) * r.route_penalty(),
+            ),
             rtt_ms: s.rtt.unwrap_or(cfg.default_rtt).as_secs_f64() * 1000.0,
             cache_free_tokens: s.announcement.cache_free_tokens,
             load: s.announcement.active_sessions,
@@ -211,6 +286,56 @@ pub struct Failover {
     pub replayed_tokens: usize,
 }
 
+/// One pass of hidden states through hops: a generation step over every block, or a failover's
+/// replay over the failed hop's blocks.
+#[derive(Clone, Debug)]
+pub struct ChainStep {
+    /// A failover's replay (its input is the failed hop's merged history) rather than a step.
+    pub replay: bool,
+    /// Blocks the pass covered.
+    pub blocks: BlockRange,
+    /// Digest of what the client fed the first hop (for a step: its own embedding output).
+    pub input: ContentHash,
+    /// Indices into [`ChainLog::receipts`] of the pass's hops, in block order.
+    pub receipts: Vec<usize>,
+    /// The linkage check ([`check_chain`]): the final output digest, or why the hops do not link.
+    pub linkage: Result<ContentHash, LinkError>,
+}
+
+/// How a spot check of one window on one node ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The re-execution agreed within the tolerance.
+    Passed,
+    /// Two verifiers disagreed with the node: it is banned and a fraud proof was recorded.
+    Failed,
+    /// The first verifier disagreed, the second agreed with the node: nobody is blamed.
+    Disputed,
+    /// No other server covers the node's blocks.
+    NoVerifier,
+}
+
+/// A window re-executed on other servers.
+#[derive(Clone, Debug)]
+pub struct SpotCheck {
+    /// The checked node.
+    pub peer: PeerId,
+    /// Its blocks.
+    pub blocks: BlockRange,
+    /// The checked positions.
+    pub positions: std::ops::Range<u32>,
+    /// The window index drawn ([`SpotSeed::checks`]; `u64::MAX` for the prefill).
+    pub window: u64,
+    /// The probability it was drawn at (from the node's standing), or `None` when forced.
+    pub probability: Option<f64>,
+    /// The servers that re-executed it, first verifier first.
+    pub verifiers: Vec<PeerId>,
+    /// Worst-row relative error of the node's rows against the first re-execution.
+    pub max_error: f64,
+    /// The verdict.
+    pub outcome: CheckOutcome,
+}
+
 /// What a chain did: its current route, every verified receipt, every failover.
 #[derive(Clone, Debug, Default)]
 pub struct ChainLog {
@@ -218,6 +343,17 @@ pub struct ChainLog {
     pub route: Vec<(PeerId, BlockRange)>,
     /// Each verified receipt with the node that signed it, in the order received.
     pub receipts: Vec<(PeerId, Receipt)>,
+    /// Every pass through hops (steps and replays) with its linkage check.
+    pub steps: Vec<ChainStep>,
+    /// Commitment to the chain's spot-check seed, fixed before any node answered.
+    pub spot_commitment: Option<ContentHash>,
+    /// The seed itself, revealed when the chain is dropped (the generation is over): a node that
+    /// learned it earlier could predict the chain's remaining checks.
+    pub spot_seed: Option<SpotSeed>,
+    /// Every window re-executed, in order.
+    pub checks: Vec<SpotCheck>,
+    /// Proofs against nodes caught returning wrong hidden states.
+    pub fraud_proofs: Vec<(PeerId, FraudProof)>,
     /// Every hop abandoned so far, oldest first.
     pub failovers: Vec<Failover>,
     /// Time spent waiting on hops (network + remote compute), summed over every step.
@@ -243,6 +379,9 @@ struct HopState {
     next_step: u64,
     /// Every input sent and answered, in order: what a replacement must replay.
     history: Vec<HiddenStates>,
+    /// The node's answer to each of `history`: what a spot check compares and a fraud proof
+    /// quotes.
+    answers: Vec<(HiddenStates, Receipt)>,
 }
 
 /// The swarm as one [`HiddenStage`] covering every block: the generation loop drives it exactly
@@ -251,6 +390,8 @@ pub struct SwarmChain {
     client: SwarmClient,
     model: ContentHash,
     n_blocks: u32,
+    /// The blocks this chain runs (every block, except for a check's re-execution).
+    range: BlockRange,
     max_len: usize,
     session: SessionKey,
     hops: Vec<HopState>,
@@ -260,6 +401,10 @@ pub struct SwarmChain {
     /// Nodes that failed to answer: avoided while anything else covers their blocks.
     /// When each was last found unreachable.
     unreachable: HashMap<PeerId, Instant>,
+    /// When windows are re-executed (`None`: never).
+    spot_checks: Option<SpotCheckPolicy>,
+    /// Secret until the chain is dropped; its commitment is in the log from the start.
+    spot_seed: SpotSeed,
     log: Arc<Mutex<ChainLog>>,
 }
 
@@ -270,6 +415,11 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_FAILOVERS_PER_STEP: usize = 8;
 
 impl SwarmChain {
+    fn with_spot_checks(mut self, policy: Option<SpotCheckPolicy>) -> Self {
+        self.spot_checks = policy;
+        self
+    }
+
     /// Shared view of the route, receipts and failovers (readable while or after generating).
     pub fn log(&self) -> Arc<Mutex<ChainLog>> {
         self.log.clone()
@@ -293,7 +443,7 @@ impl SwarmChain {
         let mut refreshed = false;
         let none = HashSet::new();
         loop {
-            let views = views(&self.servers, &self.client.cfg);
+            let views = views(&self.servers, &self.client.cfg, &self.client.reputations());
             let failed: HashSet<PeerId> = self
                 .banned
                 .iter()
@@ -357,6 +507,7 @@ impl SwarmChain {
             stream: None,
             next_step: 0,
             history: Vec::new(),
+            answers: Vec::new(),
         })
     }
 
@@ -367,33 +518,76 @@ impl SwarmChain {
             model: self.model,
             session: self.session,
             max_len: self.max_len,
+            reputations: self.client.reputations.clone(),
         }
     }
 
-    /// Runs one step on `hop` and records its receipt and timing.
+    /// Runs one step on `hop` and records its receipt and timing; returns the output and the
+    /// receipt's index in [`ChainLog::receipts`].
     async fn step_hop(
         ctx: &StepContext,
         log: &Mutex<ChainLog>,
         hop: &mut HopState,
         input: &HiddenStates,
-    ) -> Result<HiddenStates, HopFailure> {
+    ) -> Result<(HiddenStates, usize), HopFailure> {
         let started = Instant::now();
         let (out, receipt) = step_on(hop, ctx, input).await?;
         let took = started.elapsed();
+        if input.rows == 1 {
+            // Only one-token steps measure a node's speed (a prefill's time grows with its rows).
+            let mut reputations = ctx.reputations.lock().unwrap_or_else(|p| p.into_inner());
+            reputations
+                .entry(hop.peer)
+                .or_default()
+                .record_step(took.as_secs_f64() * 1000.0, hop.range.len());
+        }
         let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
         log.hop_time += took;
         let timing = log.per_node.entry(hop.peer).or_default();
         timing.steps += 1;
         timing.total += took;
         log.receipts.push((hop.peer, receipt));
-        Ok(out)
+        Ok((out, log.receipts.len() - 1))
+    }
+
+    /// Records a pass through hops with its linkage check.
+    fn record_pass(
+        &self,
+        replay: bool,
+        blocks: BlockRange,
+        input: ContentHash,
+        receipts: Vec<usize>,
+    ) {
+        let mut log = self.log_mut();
+        let bodies: Vec<&ReceiptBody> = receipts
+            .iter()
+            .filter_map(|i| log.receipts.get(*i).map(|(_, r)| &r.body))
+            .collect();
+        let linkage = check_chain(input, blocks, self.model, &bodies);
+        if let Err(e) = &linkage {
+            // Every hop's receipt was checked against what the client sent it, so a break here
+            // is a bug in the client, not a node's doing.
+            tracing::error!(%blocks, "receipts do not link: {e}");
+        }
+        log.steps.push(ChainStep {
+            replay,
+            blocks,
+            input,
+            receipts,
+            linkage,
+        });
     }
 
     /// Replaces hop `i` after `failure`: bans its node, routes its blocks over other nodes,
     /// replays its input history into them so their caches match, and splices them in only once
     /// they are ready. A replacement that fails during replay is banned in turn and another is
-    /// tried. The module docs say which error ends the generation when this fails.
-    async fn fail_over(&mut self, i: usize, failure: HopFailure) -> Result<()> {
+    /// tried. The module docs say which error ends the generation when this fails. Returns how
+    /// many hops replaced hop `i` and their output for the replayed positions.
+    async fn fail_over(
+        &mut self,
+        i: usize,
+        failure: HopFailure,
+    ) -> Result<(usize, Option<HiddenStates>)> {
         let started = Instant::now();
         let (peer, range) = (self.hops[i].peer, self.hops[i].range);
         tracing::warn!(%peer, %range, "hop failed: {failure}");
@@ -426,16 +620,26 @@ impl SwarmChain {
                 .collect::<Result<_>>()?;
             // Replay as one prefill per hop: the whole cached prefix in a single step.
             let mut replay_failed = None;
+            let mut replayed = None;
             let ctx = self.step_context();
             if let Some(mut x) = merge(&history) {
+                let input = x.digest();
+                let mut receipts = Vec::new();
                 for hop in new.iter_mut() {
                     match Self::step_hop(&ctx, &self.log, hop, &x).await {
-                        Ok(out) => x = out,
+                        Ok((out, r)) => {
+                            x = out;
+                            receipts.push(r);
+                        }
                         Err(f) => {
                             replay_failed = Some((hop.peer, f));
                             break;
                         }
                     }
+                }
+                if replay_failed.is_none() {
+                    self.record_pass(true, range, input, receipts);
+                    replayed = Some(x);
                 }
             }
             if let Some((bad, f)) = replay_failed {
@@ -445,6 +649,7 @@ impl SwarmChain {
                 continue;
             }
             // Each replacement's history now holds the (merged) inputs the replay sent it.
+            let count = new.len();
             self.hops.splice(i..=i, new);
             self.publish_route();
             self.log_mut().failovers.push(Failover {
@@ -454,7 +659,7 @@ impl SwarmChain {
                 recovery: started.elapsed(),
                 replayed_tokens,
             });
-            return Ok(());
+            return Ok((count, replayed));
         }
         self.hops[i].history = history;
         Err(SwarmError::HopsExhausted {
@@ -472,27 +677,23 @@ impl SwarmChain {
         }
     }
 
-    /// Runs `input` through every block (routing at the first call, failing over as needed).
-    /// The async form of [`HiddenStage::forward`], for callers that drive many chains at once.
-    /// The module docs say which [`SwarmError`] a chain gives up with.
-    pub async fn forward_hidden(&mut self, input: HiddenStates) -> Result<HiddenStates> {
-        if self.hops.is_empty() {
-            let hops = self.route(BlockRange::full(self.n_blocks)?).await?;
-            self.hops = hops
-                .into_iter()
-                .map(|h| self.new_hop(h))
-                .collect::<Result<_>>()?;
-            self.publish_route();
-        }
-        let mut x = input;
-        let mut i = 0;
+    /// Runs `x` through hops `i..`, failing over as needed; `receipts` (one index per hop before
+    /// `i`) gets one per hop after. Returns the last hop's output.
+    async fn run_from(
+        &mut self,
+        mut i: usize,
+        mut x: HiddenStates,
+        receipts: &mut Vec<usize>,
+    ) -> Result<HiddenStates> {
+        receipts.truncate(i);
         let mut failovers = 0;
         let ctx = self.step_context();
         while i < self.hops.len() {
             let result = Self::step_hop(&ctx, &self.log, &mut self.hops[i], &x).await;
             match result {
-                Ok(out) => {
+                Ok((out, r)) => {
                     x = out;
+                    receipts.push(r);
                     i += 1;
                 }
                 Err(failure) => {
@@ -511,6 +712,247 @@ impl SwarmChain {
             }
         }
         Ok(x)
+    }
+
+    /// Runs `input` through every block (routing at the first call, failing over as needed),
+    /// then spot-checks the hops whose window this step closed. A hop caught cheating is
+    /// replaced and the hops after it recompute from the replacement's output, so the output
+    /// returned is honest; tokens already sampled earlier in a caught window are not revisited.
+    /// The async form of [`HiddenStage::forward`], for callers that drive many chains at once.
+    /// The module docs say which [`SwarmError`] a chain gives up with.
+    pub async fn forward_hidden(&mut self, input: HiddenStates) -> Result<HiddenStates> {
+        if self.hops.is_empty() {
+            let hops = self.route(self.range).await?;
+            self.hops = hops
+                .into_iter()
+                .map(|h| self.new_hop(h))
+                .collect::<Result<_>>()?;
+            self.publish_route();
+        }
+        let (start, rows) = (input.start, input.rows);
+        let first_step = !self.log_mut().steps.iter().any(|s| !s.replay);
+        let digest = input.digest();
+        let mut receipts = Vec::new();
+        let out = self.run_from(0, input, &mut receipts).await?;
+        self.record_pass(false, self.range, digest, receipts);
+        let Some(caught) = self.spot_check(start, rows, first_step).await? else {
+            return Ok(out);
+        };
+        // Hop `caught` cheated and was replaced: its replacement's replay recomputed positions
+        // 0..end, and every later hop must recompute them too (their caches hold positions
+        // computed from the cheater's output).
+        let (count, replayed) = self.fail_over(caught.hop, caught.failure).await?;
+        let replayed = replayed
+            .ok_or_else(|| SwarmError::Internal("a caught hop had no history to replay".into()))?;
+        let next = caught.hop + count;
+        let out = if next < self.hops.len() {
+            let blocks = BlockRange::new(self.hops[next].range.start(), self.range.end())?;
+            let digest = replayed.digest();
+            let mut receipts = Vec::new();
+            // `run_from` indexes receipts by hop; only the hops from `next` on are recorded.
+            receipts.resize(next, usize::MAX);
+            let out = self.run_from(next, replayed, &mut receipts).await?;
+            self.record_pass(true, blocks, digest, receipts.split_off(next));
+            out
+        } else {
+            replayed
+        };
+        Ok(last_rows(&out, rows))
+    }
+
+    /// Spot-checks every hop whose window the step at `start..start + rows` closed (the prefill
+    /// is its own window). Returns the first hop caught cheating, already banned, with its fraud
+    /// proof in the log.
+    async fn spot_check(
+        &mut self,
+        start: u32,
+        rows: u32,
+        first_step: bool,
+    ) -> Result<Option<Caught>> {
+        let Some(policy) = self.spot_checks else {
+            return Ok(None);
+        };
+        let end = start + rows;
+        let window = policy.window.max(1);
+        let (window_index, positions) = if first_step {
+            (u64::MAX, 0..end)
+        } else if end % window == 0 {
+            (policy.window_of(end - 1), end.saturating_sub(window)..end)
+        } else {
+            return Ok(None);
+        };
+        for i in 0..self.hops.len() {
+            let hop = &self.hops[i];
+            let p = self.client.reputation(&hop.peer).check_probability(&policy);
+            let forced = first_step && policy.always_check_prefill;
+            if !forced && !self.spot_seed.checks(&hop.node_key, window_index, p) {
+                continue;
+            }
+            let drawn = (window_index, (!forced).then_some(p));
+            if let Some(caught) = self.check_window(i, positions.clone(), drawn).await {
+                return Ok(Some(caught));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-executes `positions` of hop `i` on other servers and judges its answers. A
+    /// disagreement goes to a second verifier; only when both disagree is the node blamed.
+    async fn check_window(
+        &mut self,
+        i: usize,
+        positions: std::ops::Range<u32>,
+        (window, probability): (u64, Option<f64>),
+    ) -> Option<Caught> {
+        let hop = &self.hops[i];
+        let (peer, blocks) = (hop.peer, hop.range);
+        let inputs = merge(&hop.history)?;
+        let outputs: Vec<HiddenStates> = hop.answers.iter().map(|(o, _)| o.clone()).collect();
+        let claimed = rows_of(&merge(&outputs)?, positions.clone());
+        let cols = inputs.cols as usize;
+        let mut excluded: HashSet<PeerId> = self.banned.iter().copied().collect();
+        excluded.insert(peer);
+        let mut record = SpotCheck {
+            peer,
+            blocks,
+            positions: positions.clone(),
+            window,
+            probability,
+            verifiers: Vec::new(),
+            max_error: 0.0,
+            outcome: CheckOutcome::NoVerifier,
+        };
+        let mut caught = None;
+        if let Some((verifiers, first)) = self.reexecute(blocks, &inputs, &excluded).await {
+            let c = compare_rows(&claimed, &rows_of(&first, positions.clone()), cols);
+            record.max_error = c.max_error;
+            excluded.extend(verifiers.iter().copied());
+            record.verifiers = verifiers;
+            record.outcome = CheckOutcome::Passed;
+            if c.verdict(self.client.cfg.tolerance) == Verdict::Disagrees {
+                tracing::warn!(%peer, %blocks, ?positions, error = c.max_error, "spot check disagrees; asking a second verifier");
+                record.outcome = CheckOutcome::Disputed;
+                if let Some((second_verifiers, second)) =
+                    self.reexecute(blocks, &inputs, &excluded).await
+                {
+                    record.verifiers.extend(second_verifiers);
+                    let c2 = compare_rows(&claimed, &rows_of(&second, positions.clone()), cols);
+                    if c2.verdict(self.client.cfg.tolerance) == Verdict::Disagrees {
+                        record.outcome = CheckOutcome::Failed;
+                    }
+                }
+            }
+        }
+        let passed = match record.outcome {
+            CheckOutcome::Passed => Some(true),
+            CheckOutcome::Failed => Some(false),
+            _ => None,
+        };
+        if let Some(passed) = passed {
+            self.client
+                .reputations()
+                .entry(peer)
+                .or_default()
+                .record_check(passed);
+        }
+        if record.outcome == CheckOutcome::Failed {
+            let hop = &self.hops[i];
+            let proof = FraudProof {
+                window_start: positions.start,
+                window_rows: positions.end - positions.start,
+                steps: hop
+                    .history
+                    .iter()
+                    .zip(&hop.answers)
+                    .map(|(input, (output, receipt))| ProvenStep {
+                        input: input.clone(),
+                        output: output.clone(),
+                        receipt: receipt.clone(),
+                    })
+                    .collect(),
+            };
+            tracing::warn!(%peer, %blocks, ?positions, error = record.max_error, "caught returning wrong hidden states");
+            self.log_mut().fraud_proofs.push((peer, proof));
+            caught = Some(Caught {
+                hop: i,
+                failure: HopFailure::misbehaved(format!(
+                    "spot check: positions {}..{} are {:.2e} off (relative) on two verifiers",
+                    positions.start, positions.end, record.max_error
+                )),
+            });
+        }
+        self.log_mut().checks.push(record);
+        caught
+    }
+
+    /// Runs `inputs` through `blocks` on servers outside `excluded`; `None` when no such route
+    /// exists now or the re-execution failed (a check that cannot be made blames nobody).
+    async fn reexecute(
+        &mut self,
+        blocks: BlockRange,
+        inputs: &HiddenStates,
+        excluded: &HashSet<PeerId>,
+    ) -> Option<(Vec<PeerId>, HiddenStates)> {
+        let views = views(&self.servers, &self.client.cfg, &self.client.reputations());
+        let request = RouteRequest {
+            range: blocks,
+            need_tokens: u64::from(inputs.rows),
+            banned: excluded,
+            mode: self.client.cfg.mode,
+        };
+        // Only start a re-execution when a route exists: a chain would wait `cover_timeout`.
+        find_route(&views, &request).ok()?;
+        let mut chain = self.client.chain_over(
+            self.model,
+            self.n_blocks,
+            blocks,
+            inputs.rows as usize,
+            excluded.clone(),
+        );
+        chain.servers = self.servers.clone();
+        // Boxed: a check's chain has no checks of its own, but the future type is recursive.
+        match Box::pin(chain.forward_hidden(inputs.clone())).await {
+            Ok(out) => {
+                let verifiers = chain.hops.iter().map(|h| h.peer).collect();
+                Some((verifiers, out))
+            }
+            Err(e) => {
+                tracing::warn!(%blocks, "re-execution for a spot check failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// A hop a spot check caught, to be replaced.
+struct Caught {
+    hop: usize,
+    failure: HopFailure,
+}
+
+/// Rows of `states` at `positions` (clamped to what it holds), row-major f32.
+fn rows_of(states: &HiddenStates, positions: std::ops::Range<u32>) -> Vec<f32> {
+    let cols = states.cols as usize;
+    let from = positions
+        .start
+        .saturating_sub(states.start)
+        .min(states.rows) as usize;
+    let to = positions.end.saturating_sub(states.start).min(states.rows) as usize;
+    let values = states.to_f32();
+    values[from * cols..to * cols].to_vec()
+}
+
+/// The last `rows` rows of `states`.
+fn last_rows(states: &HiddenStates, rows: u32) -> HiddenStates {
+    let rows = rows.min(states.rows);
+    let skip =
+        (states.rows - rows) as usize * states.cols as usize * states.dtype.bytes_per_value();
+    HiddenStates {
+        dtype: states.dtype,
+        start: states.start + states.rows - rows,
+        rows,
+        cols: states.cols,
+        data: states.data[skip..].to_vec(),
     }
 }
 
@@ -562,6 +1004,7 @@ struct StepContext {
     model: ContentHash,
     session: SessionKey,
     max_len: usize,
+    reputations: Arc<Mutex<HashMap<PeerId, Reputation>>>,
 }
 
 /// Attempts at opening a session stream before the node counts as unreachable. libp2p-stream
@@ -681,6 +1124,8 @@ async fn step_on(
             span: hop.range,
             input: input.digest(),
             output: out.digest(),
+            start: input.start,
+            commitment: ActivationCommitment::of(&out),
         };
         done.receipt
             .verify_from(&hop.node_key, &expected)
@@ -698,6 +1143,7 @@ async fn step_on(
     };
     hop.next_step += 1;
     hop.history.push(input.clone());
+    hop.answers.push((out.clone(), receipt.clone()));
     Ok((out, receipt))
 }
 
@@ -784,6 +1230,7 @@ pub fn short_peer(peer: &PeerId) -> String {
 
 impl Drop for SwarmChain {
     fn drop(&mut self) {
+        self.log_mut().spot_seed = Some(self.spot_seed);
         // Closing the streams lets nodes free the sessions at once instead of at idle expiry.
         for hop in &mut self.hops {
             if let Some(mut s) = hop.stream.take() {

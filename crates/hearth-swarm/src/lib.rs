@@ -28,6 +28,7 @@
 //! A [`SwarmChain`] used as a `HiddenStage` returns its `SwarmError` inside
 //! `EngineError::Remote`, from which callers can downcast it.
 
+pub mod adversary;
 pub mod client;
 pub mod dht;
 pub mod error;
@@ -37,7 +38,9 @@ pub mod node;
 pub mod placement;
 pub mod routing;
 
-pub use client::{ChainLog, ClientConfig, NodeTiming, SwarmChain, SwarmClient};
+pub use client::{
+    ChainLog, ChainStep, CheckOutcome, ClientConfig, NodeTiming, SpotCheck, SwarmChain, SwarmClient,
+};
 pub use error::{SwarmError, SwarmErrorKind};
 pub use identity::NodeIdentity;
 pub use net::{Net, NetConfig, NetStatus};

@@ -1,6 +1,7 @@
 //! A serving node: loads blocks of a model, announces them, and serves inference sessions on
 //! libp2p streams. Steps from concurrent sessions are batched into one forward pass.
 
+use crate::adversary::Adversary;
 use crate::dht::{announcement_key, block_key, find_servers, model_key, now_unix_ms};
 use crate::error::{Result, SwarmError};
 use crate::identity::NodeIdentity;
@@ -13,8 +14,8 @@ use hearth_engine::{
     EngineError, LoadOptions, ModelSource, SessionId, SessionLimits, SliceServer, Tensor,
 };
 use hearth_wire::{
-    read_frame, write_frame, Announcement, ErrorCode, HiddenStates, Limits, OpenSession, Opened,
-    ReceiptBody, Request, Response, Step, StepDone, INFERENCE_PROTOCOL,
+    read_frame, write_frame, ActivationCommitment, Announcement, ErrorCode, HiddenStates, Limits,
+    OpenSession, Opened, ReceiptBody, Request, Response, Step, StepDone, INFERENCE_PROTOCOL,
 };
 use libp2p::{kad, Multiaddr, PeerId, StreamProtocol};
 use std::collections::HashMap;
@@ -83,6 +84,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Testing only: misbehave this way on purpose (`None` in production).
     pub fault: Option<Fault>,
+    /// Testing only: cheat this way (acted on only when built with the `adversary` feature).
+    pub adversary: Option<Adversary>,
     /// Testing only: sleep this long before answering each step (a slow or distant node).
     pub step_delay: Duration,
     /// With automatic placement: how often to reconsider the span (`None`: never).
@@ -109,6 +112,7 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(120),
             limits: Limits::default(),
             fault: None,
+            adversary: None,
             step_delay: Duration::ZERO,
             rebalance_interval: Some(Duration::from_secs(60)),
             rebalance_min_gain: 1.1,
@@ -149,6 +153,8 @@ struct NodeState {
     per_peer: Mutex<HashMap<PeerId, usize>>,
     idle_timeout: Duration,
     fault: Option<Fault>,
+    #[cfg_attr(not(feature = "adversary"), allow(dead_code))]
+    adversary: Option<Adversary>,
     /// Steps received so far (for [`Fault::CrashAtStep`]).
     steps_received: std::sync::atomic::AtomicU64,
     step_delay: Duration,
@@ -195,6 +201,14 @@ impl Node {
         })
         .await
         .map_err(|e| SwarmError::join("opening the model", e))??;
+        #[cfg(feature = "adversary")]
+        let ident = match cfg.adversary.map(|a| a.cheat) {
+            Some(crate::adversary::Cheat::ClaimModel(claimed)) => hearth_engine::ModelIdentity {
+                model_id: claimed,
+                ..ident
+            },
+            _ => ident,
+        };
         let n_blocks = src.config().num_layers as u32;
         let net = Net::start(&identity, cfg.net.clone()).await?;
         let span = match cfg.blocks {
@@ -244,6 +258,7 @@ impl Node {
             per_peer: Mutex::new(HashMap::new()),
             idle_timeout: cfg.idle_timeout,
             fault: cfg.fault,
+            adversary: cfg.adversary,
             steps_received: std::sync::atomic::AtomicU64::new(0),
             step_delay: cfg.step_delay,
             max_streams: cfg.sessions.max_sessions + 16,
@@ -636,6 +651,9 @@ struct OpenState {
     id: SessionId,
     open: OpenSession,
     _slot: PeerSlot,
+    /// The last row this session returned (for the `stale` adversary).
+    #[cfg(feature = "adversary")]
+    last_row: Mutex<Option<Vec<f32>>>,
 }
 
 /// Serves one session on one stream until the client closes it, goes idle, or breaks protocol.
@@ -750,9 +768,18 @@ fn open_session(
         state: state.clone(),
         peer,
     };
+    #[allow(unused_mut)]
+    let mut run_span = open.span;
+    #[cfg(feature = "adversary")]
+    if let Some(crate::adversary::Cheat::SkipBlock) = state.adversary.map(|a| a.cheat) {
+        if run_span.len() > 1 {
+            run_span = BlockRange::new(run_span.start(), run_span.end() - 1)
+                .map_err(|e| Box::new(Response::error(ErrorCode::Internal, e.to_string())))?;
+        }
+    }
     let id = served
         .server
-        .open_span(open.max_len as usize, open.span)
+        .open_span(open.max_len as usize, run_span)
         .map_err(|e| Box::new(Response::error(ErrorCode::Busy, e.to_string())))?;
     tracing::info!(%peer, span = %open.span, max_len = open.max_len, "session opened");
     let free = free_cache_tokens(&served.server);
@@ -765,6 +792,8 @@ fn open_session(
             id,
             open,
             _slot: slot,
+            #[cfg(feature = "adversary")]
+            last_row: Mutex::new(None),
         },
     ))
 }
@@ -824,7 +853,8 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
         Ok(Err(e)) => return engine_error(e),
         Err(_) => return Response::error(ErrorCode::Internal, "compute thread stopped"),
     };
-    let values = match out
+    #[allow(unused_mut)]
+    let mut values = match out
         .to_dtype(hearth_engine::DType::F32)
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1::<f32>())
@@ -832,6 +862,27 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
         Ok(v) => v,
         Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
     };
+    #[cfg(feature = "adversary")]
+    if let Some(a) = state.adversary {
+        let cols = h.cols as usize;
+        let mut last = s.last_row.lock().unwrap_or_else(|p| p.into_inner());
+        let honest_last = values[values.len() - cols..].to_vec();
+        if a.cheats_at(&s.open.session, h.start) {
+            let seed = u64::from(h.start)
+                ^ u64::from_le_bytes([
+                    s.open.session[0],
+                    s.open.session[1],
+                    s.open.session[2],
+                    s.open.session[3],
+                    s.open.session[4],
+                    s.open.session[5],
+                    s.open.session[6],
+                    s.open.session[7],
+                ]);
+            a.corrupt(seed, cols, &h.to_f32(), &mut values, last.as_deref());
+        }
+        *last = Some(honest_last);
+    }
     let mut output = HiddenStates::from_f32(h.dtype, h.start, h.rows, h.cols, &values);
     let mut body = ReceiptBody {
         session: s.open.session,
@@ -840,6 +891,8 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
         span: s.open.span,
         input: h.digest(),
         output: output.digest(),
+        start: h.start,
+        commitment: ActivationCommitment::of(&output),
     };
     match state.fault {
         Some(Fault::BadSignature) => body.output = ContentHash::of(b"not what was computed"),
@@ -852,6 +905,7 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
                 &vec![f32::NAN; values.len()],
             );
             body.output = output.digest();
+            body.commitment = ActivationCommitment::of(&output);
         }
         Some(Fault::WrongShape) if h.rows > 1 => {
             output.rows -= 1;

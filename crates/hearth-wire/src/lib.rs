@@ -9,17 +9,23 @@
 
 mod announce;
 mod codec;
+mod commitment;
 mod error;
 mod frame;
+mod fraud;
 mod hidden;
 mod messages;
 mod receipt;
 
 pub use announce::{Announcement, PeerRtt, SignedAnnouncement, MAX_ADDRS, MAX_ADDR_LEN, MAX_RTTS};
 pub use codec::{Reader, Writer};
+pub use commitment::{
+    sketch_row, sketch_signs, ActivationCommitment, RowSketch, SKETCH_LEN, SKETCH_SEED,
+};
 pub use ed25519_dalek::SigningKey;
 pub use error::{Result, WireError};
 pub use frame::{read_frame, write_frame};
+pub use fraud::{FraudProof, ProvenStep};
 pub use hidden::{HiddenDType, HiddenStates};
 pub use messages::{
     ErrorCode, ErrorReply, OpenSession, Opened, Request, Response, Step, StepDone,
@@ -29,8 +35,9 @@ pub use receipt::{Receipt, ReceiptBody, SessionKey, SESSION_KEY_LEN};
 
 /// The libp2p protocol name of inference sessions.
 pub const INFERENCE_PROTOCOL: &str = "/hearth/inference/1";
-/// Wire format version; bumped on any incompatible change.
-pub const VERSION: u8 = 1;
+/// Wire format version; bumped on any incompatible change (2: receipts carry the start position
+/// and an activation commitment).
+pub const VERSION: u8 = 2;
 
 /// Hard limits on everything a peer can make us allocate.
 #[derive(Clone, Debug)]

@@ -249,7 +249,10 @@ impl Response {
                 w.finish()
             }
             Self::StepDone(s) => {
-                let mut w = header(KIND_STEP_DONE, 256 + s.hidden.data.len());
+                let mut w = header(
+                    KIND_STEP_DONE,
+                    256 + s.hidden.data.len() + s.receipt.body.commitment.encoded_len(),
+                );
                 w.u64(s.step);
                 s.hidden.encode(&mut w);
                 s.receipt.encode(&mut w);
@@ -278,7 +281,7 @@ impl Response {
             KIND_STEP_DONE => Self::StepDone(StepDone {
                 step: r.u64("step index")?,
                 hidden: HiddenStates::decode(&mut r, limits)?,
-                receipt: Receipt::decode(&mut r)?,
+                receipt: Receipt::decode(&mut r, limits)?,
             }),
             KIND_ERROR => Self::Error(ErrorReply {
                 code: ErrorCode::from_code(r.u8("error code")?)?,

@@ -1,15 +1,19 @@
 //! Signed hop receipts: a node's statement "for session S, step N, I ran blocks A..B of model M
-//! on input with digest I and produced output with digest O". Anyone holding the receipt (and the
-//! two hidden-state digests) can check it with nothing but the node's public key: no network, no
-//! model, no trust in whoever relays it.
+//! on input with digest I at positions P.. and produced output with digest O, whose rows sketch to
+//! C". Anyone holding the receipt (and the two hidden-state digests) can check it with nothing but
+//! the node's public key: no network, no model, no trust in whoever relays it. The commitment C
+//! lets a verifier that recomputes the rows compare them without the rows themselves
+//! ([`ActivationCommitment`]).
 
 use crate::codec::{Reader, Writer};
+use crate::commitment::ActivationCommitment;
 use crate::error::{Result, WireError};
+use crate::Limits;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use hearth_core::{BlockRange, ContentHash};
 
 /// Domain separation: a receipt signature can never be replayed as another kind of signature.
-const RECEIPT_DOMAIN: &[u8] = b"hearth/hop-receipt/v1";
+const RECEIPT_DOMAIN: &[u8] = b"hearth/hop-receipt/v2";
 /// Bytes in a [`SessionKey`].
 pub const SESSION_KEY_LEN: usize = 16;
 
@@ -32,6 +36,11 @@ pub struct ReceiptBody {
     /// [`HiddenStates::digest`](crate::HiddenStates::digest) of the states the node returned;
     /// in a linked chain it is the next hop's `input`.
     pub output: ContentHash,
+    /// Position of the first row (the step's `hidden.start`): with the row count in
+    /// `commitment`, which tokens of the session this step covers.
+    pub start: u32,
+    /// Sketch of every output row ([`ActivationCommitment::of`] the returned states).
+    pub commitment: ActivationCommitment,
 }
 
 /// A body, the signer's ed25519 public key and its signature.
@@ -41,14 +50,15 @@ pub struct Receipt {
     pub body: ReceiptBody,
     /// The signing node's ed25519 public key.
     pub node: [u8; 32],
-    /// ed25519 signature by `node` over the domain `hearth/hop-receipt/v1` followed by the body's
+    /// ed25519 signature by `node` over the domain `hearth/hop-receipt/v2` followed by the body's
     /// encoding.
     pub signature: [u8; 64],
 }
 
 impl ReceiptBody {
     fn signing_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(RECEIPT_DOMAIN.len() + 140);
+        let mut w =
+            Writer::with_capacity(RECEIPT_DOMAIN.len() + 148 + self.commitment.encoded_len());
         w.fixed(RECEIPT_DOMAIN);
         self.encode(&mut w);
         w.finish()
@@ -61,10 +71,17 @@ impl ReceiptBody {
             .u32(self.span.start())
             .u32(self.span.end())
             .fixed(&self.input.0)
-            .fixed(&self.output.0);
+            .fixed(&self.output.0)
+            .u32(self.start);
+        self.commitment.encode(w);
     }
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self> {
+    /// Rows the receipt covers (one sketch each).
+    pub fn rows(&self) -> u32 {
+        self.commitment.rows.len() as u32
+    }
+
+    fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self> {
         let session = r.array("receipt session")?;
         let step = r.u64("receipt step")?;
         let model_id = ContentHash(r.array("receipt model id")?);
@@ -81,6 +98,8 @@ impl ReceiptBody {
             span,
             input: ContentHash(r.array("receipt input digest")?),
             output: ContentHash(r.array("receipt output digest")?),
+            start: r.u32("receipt start position")?,
+            commitment: ActivationCommitment::decode(r, limits)?,
         })
     }
 
@@ -124,9 +143,9 @@ impl Receipt {
         w.fixed(&self.node).fixed(&self.signature);
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self> {
+    pub(crate) fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self> {
         Ok(Self {
-            body: ReceiptBody::decode(r)?,
+            body: ReceiptBody::decode(r, limits)?,
             node: r.array("receipt node key")?,
             signature: r.array("receipt signature")?,
         })
@@ -135,13 +154,14 @@ impl Receipt {
     /// Standalone encoding, for storing receipts or handing them to a verifier.
     /// Standalone form starts with the protocol version, so stored receipts stay readable.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(221);
+        let mut w = Writer::with_capacity(229 + self.body.commitment.encoded_len());
         w.u8(crate::VERSION);
         self.encode(&mut w);
         w.finish()
     }
 
-    /// Parses the [`Receipt::to_bytes`] form (trailing bytes are an error); does not verify it.
+    /// Parses the [`Receipt::to_bytes`] form (trailing bytes are an error; at most
+    /// `Limits::default().max_rows` sketches); does not verify it.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
         let version = r.u8("receipt version")?;
@@ -151,7 +171,7 @@ impl Receipt {
                 supported: crate::VERSION,
             });
         }
-        let out = Self::decode(&mut r)?;
+        let out = Self::decode(&mut r, &Limits::default())?;
         r.end("receipt")?;
         Ok(out)
     }
@@ -169,6 +189,10 @@ mod tests {
             span: BlockRange::new(2, 5).unwrap(),
             input: ContentHash::of(b"in"),
             output: ContentHash::of(b"out"),
+            start: 4,
+            commitment: ActivationCommitment {
+                rows: vec![[1.0, -2.0, 0.5, 3.0]],
+            },
         }
     }
 
@@ -196,6 +220,12 @@ mod tests {
         tampered.push(r);
         let mut r = good.clone();
         r.body.span = BlockRange::new(2, 4).unwrap();
+        tampered.push(r);
+        let mut r = good.clone();
+        r.body.start += 1;
+        tampered.push(r);
+        let mut r = good.clone();
+        r.body.commitment.rows[0][2] = 0.25;
         tampered.push(r);
         let mut r = good.clone();
         r.signature[0] ^= 1;

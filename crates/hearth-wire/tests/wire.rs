@@ -12,10 +12,10 @@ use futures::io::Cursor;
 use futures::AsyncRead;
 use hearth_core::{BlockRange, ContentHash};
 use hearth_wire::{
-    read_frame, write_frame, Announcement, ErrorCode, ErrorReply, HiddenDType, HiddenStates,
-    Limits, OpenSession, Opened, PeerRtt, Receipt, ReceiptBody, Request, Response,
-    SignedAnnouncement, SigningKey, Step, StepDone, WireError, Writer, MAX_ADDRS, MAX_ADDR_LEN,
-    MAX_ERROR_MESSAGE, MAX_RTTS, VERSION,
+    read_frame, write_frame, ActivationCommitment, Announcement, ErrorCode, ErrorReply,
+    HiddenDType, HiddenStates, Limits, OpenSession, Opened, PeerRtt, Receipt, ReceiptBody, Request,
+    Response, SignedAnnouncement, SigningKey, Step, StepDone, WireError, Writer, MAX_ADDRS,
+    MAX_ADDR_LEN, MAX_ERROR_MESSAGE, MAX_RTTS, VERSION,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -98,6 +98,8 @@ fn receipt_body() -> ReceiptBody {
         span: span(2, 6),
         input: ContentHash::of(b"input"),
         output: ContentHash::of(b"output"),
+        start: 11,
+        commitment: ActivationCommitment::of(&hidden(HiddenDType::F16, 11, 2, 8)),
     }
 }
 

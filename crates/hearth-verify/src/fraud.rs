@@ -1,0 +1,261 @@
+//! Checking a [`FraudProof`]: is it a well-formed, signed record of one node's session, and
+//! does recomputing it disagree with what the node signed?
+//!
+//! [`Replay::of`] does every check that needs no model (signatures by one key, one session,
+//! model and span, digests and commitments matching the states, positions contiguous from 0, the
+//! window inside them) and returns the merged inputs to recompute; [`Replay::judge`] compares the
+//! recomputation with the node's signed rows in the window. A proof holds when `judge` says
+//! [`Verdict::Disagrees`](crate::Verdict::Disagrees): the node signed outputs its blocks do not
+//! compute from inputs it signed for.
+
+use crate::compare::{compare_rows, Comparison};
+use hearth_core::{BlockRange, ContentHash};
+use hearth_wire::{ActivationCommitment, FraudProof, HiddenStates, SessionKey};
+use thiserror::Error;
+
+/// Why a fraud proof is not even a valid record (before any recomputation).
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum FraudError {
+    /// No steps.
+    #[error("the proof has no steps")]
+    Empty,
+    /// A receipt's signature does not verify.
+    #[error("step {0}: receipt signature does not verify")]
+    Signature(usize),
+    /// Steps signed by different keys, or for different sessions, models or spans.
+    #[error("step {0}: not the same node, session, model and span as step 0")]
+    Mixed(usize),
+    /// A step's states do not match its receipt.
+    #[error("step {step}: {what} does not match the receipt")]
+    Mismatch {
+        /// Index of the step.
+        step: usize,
+        /// Which part.
+        what: &'static str,
+    },
+    /// Steps do not cover positions 0.. contiguously.
+    #[error("step {step}: starts at position {got}, expected {expected}")]
+    Positions {
+        /// Index of the step.
+        step: usize,
+        /// Where the step had to start.
+        expected: u32,
+        /// Where it starts.
+        got: u32,
+    },
+    /// The disputed window is not inside the proven positions.
+    #[error("window {start}..{end} is outside the proven positions 0..{proven}")]
+    Window {
+        /// First disputed position.
+        start: u32,
+        /// End of the disputed positions.
+        end: u64,
+        /// Positions the steps cover.
+        proven: u32,
+    },
+}
+
+/// A structurally valid proof, ready to be recomputed.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    /// The accused node's ed25519 key.
+    pub node: [u8; 32],
+    /// The session the steps belong to.
+    pub session: SessionKey,
+    /// The model the node claimed to run.
+    pub model_id: ContentHash,
+    /// The blocks it claimed to run.
+    pub span: BlockRange,
+    /// Every input, positions `0..end`, merged into one prefill.
+    pub input: HiddenStates,
+    /// The node's outputs at the disputed positions, row-major f32.
+    pub claimed: Vec<f32>,
+    /// First disputed position.
+    pub window_start: u32,
+    /// Disputed positions.
+    pub window_rows: u32,
+}
+
+impl Replay {
+    /// Checks `proof` as far as possible without the model.
+    pub fn of(proof: &FraudProof) -> Result<Self, FraudError> {
+        let first = proof.steps.first().ok_or(FraudError::Empty)?;
+        let head = &first.receipt;
+        let mut input = first.input.clone();
+        input.rows = 0;
+        input.data.clear();
+        let mut outputs: Vec<&HiddenStates> = Vec::with_capacity(proof.steps.len());
+        for (i, s) in proof.steps.iter().enumerate() {
+            let r = &s.receipt;
+            r.verify().map_err(|_| FraudError::Signature(i))?;
+            if r.node != head.node
+                || r.body.session != head.body.session
+                || r.body.model_id != head.body.model_id
+                || r.body.span != head.body.span
+            {
+                return Err(FraudError::Mixed(i));
+            }
+            let mismatch = |what| FraudError::Mismatch { step: i, what };
+            if r.body.input != s.input.digest() {
+                return Err(mismatch("input digest"));
+            }
+            if r.body.output != s.output.digest() {
+                return Err(mismatch("output digest"));
+            }
+            if r.body.start != s.input.start
+                || s.output.start != s.input.start
+                || s.output.rows != s.input.rows
+                || s.output.cols != s.input.cols
+                || s.output.dtype != s.input.dtype
+                || s.input.cols != first.input.cols
+                || s.input.dtype != first.input.dtype
+            {
+                return Err(mismatch("shape or positions"));
+            }
+            if r.body.commitment != ActivationCommitment::of(&s.output) {
+                return Err(mismatch("commitment"));
+            }
+            if s.input.start != input.rows {
+                return Err(FraudError::Positions {
+                    step: i,
+                    expected: input.rows,
+                    got: s.input.start,
+                });
+            }
+            input.rows += s.input.rows;
+            input.data.extend_from_slice(&s.input.data);
+            outputs.push(&s.output);
+        }
+        let end = u64::from(proof.window_start) + u64::from(proof.window_rows);
+        if end > u64::from(input.rows) {
+            return Err(FraudError::Window {
+                start: proof.window_start,
+                end,
+                proven: input.rows,
+            });
+        }
+        let cols = input.cols as usize;
+        let mut claimed = Vec::with_capacity(proof.window_rows as usize * cols);
+        for out in outputs {
+            let values = out.to_f32();
+            for (r, row) in values.chunks_exact(cols.max(1)).enumerate() {
+                let pos = u64::from(out.start) + r as u64;
+                if pos >= u64::from(proof.window_start) && pos < end {
+                    claimed.extend_from_slice(row);
+                }
+            }
+        }
+        Ok(Self {
+            node: head.node,
+            session: head.body.session,
+            model_id: head.body.model_id,
+            span: head.body.span,
+            input,
+            claimed,
+            window_start: proof.window_start,
+            window_rows: proof.window_rows,
+        })
+    }
+
+    /// Compares the node's rows in the window with `recomputed`: the span's output for every
+    /// position of [`Replay::input`] (row-major f32, rounded to the wire dtype as a node would
+    /// send it).
+    pub fn judge(&self, recomputed: &[f32]) -> Comparison {
+        let cols = self.input.cols as usize;
+        let from = self.window_start as usize * cols;
+        let to = from + self.window_rows as usize * cols;
+        compare_rows(&self.claimed, recomputed.get(from..to).unwrap_or(&[]), cols)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::{Verdict, HONEST_TOLERANCE};
+    use hearth_wire::{HiddenDType, ProvenStep, ReceiptBody, SigningKey};
+
+    /// A toy "model": output = 2 × input.
+    fn step(key: &SigningKey, start: u32, rows: u32, cheat: f32) -> ProvenStep {
+        let cols = 8;
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| ((start * cols + i) as f32 * 0.1).sin())
+            .collect();
+        let y: Vec<f32> = x.iter().map(|v| 2.0 * v + cheat).collect();
+        let input = HiddenStates::from_f32(HiddenDType::F16, start, rows, cols, &x);
+        let output = HiddenStates::from_f32(HiddenDType::F16, start, rows, cols, &y);
+        let receipt = ReceiptBody {
+            session: [4; 16],
+            step: u64::from(start),
+            model_id: ContentHash::of(b"toy"),
+            span: BlockRange::new(0, 2).unwrap(),
+            input: input.digest(),
+            output: output.digest(),
+            start,
+            commitment: ActivationCommitment::of(&output),
+        }
+        .sign(key);
+        ProvenStep {
+            input,
+            output,
+            receipt,
+        }
+    }
+
+    fn proof(cheat: f32) -> FraudProof {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        FraudProof {
+            window_start: 4,
+            window_rows: 2,
+            steps: vec![
+                step(&key, 0, 4, 0.0),
+                step(&key, 4, 1, cheat),
+                step(&key, 5, 1, 0.0),
+            ],
+        }
+    }
+
+    fn recompute(r: &Replay) -> Vec<f32> {
+        let x = r.input.to_f32();
+        let y: Vec<f32> = x.iter().map(|v| 2.0 * v).collect();
+        HiddenStates::from_f32(r.input.dtype, 0, r.input.rows, r.input.cols, &y).to_f32()
+    }
+
+    #[test]
+    fn an_honest_record_is_valid_and_agrees_a_cheat_disagrees() {
+        let honest = Replay::of(&proof(0.0)).unwrap();
+        assert_eq!(honest.input.rows, 6);
+        assert_eq!(honest.claimed.len(), 2 * 8);
+        let c = honest.judge(&recompute(&honest));
+        assert_eq!(c.verdict(HONEST_TOLERANCE), Verdict::Agrees, "{c:?}");
+        let cheat = Replay::of(&proof(0.05)).unwrap();
+        let c = cheat.judge(&recompute(&cheat));
+        assert_eq!(c.verdict(HONEST_TOLERANCE), Verdict::Disagrees, "{c:?}");
+    }
+
+    #[test]
+    fn forged_or_inconsistent_records_are_refused_before_any_recomputation() {
+        let mut p = proof(0.0);
+        p.steps[1].output.data[0] ^= 1;
+        assert!(matches!(
+            Replay::of(&p),
+            Err(FraudError::Mismatch { step: 1, .. })
+        ));
+        let mut p = proof(0.0);
+        p.steps[2].receipt.signature[3] ^= 1;
+        assert_eq!(Replay::of(&p).unwrap_err(), FraudError::Signature(2));
+        let mut p = proof(0.0);
+        p.steps[2] = step(&SigningKey::from_bytes(&[7; 32]), 5, 1, 0.0);
+        assert_eq!(Replay::of(&p).unwrap_err(), FraudError::Mixed(2));
+        let mut p = proof(0.0);
+        p.steps.remove(1);
+        assert!(matches!(
+            Replay::of(&p),
+            Err(FraudError::Positions { step: 1, .. })
+        ));
+        let mut p = proof(0.0);
+        p.window_rows = 3;
+        assert!(matches!(Replay::of(&p), Err(FraudError::Window { .. })));
+        p.steps.clear();
+        assert_eq!(Replay::of(&p).unwrap_err(), FraudError::Empty);
+    }
+}
