@@ -3,7 +3,7 @@
 
 use crate::common::ModelArgs;
 use crate::net_args::NetArgs;
-use crate::swarm_generate::generate_through_swarm;
+use crate::swarm_generate::{generate_through_swarm, SwarmOutputs};
 use anyhow::{Context, Result};
 use clap::Args;
 use hearth_core::BlockRange;
@@ -72,6 +72,14 @@ pub(crate) struct GenerateArgs {
     /// Print the generated token ids (to stderr, after the text): what determinism checks compare.
     #[arg(long)]
     pub token_ids: bool,
+    /// With --swarm: write the verification trail (receipts, linkage, spot checks) here as JSON,
+    /// for `hearth verify FILE`.
+    #[arg(long)]
+    pub trail: Option<std::path::PathBuf>,
+    /// With --swarm: where fraud proofs against caught nodes go (default:
+    /// $HEARTH_HOME/fraud-proofs), for `hearth verify fraud-proof FILE --model M`.
+    #[arg(long)]
+    pub fraud_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -116,7 +124,11 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
             &prompt,
             &params(&args),
             args.net.client_config(),
-            args.receipts.then_some(usize::MAX),
+            &SwarmOutputs {
+                print_receipts: args.receipts.then_some(usize::MAX),
+                trail: args.trail.clone(),
+                fraud_dir: args.fraud_dir.clone(),
+            },
             &args.prompt,
         )?;
         print_token_ids(&args, &out);

@@ -27,6 +27,7 @@ mod serve;
 mod simulate;
 mod swarm_bench;
 mod swarm_generate;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -67,6 +68,8 @@ enum Command {
     /// Run the energy agent: read telemetry and prices, decide per device whether to mine,
     /// serve AI, heat or curtail, and act on miners and GPUs.
     Agent(Box<agent::AgentArgs>),
+    /// Check a gateway trail offline, re-check a fraud proof, or calibrate verification.
+    Verify(Box<verify::VerifyArgs>),
     /// Replay a fleet over price and AI-job traces with the agent's policies and report.
     Simulate(Box<simulate::SimulateArgs>),
     /// Internal: load one slice in this process and report its memory (used by `bench --rss`).
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => gateway::run(*args),
         Command::Agent(args) => agent::run(*args),
         Command::Simulate(args) => simulate::run(*args),
+        Command::Verify(args) => verify::run(*args),
         Command::RssProbe(args) => bench::rss_probe(args),
     }
 }

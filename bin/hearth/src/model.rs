@@ -204,7 +204,7 @@ fn info(path: &Path) -> Result<()> {
     let ids = crate::common::hearth_home().join("model-ids");
     let identity = hearth_engine::identity_cached(&src, &ids)
         .with_context(|| format!("hashing {}", path.display()))?;
-    println!("model id:      {}", identity.model_id.short());
+    println!("model id:      {}", identity.model_id.to_hex());
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 use clap::Args;
 use hearth_swarm::routing::RouteMode;
 use hearth_swarm::{ClientConfig, NetConfig};
+use hearth_verify::SpotCheckPolicy;
 use hearth_wire::HiddenDType;
 use libp2p::Multiaddr;
 use std::time::Duration;
@@ -36,6 +37,14 @@ pub(crate) struct NetArgs {
     /// and a failover is exact whatever spans the replacement covers).
     #[arg(long, default_value_t = ClientConfig::default().dtype)]
     pub wire_dtype: HiddenDType,
+    /// Probability that a window (32 positions) of an established node is re-executed on another
+    /// server of its blocks (nodes in probation: at least 0.5); 0 turns spot checks off.
+    #[arg(long, default_value_t = SpotCheckPolicy::default().probability)]
+    pub check_probability: f64,
+    /// Always re-execute the prefill before using it (a cheater is then replaced before its
+    /// output reaches a token).
+    #[arg(long)]
+    pub check_prefill: bool,
 }
 
 impl NetArgs {
@@ -59,6 +68,16 @@ impl NetArgs {
             },
             step_timeout: Duration::from_secs(self.step_timeout.max(1)),
             dtype: self.wire_dtype,
+            spot_checks: (self.check_probability > 0.0).then(|| {
+                let p = self.check_probability.clamp(0.0, 1.0);
+                let default = SpotCheckPolicy::default();
+                SpotCheckPolicy {
+                    probability: p,
+                    probation_probability: default.probation_probability.max(p),
+                    always_check_prefill: self.check_prefill,
+                    ..default
+                }
+            }),
             ..base
         }
     }

@@ -10,11 +10,22 @@ use hearth_swarm::client::short_peer;
 use hearth_swarm::{ClientConfig, SwarmClient};
 use hearth_tokenizer::Tokenizer;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What to report of a generation besides its text.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SwarmOutputs {
+    /// Print the last this many receipts.
+    pub print_receipts: Option<usize>,
+    /// Write the trail (JSON) here.
+    pub trail: Option<PathBuf>,
+    /// Write fraud proofs here (default `$HEARTH_HOME/fraud-proofs`).
+    pub fraud_dir: Option<PathBuf>,
+}
+
 /// Generates through the swarm with `head` kept in this process; returns what was generated.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn generate_through_swarm(
     src: &ModelSource,
     head: Arc<ClientHead>,
@@ -22,9 +33,10 @@ pub(crate) fn generate_through_swarm(
     prompt: &[u32],
     params: &SamplingParams,
     client: ClientConfig,
-    print_receipts: Option<usize>,
+    outputs: &SwarmOutputs,
     prompt_text: &str,
 ) -> Result<Generation> {
+    let print_receipts = outputs.print_receipts;
     let ident = identity_cached(src, &hearth_home().join("model-ids"))?;
     let n_blocks = src.config().num_layers as u32;
     let max_len = (prompt.len() + params.max_tokens).min(src.config().max_position_embeddings);
@@ -73,6 +85,48 @@ pub(crate) fn generate_through_swarm(
         .iter()
         .filter(|(_, r)| r.verify().is_ok())
         .count();
+    let linked = log.steps.iter().filter(|s| s.linkage.is_ok()).count();
+    eprintln!(
+        "{linked} of {} passes through the chain linked (each hop's input = the previous output)",
+        log.steps.len()
+    );
+    for c in &log.checks {
+        eprintln!(
+            "spot check: {} [{}] positions {}..{}: {:?}, worst row {:.2e} off ({} verifiers)",
+            short_peer(&c.peer),
+            c.blocks,
+            c.positions.start,
+            c.positions.end,
+            c.outcome,
+            c.max_error,
+            c.verifiers.len()
+        );
+    }
+    if !log.fraud_proofs.is_empty() {
+        let dir = outputs
+            .fraud_dir
+            .clone()
+            .unwrap_or_else(|| hearth_home().join("fraud-proofs"));
+        std::fs::create_dir_all(&dir)?;
+        for (peer, proof) in &log.fraud_proofs {
+            let file = dir.join(format!(
+                "{peer}-{}-{}.proof",
+                proof.window_start,
+                std::process::id()
+            ));
+            std::fs::write(&file, proof.to_bytes())?;
+            eprintln!(
+                "fraud proof against {}: {}",
+                short_peer(peer),
+                file.display()
+            );
+        }
+    }
+    if let Some(path) = &outputs.trail {
+        let trail = hearth_gateway::trail::trail_of(&ident.model_id, &log);
+        std::fs::write(path, serde_json::to_vec_pretty(&trail)?)?;
+        eprintln!("trail: {}", path.display());
+    }
     eprintln!(
         "{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s; {} hop receipts, {} verified",
         out.prompt_tokens,

@@ -94,8 +94,6 @@ impl std::str::FromStr for Adversary {
 }
 
 #[cfg(feature = "adversary")]
-pub(crate) use enabled::*;
-
 #[cfg(feature = "adversary")]
 mod enabled {
     use super::{Adversary, Cheat};
@@ -103,7 +101,7 @@ mod enabled {
 
     impl Adversary {
         /// Whether to cheat on the window holding `position` of `session`.
-        pub(crate) fn cheats_at(&self, session: &[u8; 16], position: u32) -> bool {
+        pub fn cheats_at(&self, session: &[u8; 16], position: u32) -> bool {
             if self.fraction >= 1.0 {
                 return true;
             }
@@ -118,7 +116,7 @@ mod enabled {
 
         /// Corrupts a step's output `values` (row-major, `cols` wide) computed from `input`.
         /// `previous` is the last row this session returned, for [`Cheat::Stale`].
-        pub(crate) fn corrupt(
+        pub fn corrupt(
             &self,
             seed: u64,
             cols: usize,

@@ -521,12 +521,34 @@ impl<T> Clone for Weights<'_, T> {
 
 impl<T> Copy for Weights<'_, T> {}
 
-/// `a += x · b`. A function of its own so the compiler knows `a` and `b`
-/// do not overlap and vectorizes it.
-#[inline]
-fn axpy(a: &mut [f32; NR], x: f32, b: &[f32; NR]) {
-    for (a, b) in a.iter_mut().zip(b) {
-        *a += x * b;
+/// For every step `p` in order and every row `r`: `a[r] = fma(x[r][p], b[p], a[r])`, lane by
+/// lane. Fused, in the AVX-512 tile's order, so the portable path gives the same bits as the
+/// SIMD one (docs/protocol.md, "Determinism"). With FMA in the CPU (every AVX2 machine) the
+/// fused multiply-adds are instructions; without, `mul_add` is the C library's `fmaf`.
+fn accumulate(a: &mut [[f32; NR]], x: &[&[f32]; 4], b: &[[f32; NR]]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_fma() {
+        // SAFETY: the CPU has FMA.
+        return unsafe { accumulate_fma(a, x, b) };
+    }
+    accumulate_body(a, x, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn accumulate_fma(a: &mut [[f32; NR]], x: &[&[f32]; 4], b: &[[f32; NR]]) {
+    accumulate_body(a, x, b)
+}
+
+#[inline(always)]
+fn accumulate_body(a: &mut [[f32; NR]], x: &[&[f32]; 4], b: &[[f32; NR]]) {
+    for (p, b) in b.iter().enumerate() {
+        for (r, a) in a.iter_mut().enumerate() {
+            let xp = x[r][p];
+            for (a, b) in a.iter_mut().zip(b) {
+                *a = xp.mul_add(*b, *a);
+            }
+        }
     }
 }
 
@@ -572,11 +594,7 @@ fn scalar_panels<T: Half16>(x: &[f32], m: usize, k: usize, panels: &[T], n: usiz
                             let i = (4 * i4 + r).min(m - 1);
                             &x[i * k + k0..i * k + k0 + kc]
                         });
-                        for (p, b) in bf.iter().enumerate() {
-                            for (r, a) in a4.iter_mut().enumerate() {
-                                axpy(a, x4[r][p], b);
-                            }
-                        }
+                        accumulate(a4, &x4, bf);
                     }
                 }
                 let cols = NR.min(n - pi * NR);

@@ -187,6 +187,15 @@ impl Isa {
     }
 }
 
+/// Whether the CPU has fused multiply-add instructions (detected once). The portable paths use
+/// them through `#[target_feature]` copies of their inner loops; the results are the same bits
+/// either way (`mul_add` is one rounding with or without the instruction).
+#[cfg(target_arch = "x86_64")]
+fn has_fma() -> bool {
+    static FMA: OnceLock<bool> = OnceLock::new();
+    *FMA.get_or_init(|| std::arch::is_x86_feature_detected!("fma"))
+}
+
 /// The output matrix shared by the parallel jobs, each of which writes only
 /// its own columns.
 #[derive(Clone, Copy)]

@@ -450,21 +450,45 @@ fn scalar(kind: Kind, xq: &QuantX, w: Weights<'_>, out: OutPtr) {
             xq.row(i, &mut xr, &mut xd);
             // SAFETY: columns `j0..j1` belong to this job only.
             let yr = unsafe { out.row_mut(i, j0, j1 - j0) };
-            for (jj, yv) in yr.iter_mut().enumerate() {
-                let mut acc = 0.0f32;
-                for (b, xb) in xr.chunks_exact(QK).enumerate() {
-                    let wb = &wv[jj * nb + b];
-                    let s: i32 = wb
-                        .iter()
-                        .zip(xb)
-                        .map(|(&a, &b)| i32::from(a) * i32::from(b))
-                        .sum();
-                    acc += s as f32 * (wd[jj * nb + b] * xd[b]);
-                }
-                *yv = acc;
-            }
+            dot_rows(yr, &xr, &xd, &wv, &wd);
         }
     });
+}
+
+/// `y[j] = Σ_b fma(Σ x_q·w_q, d_w · d_x, ·)` over the blocks in order, for every weight row `j`:
+/// the AVX-512 kernel's operations in its order, so both paths give the same bits. Dispatched
+/// as [`super::fp16`]'s `accumulate` is, for FMA instructions where the CPU has them.
+fn dot_rows(y: &mut [f32], xr: &[i8], xd: &[f32], wv: &[[i8; QK]], wd: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_fma() {
+        // SAFETY: the CPU has FMA.
+        return unsafe { dot_rows_fma(y, xr, xd, wv, wd) };
+    }
+    dot_rows_body(y, xr, xd, wv, wd)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn dot_rows_fma(y: &mut [f32], xr: &[i8], xd: &[f32], wv: &[[i8; QK]], wd: &[f32]) {
+    dot_rows_body(y, xr, xd, wv, wd)
+}
+
+#[inline(always)]
+fn dot_rows_body(y: &mut [f32], xr: &[i8], xd: &[f32], wv: &[[i8; QK]], wd: &[f32]) {
+    let nb = xd.len();
+    for (jj, yv) in y.iter_mut().enumerate() {
+        let mut acc = 0.0f32;
+        for (b, xb) in xr.chunks_exact(QK).enumerate() {
+            let wb = &wv[jj * nb + b];
+            let s: i32 = wb
+                .iter()
+                .zip(xb)
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+            acc = (s as f32).mul_add(wd[jj * nb + b] * xd[b], acc);
+        }
+        *yv = acc;
+    }
 }
 
 /// Writes panel `pi` (features `pi*16..pi*16+16`, zero past `n`) of the

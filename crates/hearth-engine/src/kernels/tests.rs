@@ -275,6 +275,40 @@ fn bf16_simd_agrees_with_scalar() {
     }
 }
 
+/// Packed half-precision weights (what models use) give the same bits on every instruction-set
+/// level: one fused multiply-add chain per output, in depth order, on both paths.
+#[test]
+fn packed_half_paths_agree_bitwise() {
+    let mut rng = Rng::new(7);
+    for &(m, k, n) in F16_SHAPES {
+        let x = rng.vec(m * k);
+        let w16: Vec<f16> = rng.vec(n * k).into_iter().map(f16::from_f32).collect();
+        let wb = random_bf16(&mut rng, n * k);
+        let p16 = PackedF16::pack(&w16, n, k).unwrap();
+        let pb = PackedBF16::pack(&wb, n, k).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let run = |f: &dyn Fn(Isa, &mut [f32])| {
+            isas()
+                .into_iter()
+                .map(|isa| {
+                    let mut y = vec![f32::NAN; m * n];
+                    f(isa, &mut y);
+                    bits(&y)
+                })
+                .collect::<Vec<_>>()
+        };
+        for (name, results) in [
+            ("f16", run(&|isa, y| p16.matmul_isa(isa, &x, m, y).unwrap())),
+            ("bf16", run(&|isa, y| pb.matmul_isa(isa, &x, m, y).unwrap())),
+        ] {
+            assert!(
+                results.windows(2).all(|w| w[0] == w[1]),
+                "packed {name} {m}x{k}x{n}: the paths differ"
+            );
+        }
+    }
+}
+
 #[test]
 fn bf16_exact_on_exact_products() {
     // Small integers: every product and partial sum is exact in f32, so every
@@ -490,11 +524,13 @@ fn quant_case(q8: bool, seed: u64, integer_x: bool) {
             assert_eq!(packed, got, "{name}: packed vs raw");
             match &first {
                 None => first = Some(got),
-                // SIMD vs scalar: same integers, f32 accumulation differs by
-                // FMA rounding only.
-                Some(s) => assert_close(&format!("{name} vs scalar"), &got, s, |i| {
-                    1e-5 * mag[i] + 1e-30
-                }),
+                // SIMD vs scalar: the same integers, scaled and accumulated with the same fused
+                // multiply-adds in the same order — the same bits.
+                Some(s) => assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{name} vs scalar"
+                ),
             }
         }
     }

@@ -1,0 +1,462 @@
+//! `hearth verify`: check a gateway trail as a light client would (no model, no network), re-check
+//! a fraud proof with the model, or calibrate the tolerance that separates honest floating-point
+//! noise from cheating (docs/verification.md).
+
+use crate::common::ModelArgs;
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, Subcommand};
+use hearth_core::{BlockRange, SplitMix64};
+use hearth_engine::{
+    ClientHead, DType, Device, LoadOptions, ModelSource, SessionLimits, SliceServer, Tensor,
+};
+use hearth_gateway::{verify_trail, Trail};
+use hearth_verify::compare::{compare_rows, Comparison};
+use hearth_verify::{Replay, Verdict, HONEST_TOLERANCE};
+use hearth_wire::{FraudProof, HiddenDType, HiddenStates, Limits};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest trail or proof file read (a 2048-token trail is a few MiB).
+const MAX_FILE_BYTES: u64 = 256 << 20;
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct VerifyArgs {
+    /// A trail saved from `GET /v1/hearth/trails/{id}` (JSON): checked with no model and no
+    /// network (signatures, keys ↔ peer ids, linkage, model id, commitments, spot-check draws).
+    pub trail: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<VerifyCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum VerifyCommand {
+    /// Re-execute a fraud proof's window with the model: exit 0 when the proof holds (the node
+    /// signed outputs its blocks do not compute), 1 when it does not.
+    FraudProof {
+        /// The proof file (written by `hearth generate --swarm` into --fraud-dir).
+        file: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Largest worst-row relative error still counted as honest.
+        #[arg(long, default_value_t = HONEST_TOLERANCE)]
+        tolerance: f64,
+    },
+    /// Measure how far honest recomputations and cheating nodes land from a verifier's
+    /// recomputation, per window, on one model.
+    Calibrate(Box<CalibrateArgs>),
+}
+
+pub(crate) fn run(args: VerifyArgs) -> Result<()> {
+    match (args.trail, args.command) {
+        (
+            _,
+            Some(VerifyCommand::FraudProof {
+                file,
+                model,
+                tolerance,
+            }),
+        ) => fraud_proof(&file, &model.path()?, tolerance),
+        (_, Some(VerifyCommand::Calibrate(c))) => calibrate(&c),
+        (Some(trail), None) => trail_command(&trail),
+        (None, None) => bail!("give a trail file, or a subcommand (fraud-proof, calibrate)"),
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    ensure!(
+        len <= MAX_FILE_BYTES,
+        "{} is {len} bytes, more than the {MAX_FILE_BYTES} this command reads",
+        path.display()
+    );
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn trail_command(path: &Path) -> Result<()> {
+    let bytes = read_bounded(path)?;
+    let started = Instant::now();
+    let trail: Trail = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a hearth trail", path.display()))?;
+    let report = verify_trail(&trail);
+    let took = started.elapsed();
+    println!(
+        "{} receipts, {} passes linked, {} spot-check draws re-derived, {} checks recorded, {} \
+         fraud proofs; {:.1} ms",
+        report.receipts,
+        report.steps,
+        report.draws_checked,
+        trail.spot_checks.checks.len(),
+        trail.spot_checks.fraud_proofs.len(),
+        took.as_secs_f64() * 1000.0
+    );
+    if report.problems.is_empty() {
+        println!("trail verifies");
+        Ok(())
+    } else {
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+        bail!(
+            "the trail does not verify ({} problems)",
+            report.problems.len()
+        )
+    }
+}
+
+/// The span's output for every row of `input` (positions from 0), computed in one prefill and
+/// rounded to `input`'s wire dtype as a node would send it.
+fn recompute(slice: &Arc<SliceServer>, input: &HiddenStates) -> Result<Vec<f32>> {
+    let id = slice.open(input.rows as usize)?;
+    let x = Tensor::from_vec(
+        input.to_f32(),
+        (1, input.rows as usize, input.cols as usize),
+        &Device::Cpu,
+    )?;
+    let out = slice.step(id, input.start as usize, &x);
+    let _ = slice.close(id);
+    let values = out?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(wire_round(input.dtype, input.cols, &values))
+}
+
+fn wire_round(dtype: HiddenDType, cols: u32, values: &[f32]) -> Vec<f32> {
+    let rows = (values.len() / cols.max(1) as usize) as u32;
+    HiddenStates::from_f32(dtype, 0, rows, cols, values).to_f32()
+}
+
+fn fraud_proof(file: &Path, model: &Path, tolerance: f64) -> Result<()> {
+    let bytes = read_bounded(file)?;
+    let proof = FraudProof::from_bytes(&bytes, &Limits::default())
+        .with_context(|| format!("{} is not a fraud proof", file.display()))?;
+    let replay = Replay::of(&proof).context("the proof is not a valid signed record")?;
+    let src = ModelSource::open(model).with_context(|| format!("opening {}", model.display()))?;
+    let ident = src.identity()?;
+    ensure!(
+        ident.model_id == replay.model_id,
+        "the proof is about model {}, {} is {}",
+        replay.model_id,
+        model.display(),
+        ident.model_id
+    );
+    let slice = src.load_slice(replay.span, &LoadOptions::default(), None)?;
+    let server = Arc::new(SliceServer::new(Arc::new(slice), SessionLimits::default()));
+    let started = Instant::now();
+    let recomputed = recompute(&server, &replay.input)?;
+    let c = replay.judge(&recomputed);
+    println!(
+        "node {}: blocks {}, positions {}..{} of {} re-executed in {:.0} ms: worst row {:.3e} \
+         relative, mean {:.3e} (tolerance {tolerance:.1e})",
+        hex::encode(replay.node),
+        replay.span,
+        replay.window_start,
+        replay.window_start + replay.window_rows,
+        replay.input.rows,
+        started.elapsed().as_secs_f64() * 1000.0,
+        c.max_error,
+        c.mean_error
+    );
+    match c.verdict(tolerance) {
+        Verdict::Disagrees => {
+            println!("the proof holds: the node signed outputs its blocks do not compute");
+            Ok(())
+        }
+        Verdict::Agrees => {
+            bail!("the proof does not hold: the node's outputs are within tolerance")
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CalibrateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Blocks the simulated node serves (default: the first half of the model).
+    #[arg(long)]
+    pub span: Option<BlockRange>,
+    /// Positions per trial (a prefill of 32 then one-token steps, as a generation runs).
+    #[arg(long, default_value_t = 96)]
+    pub positions: u32,
+    /// Trials (each with its own random tokens).
+    #[arg(long, default_value_t = 4)]
+    pub trials: u32,
+    /// Wire dtype of the hidden states.
+    #[arg(long, default_value = "f16")]
+    pub wire_dtype: HiddenDType,
+    /// Write the verifier's recomputations here (run once with HEARTH_KERNELS_SCALAR=1 to
+    /// compare the scalar path with AVX-512 in a second run's --reference).
+    #[arg(long)]
+    pub write_reference: Option<PathBuf>,
+    /// Recomputations written by another run's --write-reference, compared as an honest path.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Other files to run as the node while the verifier runs --model (e.g. a Q4_0 of the same
+    /// weights: "lower precision"; other weights: "wrong weights"), `LABEL=FILE`.
+    #[arg(long)]
+    pub node_model: Vec<String>,
+    /// Also run each output cheat (needs the `adversary` feature).
+    #[arg(long)]
+    pub cheats: bool,
+}
+
+/// One way of producing a node's answers, and whether an honest node could produce them.
+struct Variant {
+    label: String,
+    honest: bool,
+    windows: Vec<Comparison>,
+}
+
+fn calibrate(args: &CalibrateArgs) -> Result<()> {
+    let path = args.model.path()?;
+    let src = ModelSource::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let cfg = src.config().clone();
+    let n_blocks = cfg.num_blocks();
+    let span = match args.span {
+        Some(s) => s,
+        None => BlockRange::new(0, (n_blocks / 2).max(1))?,
+    };
+    span.check_within(n_blocks)?;
+    let opts = LoadOptions::default();
+    let head: ClientHead = src.load_head(&opts, None)?;
+    let load = |src: &ModelSource, candle: bool| -> Result<Arc<SliceServer>> {
+        let o = LoadOptions {
+            candle_kernels: candle,
+            ..LoadOptions::default()
+        };
+        Ok(Arc::new(SliceServer::new(
+            Arc::new(src.load_slice(span, &o, None)?),
+            SessionLimits::default(),
+        )))
+    };
+    let server = load(&src, false)?;
+    let candle = load(&src, true)?;
+    let mut node_models = Vec::new();
+    for spec in &args.node_model {
+        let (label, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--node-model {spec:?}: expected LABEL=FILE"))?;
+        let other = ModelSource::open(Path::new(file))?;
+        node_models.push((label.to_string(), load(&other, false)?));
+    }
+    let window = 32u32;
+    let positions = args.positions.max(window);
+    let dtype = args.wire_dtype;
+    let cols = cfg.hidden_size as u32;
+    let mut variants: Vec<Variant> = Vec::new();
+    let mut add = |label: &str, honest: bool, node: &[f32], verifier: &[f32]| {
+        let v = match variants.iter_mut().position(|v| v.label == label) {
+            Some(i) => &mut variants[i],
+            None => {
+                variants.push(Variant {
+                    label: label.into(),
+                    honest,
+                    windows: Vec::new(),
+                });
+                variants.last_mut().expect("just pushed")
+            }
+        };
+        let w = (window * cols) as usize;
+        for (a, b) in node.chunks(w).zip(verifier.chunks(w)) {
+            v.windows.push(compare_rows(a, b, cols as usize));
+        }
+    };
+    let mut references: Vec<Vec<f32>> = Vec::new();
+    let reference_in: Option<Vec<Vec<f32>>> = match &args.reference {
+        Some(p) => Some(serde_json::from_slice(&read_bounded(p)?)?),
+        None => None,
+    };
+    for trial in 0..args.trials {
+        let mut rng = SplitMix64::new(0x5eed ^ u64::from(trial));
+        let ids: Vec<u32> = (0..positions)
+            .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+            .collect();
+        let embedded = head
+            .embed(&ids)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let input = HiddenStates::from_f32(dtype, 0, positions, cols, &embedded);
+        let verifier = recompute(&server, &input)?;
+        references.push(verifier.clone());
+        let node = run_as_node(&server, &input, window)?;
+        add(
+            "same path, decode steps vs one prefill",
+            true,
+            &node,
+            &verifier,
+        );
+        let one_thread = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()?
+            .install(|| run_as_node(&server, &input, window))?;
+        add("1 thread vs 2", true, &one_thread, &verifier);
+        let batched = run_batched(&server, &input, window)?;
+        add("batched with another session", true, &batched, &verifier);
+        let with_candle = run_as_node(&candle, &input, window)?;
+        add(
+            "candle's kernels (another implementation) vs hearth's",
+            true,
+            &with_candle,
+            &verifier,
+        );
+        if let Some(r) = reference_in.as_ref().and_then(|r| r.get(trial as usize)) {
+            add("--reference run (e.g. scalar ISA)", true, r, &verifier);
+        }
+        for (label, other) in &node_models {
+            let out = run_as_node(other, &input, window)?;
+            add(label, false, &out, &verifier);
+        }
+        if n_blocks > 1 && span.len() > 1 {
+            let skip = BlockRange::new(span.start(), span.end() - 1)?;
+            let id = server.open_span(positions as usize, skip)?;
+            let out = step_all(&server, id, &input, window)?;
+            add("skip one block", false, &out, &verifier);
+        }
+        if args.cheats {
+            cheats(&mut add, &node, &input, cols, trial)?;
+        }
+    }
+    if let Some(p) = &args.write_reference {
+        std::fs::write(p, serde_json::to_vec(&references)?)?;
+    }
+    print_table(&variants, dtype, span, positions, args.trials);
+    Ok(())
+}
+
+#[cfg(feature = "adversary")]
+fn cheats(
+    add: &mut impl FnMut(&str, bool, &[f32], &[f32]),
+    node: &[f32],
+    input: &HiddenStates,
+    cols: u32,
+    trial: u32,
+) -> Result<()> {
+    use hearth_swarm::adversary::Adversary;
+    let x = input.to_f32();
+    let honest = node.to_vec();
+    for mode in ["noise:1e-3", "noise:1e-2", "stale", "random", "copy-input"] {
+        let a: Adversary = mode.parse().map_err(anyhow::Error::msg)?;
+        let mut out = honest.clone();
+        a.corrupt(u64::from(trial), cols as usize, &x, &mut out, None);
+        let out = wire_round(input.dtype, cols, &out);
+        add(mode, false, &out, &honest);
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "adversary"))]
+fn cheats(
+    _: &mut impl FnMut(&str, bool, &[f32], &[f32]),
+    _: &[f32],
+    _: &HiddenStates,
+    _: u32,
+    _: u32,
+) -> Result<()> {
+    bail!("--cheats needs a build with the `adversary` feature (cargo run --features adversary)")
+}
+
+/// Answers as a node serving a generation would: a prefill of one window, then one-token steps.
+fn run_as_node(server: &Arc<SliceServer>, input: &HiddenStates, prefill: u32) -> Result<Vec<f32>> {
+    let id = server.open(input.rows as usize)?;
+    step_all(server, id, input, prefill)
+}
+
+fn step_all(
+    server: &Arc<SliceServer>,
+    id: hearth_engine::SessionId,
+    input: &HiddenStates,
+    prefill: u32,
+) -> Result<Vec<f32>> {
+    let cols = input.cols as usize;
+    let x = input.to_f32();
+    let mut out = Vec::with_capacity(x.len());
+    let mut start = 0usize;
+    while start < input.rows as usize {
+        let rows = if start == 0 {
+            (prefill as usize).min(input.rows as usize)
+        } else {
+            1
+        };
+        let t = Tensor::from_vec(
+            x[start * cols..(start + rows) * cols].to_vec(),
+            (1, rows, cols),
+            &Device::Cpu,
+        )?;
+        let y = server.step(id, start, &t)?;
+        out.extend(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        start += rows;
+    }
+    let _ = server.close(id);
+    Ok(wire_round(input.dtype, input.cols, &out))
+}
+
+/// As [`run_as_node`], every step batched with a step of an unrelated session.
+fn run_batched(server: &Arc<SliceServer>, input: &HiddenStates, prefill: u32) -> Result<Vec<f32>> {
+    let cols = input.cols as usize;
+    let x = input.to_f32();
+    let id = server.open(input.rows as usize)?;
+    let other = server.open(input.rows as usize)?;
+    let mut out = Vec::with_capacity(x.len());
+    let mut start = 0usize;
+    while start < input.rows as usize {
+        let rows = if start == 0 {
+            (prefill as usize).min(input.rows as usize)
+        } else {
+            1
+        };
+        let t = Tensor::from_vec(
+            x[start * cols..(start + rows) * cols].to_vec(),
+            (1, rows, cols),
+            &Device::Cpu,
+        )?;
+        let noise: Vec<f32> = x[..rows * cols].iter().map(|v| v * 0.5 + 0.01).collect();
+        let u = Tensor::from_vec(noise, (1, rows, cols), &Device::Cpu)?;
+        let mut results = server.step_batch(vec![(id, start, t), (other, start, u)]);
+        let y = results.remove(0)?;
+        out.extend(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        start += rows;
+    }
+    let _ = server.close(id);
+    let _ = server.close(other);
+    Ok(wire_round(input.dtype, input.cols, &out))
+}
+
+fn print_table(
+    variants: &[Variant],
+    dtype: HiddenDType,
+    span: BlockRange,
+    positions: u32,
+    trials: u32,
+) {
+    println!(
+        "blocks {span}, {trials} trials × {positions} positions (windows of 32), {dtype} on the \
+         wire, tolerance {HONEST_TOLERANCE:.1e} on the worst row of a window"
+    );
+    println!(
+        "| node's answers | honest | windows | worst-row error: min | median | max | flagged |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for v in variants {
+        let mut errors: Vec<f64> = v.windows.iter().map(|c| c.max_error).collect();
+        errors.sort_by(f64::total_cmp);
+        let flagged = v
+            .windows
+            .iter()
+            .filter(|c| c.verdict(HONEST_TOLERANCE) == Verdict::Disagrees)
+            .count();
+        let pick = |q: f64| errors[((errors.len() - 1) as f64 * q) as usize];
+        println!(
+            "| {} | {} | {} | {:.2e} | {:.2e} | {:.2e} | {} / {} |",
+            v.label,
+            if v.honest { "yes" } else { "no" },
+            errors.len(),
+            pick(0.0),
+            pick(0.5),
+            pick(1.0),
+            flagged,
+            errors.len()
+        );
+    }
+}
