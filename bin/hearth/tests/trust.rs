@@ -19,7 +19,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-const PROMPT: &str = "The capital of France is";
+const PROMPT: &str = "The three most useful things to pack for a week of hiking are";
 const MAX_TOKENS: usize = 40;
 
 fn smollm2() -> Option<PathBuf> {
@@ -119,7 +119,8 @@ fn every_adversary_is_caught_proven_and_replaced_and_the_text_is_the_honest_one(
     let b = node(home, "b", &model, "15..30", Some(&a.addr), &[]);
     settle();
     let (honest, _) = generate(home, &model, &a.addr, &["--check-probability", "0"]);
-    assert_eq!(honest.len(), MAX_TOKENS, "the honest run stopped early");
+    // Past position 32: a decode window closes (and is checked) in every run.
+    assert!(honest.len() > 24, "the honest run stopped early: {honest:?}");
     let _c = node(home, "c", &model, "15..30", Some(&a.addr), &[]);
 
     let claim = format!("claim-model:{id}");
