@@ -26,6 +26,7 @@ pub(crate) struct SwarmOutputs {
 }
 
 /// Generates through the swarm with `head` kept in this process; returns what was generated.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn generate_through_swarm(
     src: &ModelSource,
     head: Arc<ClientHead>,

@@ -263,6 +263,7 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
         }
     };
     let mut references: Vec<Vec<f32>> = Vec::new();
+    let (mut verifier_ms, mut node_ms, mut commit_ms) = (Vec::new(), Vec::new(), Vec::new());
     let reference_in: Option<Vec<Vec<f32>>> = match &args.reference {
         Some(p) => Some(serde_json::from_slice(&read_bounded(p)?)?),
         None => None,
@@ -278,9 +279,21 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
             .flatten_all()?
             .to_vec1::<f32>()?;
         let input = HiddenStates::from_f32(dtype, 0, positions, cols, &embedded);
+        let started = Instant::now();
         let verifier = recompute(&server, &input)?;
+        verifier_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         references.push(verifier.clone());
+        let started = Instant::now();
         let node = run_as_node(&server, &input, window)?;
+        node_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let rows = HiddenStates::from_f32(dtype, 0, positions, cols, &node);
+        let started = Instant::now();
+        let commitment = hearth_wire::ActivationCommitment::of(&rows);
+        commit_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        ensure!(
+            commitment.rows.len() == positions as usize,
+            "one sketch per row"
+        );
         add(
             "same path, decode steps vs one prefill",
             true,
@@ -322,6 +335,20 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
         std::fs::write(p, serde_json::to_vec(&references)?)?;
     }
     print_table(&variants, dtype, span, positions, args.trials);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "node: {:.1} ms for {positions} positions (prefill {window}, then one-token steps); \
+         commitments: {:.3} ms for all rows ({:.2} % of the node's time); verifier: {:.1} ms for \
+         one prefill of all {positions} positions (medians of {} trials)",
+        median(&mut node_ms),
+        median(&mut commit_ms),
+        100.0 * median(&mut commit_ms) / median(&mut node_ms),
+        median(&mut verifier_ms),
+        args.trials
+    );
     Ok(())
 }
 

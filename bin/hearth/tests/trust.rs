@@ -120,7 +120,10 @@ fn every_adversary_is_caught_proven_and_replaced_and_the_text_is_the_honest_one(
     settle();
     let (honest, _) = generate(home, &model, &a.addr, &["--check-probability", "0"]);
     // Past position 32: a decode window closes (and is checked) in every run.
-    assert!(honest.len() > 24, "the honest run stopped early: {honest:?}");
+    assert!(
+        honest.len() > 24,
+        "the honest run stopped early: {honest:?}"
+    );
     let _c = node(home, "c", &model, "15..30", Some(&a.addr), &[]);
 
     let claim = format!("claim-model:{id}");

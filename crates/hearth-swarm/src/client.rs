@@ -776,7 +776,7 @@ impl SwarmChain {
         let window = policy.window.max(1);
         let (window_index, positions) = if first_step {
             (u64::MAX, 0..end)
-        } else if end % window == 0 {
+        } else if end.is_multiple_of(window) {
             (policy.window_of(end - 1), end.saturating_sub(window)..end)
         } else {
             return Ok(None);

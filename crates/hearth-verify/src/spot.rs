@@ -115,6 +115,30 @@ mod tests {
         assert_ne!(seed.commitment(), other_seed.commitment());
     }
 
+    /// A simulation with the real seeded draws: many "days" of `n` windows, a cheater on a random
+    /// 1 % of them, checks at 5 %; the fraction of days it is caught matches the formula.
+    #[test]
+    fn the_seeded_draws_catch_at_the_rate_the_formula_says() {
+        let (p, f, n, days) = (0.05, 0.01, 2000u64, 400u64);
+        let node = [1u8; 32];
+        let mut rng = hearth_core::SplitMix64::new(42);
+        let mut caught_days = 0;
+        for day in 0..days {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&day.to_le_bytes());
+            let seed = SpotSeed(seed);
+            let caught = (0..n).any(|w| rng.unit() < f && seed.checks(&node, w, p));
+            caught_days += u64::from(caught);
+        }
+        let expected = catch_probability(p, f, 1.0, n as f64);
+        let measured = caught_days as f64 / days as f64;
+        // Binomial(400, 0.63): sd 0.024; 4 sd.
+        assert!(
+            (measured - expected).abs() < 0.1,
+            "measured {measured}, formula {expected}"
+        );
+    }
+
     #[test]
     fn the_catch_arithmetic_matches_the_closed_form() {
         // 5 % checks, 1 % cheating, perfect detection: 1 - 0.9995^n.

@@ -12,10 +12,10 @@ use futures::io::Cursor;
 use futures::AsyncRead;
 use hearth_core::{BlockRange, ContentHash};
 use hearth_wire::{
-    read_frame, write_frame, ActivationCommitment, Announcement, ErrorCode, ErrorReply,
-    HiddenDType, HiddenStates, Limits, OpenSession, Opened, PeerRtt, Receipt, ReceiptBody, Request,
-    Response, SignedAnnouncement, SigningKey, Step, StepDone, WireError, Writer, MAX_ADDRS,
-    MAX_ADDR_LEN, MAX_ERROR_MESSAGE, MAX_RTTS, VERSION,
+    read_frame, write_frame, ActivationCommitment, Announcement, ErrorCode, ErrorReply, FraudProof,
+    HiddenDType, HiddenStates, Limits, OpenSession, Opened, PeerRtt, ProvenStep, Receipt,
+    ReceiptBody, Request, Response, SignedAnnouncement, SigningKey, Step, StepDone, WireError,
+    Writer, MAX_ADDRS, MAX_ADDR_LEN, MAX_ERROR_MESSAGE, MAX_RTTS, VERSION,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -105,6 +105,32 @@ fn receipt_body() -> ReceiptBody {
 
 fn receipt() -> Receipt {
     receipt_body().sign(&key())
+}
+
+/// Two steps of one session: a prefill of 2 rows, a decode step.
+fn fraud_proof() -> FraudProof {
+    let step = |start, rows| {
+        let input = hidden(HiddenDType::F16, start, rows, 8);
+        let output = hidden(HiddenDType::F16, start, rows, 8);
+        let receipt = ReceiptBody {
+            input: input.digest(),
+            output: output.digest(),
+            start,
+            commitment: ActivationCommitment::of(&output),
+            ..receipt_body()
+        }
+        .sign(&key());
+        ProvenStep {
+            input,
+            output,
+            receipt,
+        }
+    };
+    FraudProof {
+        window_start: 2,
+        window_rows: 1,
+        steps: vec![step(0, 2), step(2, 1)],
+    }
 }
 
 fn open() -> OpenSession {
@@ -773,6 +799,16 @@ fn every_truncation_of_every_message_is_an_error() {
         assert!(matches!(r, Ok(Err(_))), "receipt cut at {n}: {r:?}");
         checked += 1;
     }
+    let bytes = fraud_proof().to_bytes();
+    assert_eq!(
+        FraudProof::from_bytes(&bytes, &l).as_ref(),
+        Ok(&fraud_proof())
+    );
+    for n in 0..bytes.len() {
+        let r = catch_unwind(|| FraudProof::from_bytes(&bytes[..n], &l));
+        assert!(matches!(r, Ok(Err(_))), "fraud proof cut at {n}: {r:?}");
+        checked += 1;
+    }
     assert!(checked > 1000, "{checked}");
 }
 
@@ -1395,9 +1431,22 @@ fn seeded_mutations_never_panic_and_decode_canonically() {
         |b, _| Receipt::from_bytes(b),
         Receipt::to_bytes,
     );
+    let proofs = vec![fraud_proof().to_bytes()];
+    let e = fuzz_kind(
+        "fraud proof",
+        &proofs,
+        6,
+        FraudProof::from_bytes,
+        FraudProof::to_bytes,
+    );
     // The mutator must not be so destructive that nothing ever decodes (then the Ok branch
     // above would be untested), nor so gentle that everything does.
-    for (name, (ok, err)) in [("request", a), ("response", b), ("receipt", d)] {
+    for (name, (ok, err)) in [
+        ("request", a),
+        ("response", b),
+        ("receipt", d),
+        ("fraud proof", e),
+    ] {
         assert!(ok > 100 && err > 100, "{name}: {ok} decoded, {err} refused");
     }
     // Signed records: a mutant only decodes if the mutation left the bytes unchanged.
