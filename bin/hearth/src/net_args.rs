@@ -1,6 +1,6 @@
 //! How a networked command joins the swarm: the flags shared by `node`, `peers`, `generate
 //! --swarm` and `gateway`, turned into the library's [`NetConfig`] and [`ClientConfig`]. Their
-//! defaults are the library's. Depends on no other module of the binary.
+//! defaults are the library's. Depends only on `common`.
 
 use clap::Args;
 use hearth_swarm::routing::RouteMode;
@@ -45,6 +45,10 @@ pub(crate) struct NetArgs {
     /// output reaches a token).
     #[arg(long)]
     pub check_prefill: bool,
+    /// Where node reputations (checked windows, measured latency, exclusions) persist between
+    /// runs (default: $HEARTH_HOME/reputation.json).
+    #[arg(long)]
+    pub reputation_file: Option<std::path::PathBuf>,
 }
 
 impl NetArgs {
@@ -78,6 +82,11 @@ impl NetArgs {
                     ..default
                 }
             }),
+            reputation_file: Some(
+                self.reputation_file
+                    .clone()
+                    .unwrap_or_else(|| crate::common::hearth_home().join("reputation.json")),
+            ),
             ..base
         }
     }

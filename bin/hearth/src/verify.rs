@@ -5,14 +5,19 @@
 use crate::common::ModelArgs;
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Subcommand};
+use hearth_core::ContentHash;
 use hearth_core::{BlockRange, SplitMix64};
+use hearth_engine::SessionId;
 use hearth_engine::{
     ClientHead, DType, Device, LoadOptions, ModelSource, SessionLimits, SliceServer, Tensor,
 };
 use hearth_gateway::{verify_trail, Trail};
-use hearth_verify::compare::{compare_rows, Comparison};
+use hearth_sampling::Sampler;
+use hearth_verify::compare::{compare_rows, compare_sketches, Comparison};
 use hearth_verify::{Replay, Verdict, HONEST_TOLERANCE};
+use hearth_wire::Receipt;
 use hearth_wire::{FraudProof, HiddenDType, HiddenStates, Limits};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,9 +28,14 @@ const MAX_FILE_BYTES: u64 = 256 << 20;
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct VerifyArgs {
-    /// A trail saved from `GET /v1/hearth/trails/{id}` (JSON): checked with no model and no
-    /// network (signatures, keys ↔ peer ids, linkage, model id, commitments, spot-check draws).
+    /// A trail saved from `GET /v1/hearth/trails/{id}` or `hearth generate --swarm --trail`
+    /// (JSON): checked with no model and no network (signatures, keys ↔ peer ids, linkage, model
+    /// id, commitments, spot-check draws).
     pub trail: Option<PathBuf>,
+    /// With a trail: also re-execute every hop with this model (GGUF file or HF folder) and
+    /// replay every token choice from the logits and the seed.
+    #[arg(long, requires = "trail")]
+    pub model: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<VerifyCommand>,
 }
@@ -59,7 +69,7 @@ pub(crate) fn run(args: VerifyArgs) -> Result<()> {
             }),
         ) => fraud_proof(&file, &model.path()?, tolerance),
         (_, Some(VerifyCommand::Calibrate(c))) => calibrate(&c),
-        (Some(trail), None) => trail_command(&trail),
+        (Some(trail), None) => trail_command(&trail, args.model.as_deref()),
         (None, None) => bail!("give a trail file, or a subcommand (fraud-proof, calibrate)"),
     }
 }
@@ -76,7 +86,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn trail_command(path: &Path) -> Result<()> {
+fn trail_command(path: &Path, model: Option<&Path>) -> Result<()> {
     let bytes = read_bounded(path)?;
     let started = Instant::now();
     let trail: Trail = serde_json::from_slice(&bytes)
@@ -93,10 +103,7 @@ fn trail_command(path: &Path) -> Result<()> {
         trail.spot_checks.fraud_proofs.len(),
         took.as_secs_f64() * 1000.0
     );
-    if report.problems.is_empty() {
-        println!("trail verifies");
-        Ok(())
-    } else {
+    if !report.problems.is_empty() {
         for p in &report.problems {
             println!("problem: {p}");
         }
@@ -105,6 +112,264 @@ fn trail_command(path: &Path) -> Result<()> {
             report.problems.len()
         )
     }
+    println!("trail verifies");
+    if let Some(model) = model {
+        let started = Instant::now();
+        let r = reexecute_trail(&trail, model)?;
+        println!(
+            "re-executed {} hops with {}: {} bit-exact, {} within tolerance, {} wrong (each one a \
+             node the trail records as caught); replayed {} of {} token choices; {:.0} ms",
+            r.exact + r.close + r.wrong,
+            model.display(),
+            r.exact,
+            r.close,
+            r.wrong,
+            r.tokens_replayed,
+            trail.tokens.as_ref().map_or(0, |t| t.generated.len()),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        if !r.problems.is_empty() {
+            for p in &r.problems {
+                println!("problem: {p}");
+            }
+            bail!(
+                "re-execution disagrees with the trail ({} problems)",
+                r.problems.len()
+            );
+        }
+        println!("every hop and every token choice re-checks");
+    }
+    Ok(())
+}
+
+/// What re-executing a trail found.
+#[derive(Default)]
+struct Reexecution {
+    exact: usize,
+    close: usize,
+    wrong: usize,
+    tokens_replayed: usize,
+    problems: Vec<String>,
+}
+
+/// The model's blocks run as the trail's hops ran them: one session per span, fed the inputs
+/// each hop received (recomputed here, rounded to the wire dtype), so every digest can be
+/// compared with the signed one.
+struct Shadow {
+    server: Arc<SliceServer>,
+    dtype: HiddenDType,
+    cols: usize,
+    max_len: usize,
+    /// Session and cached positions per span.
+    sessions: HashMap<(u32, u32), (SessionId, usize)>,
+    /// The wire-rounded states entering block `b`, positions 0.., row-major.
+    boundary: HashMap<u32, Vec<f32>>,
+}
+
+impl Shadow {
+    fn record(&mut self, block: u32, start: usize, rows: &[f32]) -> Result<()> {
+        let v = self.boundary.entry(block).or_default();
+        let at = start * self.cols;
+        ensure!(
+            at <= v.len(),
+            "positions before {start} never entered block {block}"
+        );
+        v.truncate(at);
+        v.extend_from_slice(rows);
+        Ok(())
+    }
+
+    /// Runs `span` on `x` (positions `start..`), catching its session up from the recorded
+    /// inputs of its first block; returns the wire-rounded output.
+    fn run(&mut self, span: BlockRange, start: usize, x: &[f32]) -> Result<Vec<f32>> {
+        let key = (span.start(), span.end());
+        let (id, cached) = match self.sessions.get(&key) {
+            Some(s) => *s,
+            None => (self.server.open_span(self.max_len, span)?, 0),
+        };
+        if cached < start {
+            let inputs = self
+                .boundary
+                .get(&span.start())
+                .and_then(|v| v.get(cached * self.cols..start * self.cols))
+                .with_context(|| format!("no inputs to catch blocks {span} up to {start}"))?
+                .to_vec();
+            self.step(id, cached, &inputs)?;
+        }
+        let out = self.step(id, start, x)?;
+        self.sessions.insert(key, (id, start + x.len() / self.cols));
+        self.record(span.end(), start, &out)?;
+        Ok(out)
+    }
+
+    fn step(&self, id: SessionId, start: usize, x: &[f32]) -> Result<Vec<f32>> {
+        let rows = x.len() / self.cols;
+        let t = Tensor::from_vec(x.to_vec(), (1, rows, self.cols), &Device::Cpu)?;
+        let y = self.server.step(id, start, &t)?;
+        let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(wire_round(self.dtype, self.cols as u32, &y))
+    }
+
+    fn digest(&self, start: usize, x: &[f32]) -> ContentHash {
+        let rows = (x.len() / self.cols) as u32;
+        HiddenStates::from_f32(self.dtype, start as u32, rows, self.cols as u32, x).digest()
+    }
+}
+
+/// Re-executes every pass of `trail` with the model and replays the sampler: checks that each
+/// step's first input is the embedding of the trail's tokens, that every hop's signed input and
+/// output digests are what the model computes (bit-exact) or its commitment is within the
+/// tolerance, and that every generated token is what the sampler picks from the logits.
+fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
+    let tokens = trail
+        .tokens
+        .as_ref()
+        .context("the trail has no token ids (written by an older hearth?)")?;
+    let params = trail
+        .sampling
+        .clone()
+        .context("the trail has no sampling parameters")?;
+    let dtype: HiddenDType = trail
+        .wire_dtype
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("trail wire dtype: {e}"))?;
+    let src = ModelSource::open(model).with_context(|| format!("opening {}", model.display()))?;
+    let ident = src.identity()?;
+    ensure!(
+        ident.model_id.to_hex() == trail.model_id,
+        "the trail is about model {}, {} is {}",
+        trail.model_id,
+        model.display(),
+        ident.model_id
+    );
+    let cfg = src.config().clone();
+    let opts = LoadOptions::default();
+    let head = src.load_head(&opts, None)?;
+    let all = BlockRange::full(cfg.num_blocks())?;
+    let server = Arc::new(SliceServer::new(
+        Arc::new(src.load_slice(all, &opts, None)?),
+        SessionLimits::default(),
+    ));
+    let all_tokens: Vec<u32> = tokens
+        .prompt
+        .iter()
+        .chain(&tokens.generated)
+        .copied()
+        .collect();
+    let mut shadow = Shadow {
+        server,
+        dtype,
+        cols: cfg.hidden_size,
+        max_len: all_tokens.len().max(1),
+        sessions: HashMap::new(),
+        boundary: HashMap::new(),
+    };
+    let caught: HashSet<&str> = trail
+        .spot_checks
+        .checks
+        .iter()
+        .filter(|c| c.outcome == "failed")
+        .map(|c| c.node.as_str())
+        .collect();
+    let sampler = Sampler::new(params)?;
+    let mut r = Reexecution::default();
+    // Whether some hop's output differed from the recomputation: from then on the recomputed
+    // states are not the ones the nodes received, and only commitments can be compared.
+    let mut diverged = false;
+    let receipts: Vec<Receipt> = trail
+        .receipts
+        .iter()
+        .map(|o| Ok(Receipt::from_bytes(&hex::decode(&o.bytes)?)?))
+        .collect::<Result<_>>()?;
+    for (i, step) in trail.steps.iter().enumerate() {
+        let Some(first) = step.receipts.first().and_then(|k| receipts.get(*k)) else {
+            continue;
+        };
+        let (start, rows) = (first.body.start as usize, first.body.rows() as usize);
+        let blocks: BlockRange = step.blocks.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut x = if step.replay {
+            shadow
+                .boundary
+                .get(&blocks.start())
+                .and_then(|v| v.get(start * shadow.cols..(start + rows) * shadow.cols))
+                .with_context(|| format!("pass {i}: replayed positions never computed"))?
+                .to_vec()
+        } else {
+            let ids = all_tokens
+                .get(start..start + rows)
+                .with_context(|| format!("pass {i}: positions beyond the trail's tokens"))?;
+            let e = head
+                .embed(ids)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let e = wire_round(dtype, cfg.hidden_size as u32, &e);
+            shadow.record(0, start, &e)?;
+            e
+        };
+        if (!step.replay || !diverged) && shadow.digest(start, &x).to_hex() != step.input {
+            r.problems.push(format!(
+                "pass {i}: its input is not {} of the trail's tokens",
+                if step.replay {
+                    "the recomputed history"
+                } else {
+                    "the embedding"
+                }
+            ));
+        }
+        for k in &step.receipts {
+            let (body, node) = (&receipts[*k].body, &trail.receipts[*k].node);
+            if !diverged && shadow.digest(start, &x) != body.input {
+                r.problems
+                    .push(format!("pass {i}: node {node} signed for another input"));
+            }
+            let out = shadow.run(body.span, start, &x)?;
+            if shadow.digest(start, &out) == body.output {
+                r.exact += 1;
+            } else {
+                diverged = true;
+                let c = compare_sketches(&body.commitment.rows, &out, shadow.cols);
+                if c.verdict(HONEST_TOLERANCE) == Verdict::Agrees {
+                    r.close += 1;
+                } else {
+                    r.wrong += 1;
+                    if !caught.contains(node.as_str()) {
+                        r.problems.push(format!(
+                            "pass {i}: node {node} (blocks {}) positions {start}..{}: {:.2e} off, \
+                             and the trail records no failed check of it",
+                            body.span,
+                            start + rows,
+                            c.max_error
+                        ));
+                    }
+                }
+            }
+            x = out;
+        }
+        if !step.replay {
+            // The token sampled from this step's last row.
+            let end = start + rows;
+            let s = end.checked_sub(tokens.prompt.len());
+            if let Some((s, &want)) = s.and_then(|s| Some((s, tokens.generated.get(s)?))) {
+                let last = Tensor::from_vec(
+                    x[(rows - 1) * shadow.cols..].to_vec(),
+                    (1, 1, shadow.cols),
+                    &Device::Cpu,
+                )?
+                .to_dtype(head.dtype())?;
+                let logits = head.logits_last(&last)?;
+                let got = sampler.sample(&logits, &all_tokens[..end], s as u64)?;
+                if got == want {
+                    r.tokens_replayed += 1;
+                } else {
+                    r.problems.push(format!(
+                        "token {s}: the sampler picks {got}, the trail says {want}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// The span's output for every row of `input` (positions from 0), computed in one prefill and

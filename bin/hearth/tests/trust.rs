@@ -7,6 +7,7 @@
 //! (`--check-probability 1`): the verifiers B and C both disagree with X, X is banned and
 //! replaced, a fraud proof is written, `hearth verify fraud-proof` re-checks it with the model,
 //! `hearth verify` checks the trail offline, and the token ids equal those of a run without X.
+//! The verdict persists: a later client process on the same `$HEARTH_HOME` never routes to X.
 //!
 //! Runs on SmolLM2-135M-Instruct (`HEARTH_SMOLLM2_GGUF`, as `failover.rs` does), converted to F16
 //! so that "lower precision" can be a Q4_0 of the same weights. Needs the `adversary` feature,
@@ -200,6 +201,20 @@ fn every_adversary_is_caught_proven_and_replaced_and_the_text_is_the_honest_one(
             "{what}: the trail does not verify: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+        // With the model: every hop re-executed (the cheater's are the wrong ones the trail
+        // records as caught) and every token choice replayed from the logits and the seed.
+        let out = hearth(home)
+            .arg("verify")
+            .arg(&trail)
+            .arg("--model")
+            .arg(&model)
+            .output()
+            .expect("verify trail --model");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("every hop and every token choice re-checks"),
+            "{what}: the trail does not re-execute: {said}"
+        );
         let trail_json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&trail).expect("trail")).expect("json");
         let checks = trail_json["spot_checks"]["checks"]
@@ -225,6 +240,34 @@ fn every_adversary_is_caught_proven_and_replaced_and_the_text_is_the_honest_one(
                 .output()
                 .expect("verify");
             assert!(!out.status.success(), "a tampered trail verified");
+            // A generated token that the sampler would not have picked: found by the replay.
+            let mut lying = trail_json.clone();
+            let first = lying["tokens"]["generated"][0].as_u64().expect("a token");
+            lying["tokens"]["generated"][0] = serde_json::Value::from(first + 1);
+            let bad = home.join("lying.json");
+            std::fs::write(&bad, serde_json::to_vec(&lying).expect("json")).expect("write");
+            let out = hearth(home)
+                .arg("verify")
+                .arg(&bad)
+                .arg("--model")
+                .arg(&model)
+                .output()
+                .expect("verify");
+            assert!(
+                !out.status.success(),
+                "a trail with a forged token re-executed"
+            );
+            // The verdict persists ($HEARTH_HOME/reputation.json): a new client process, checking
+            // nothing, never routes to the cheater although it still claims to be the fastest.
+            let sessions = |x: &NodeProc| x.log().matches("session opened").count();
+            let before = sessions(&x);
+            let (ids, log) = generate(home, &model, &a.addr, &["--check-probability", "0"]);
+            assert_eq!(ids, honest, "{log}");
+            assert_eq!(
+                sessions(&x),
+                before,
+                "a caught cheater got a session again: {log}"
+            );
         }
         drop(x);
     }

@@ -2,7 +2,7 @@
 //! the embeddings and the head, nodes run the blocks) or in-process slices (`--local`, one
 //! machine, no network). Both are blocking and run on tokio's blocking pool.
 
-use crate::trail::{trail_of, RouteHop, Trail};
+use crate::trail::{trail_of, RouteHop, TokensOut, Trail};
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{
     generate_cancellable, ClientHead, EngineError, Generation, HeadBatchStats, HeadBatcher,
@@ -114,6 +114,7 @@ impl Backend for SwarmBackend {
         let max_len = (job.prompt.len() + job.params.max_tokens).min(self.context_len);
         let chain = self.client.chain(self.model_id, self.n_blocks, max_len);
         let log = chain.log();
+        let (prompt, params) = (job.prompt.to_vec(), job.params.clone());
         let result = run_job(
             &self.head,
             self.batcher.as_ref(),
@@ -122,7 +123,15 @@ impl Backend for SwarmBackend {
             job,
         );
         let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        (result, trail_of(&self.model_id, &log))
+        let mut trail = trail_of(&self.model_id, &log, self.client.config().dtype);
+        if let Ok(g) = &result {
+            trail.tokens = Some(TokensOut {
+                prompt,
+                generated: g.tokens.clone(),
+            });
+            trail.sampling = Some(params);
+        }
+        (result, trail)
     }
 }
 

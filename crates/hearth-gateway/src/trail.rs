@@ -35,10 +35,30 @@ pub struct Trail {
     /// Whether every receipt verified against its node's key and the exact bytes exchanged, and
     /// every pass's receipts link from the client's input through every block.
     pub all_verified: bool,
+    /// Element type of the hidden states on the wire (`f16`, `bf16`, `f32`): what a verifier
+    /// with the model needs to recompute the digests.
+    #[serde(default)]
+    pub wire_dtype: String,
+    /// The prompt's and the generated token ids (`None` when the generation failed before any).
+    #[serde(default)]
+    pub tokens: Option<TokensOut>,
+    /// The sampling parameters, seed included: with the logits, every token choice can be
+    /// replayed (`hearth verify TRAIL --model M`).
+    #[serde(default)]
+    pub sampling: Option<hearth_sampling::SamplingParams>,
     /// Per node: answered steps and the total time spent waiting on them (for metrics; not
     /// serialized).
     #[serde(skip)]
     pub node_latency: Vec<(String, u64, Duration)>,
+}
+
+/// The tokens of a generation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TokensOut {
+    /// The prompt's token ids, as fed to the model.
+    pub prompt: Vec<u32>,
+    /// The generated token ids, in order.
+    pub generated: Vec<u32>,
 }
 
 /// One hop of a route: a node and the blocks it runs.
@@ -164,8 +184,8 @@ fn outcome_name(o: CheckOutcome) -> &'static str {
     }
 }
 
-/// The trail of a swarm chain's log.
-pub fn trail_of(model_id: &ContentHash, log: &ChainLog) -> Trail {
+/// The trail of a swarm chain's log, for hidden states of `dtype` on the wire.
+pub fn trail_of(model_id: &ContentHash, log: &ChainLog, dtype: hearth_wire::HiddenDType) -> Trail {
     let receipts: Vec<ReceiptOut> = log
         .receipts
         .iter()
@@ -195,6 +215,9 @@ pub fn trail_of(model_id: &ContentHash, log: &ChainLog) -> Trail {
         .collect();
     Trail {
         model_id: model_id.to_hex(),
+        wire_dtype: dtype.name().into(),
+        tokens: None,
+        sampling: None,
         route: log
             .route
             .iter()

@@ -58,6 +58,9 @@ pub struct ClientConfig {
     pub spot_checks: Option<SpotCheckPolicy>,
     /// Largest worst-row relative error a re-execution may show before the node is suspected.
     pub tolerance: f64,
+    /// Where node reputations persist between runs (JSON; `None`: this process only). A node
+    /// caught cheating stays excluded for every later chain that reads the file.
+    pub reputation_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -76,6 +79,7 @@ impl Default for ClientConfig {
             default_rtt: Duration::from_millis(2),
             spot_checks: Some(SpotCheckPolicy::default()),
             tolerance: hearth_verify::HONEST_TOLERANCE,
+            reputation_file: None,
         }
     }
 }
@@ -105,12 +109,43 @@ impl SwarmClient {
     /// Joins the network with a fresh identity (clients need no persistent name).
     pub async fn start(cfg: ClientConfig) -> Result<Self> {
         let net = Net::start(&NodeIdentity::generate(), cfg.net.clone()).await?;
+        let reputations = cfg
+            .reputation_file
+            .as_deref()
+            .map(load_reputations)
+            .unwrap_or_default();
         Ok(Self {
             net,
             cfg: Arc::new(cfg),
             runtime: tokio::runtime::Handle::current(),
-            reputations: Arc::default(),
+            reputations: Arc::new(Mutex::new(reputations)),
         })
+    }
+
+    /// Writes the reputations to [`ClientConfig::reputation_file`], if any (atomically: a
+    /// temporary file renamed over the old one). Chains call it when they end.
+    pub fn save_reputations(&self) {
+        let Some(path) = &self.cfg.reputation_file else {
+            return;
+        };
+        let map: std::collections::BTreeMap<String, Reputation> = self
+            .reputations()
+            .iter()
+            .map(|(p, r)| (p.to_string(), *r))
+            .collect();
+        let result = serde_json::to_vec_pretty(&map)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, path)
+            });
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), "cannot save node reputations: {e}");
+        }
     }
 
     /// What this client has observed of `peer` (checked windows, measured latency).
@@ -125,6 +160,11 @@ impl SwarmClient {
     /// The client's handle on the network.
     pub fn net(&self) -> &Net {
         &self.net
+    }
+
+    /// The settings it was started with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
     }
 
     /// Every server that currently announces `model` with a valid, unexpired record.
@@ -226,6 +266,34 @@ impl SwarmClient {
             })),
         }
     }
+}
+
+/// Largest reputation file read (a few hundred bytes per node).
+const MAX_REPUTATION_FILE: u64 = 16 << 20;
+
+/// The reputations in `path`; an absent, oversized or unreadable file is an empty start (with a
+/// warning for the last two): losing scores costs checks, never correctness.
+fn load_reputations(path: &std::path::Path) -> HashMap<PeerId, Reputation> {
+    let read = || -> std::result::Result<HashMap<PeerId, Reputation>, String> {
+        let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        if len > MAX_REPUTATION_FILE {
+            return Err(format!("{len} bytes, more than {MAX_REPUTATION_FILE}"));
+        }
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let map: HashMap<String, Reputation> =
+            serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        Ok(map
+            .into_iter()
+            .filter_map(|(p, r)| Some((p.parse().ok()?, r)))
+            .collect())
+    };
+    if !path.exists() {
+        return HashMap::new();
+    }
+    read().unwrap_or_else(|e| {
+        tracing::warn!(path = %path.display(), "ignoring the reputation file: {e}");
+        HashMap::new()
+    })
 }
 
 /// Unpredictable bytes (session keys, spot-check seeds) from the operating system.
@@ -1231,6 +1299,10 @@ pub fn short_peer(peer: &PeerId) -> String {
 impl Drop for SwarmChain {
     fn drop(&mut self) {
         self.log_mut().spot_seed = Some(self.spot_seed);
+        if self.spot_checks.is_some() {
+            // Only a generation's chain (a check's re-execution has no checks of its own).
+            self.client.save_reputations();
+        }
         // Closing the streams lets nodes free the sessions at once instead of at idle expiry.
         for hop in &mut self.hops {
             if let Some(mut s) = hop.stream.take() {

@@ -27,7 +27,7 @@ pub enum Standing {
 }
 
 /// What a client knows of one node. Plain data: the swarm persists it.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reputation {
     /// Windows re-executed and found within tolerance.
     pub passed: u64,
