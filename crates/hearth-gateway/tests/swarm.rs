@@ -188,6 +188,25 @@ async fn swarm_answers_carry_verifiable_receipts_and_hangups_free_node_sessions(
         assert!(forged.verify().is_err());
     }
     assert_eq!(trail["all_verified"], true);
+    // The trail as a light client reads it: every check passes, every pass links, and it carries
+    // what a re-execution needs.
+    let parsed: hearth_gateway::Trail = serde_json::from_value(trail.clone()).unwrap();
+    let report = hearth_gateway::verify_trail(&parsed);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.receipts, receipts.len());
+    assert_eq!(
+        2 * report.steps,
+        receipts.len(),
+        "one linked pass of two hops per step"
+    );
+    let tokens = parsed.tokens.clone().expect("token ids in the trail");
+    assert_eq!(tokens.generated.len(), steps);
+    assert!(parsed.sampling.is_some());
+    // Dropping a receipt from a pass breaks its linkage, and the light client says so.
+    let mut cut = parsed.clone();
+    cut.tokens = None;
+    cut.steps[0].receipts.remove(0);
+    assert!(!hearth_gateway::verify_trail(&cut).problems.is_empty());
 
     // A long streamed generation whose client hangs up: both nodes free the session.
     let long = json!({"model": "m", "prompt": "a", "max_tokens": 1500, "stream": true});
