@@ -7,7 +7,7 @@ use hearth_engine::identity::identity_cached;
 use hearth_engine::{generate, ClientHead, Generation, ModelSource, Pipeline};
 use hearth_sampling::SamplingParams;
 use hearth_swarm::client::short_peer;
-use hearth_swarm::{ClientConfig, SwarmClient};
+use hearth_swarm::{CheckOutcome, ClientConfig, SwarmClient};
 use hearth_tokenizer::Tokenizer;
 use std::io::Write;
 use std::path::PathBuf;
@@ -91,7 +91,22 @@ pub(crate) fn generate_through_swarm(
         "{linked} of {} passes through the chain linked (each hop's input = the previous output)",
         log.steps.len()
     );
-    for c in &log.checks {
+    let unverifiable = log
+        .checks
+        .iter()
+        .filter(|c| c.outcome == CheckOutcome::NoVerifier)
+        .count();
+    if unverifiable > 0 {
+        eprintln!(
+            "{unverifiable} windows drawn for a spot check had no second server of their blocks \
+             to re-execute them"
+        );
+    }
+    for c in log
+        .checks
+        .iter()
+        .filter(|c| c.outcome != CheckOutcome::NoVerifier)
+    {
         eprintln!(
             "spot check: {} [{}] positions {}..{}: {:?}, worst row {:.2e} off ({} verifiers)",
             short_peer(&c.peer),
