@@ -657,9 +657,36 @@ fn run_as_node(server: &Arc<SliceServer>, input: &HiddenStates, prefill: u32) ->
 
 fn step_all(
     server: &Arc<SliceServer>,
-    id: hearth_engine::SessionId,
+    id: SessionId,
     input: &HiddenStates,
     prefill: u32,
+) -> Result<Vec<f32>> {
+    let out = as_generation(input, prefill, |start, t, _| Ok(server.step(id, start, t)?));
+    let _ = server.close(id);
+    out
+}
+
+/// As [`run_as_node`], every step batched with a step of an unrelated session.
+fn run_batched(server: &Arc<SliceServer>, input: &HiddenStates, prefill: u32) -> Result<Vec<f32>> {
+    let id = server.open(input.rows as usize)?;
+    let other = server.open(input.rows as usize)?;
+    let out = as_generation(input, prefill, |start, t, x| {
+        let noise: Vec<f32> = x.iter().map(|v| v * 0.5 + 0.01).collect();
+        let u = Tensor::from_vec(noise, t.dims(), &Device::Cpu)?;
+        let mut results = server.step_batch(vec![(id, start, t.clone()), (other, start, u)]);
+        Ok(results.remove(0)?)
+    });
+    let _ = server.close(id);
+    let _ = server.close(other);
+    out
+}
+
+/// Feeds `input` to `step(start, tensor, values)` as a generation does (a prefill of `prefill`
+/// rows, then one row at a time) and returns the wire-rounded outputs, row-major.
+fn as_generation(
+    input: &HiddenStates,
+    prefill: u32,
+    mut step: impl FnMut(usize, &Tensor, &[f32]) -> Result<Tensor>,
 ) -> Result<Vec<f32>> {
     let cols = input.cols as usize;
     let x = input.to_f32();
@@ -671,47 +698,12 @@ fn step_all(
         } else {
             1
         };
-        let t = Tensor::from_vec(
-            x[start * cols..(start + rows) * cols].to_vec(),
-            (1, rows, cols),
-            &Device::Cpu,
-        )?;
-        let y = server.step(id, start, &t)?;
+        let values = &x[start * cols..(start + rows) * cols];
+        let t = Tensor::from_vec(values.to_vec(), (1, rows, cols), &Device::Cpu)?;
+        let y = step(start, &t, values)?;
         out.extend(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
         start += rows;
     }
-    let _ = server.close(id);
-    Ok(wire_round(input.dtype, input.cols, &out))
-}
-
-/// As [`run_as_node`], every step batched with a step of an unrelated session.
-fn run_batched(server: &Arc<SliceServer>, input: &HiddenStates, prefill: u32) -> Result<Vec<f32>> {
-    let cols = input.cols as usize;
-    let x = input.to_f32();
-    let id = server.open(input.rows as usize)?;
-    let other = server.open(input.rows as usize)?;
-    let mut out = Vec::with_capacity(x.len());
-    let mut start = 0usize;
-    while start < input.rows as usize {
-        let rows = if start == 0 {
-            (prefill as usize).min(input.rows as usize)
-        } else {
-            1
-        };
-        let t = Tensor::from_vec(
-            x[start * cols..(start + rows) * cols].to_vec(),
-            (1, rows, cols),
-            &Device::Cpu,
-        )?;
-        let noise: Vec<f32> = x[..rows * cols].iter().map(|v| v * 0.5 + 0.01).collect();
-        let u = Tensor::from_vec(noise, (1, rows, cols), &Device::Cpu)?;
-        let mut results = server.step_batch(vec![(id, start, t), (other, start, u)]);
-        let y = results.remove(0)?;
-        out.extend(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
-        start += rows;
-    }
-    let _ = server.close(id);
-    let _ = server.close(other);
     Ok(wire_round(input.dtype, input.cols, &out))
 }
 

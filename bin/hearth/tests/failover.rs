@@ -10,11 +10,11 @@
 
 mod common;
 
-use common::{hearth, wait_for, NodeProc};
+use common::{hearth, smollm2, token_ids, wait_for, NodeProc};
 use hearth_core::SplitMix64;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 const PROMPT: &str = "The three most useful things to pack for a week of hiking are";
@@ -59,17 +59,7 @@ fn client_with(home: &Path, model: &Path, bootstrap: &str, extra: &[&str]) -> Ch
 
 /// The client's token ids and its log.
 fn finish(child: Child) -> (Vec<u32>, String) {
-    let Output { status, stderr, .. } = child.wait_with_output().expect("client output");
-    let log = String::from_utf8_lossy(&stderr).to_string();
-    assert!(status.success(), "client failed: {log}");
-    let ids = log
-        .lines()
-        .find_map(|l| l.strip_prefix("token ids: "))
-        .unwrap_or_else(|| panic!("no token ids printed: {log}"))
-        .split_whitespace()
-        .map(|t| t.parse().expect("token id"))
-        .collect();
-    (ids, log)
+    token_ids(child.wait_with_output().expect("client output"))
 }
 
 /// `model` converted to `quant` in `dir` (the file as is for `None`).
@@ -155,19 +145,6 @@ fn kills() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2)
-}
-
-fn smollm2() -> Option<PathBuf> {
-    match std::env::var_os("HEARTH_SMOLLM2_GGUF") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("HEARTH_SMOLLM2_GGUF must be set under CI")
-        }
-        None => {
-            eprintln!("SKIPPED: set HEARTH_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf");
-            None
-        }
-    }
 }
 
 #[test]

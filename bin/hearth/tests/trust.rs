@@ -15,26 +15,13 @@
 
 mod common;
 
-use common::{hearth, NodeProc};
+use common::{hearth, smollm2, token_ids, NodeProc};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 const PROMPT: &str = "The three most useful things to pack for a week of hiking are";
 const MAX_TOKENS: usize = 40;
-
-fn smollm2() -> Option<PathBuf> {
-    match std::env::var_os("HEARTH_SMOLLM2_GGUF") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("HEARTH_SMOLLM2_GGUF must be set under CI")
-        }
-        None => {
-            eprintln!("SKIPPED: set HEARTH_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf");
-            None
-        }
-    }
-}
 
 fn convert(home: &Path, model: &Path, quant: &str, name: &str) -> PathBuf {
     let out = home.join(name);
@@ -78,7 +65,7 @@ fn node(
 
 /// Runs a client to the end; returns its token ids and log.
 fn generate(home: &Path, model: &Path, boot: &str, extra: &[&str]) -> (Vec<u32>, String) {
-    let Output { status, stderr, .. } = hearth(home)
+    let output = hearth(home)
         .args(["--threads", "1", "generate", "--swarm", "--model"])
         .arg(model)
         .args(["--prompt", PROMPT, "--token-ids"])
@@ -90,16 +77,7 @@ fn generate(home: &Path, model: &Path, boot: &str, extra: &[&str]) -> (Vec<u32>,
         .stderr(Stdio::piped())
         .output()
         .expect("run client");
-    let log = String::from_utf8_lossy(&stderr).to_string();
-    assert!(status.success(), "client failed: {log}");
-    let ids = log
-        .lines()
-        .find_map(|l| l.strip_prefix("token ids: "))
-        .unwrap_or_else(|| panic!("no token ids printed: {log}"))
-        .split_whitespace()
-        .map(|t| t.parse().expect("token id"))
-        .collect();
-    (ids, log)
+    token_ids(output)
 }
 
 /// Lets a new node's DHT records reach the others before a client looks for servers.

@@ -113,3 +113,32 @@ pub(crate) fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// SmolLM2-135M-Instruct's GGUF from `HEARTH_SMOLLM2_GGUF`; without it `None` (the test says
+/// SKIPPED), except under CI (`CI=true`), where that is a failure.
+pub(crate) fn smollm2() -> Option<std::path::PathBuf> {
+    match std::env::var_os("HEARTH_SMOLLM2_GGUF") {
+        Some(p) => Some(std::path::PathBuf::from(p)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("HEARTH_SMOLLM2_GGUF must be set under CI")
+        }
+        None => {
+            eprintln!("SKIPPED: set HEARTH_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf");
+            None
+        }
+    }
+}
+
+/// A finished `hearth generate --token-ids` run: its token ids and its log (panics if it failed).
+pub(crate) fn token_ids(output: std::process::Output) -> (Vec<u32>, String) {
+    let log = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "client failed: {log}");
+    let ids = log
+        .lines()
+        .find_map(|l| l.strip_prefix("token ids: "))
+        .unwrap_or_else(|| panic!("no token ids printed: {log}"))
+        .split_whitespace()
+        .map(|t| t.parse().expect("token id"))
+        .collect();
+    (ids, log)
+}
