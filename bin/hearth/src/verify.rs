@@ -617,7 +617,8 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "adversary")]
+/// Each output cheat applied to the honest node's rows (needs hearth-swarm's `adversary`
+/// feature: test builds have it, release builds only with `--features adversary`).
 fn cheats(
     add: &mut impl FnMut(&str, bool, &[f32], &[f32]),
     node: &[f32],
@@ -627,26 +628,14 @@ fn cheats(
 ) -> Result<()> {
     use hearth_swarm::adversary::Adversary;
     let x = input.to_f32();
-    let honest = node.to_vec();
     for mode in ["noise:1e-3", "noise:1e-2", "stale", "random", "copy-input"] {
         let a: Adversary = mode.parse().map_err(anyhow::Error::msg)?;
-        let mut out = honest.clone();
+        let mut out = node.to_vec();
         a.corrupt(u64::from(trial), cols as usize, &x, &mut out, None);
         let out = wire_round(input.dtype, cols, &out);
-        add(mode, false, &out, &honest);
+        add(mode, false, &out, node);
     }
     Ok(())
-}
-
-#[cfg(not(feature = "adversary"))]
-fn cheats(
-    _: &mut impl FnMut(&str, bool, &[f32], &[f32]),
-    _: &[f32],
-    _: &HiddenStates,
-    _: u32,
-    _: u32,
-) -> Result<()> {
-    bail!("--cheats needs a build with the `adversary` feature (cargo run --features adversary)")
 }
 
 /// Answers as a node serving a generation would: a prefill of one window, then one-token steps.

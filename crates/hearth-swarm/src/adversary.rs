@@ -94,6 +94,17 @@ impl std::str::FromStr for Adversary {
 }
 
 #[cfg(feature = "adversary")]
+#[cfg(not(feature = "adversary"))]
+impl Adversary {
+    /// Without the feature no [`Adversary`] can be parsed, so this is never reached.
+    pub fn cheats_at(&self, _session: &[u8; 16], _position: u32) -> bool {
+        false
+    }
+
+    /// Without the feature: leaves `values` honest (no [`Adversary`] can exist in such a build).
+    pub fn corrupt(&self, _: u64, _: usize, _: &[f32], _: &mut [f32], _: Option<&[f32]>) {}
+}
+
 #[cfg(feature = "adversary")]
 mod enabled {
     use super::{Adversary, Cheat};
