@@ -93,7 +93,6 @@ impl std::str::FromStr for Adversary {
     }
 }
 
-#[cfg(feature = "adversary")]
 #[cfg(not(feature = "adversary"))]
 impl Adversary {
     /// Without the feature no [`Adversary`] can be parsed, so this is never reached.
