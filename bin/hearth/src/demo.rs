@@ -11,7 +11,7 @@ use crate::common::{hearth_home, hub, model_path, runtime, DEFAULT_SHAPE};
 use crate::local_swarm::{loopback_client, spawn_nodes};
 use crate::model::Bars;
 use crate::serve::{default_model_name, serve_blocking, swarm_backend, API_KEYS_ENV};
-use crate::swarm_generate::{generate_through_swarm, SwarmOutputs};
+use crate::swarm_generate::{generate_through_swarm, SwarmOptions};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hearth_core::{ApiKeys, BlockRange};
@@ -112,9 +112,9 @@ pub(crate) fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
         &prompt,
         &params,
         client.clone(),
-        &SwarmOutputs {
+        &SwarmOptions {
             print_receipts: Some(spans.len()),
-            ..SwarmOutputs::default()
+            ..SwarmOptions::default()
         },
         &shown,
     )?;

@@ -3,7 +3,7 @@
 
 use crate::common::ModelArgs;
 use crate::net_args::NetArgs;
-use crate::swarm_generate::{generate_through_swarm, SwarmOutputs};
+use crate::swarm_generate::{generate_through_swarm, SwarmOptions};
 use anyhow::{Context, Result};
 use clap::Args;
 use hearth_core::BlockRange;
@@ -76,6 +76,10 @@ pub(crate) struct GenerateArgs {
     /// for `hearth verify FILE`.
     #[arg(long)]
     pub trail: Option<std::path::PathBuf>,
+    /// With --swarm: run the first and the last N blocks in this process, so that no node sees
+    /// the hidden states right after the embeddings or right before the head.
+    #[arg(long, default_value_t = 0, requires = "swarm")]
+    pub private_edges: u32,
     /// With --swarm: where fraud proofs against caught nodes go (default:
     /// $HEARTH_HOME/fraud-proofs), for `hearth verify fraud-proof FILE --model M`.
     #[arg(long)]
@@ -124,10 +128,11 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
             &prompt,
             &params(&args),
             args.net.client_config(),
-            &SwarmOutputs {
+            &SwarmOptions {
                 print_receipts: args.receipts.then_some(usize::MAX),
                 trail: args.trail.clone(),
                 fraud_dir: args.fraud_dir.clone(),
+                private_edges: args.private_edges,
             },
             &args.prompt,
         )?;

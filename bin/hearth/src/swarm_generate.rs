@@ -3,8 +3,11 @@
 
 use crate::common::{hearth_home, runtime};
 use anyhow::Result;
+use hearth_core::BlockRange;
 use hearth_engine::identity::identity_cached;
-use hearth_engine::{generate, ClientHead, Generation, ModelSource, Pipeline};
+use hearth_engine::{
+    generate, ClientHead, Generation, HiddenStage, LoadOptions, LocalStage, ModelSource, Pipeline,
+};
 use hearth_sampling::SamplingParams;
 use hearth_swarm::client::short_peer;
 use hearth_swarm::{CheckOutcome, ClientConfig, SwarmClient};
@@ -14,15 +17,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What to report of a generation besides its text.
+/// How a generation runs through the swarm (private edges) and what is reported besides its text.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct SwarmOutputs {
+pub(crate) struct SwarmOptions {
     /// Print the last this many receipts.
     pub print_receipts: Option<usize>,
     /// Write the trail (JSON) here.
     pub trail: Option<PathBuf>,
     /// Write fraud proofs here (default `$HEARTH_HOME/fraud-proofs`).
     pub fraud_dir: Option<PathBuf>,
+    /// Blocks run in this process at each end of the model (0: the swarm runs them all).
+    pub private_edges: u32,
 }
 
 /// Generates through the swarm with `head` kept in this process; returns what was generated.
@@ -34,7 +39,7 @@ pub(crate) fn generate_through_swarm(
     prompt: &[u32],
     params: &SamplingParams,
     client: ClientConfig,
-    outputs: &SwarmOutputs,
+    outputs: &SwarmOptions,
     prompt_text: &str,
 ) -> Result<Generation> {
     let print_receipts = outputs.print_receipts;
@@ -47,13 +52,33 @@ pub(crate) fn generate_through_swarm(
         "looking for servers of model {} ...",
         ident.model_id.short()
     );
-    let servers = rt.block_on(client.wait_for_coverage(&ident.model_id, n_blocks))?;
-    eprintln!("{} servers cover all {n_blocks} blocks", servers.len());
-    let chain = client.chain(ident.model_id, n_blocks, max_len);
+    let edges = outputs.private_edges;
+    anyhow::ensure!(
+        2 * edges < n_blocks,
+        "--private-edges {edges} leaves no blocks to the swarm ({n_blocks} blocks)"
+    );
+    let remote = BlockRange::new(edges, n_blocks - edges)?;
+    let servers = rt.block_on(client.wait_for_range(&ident.model_id, n_blocks, remote))?;
+    eprintln!("{} servers cover blocks {remote}", servers.len());
+    let chain = client.chain_range(ident.model_id, n_blocks, remote, max_len);
     let log = chain.log();
+    let mut stages: Vec<Box<dyn HiddenStage>> = Vec::new();
+    if edges > 0 {
+        // The first and last blocks run here: nodes never see the states next to the tokens.
+        let opts = LoadOptions::default();
+        let first = BlockRange::new(0, edges)?;
+        let last = BlockRange::new(n_blocks - edges, n_blocks)?;
+        stages.push(Box::new(LocalStage::load(
+            src, first, &opts, max_len, None,
+        )?));
+        stages.push(Box::new(chain));
+        stages.push(Box::new(LocalStage::load(src, last, &opts, max_len, None)?));
+    } else {
+        stages.push(Box::new(chain));
+    }
     let mut pipeline = Pipeline {
         head,
-        stages: vec![Box::new(chain)],
+        stages,
         head_batch: None,
     };
     let mut stdout = std::io::stdout();
@@ -70,7 +95,15 @@ pub(crate) fn generate_through_swarm(
         .iter()
         .map(|(p, r)| format!("{} [{r}]", short_peer(p)))
         .collect();
-    eprintln!("route: client -> {} -> client", route.join(" -> "));
+    if edges > 0 {
+        eprintln!(
+            "route: client [0..{edges}] -> {} -> client [{}..{n_blocks}]",
+            route.join(" -> "),
+            n_blocks - edges
+        );
+    } else {
+        eprintln!("route: client -> {} -> client", route.join(" -> "));
+    }
     for f in &log.failovers {
         eprintln!(
             "failover: {} [{}] dropped ({}); replaced in {:.0} ms replaying {} positions",

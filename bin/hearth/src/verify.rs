@@ -182,6 +182,18 @@ impl Shadow {
     /// Runs `span` on `x` (positions `start..`), catching its session up from the recorded
     /// inputs of its first block; returns the wire-rounded output.
     fn run(&mut self, span: BlockRange, start: usize, x: &[f32]) -> Result<Vec<f32>> {
+        self.run_with(span, start, x, true)
+    }
+
+    /// As [`Shadow::run`]; `round` says whether the output goes on the wire (rounded to its
+    /// dtype) or stays in the client (the last blocks under `--private-edges`).
+    fn run_with(
+        &mut self,
+        span: BlockRange,
+        start: usize,
+        x: &[f32],
+        round: bool,
+    ) -> Result<Vec<f32>> {
         let key = (span.start(), span.end());
         let (id, cached) = match self.sessions.get(&key) {
             Some(s) => *s,
@@ -194,20 +206,24 @@ impl Shadow {
                 .and_then(|v| v.get(cached * self.cols..start * self.cols))
                 .with_context(|| format!("no inputs to catch blocks {span} up to {start}"))?
                 .to_vec();
-            self.step(id, cached, &inputs)?;
+            self.step(id, cached, &inputs, true)?;
         }
-        let out = self.step(id, start, x)?;
+        let out = self.step(id, start, x, round)?;
         self.sessions.insert(key, (id, start + x.len() / self.cols));
         self.record(span.end(), start, &out)?;
         Ok(out)
     }
 
-    fn step(&self, id: SessionId, start: usize, x: &[f32]) -> Result<Vec<f32>> {
+    fn step(&self, id: SessionId, start: usize, x: &[f32], round: bool) -> Result<Vec<f32>> {
         let rows = x.len() / self.cols;
         let t = Tensor::from_vec(x.to_vec(), (1, rows, self.cols), &Device::Cpu)?;
         let y = self.server.step(id, start, &t)?;
         let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(wire_round(self.dtype, self.cols as u32, &y))
+        Ok(if round {
+            wire_round(self.dtype, self.cols as u32, &y)
+        } else {
+            y
+        })
     }
 
     fn digest(&self, start: usize, x: &[f32]) -> ContentHash {
@@ -303,9 +319,16 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            let e = wire_round(dtype, cfg.hidden_size as u32, &e);
-            shadow.record(0, start, &e)?;
-            e
+            if blocks.start() > 0 {
+                // `--private-edges`: the client ran the first blocks itself, on the embedding as
+                // is, and sent their output.
+                shadow.record(0, start, &e)?;
+                shadow.run(BlockRange::new(0, blocks.start())?, start, &e)?
+            } else {
+                let e = wire_round(dtype, cfg.hidden_size as u32, &e);
+                shadow.record(0, start, &e)?;
+                e
+            }
         };
         if (!step.replay || !diverged) && shadow.digest(start, &x).to_hex() != step.input {
             r.problems.push(format!(
@@ -345,6 +368,11 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
                 }
             }
             x = out;
+        }
+        if !step.replay && blocks.end() < all.end() {
+            // `--private-edges`: the client ran the last blocks itself, on what the swarm sent.
+            let tail = BlockRange::new(blocks.end(), all.end())?;
+            x = shadow.run_with(tail, start, &x, false)?;
         }
         if !step.replay {
             // The token sampled from this step's last row.

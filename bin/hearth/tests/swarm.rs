@@ -447,3 +447,48 @@ fn a_node_follows_its_energy_agent() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// `--private-edges 2`: the client runs blocks 0..2 and 4..6 itself and the swarm only 2..4, so
+/// the node serving 0..2 gets no session; the text is the local one, and the trail re-executes
+/// (the first pass's input is the output of the client's own first blocks).
+#[test]
+fn private_edges_keep_the_first_and_last_blocks_in_the_client() {
+    let (_d, home) = home();
+    let expected = local_text(&home, 16);
+    let a = node(&home, "a", "0..2", None, &[]);
+    let _b = node(&home, "b", "2..4", Some(&a.addr), &[]);
+    let trail = home.join("trail.json");
+    let extra = [
+        "--private-edges",
+        "2",
+        "--trail",
+        trail.to_str().expect("utf-8"),
+    ];
+    let (text, log) = finish(swarm_client_with(&home, &a.addr, 16, &extra));
+    assert_eq!(text, expected, "{log}");
+    assert!(log.contains("route: client [0..2] -> "), "{log}");
+    assert!(log.contains("[2..4] -> client [4..6]"), "{log}");
+    assert!(!a.log().contains("session opened"), "{}", a.log());
+    let model = home.join("models").join("synth-tiny");
+    let out = hearth(&home)
+        .arg("verify")
+        .arg(&trail)
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .expect("verify");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("every hop and every token choice re-checks"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // More private blocks than the model has: a clear refusal.
+    let out = hearth(&home)
+        .args(["generate", "--swarm", "--synth", "tiny", "--prompt", PROMPT])
+        .args(["--private-edges", "3", "--bootstrap", &a.addr, "--no-mdns"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("leaves no blocks to the swarm"));
+}

@@ -199,8 +199,18 @@ impl SwarmClient {
         model: &ContentHash,
         n_blocks: u32,
     ) -> Result<Vec<ServerEntry>> {
-        let deadline = Instant::now() + self.cfg.cover_timeout;
         let full = BlockRange::full(n_blocks)?;
+        self.wait_for_range(model, n_blocks, full).await
+    }
+
+    /// As [`SwarmClient::wait_for_coverage`], for blocks `full` of the model only.
+    pub async fn wait_for_range(
+        &self,
+        model: &ContentHash,
+        n_blocks: u32,
+        full: BlockRange,
+    ) -> Result<Vec<ServerEntry>> {
+        let deadline = Instant::now() + self.cfg.cover_timeout;
         loop {
             let servers = self.servers(model, n_blocks).await;
             let views = views(&servers, &self.cfg, &self.reputations());
@@ -231,6 +241,19 @@ impl SwarmClient {
     /// happens at the first step.
     pub fn chain(&self, model: ContentHash, n_blocks: u32, max_len: usize) -> SwarmChain {
         let range = BlockRange::full(n_blocks.max(1)).expect("n_blocks >= 1");
+        self.chain_over(model, n_blocks, range, max_len, HashSet::new())
+            .with_spot_checks(self.cfg.spot_checks)
+    }
+
+    /// A chain over blocks `range` of the model only, with spot checks: the swarm part of a
+    /// client that runs the first and last blocks itself (`--private-edges`).
+    pub fn chain_range(
+        &self,
+        model: ContentHash,
+        n_blocks: u32,
+        range: BlockRange,
+        max_len: usize,
+    ) -> SwarmChain {
         self.chain_over(model, n_blocks, range, max_len, HashSet::new())
             .with_spot_checks(self.cfg.spot_checks)
     }
