@@ -59,7 +59,11 @@ pub(crate) fn generate_through_swarm(
     );
     let remote = BlockRange::new(edges, n_blocks - edges)?;
     let servers = rt.block_on(client.wait_for_range(&ident.model_id, n_blocks, remote))?;
-    eprintln!("{} servers cover blocks {remote}", servers.len());
+    if edges > 0 {
+        eprintln!("{} servers cover blocks {remote}", servers.len());
+    } else {
+        eprintln!("{} servers cover all {n_blocks} blocks", servers.len());
+    }
     let chain = client.chain_range(ident.model_id, n_blocks, remote, max_len);
     let log = chain.log();
     let mut stages: Vec<Box<dyn HiddenStage>> = Vec::new();
