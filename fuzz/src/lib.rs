@@ -65,7 +65,10 @@ pub fn use_hidden(h: &HiddenStates, limits: &Limits) {
     assert!(h.rows >= 1 && h.rows <= limits.max_rows);
     assert!(h.cols >= 1 && h.cols <= limits.max_hidden);
     assert!(u64::from(h.start) + u64::from(h.rows) <= u64::from(limits.max_positions));
-    assert_eq!(h.data.len(), h.rows as usize * h.cols as usize * 2);
+    assert_eq!(
+        h.data.len(),
+        h.rows as usize * h.cols as usize * h.dtype.bytes_per_value()
+    );
     let v = h.to_f32();
     assert_eq!(v.len(), h.rows as usize * h.cols as usize);
     match h.first_non_finite() {

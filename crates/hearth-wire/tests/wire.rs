@@ -1527,6 +1527,7 @@ fn write_fuzz_seeds() {
     for (i, r) in small.iter().enumerate() {
         write("response", i, &r.encode());
     }
+    write("fraud_proof", 0, &fraud_proof().to_bytes());
     let mut ann = vec![0u8];
     ann.extend_from_slice(&signed().encode());
     write("announcement", 0, &ann);
