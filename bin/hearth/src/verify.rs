@@ -218,7 +218,7 @@ impl Shadow {
         let rows = x.len() / self.cols;
         let t = Tensor::from_vec(x.to_vec(), (1, rows, self.cols), &Device::Cpu)?;
         let y = self.server.step(id, start, &t)?;
-        let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = f32_values(&y)?;
         Ok(if round {
             wire_round(self.dtype, self.cols as u32, &y)
         } else {
@@ -314,11 +314,7 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
             let ids = all_tokens
                 .get(start..start + rows)
                 .with_context(|| format!("pass {i}: positions beyond the trail's tokens"))?;
-            let e = head
-                .embed(ids)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            let e = f32_values(&head.embed(ids)?)?;
             if blocks.start() > 0 {
                 // `--private-edges`: the client ran the first blocks itself, on the embedding as
                 // is, and sent their output.
@@ -411,8 +407,13 @@ fn recompute(slice: &Arc<SliceServer>, input: &HiddenStates) -> Result<Vec<f32>>
     )?;
     let out = slice.step(id, input.start as usize, &x);
     let _ = slice.close(id);
-    let values = out?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let values = f32_values(&out?)?;
     Ok(wire_round(input.dtype, input.cols, &values))
+}
+
+/// A tensor's values as f32, row-major.
+fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn wire_round(dtype: HiddenDType, cols: u32, values: &[f32]) -> Vec<f32> {
@@ -566,11 +567,7 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
         let ids: Vec<u32> = (0..positions)
             .map(|_| rng.below(cfg.vocab_size as u64) as u32)
             .collect();
-        let embedded = head
-            .embed(&ids)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let embedded = f32_values(&head.embed(&ids)?)?;
         let input = HiddenStates::from_f32(dtype, 0, positions, cols, &embedded);
         let started = Instant::now();
         let verifier = recompute(&server, &input)?;
@@ -718,7 +715,7 @@ fn as_generation(
         let values = &x[start * cols..(start + rows) * cols];
         let t = Tensor::from_vec(values.to_vec(), (1, rows, cols), &Device::Cpu)?;
         let y = step(start, &t, values)?;
-        out.extend(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        out.extend(f32_values(&y)?);
         start += rows;
     }
     Ok(wire_round(input.dtype, input.cols, &out))

@@ -20,6 +20,15 @@ impl ContentHash {
     pub fn short(&self) -> String {
         self.to_hex()[..16].to_string()
     }
+
+    /// The hash as a draw uniform in `[0, 1)` on the grid of 2^-53: the top 53 bits of its
+    /// first 8 bytes read little-endian (as [`crate::SplitMix64::unit`] reads one output). For
+    /// decisions anyone can re-derive from the hashed fields, such as which windows are checked.
+    pub fn unit(&self) -> f64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        (u64::from_le_bytes(first) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
 }
 
 impl fmt::Debug for ContentHash {
@@ -81,6 +90,16 @@ impl ContentHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_reads_the_top_53_bits_of_the_first_8_bytes() {
+        assert_eq!(ContentHash([0; 32]).unit(), 0.0);
+        let mut half = [0u8; 32];
+        half[7] = 0x80;
+        assert_eq!(ContentHash(half).unit(), 0.5);
+        let top = ContentHash([0xff; 32]).unit();
+        assert!(top < 1.0 && top > 1.0 - 1e-15, "{top}");
+    }
 
     #[test]
     fn fields_are_length_prefixed() {

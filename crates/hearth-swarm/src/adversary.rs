@@ -115,13 +115,34 @@ mod enabled {
             if self.fraction >= 1.0 {
                 return true;
             }
-            let h = ContentHasher::new("adversary-window")
+            let draw = ContentHasher::new("adversary-window")
                 .field(session)
                 .field(&(position / 32).to_le_bytes())
                 .finish();
-            let mut top = [0u8; 8];
-            top.copy_from_slice(&h.0[..8]);
-            ((u64::from_le_bytes(top) >> 11) as f64 / (1u64 << 53) as f64) < self.fraction
+            draw.unit() < self.fraction
+        }
+
+        /// Cheats (or not, by [`Adversary::cheats_at`]) on one step of `session` at positions
+        /// `start..`: `values` is the honest output (row-major, `cols` wide) of `input`;
+        /// `last_row` carries the session's last honest row from step to step (for
+        /// [`Cheat::Stale`]).
+        pub fn apply(
+            &self,
+            session: &[u8; 16],
+            start: u32,
+            cols: usize,
+            input: &[f32],
+            values: &mut [f32],
+            last_row: &mut Option<Vec<f32>>,
+        ) {
+            let honest_last = values[values.len().saturating_sub(cols)..].to_vec();
+            if self.cheats_at(session, start) {
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&session[..8]);
+                let seed = u64::from(start) ^ u64::from_le_bytes(first);
+                self.corrupt(seed, cols, input, values, last_row.as_deref());
+            }
+            *last_row = Some(honest_last);
         }
 
         /// Corrupts a step's output `values` (row-major, `cols` wide) computed from `input`.

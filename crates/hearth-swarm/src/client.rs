@@ -241,8 +241,7 @@ impl SwarmClient {
     /// happens at the first step.
     pub fn chain(&self, model: ContentHash, n_blocks: u32, max_len: usize) -> SwarmChain {
         let range = BlockRange::full(n_blocks.max(1)).expect("n_blocks >= 1");
-        self.chain_over(model, n_blocks, range, max_len, HashSet::new())
-            .with_spot_checks(self.cfg.spot_checks)
+        self.chain_range(model, n_blocks, range, max_len)
     }
 
     /// A chain over blocks `range` of the model only, with spot checks: the swarm part of a
@@ -898,8 +897,10 @@ impl SwarmChain {
         let hop = &self.hops[i];
         let (peer, blocks) = (hop.peer, hop.range);
         let inputs = merge(&hop.history)?;
-        let outputs: Vec<HiddenStates> = hop.answers.iter().map(|(o, _)| o.clone()).collect();
-        let claimed = rows_of(&merge(&outputs)?, positions.clone());
+        let claimed = rows_of(
+            &merge(hop.answers.iter().map(|(o, _)| o))?,
+            positions.clone(),
+        );
         let cols = inputs.cols as usize;
         let mut excluded: HashSet<PeerId> = self.banned.iter().copied().collect();
         excluded.insert(peer);
@@ -1239,10 +1240,10 @@ async fn step_on(
 }
 
 /// Concatenates consecutive steps into one (positions must follow on).
-fn merge(history: &[HiddenStates]) -> Option<HiddenStates> {
-    let first = history.first()?;
-    let mut out = first.clone();
-    for h in &history[1..] {
+fn merge<'a>(history: impl IntoIterator<Item = &'a HiddenStates>) -> Option<HiddenStates> {
+    let mut history = history.into_iter();
+    let mut out = history.next()?.clone();
+    for h in history {
         if h.start == out.start + out.rows {
             out.rows += h.rows;
             out.data.extend_from_slice(&h.data);

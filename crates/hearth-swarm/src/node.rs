@@ -871,24 +871,16 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
     };
     #[cfg(feature = "adversary")]
     if let Some(a) = state.adversary {
-        let cols = h.cols as usize;
         let mut last = s.last_row.lock().unwrap_or_else(|p| p.into_inner());
-        let honest_last = values[values.len() - cols..].to_vec();
-        if a.cheats_at(&s.open.session, h.start) {
-            let seed = u64::from(h.start)
-                ^ u64::from_le_bytes([
-                    s.open.session[0],
-                    s.open.session[1],
-                    s.open.session[2],
-                    s.open.session[3],
-                    s.open.session[4],
-                    s.open.session[5],
-                    s.open.session[6],
-                    s.open.session[7],
-                ]);
-            a.corrupt(seed, cols, &h.to_f32(), &mut values, last.as_deref());
-        }
-        *last = Some(honest_last);
+        let cols = h.cols as usize;
+        a.apply(
+            &s.open.session,
+            h.start,
+            cols,
+            &h.to_f32(),
+            &mut values,
+            &mut last,
+        );
     }
     let mut output = HiddenStates::from_f32(h.dtype, h.start, h.rows, h.cols, &values);
     let mut body = ReceiptBody {

@@ -57,16 +57,12 @@ impl SpotSeed {
 
     /// Whether `window` of the node with ed25519 key `node` is checked at `probability`.
     pub fn checks(&self, node: &[u8; 32], window: u64, probability: f64) -> bool {
-        let h = ContentHasher::new("spot-check-draw")
+        let draw = ContentHasher::new("spot-check-draw")
             .field(&self.0)
             .field(node)
             .field(&window.to_le_bytes())
             .finish();
-        let mut top = [0u8; 8];
-        top.copy_from_slice(&h.0[..8]);
-        // Uniform in [0, 1) on the grid of 2^-53.
-        let u = (u64::from_le_bytes(top) >> 11) as f64 / (1u64 << 53) as f64;
-        u < probability
+        draw.unit() < probability
     }
 }
 
