@@ -303,11 +303,6 @@ fn parse_hash(hex_str: &str) -> Option<ContentHash> {
     Some(ContentHash(out))
 }
 
-fn parse_range(s: &str) -> Option<BlockRange> {
-    let (a, b) = s.split_once("..")?;
-    BlockRange::new(a.parse().ok()?, b.parse().ok()?).ok()
-}
-
 /// Checks a trail as a light client would, with no model and no network: every receipt's
 /// signature, that its key is the peer id it is attributed to, that it ran the trail's model and
 /// carries a commitment for each position; every pass's linkage; the spot-check seed against its
@@ -364,8 +359,10 @@ pub fn verify_trail(trail: &Trail) -> TrailReport {
     report.receipts = checked;
     let mut linked_all = true;
     for (i, step) in trail.steps.iter().enumerate() {
-        let (Some(blocks), Some(input)) = (parse_range(&step.blocks), parse_hash(&step.input))
-        else {
+        let (Some(blocks), Some(input)) = (
+            step.blocks.parse::<BlockRange>().ok(),
+            parse_hash(&step.input),
+        ) else {
             problem(format!("step {i}: unreadable blocks or input"));
             linked_all = false;
             continue;
