@@ -45,6 +45,7 @@ fn build(r: &mut Reader<'_>) -> Result<Announcement, WireError> {
     let cache_free_tokens = r.u64("cache")?;
     let active_sessions = r.u32("active")?;
     let price = r.u64("price")?;
+    let build_class = r.u64("build class")?;
     let n_rtts = r.u8("n_rtts")? % 40;
     let mut rtts = Vec::new();
     for _ in 0..n_rtts {
@@ -68,6 +69,7 @@ fn build(r: &mut Reader<'_>) -> Result<Announcement, WireError> {
         cache_free_tokens,
         active_sessions,
         price,
+        build_class,
         rtts,
         addrs,
         issued_unix_ms: r.u64("issued")?,

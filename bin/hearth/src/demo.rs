@@ -127,7 +127,7 @@ pub(crate) fn run(args: DemoArgs, threads: Option<usize>) -> Result<()> {
         };
         let rt = runtime()?;
         let client = rt.block_on(SwarmClient::start(client))?;
-        let backend = swarm_backend(&rt, client, &src, true)?;
+        let backend = swarm_backend(&rt, client, &src, true, 0)?;
         serve_blocking(&rt, backend, cfg, addr, args.gateway_ready_file.as_deref())?;
     }
     eprintln!("stopping {} nodes", children.0.len());

@@ -62,6 +62,10 @@ pub(crate) struct GatewayArgs {
     /// Run every block in this process instead of through the swarm (one machine, no network).
     #[arg(long)]
     pub local: bool,
+    /// Run the first and the last N blocks in this process, so that no node sees the hidden
+    /// states right after the embeddings or right before the head.
+    #[arg(long, default_value_t = 0, conflicts_with = "local")]
+    pub private_edges: u32,
     /// Benchmarking only: compute each generation's head separately instead of batching.
     #[arg(long, hide = true)]
     pub no_head_batch: bool,
@@ -116,7 +120,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
         Arc::new(LocalBackend::new(src, ident.model_id)?)
     } else {
         let client = rt.block_on(SwarmClient::start(args.net.client_config()))?;
-        swarm_backend(&rt, client, &src, !args.no_head_batch)?
+        swarm_backend(&rt, client, &src, !args.no_head_batch, args.private_edges)?
     };
     serve_blocking(&rt, backend, cfg, args.http, args.ready_file.as_deref())
 }

@@ -29,26 +29,36 @@ pub(crate) fn check_bind(api_keys: &[String], addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// A backend over the swarm; waits (bounded) for the model's blocks to be covered and says so.
+/// A backend over the swarm, running the first and last `private_edges` blocks in this process;
+/// waits (bounded) for the swarm's blocks to be covered and says so.
 pub(crate) fn swarm_backend(
     rt: &tokio::runtime::Runtime,
     client: SwarmClient,
     src: &ModelSource,
     head_batch: bool,
+    private_edges: u32,
 ) -> Result<Arc<dyn Backend>> {
     let ident = identity_cached(src, &hearth_home().join("model-ids"))?;
     let n_blocks = src.config().num_layers as u32;
+    let head = Arc::new(src.load_head(&LoadOptions::default(), None)?);
+    let backend = SwarmBackend::new(client.clone(), head, src.tokenizer()?, ident.model_id)
+        .with_private_edges(src, private_edges)?;
+    let remote = backend.remote_blocks();
     eprintln!(
         "looking for servers of model {} ...",
         ident.model_id.short()
     );
-    match rt.block_on(client.wait_for_coverage(&ident.model_id, n_blocks)) {
+    match rt.block_on(client.wait_for_range(&ident.model_id, n_blocks, remote)) {
+        Ok(servers) if private_edges > 0 => eprintln!(
+            "{} servers cover blocks {remote}; blocks 0..{private_edges} and {}..{n_blocks} run \
+             here",
+            servers.len(),
+            remote.end()
+        ),
         Ok(servers) => eprintln!("{} servers cover all {n_blocks} blocks", servers.len()),
         // Serve anyway: requests get 503 until nodes arrive.
         Err(e) => eprintln!("warning: {e:#}; serving anyway"),
     }
-    let head = Arc::new(src.load_head(&LoadOptions::default(), None)?);
-    let backend = SwarmBackend::new(client, head, src.tokenizer()?, ident.model_id);
     Ok(if head_batch {
         Arc::new(backend)
     } else {

@@ -168,8 +168,14 @@ pub(crate) fn generate_through_swarm(
                 std::process::id()
             ));
             std::fs::write(&file, proof.to_bytes())?;
+            let hosts = log
+                .fraud_hosts
+                .iter()
+                .find(|(p, _)| p == peer)
+                .map_or(0, |(_, h)| h.len());
             eprintln!(
-                "fraud proof against {}: {}",
+                "fraud proof against {}: {} (re-checked and hosted for the swarm by {hosts} \
+                 nodes)",
                 short_peer(peer),
                 file.display()
             );

@@ -396,19 +396,14 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
     Ok(r)
 }
 
-/// The span's output for every row of `input` (positions from 0), computed in one prefill and
-/// rounded to `input`'s wire dtype as a node would send it.
+/// What the whole of `slice` computes from `input` in one prefill, wire-rounded as a node sends
+/// it (the same recomputation a node does before hosting a fraud proof).
 fn recompute(slice: &Arc<SliceServer>, input: &HiddenStates) -> Result<Vec<f32>> {
-    let id = slice.open(input.rows as usize)?;
-    let x = Tensor::from_vec(
-        input.to_f32(),
-        (1, input.rows as usize, input.cols as usize),
-        &Device::Cpu,
-    )?;
-    let out = slice.step(id, input.start as usize, &x);
-    let _ = slice.close(id);
-    let values = f32_values(&out?)?;
-    Ok(wire_round(input.dtype, input.cols, &values))
+    Ok(hearth_swarm::gossip::recompute(
+        slice,
+        slice.slice().range(),
+        input,
+    )?)
 }
 
 /// A tensor's values as f32, row-major.

@@ -8,6 +8,8 @@
 //! replaced, a fraud proof is written, `hearth verify fraud-proof` re-checks it with the model,
 //! `hearth verify` checks the trail offline, and the token ids equal those of a run without X.
 //! The verdict persists: a later client process on the same `$HEARTH_HOME` never routes to X.
+//! And it spreads: B and C re-check the proof and host it, and a client with its own, empty
+//! reputation file finds it in the DHT, re-checks it and never routes to X either.
 //!
 //! Runs on SmolLM2-135M-Instruct (`HEARTH_SMOLLM2_GGUF`, as `failover.rs` does), converted to F16
 //! so that "lower precision" can be a Q4_0 of the same weights. Needs the `adversary` feature,
@@ -128,7 +130,7 @@ fn every_adversary_is_caught_proven_and_replaced_and_the_text_is_the_honest_one(
         settle();
         let trail = home.join(format!("trail-{i}.json"));
         let proofs = home.join(format!("proofs-{i}"));
-        let (ids, log) = generate(
+        let (ids, catching_log) = generate(
             home,
             &model,
             &a.addr,
@@ -142,6 +144,7 @@ fn every_adversary_is_caught_proven_and_replaced_and_the_text_is_the_honest_one(
                 proofs.to_str().expect("utf-8 path"),
             ],
         );
+        let log = &catching_log;
         assert_eq!(
             ids, honest,
             "{what}: the text differs from the honest run\n{log}"
@@ -246,6 +249,42 @@ fn every_adversary_is_caught_proven_and_replaced_and_the_text_is_the_honest_one(
                 before,
                 "a caught cheater got a session again: {log}"
             );
+            // The proof spreads: B and C re-checked and host it, and a client with a reputation
+            // file of its own (it never dealt with X) finds it in the DHT, re-checks it on one
+            // of them and never routes to X either.
+            assert!(
+                catching_log.contains("hosted for the swarm by 2 nodes"),
+                "the fraud proof was not hosted by B and C: {catching_log}"
+            );
+            let own = home.join("other-client-reputation.json");
+            let (ids, log) = generate(
+                home,
+                &model,
+                &a.addr,
+                &[
+                    "--check-probability",
+                    "0",
+                    "--reputation-file",
+                    own.to_str().expect("utf-8 path"),
+                ],
+            );
+            assert_eq!(ids, honest, "{log}");
+            assert_eq!(
+                sessions(&x),
+                before,
+                "a client that only heard of the proof routed to the cheater: {log}"
+            );
+            let scores: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&own).expect("reputation file"))
+                    .expect("json");
+            let excluded: Vec<&String> = scores
+                .as_object()
+                .expect("a map")
+                .iter()
+                .filter(|(_, r)| r["failed"].as_u64() > Some(0))
+                .map(|(peer, _)| peer)
+                .collect();
+            assert_eq!(excluded.len(), 1, "{scores}");
         }
         drop(x);
     }

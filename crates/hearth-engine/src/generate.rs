@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 pub trait HiddenStage: Send {
     /// Runs the stage. `start` below the stage's cached length replays from there.
     fn forward(&mut self, start: usize, hidden: &Tensor) -> Result<Tensor>;
+    /// The generation is over: last checks of what the stage returned (a swarm chain
+    /// spot-checks its last, unfinished window). What they find is the stage's to report; the
+    /// generation's result stands.
+    fn finish(&mut self) {}
     /// A short human-readable description (e.g. `local 0..8`).
     fn describe(&self) -> String;
 }
@@ -257,5 +261,10 @@ pub fn generate_cancellable(
         }
     }
     out.decode = decode_started.map_or(Duration::ZERO, |t| t.elapsed());
+    if out.finish != FinishReason::Cancelled {
+        for stage in &mut pipeline.stages {
+            stage.finish();
+        }
+    }
     Ok(out)
 }

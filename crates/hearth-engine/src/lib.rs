@@ -22,7 +22,7 @@ mod writer;
 
 pub use config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
 pub use convert::{convert_gguf, ConvertOptions, Converted};
-pub use device::parse_device;
+pub use device::{build_class, parse_device};
 pub use error::{EngineError, Result};
 pub use identity::{identity_cached, ModelIdentity};
 pub use layers::max_abs_diff;

@@ -57,6 +57,17 @@ pub struct SwarmBackend {
     model_id: ContentHash,
     n_blocks: u32,
     context_len: usize,
+    /// Blocks run in this process at each end of the model (`with_private_edges`).
+    edges: Option<PrivateEdges>,
+}
+
+/// The first and last blocks, run in the gateway so that no node sees the hidden states next to
+/// the tokens (`--private-edges`); their slices are shared by every generation.
+struct PrivateEdges {
+    first: Arc<SliceServer>,
+    last: Arc<SliceServer>,
+    /// The blocks the swarm runs.
+    remote: BlockRange,
 }
 
 impl SwarmBackend {
@@ -81,6 +92,7 @@ impl SwarmBackend {
             head,
             tokenizer,
             model_id,
+            edges: None,
         }
     }
 }
@@ -90,6 +102,39 @@ impl SwarmBackend {
     pub fn without_head_batching(mut self) -> Self {
         self.batcher = None;
         self
+    }
+
+    /// Runs the first and the last `n` blocks in this process, loaded from `src`, and only the
+    /// blocks between them through the swarm. `n == 0` changes nothing; `2n` must leave the
+    /// swarm at least one block.
+    pub fn with_private_edges(mut self, src: &ModelSource, n: u32) -> anyhow::Result<Self> {
+        if n == 0 {
+            return Ok(self);
+        }
+        anyhow::ensure!(
+            2 * u64::from(n) < u64::from(self.n_blocks),
+            "--private-edges {n} leaves no blocks to the swarm ({} blocks)",
+            self.n_blocks
+        );
+        let opts = LoadOptions::default();
+        let load = |range: BlockRange| -> anyhow::Result<Arc<SliceServer>> {
+            let slice = Arc::new(src.load_slice(range, &opts, None)?);
+            Ok(Arc::new(SliceServer::new(slice, SessionLimits::default())))
+        };
+        self.edges = Some(PrivateEdges {
+            first: load(BlockRange::new(0, n)?)?,
+            last: load(BlockRange::new(self.n_blocks - n, self.n_blocks)?)?,
+            remote: BlockRange::new(n, self.n_blocks - n)?,
+        });
+        Ok(self)
+    }
+
+    /// The blocks the swarm runs for this backend.
+    pub fn remote_blocks(&self) -> BlockRange {
+        self.edges.as_ref().map_or_else(
+            || BlockRange::full(self.n_blocks.max(1)).expect("n_blocks >= 1"),
+            |e| e.remote,
+        )
     }
 }
 
@@ -112,16 +157,30 @@ impl Backend for SwarmBackend {
 
     fn generate(&self, job: Job<'_>) -> (Result<Generation, EngineError>, Trail) {
         let max_len = (job.prompt.len() + job.params.max_tokens).min(self.context_len);
-        let chain = self.client.chain(self.model_id, self.n_blocks, max_len);
+        let chain =
+            self.client
+                .chain_range(self.model_id, self.n_blocks, self.remote_blocks(), max_len);
         let log = chain.log();
         let (prompt, params) = (job.prompt.to_vec(), job.params.clone());
-        let result = run_job(
-            &self.head,
-            self.batcher.as_ref(),
-            &self.tokenizer,
-            Box::new(chain),
-            job,
-        );
+        let stages: Result<Vec<Box<dyn HiddenStage>>, EngineError> = match &self.edges {
+            None => Ok(vec![Box::new(chain)]),
+            Some(e) => (|| {
+                Ok(vec![
+                    Box::new(LocalStage::open(e.first.clone(), max_len)?) as Box<dyn HiddenStage>,
+                    Box::new(chain),
+                    Box::new(LocalStage::open(e.last.clone(), max_len)?),
+                ])
+            })(),
+        };
+        let result = stages.and_then(|stages| {
+            run_job(
+                &self.head,
+                self.batcher.as_ref(),
+                &self.tokenizer,
+                stages,
+                job,
+            )
+        });
         let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut trail = trail_of(&self.model_id, &log, self.client.config().dtype);
         if let Ok(g) = &result {
@@ -135,20 +194,20 @@ impl Backend for SwarmBackend {
     }
 }
 
-/// Runs `job` through the head and `stage`, sharing the head with concurrent generations when
-/// a batcher is given. The stage is dropped before returning, which closes its sessions (on a
-/// swarm chain: a `Close` to every node on the route).
+/// Runs `job` through the head and `stages`, sharing the head with concurrent generations when
+/// a batcher is given. The stages are dropped before returning, which closes their sessions (on
+/// a swarm chain: a `Close` to every node on the route).
 fn run_job(
     head: &Arc<ClientHead>,
     batcher: Option<&HeadBatcher>,
     tokenizer: &Tokenizer,
-    stage: Box<dyn HiddenStage>,
+    stages: Vec<Box<dyn HiddenStage>>,
     job: Job<'_>,
 ) -> Result<Generation, EngineError> {
     let _in_batch = batcher.map(HeadBatcher::register);
     let mut pipeline = Pipeline {
         head: head.clone(),
-        stages: vec![stage],
+        stages,
         head_batch: batcher.cloned(),
     };
     let result = generate_cancellable(
@@ -231,7 +290,7 @@ impl Backend for LocalBackend {
             &self.head,
             Some(&self.batcher),
             &self.tokenizer,
-            Box::new(stage),
+            vec![Box::new(stage)],
             job,
         );
         (result, trail)

@@ -68,6 +68,37 @@ fn tiny_model(dir: &Path) -> PathBuf {
     model
 }
 
+/// A swarm client (not a DHT server) that bootstraps from `boot`, with `cover_timeout`.
+async fn client_of(boot: &str, cover_timeout: Duration) -> SwarmClient {
+    SwarmClient::start(ClientConfig {
+        net: NetConfig {
+            bootstrap: vec![boot.parse().unwrap()],
+            dht_server: false,
+            ..loopback()
+        },
+        cover_timeout,
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Serves `backend` as model "m" on a loopback port until the test ends; returns its base URL.
+async fn serve(backend: Arc<dyn Backend>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = GatewayConfig {
+        model_name: "m".into(),
+        ..GatewayConfig::default()
+    };
+    tokio::spawn(hearth_gateway::serve(
+        listener,
+        Gateway::new(backend, cfg),
+        std::future::pending(),
+    ));
+    url
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -84,16 +115,7 @@ async fn swarm_answers_carry_verifiable_receipts_and_hangups_free_node_sessions(
     let boot = addr_of(&a).await;
     let b = node(&model, &dir.path().join("b"), (3, 6), Some(boot.clone())).await;
 
-    let client = SwarmClient::start(ClientConfig {
-        net: NetConfig {
-            bootstrap: vec![boot.parse().unwrap()],
-            dht_server: false,
-            ..loopback()
-        },
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
+    let client = client_of(&boot, ClientConfig::default().cover_timeout).await;
     let src = ModelSource::open(&model).unwrap();
     let ident = identity_cached(&src, &dir.path().join("ids")).unwrap();
     assert_eq!(ident.model_id, a.model_id);
@@ -105,20 +127,7 @@ async fn swarm_answers_carry_verifiable_receipts_and_hangups_free_node_sessions(
     let swarm = SwarmBackend::new(client, head, src.tokenizer().unwrap(), ident.model_id);
     let local = LocalBackend::new(ModelSource::open(&model).unwrap(), ident.model_id).unwrap();
 
-    let cfg = || GatewayConfig {
-        model_name: "m".into(),
-        ..GatewayConfig::default()
-    };
-    let mut urls = Vec::new();
-    for backend in [Arc::new(swarm) as Arc<dyn Backend>, Arc::new(local)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        urls.push(format!("http://{}", listener.local_addr().unwrap()));
-        tokio::spawn(hearth_gateway::serve(
-            listener,
-            Gateway::new(backend, cfg()),
-            std::future::pending(),
-        ));
-    }
+    let urls = [serve(Arc::new(swarm)).await, serve(Arc::new(local)).await];
     let http = reqwest::Client::new();
     let req = json!({"model": "m", "messages": [{"role": "user", "content": "hello swarm"}],
         "max_tokens": 6, "temperature": 0});
@@ -269,33 +278,13 @@ async fn swarm_failures_get_the_status_of_their_kind_and_are_counted() {
     // Blocks 3..6 have no server.
     let a = node(&model, &dir.path().join("a"), (0, 3), None).await;
     let boot = addr_of(&a).await;
-    let client = SwarmClient::start(ClientConfig {
-        net: NetConfig {
-            bootstrap: vec![boot.parse().unwrap()],
-            dht_server: false,
-            ..loopback()
-        },
-        // How long a chain waits for a route before giving up: short, so each failure is quick.
-        cover_timeout: Duration::from_secs(1),
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
+    // How long a chain waits for a route before giving up: short, so each failure is quick.
+    let client = client_of(&boot, Duration::from_secs(1)).await;
     wait_for_servers(&client, &a, 1).await;
     let src = ModelSource::open(&model).unwrap();
     let head = Arc::new(src.load_head(&LoadOptions::default(), None).unwrap());
     let swarm = SwarmBackend::new(client.clone(), head, src.tokenizer().unwrap(), a.model_id);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let cfg = GatewayConfig {
-        model_name: "m".into(),
-        ..GatewayConfig::default()
-    };
-    tokio::spawn(hearth_gateway::serve(
-        listener,
-        Gateway::new(Arc::new(swarm), cfg),
-        std::future::pending(),
-    ));
+    let url = serve(Arc::new(swarm)).await;
     let http = reqwest::Client::new();
     let metrics = || async {
         http.get(format!("{url}/metrics"))
@@ -380,4 +369,73 @@ async fn swarm_failures_get_the_status_of_their_kind_and_are_counted() {
     let after = metrics().await;
     assert_eq!(errors_of(&after, "peer_misbehaved"), 1, "{after}");
     assert_eq!(errors_of(&after, "no_coverage"), 2, "{after}");
+}
+
+/// `--private-edges 1`: the gateway runs blocks 0 and 5 itself; nodes serving only 1..5 are
+/// enough, no node ever sees the states next to the tokens, and the answer is the local one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_edges_run_in_the_gateway_and_change_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let a = node(&model, &dir.path().join("a"), (1, 3), None).await;
+    let boot = addr_of(&a).await;
+    let b = node(&model, &dir.path().join("b"), (3, 5), Some(boot.clone())).await;
+    let client = client_of(&boot, ClientConfig::default().cover_timeout).await;
+    let src = ModelSource::open(&model).unwrap();
+    let head = || Arc::new(src.load_head(&LoadOptions::default(), None).unwrap());
+    let tokenizer = || src.tokenizer().unwrap();
+    // Two edges of 3 blocks each would leave the swarm nothing.
+    let err = SwarmBackend::new(client.clone(), head(), tokenizer(), a.model_id)
+        .with_private_edges(&src, 3)
+        .err()
+        .expect("6 blocks cannot have 3 private at each end");
+    assert!(err.to_string().contains("leaves no blocks"), "{err}");
+    let swarm = SwarmBackend::new(client.clone(), head(), tokenizer(), a.model_id)
+        .with_private_edges(&src, 1)
+        .unwrap();
+    assert_eq!(swarm.remote_blocks(), BlockRange::new(1, 5).unwrap());
+    client
+        .wait_for_range(&a.model_id, a.n_blocks, swarm.remote_blocks())
+        .await
+        .unwrap();
+    let local = LocalBackend::new(ModelSource::open(&model).unwrap(), a.model_id).unwrap();
+    let req = json!({"model": "m", "prompt": "private edges", "max_tokens": 5, "temperature": 0});
+    let mut answers = Vec::new();
+    for backend in [Arc::new(swarm) as Arc<dyn Backend>, Arc::new(local)] {
+        let url = serve(backend).await;
+        let body: Value = reqwest::Client::new()
+            .post(format!("{url}/v1/completions"))
+            .body(req.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answers.push(body);
+    }
+    assert_eq!(
+        answers[0]["choices"][0]["text"],
+        answers[1]["choices"][0]["text"]
+    );
+    let trail: hearth_gateway::Trail =
+        serde_json::from_value(answers[0]["hearth"].clone()).unwrap();
+    let route: Vec<(String, String)> = trail
+        .route
+        .iter()
+        .map(|h| (h.node.clone(), h.blocks.clone()))
+        .collect();
+    assert_eq!(
+        route,
+        vec![
+            (a.peer_id.to_string(), "1..3".to_string()),
+            (b.peer_id.to_string(), "3..5".to_string())
+        ]
+    );
+    let report = hearth_gateway::verify_trail(&trail);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.steps > 0);
+    for step in &trail.steps {
+        assert_eq!(step.blocks, "1..5", "the swarm only ever ran blocks 1..5");
+    }
 }

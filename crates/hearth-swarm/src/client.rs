@@ -14,7 +14,7 @@
 //!   `UNREACHABLE_BACKOFF`, so that a node that joins meanwhile is preferred to retrying a dead
 //!   one at once), so those two reach the caller only this way.
 
-use crate::dht::find_servers;
+use crate::dht::{find_servers, fraud_key};
 use crate::error::{Result, SwarmError};
 use crate::identity::{public_key_of, NodeIdentity};
 use crate::net::{Net, NetConfig};
@@ -23,12 +23,12 @@ use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::{EngineError, HiddenStage, Tensor};
 use hearth_verify::compare::compare_rows;
 use hearth_verify::{
-    check_chain, LinkError, Reputation, SpotCheckPolicy, SpotSeed, Standing, Verdict,
+    check_chain, LinkError, Replay, Reputation, SpotCheckPolicy, SpotSeed, Standing, Verdict,
 };
 use hearth_wire::{
-    read_frame, write_frame, ActivationCommitment, Announcement, FraudProof, HiddenDType,
-    HiddenStates, Limits, OpenSession, ProvenStep, Receipt, ReceiptBody, Request, Response,
-    SessionKey, Step, INFERENCE_PROTOCOL,
+    read_frame, write_frame, ActivationCommitment, Announcement, FraudProof, FraudReply,
+    FraudRequest, HiddenDType, HiddenStates, Limits, OpenSession, ProvenStep, Receipt, ReceiptBody,
+    Request, Response, SessionKey, Step, FRAUD_PROTOCOL, INFERENCE_PROTOCOL,
 };
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use std::collections::{HashMap, HashSet};
@@ -103,7 +103,25 @@ pub struct SwarmClient {
     runtime: tokio::runtime::Handle,
     /// What this client observed of each node, shared by all its chains.
     reputations: Arc<Mutex<HashMap<PeerId, Reputation>>>,
+    /// Which servers were last looked up for gossiped fraud proofs, and proofs that did not hold.
+    fraud_watch: Arc<Mutex<FraudWatch>>,
 }
+
+/// A client's memory of gossiped fraud proofs ([`crate::gossip`]).
+#[derive(Default)]
+struct FraudWatch {
+    /// When each server was last looked up.
+    looked: HashMap<PeerId, Instant>,
+    /// Digests of fetched proofs whose re-check agreed with the accused: never re-checked.
+    rejected: HashSet<ContentHash>,
+}
+
+/// How often one server is looked up again for a fraud proof against it.
+const FRAUD_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
+/// Most hosts a caught node's proof is submitted to (each re-checks it).
+const FRAUD_SPREAD: usize = 3;
+/// Most hosts asked for one gossiped proof.
+const FRAUD_FETCH_TRIES: usize = 3;
 
 impl SwarmClient {
     /// Joins the network with a fresh identity (clients need no persistent name).
@@ -119,6 +137,7 @@ impl SwarmClient {
             cfg: Arc::new(cfg),
             runtime: tokio::runtime::Handle::current(),
             reputations: Arc::new(Mutex::new(reputations)),
+            fraud_watch: Arc::default(),
         })
     }
 
@@ -188,7 +207,200 @@ impl SwarmClient {
             })
             .collect();
         out.sort_by_key(|s| (s.announcement.span.start(), s.peer));
+        self.absorb_fraud_proofs(model, n_blocks, &out).await;
         out
+    }
+
+    /// Looks up gossiped fraud proofs against `servers` (each at most every
+    /// `FRAUD_LOOKUP_INTERVAL`); re-checks each one found by re-executing its positions on other
+    /// servers, and excludes the accused when it holds.
+    async fn absorb_fraud_proofs(
+        &self,
+        model: &ContentHash,
+        n_blocks: u32,
+        servers: &[ServerEntry],
+    ) {
+        let due: Vec<PeerId> = {
+            let reputations = self.reputations();
+            let mut watch = self.fraud_watch();
+            let now = Instant::now();
+            servers
+                .iter()
+                .map(|s| s.peer)
+                .filter(|p| {
+                    reputations
+                        .get(p)
+                        .is_none_or(|r| r.standing() != Standing::Excluded)
+                })
+                .filter(|p| {
+                    let due = watch
+                        .looked
+                        .get(p)
+                        .is_none_or(|at| at.elapsed() >= FRAUD_LOOKUP_INTERVAL);
+                    if due {
+                        watch.looked.insert(*p, now);
+                    }
+                    due
+                })
+                .collect()
+        };
+        let lookups = due.into_iter().map(|peer| async move {
+            let hosts = self.net.get_providers(fraud_key(model, &peer)).await;
+            (peer, hosts)
+        });
+        for (accused, hosts) in futures::future::join_all(lookups).await {
+            for host in hosts
+                .into_iter()
+                .filter(|h| *h != accused)
+                .take(FRAUD_FETCH_TRIES)
+            {
+                if self
+                    .recheck_gossiped(model, n_blocks, servers, accused, host)
+                    .await
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Fetches the proof `host` holds against `accused` and re-checks it; true when it held
+    /// and `accused` is now excluded.
+    async fn recheck_gossiped(
+        &self,
+        model: &ContentHash,
+        n_blocks: u32,
+        servers: &[ServerEntry],
+        accused: PeerId,
+        host: PeerId,
+    ) -> bool {
+        let Some(key) = public_key_of(&accused) else {
+            return false;
+        };
+        let request = FraudRequest::Fetch {
+            model_id: *model,
+            accused: key,
+        };
+        let proof = match self.fraud_exchange(host, &request).await {
+            Ok(FraudReply::Proof(p)) => p,
+            Ok(other) => {
+                tracing::debug!(%host, %accused, "fraud proof lookup answered {other:?}");
+                return false;
+            }
+            Err(e) => {
+                tracing::debug!(%host, %accused, "cannot fetch a fraud proof: {e}");
+                return false;
+            }
+        };
+        let digest = ContentHash::of(&proof.to_bytes());
+        if self.fraud_watch().rejected.contains(&digest) {
+            return false;
+        }
+        let replay = match Replay::of(&proof) {
+            Ok(r) if r.node == key && r.model_id == *model => r,
+            Ok(_) => {
+                tracing::warn!(%host, %accused, "host sent a proof about another node or model");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(%host, %accused, "host sent an invalid fraud proof: {e}");
+                return false;
+            }
+        };
+        // Re-executed on servers other than the accused and the host, as a spot check would.
+        let mut chain = self.chain_over(
+            *model,
+            n_blocks,
+            replay.span,
+            replay.input.rows as usize,
+            [accused, host].into_iter().collect(),
+        );
+        chain.servers = servers.to_vec();
+        // Only a verifier of the accused's build class computes the bits it should have sent.
+        let Some(class) = class_of(servers, &accused) else {
+            return false;
+        };
+        chain.only_class = Some(class);
+        let recomputed = match Box::pin(chain.forward_hidden(replay.input.clone())).await {
+            Ok(out) => out.to_f32(),
+            Err(e) => {
+                tracing::info!(%accused, "cannot re-check a gossiped fraud proof now: {e}");
+                return false;
+            }
+        };
+        let c = replay.judge(&recomputed);
+        if c.verdict(self.cfg.tolerance) == Verdict::Agrees {
+            tracing::warn!(%host, %accused, error = c.max_error, "a gossiped fraud proof does not hold");
+            self.fraud_watch().rejected.insert(digest);
+            return false;
+        }
+        tracing::warn!(%host, %accused, error = c.max_error, "excluding a node: a gossiped fraud proof re-checked");
+        self.reputations()
+            .entry(accused)
+            .or_default()
+            .record_check(false);
+        self.save_reputations();
+        true
+    }
+
+    /// Submits `proof` (against `accused`, for `blocks`) to up to `FRAUD_SPREAD` other servers
+    /// of those blocks; returns those that re-checked and now host it.
+    async fn spread_fraud_proof(
+        &self,
+        proof: &FraudProof,
+        accused: PeerId,
+        blocks: BlockRange,
+        servers: &[ServerEntry],
+    ) -> Vec<PeerId> {
+        let request = FraudRequest::Submit(proof.clone());
+        let mut hosts = Vec::new();
+        for s in servers.iter().filter(|s| {
+            s.peer != accused
+                && s.announcement.span.start() <= blocks.start()
+                && s.announcement.span.end() >= blocks.end()
+        }) {
+            match self.fraud_exchange(s.peer, &request).await {
+                Ok(FraudReply::Accepted) => hosts.push(s.peer),
+                Ok(reply) => tracing::info!(host = %s.peer, "fraud proof not hosted: {reply:?}"),
+                Err(e) => tracing::info!(host = %s.peer, "cannot submit a fraud proof: {e}"),
+            }
+            if hosts.len() >= FRAUD_SPREAD {
+                break;
+            }
+        }
+        hosts
+    }
+
+    /// One request and its reply on a fresh fraud-proof stream to `peer`.
+    async fn fraud_exchange(
+        &self,
+        peer: PeerId,
+        request: &FraudRequest,
+    ) -> std::result::Result<FraudReply, String> {
+        let exchange = async {
+            let mut stream = self
+                .net
+                .control()
+                .open_stream(peer, StreamProtocol::new(FRAUD_PROTOCOL))
+                .await
+                .map_err(|e| format!("cannot open a stream: {e}"))?;
+            write_frame(&mut stream, &request.encode())
+                .await
+                .map_err(|e| e.to_string())?;
+            let frame = read_frame(&mut stream, self.cfg.limits.max_frame_bytes)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("closed without a reply")?;
+            FraudReply::decode(&frame, &self.cfg.limits).map_err(|e| e.to_string())
+        };
+        // A node re-checks a submitted proof before answering: one prefill of its positions.
+        tokio::time::timeout(self.cfg.step_timeout * 2, exchange)
+            .await
+            .map_err(|_| "no reply in time".to_string())?
+    }
+
+    fn fraud_watch(&self) -> std::sync::MutexGuard<'_, FraudWatch> {
+        self.fraud_watch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until the servers of `model` cover every block. After `cover_timeout` fails with
@@ -282,6 +494,9 @@ impl SwarmClient {
             unreachable: HashMap::new(),
             spot_checks: None,
             spot_seed,
+            only_class: None,
+            prefill_end: 0,
+            last_end: 0,
             log: Arc::new(Mutex::new(ChainLog {
                 spot_commitment: Some(spot_seed.commitment()),
                 ..ChainLog::default()
@@ -358,6 +573,24 @@ fn views(
             cache_free_tokens: s.announcement.cache_free_tokens,
             load: s.announcement.active_sessions,
         })
+        .collect()
+}
+
+/// The announced build class of `peer` among `servers` (`None`: not among them).
+fn class_of(servers: &[ServerEntry], peer: &PeerId) -> Option<u64> {
+    servers
+        .iter()
+        .find(|s| s.peer == *peer)
+        .map(|s| s.announcement.build_class)
+}
+
+/// `servers` of build class `class` (all of them for `None`). A verifier must be of the checked
+/// node's class: another build computes other bits and could blame an honest node.
+fn of_class(servers: &[ServerEntry], class: Option<u64>) -> Vec<ServerEntry> {
+    servers
+        .iter()
+        .filter(|s| class.is_none_or(|c| s.announcement.build_class == c))
+        .cloned()
         .collect()
 }
 
@@ -444,6 +677,9 @@ pub struct ChainLog {
     pub checks: Vec<SpotCheck>,
     /// Proofs against nodes caught returning wrong hidden states.
     pub fraud_proofs: Vec<(PeerId, FraudProof)>,
+    /// For each caught node, the servers that re-checked its proof and now host it for the swarm
+    /// (so that other clients exclude it too).
+    pub fraud_hosts: Vec<(PeerId, Vec<PeerId>)>,
     /// Every hop abandoned so far, oldest first.
     pub failovers: Vec<Failover>,
     /// Time spent waiting on hops (network + remote compute), summed over every step.
@@ -495,6 +731,12 @@ pub struct SwarmChain {
     spot_checks: Option<SpotCheckPolicy>,
     /// Secret until the chain is dropped; its commitment is in the log from the start.
     spot_seed: SpotSeed,
+    /// Route only over servers of this build class (a check's re-execution: another class
+    /// computes other bits).
+    only_class: Option<u64>,
+    /// End of the prefill and of the latest step (positions), for the last window's check.
+    prefill_end: u32,
+    last_end: u32,
     log: Arc<Mutex<ChainLog>>,
 }
 
@@ -533,7 +775,8 @@ impl SwarmChain {
         let mut refreshed = false;
         let none = HashSet::new();
         loop {
-            let views = views(&self.servers, &self.client.cfg, &self.client.reputations());
+            let servers = of_class(&self.servers, self.only_class);
+            let views = views(&servers, &self.client.cfg, &self.client.reputations());
             let failed: HashSet<PeerId> = self
                 .banned
                 .iter()
@@ -863,27 +1106,62 @@ impl SwarmChain {
             return Ok(None);
         };
         let end = start + rows;
+        self.last_end = end;
         let window = policy.window.max(1);
         let (window_index, positions) = if first_step {
+            self.prefill_end = end;
             (u64::MAX, 0..end)
         } else if end.is_multiple_of(window) {
             (policy.window_of(end - 1), end.saturating_sub(window)..end)
         } else {
             return Ok(None);
         };
+        Ok(self
+            .check_drawn(&policy, window_index, positions, first_step)
+            .await)
+    }
+
+    /// Checks the generation's last window, which no step closed (it ends before a multiple of
+    /// the window length): without this, a node could cheat on the tail of every generation
+    /// unseen. The text is already out, so a cheater caught here is only banned, proven and
+    /// gossiped (reported in the log), not replaced.
+    pub async fn check_last_window(&mut self) {
+        let Some(policy) = self.spot_checks else {
+            return;
+        };
+        let end = self.last_end;
+        let boundary = end - end % policy.window.max(1);
+        if end == boundary || end <= self.prefill_end || self.hops.is_empty() {
+            // Closed by a step, or nothing after the prefill (its own window, already checked).
+            return;
+        }
+        let from = boundary.max(self.prefill_end);
+        self.check_drawn(&policy, policy.window_of(end - 1), from..end, false)
+            .await;
+    }
+
+    /// Re-executes `positions` of every hop the seed draws for `window_index` (every hop for a
+    /// forced prefill check); returns the first hop caught.
+    async fn check_drawn(
+        &mut self,
+        policy: &SpotCheckPolicy,
+        window_index: u64,
+        positions: std::ops::Range<u32>,
+        first_step: bool,
+    ) -> Option<Caught> {
         for i in 0..self.hops.len() {
             let hop = &self.hops[i];
-            let p = self.client.reputation(&hop.peer).check_probability(&policy);
+            let p = self.client.reputation(&hop.peer).check_probability(policy);
             let forced = first_step && policy.always_check_prefill;
             if !forced && !self.spot_seed.checks(&hop.node_key, window_index, p) {
                 continue;
             }
             let drawn = (window_index, (!forced).then_some(p));
             if let Some(caught) = self.check_window(i, positions.clone(), drawn).await {
-                return Ok(Some(caught));
+                return Some(caught);
             }
         }
-        Ok(None)
+        None
     }
 
     /// Re-executes `positions` of hop `i` on other servers and judges its answers. A
@@ -896,6 +1174,7 @@ impl SwarmChain {
     ) -> Option<Caught> {
         let hop = &self.hops[i];
         let (peer, blocks) = (hop.peer, hop.range);
+        let class = class_of(&self.servers, &peer);
         let inputs = merge(&hop.history)?;
         let claimed = rows_of(
             &merge(hop.answers.iter().map(|(o, _)| o))?,
@@ -915,7 +1194,7 @@ impl SwarmChain {
             outcome: CheckOutcome::NoVerifier,
         };
         let mut caught = None;
-        if let Some((verifiers, first)) = self.reexecute(blocks, &inputs, &excluded).await {
+        if let Some((verifiers, first)) = self.reexecute(blocks, class, &inputs, &excluded).await {
             let c = compare_rows(&claimed, &rows_of(&first, positions.clone()), cols);
             record.max_error = c.max_error;
             excluded.extend(verifiers.iter().copied());
@@ -925,7 +1204,7 @@ impl SwarmChain {
                 tracing::warn!(%peer, %blocks, ?positions, error = c.max_error, "spot check disagrees; asking a second verifier");
                 record.outcome = CheckOutcome::Disputed;
                 if let Some((second_verifiers, second)) =
-                    self.reexecute(blocks, &inputs, &excluded).await
+                    self.reexecute(blocks, class, &inputs, &excluded).await
                 {
                     record.verifiers.extend(second_verifiers);
                     let c2 = compare_rows(&claimed, &rows_of(&second, positions.clone()), cols);
@@ -964,7 +1243,14 @@ impl SwarmChain {
                     .collect(),
             };
             tracing::warn!(%peer, %blocks, ?positions, error = record.max_error, "caught returning wrong hidden states");
-            self.log_mut().fraud_proofs.push((peer, proof));
+            let hosts = self
+                .client
+                .spread_fraud_proof(&proof, peer, blocks, &self.servers)
+                .await;
+            let mut log = self.log_mut();
+            log.fraud_proofs.push((peer, proof));
+            log.fraud_hosts.push((peer, hosts));
+            drop(log);
             caught = Some(Caught {
                 hop: i,
                 failure: HopFailure::misbehaved(format!(
@@ -982,10 +1268,13 @@ impl SwarmChain {
     async fn reexecute(
         &mut self,
         blocks: BlockRange,
+        class: Option<u64>,
         inputs: &HiddenStates,
         excluded: &HashSet<PeerId>,
     ) -> Option<(Vec<PeerId>, HiddenStates)> {
-        let views = views(&self.servers, &self.client.cfg, &self.client.reputations());
+        // A node whose announcement is gone has no known class: nothing can check it now.
+        let servers = of_class(&self.servers, Some(class?));
+        let views = views(&servers, &self.client.cfg, &self.client.reputations());
         let request = RouteRequest {
             range: blocks,
             need_tokens: u64::from(inputs.rows),
@@ -1002,6 +1291,7 @@ impl SwarmChain {
             excluded.clone(),
         );
         chain.servers = self.servers.clone();
+        chain.only_class = class;
         // Boxed: a check's chain has no checks of its own, but the future type is recursive.
         match Box::pin(chain.forward_hidden(inputs.clone())).await {
             Ok(out) => {
@@ -1302,6 +1592,11 @@ impl HiddenStage for SwarmChain {
             .map_err(|e| EngineError::Remote(Box::new(e)))?;
         let t = Tensor::from_vec(out.to_f32(), (1, rows, cols), hidden.device())?;
         Ok(t.to_dtype(hidden.dtype())?)
+    }
+
+    fn finish(&mut self) {
+        let runtime = self.client.runtime.clone();
+        runtime.block_on(self.check_last_window());
     }
 
     fn describe(&self) -> String {

@@ -3,6 +3,9 @@
 //!   `block(M, b)` for each served block b (so anyone can ask who serves a given block), and
 //! - stores its signed [`Announcement`] under `announcement(M, node)`.
 //!
+//! A node that hosts a re-checked fraud proof against node X of model M provides `fraud(M, X)`
+//! ([`crate::gossip`]); clients look the key up for every server they might route to.
+//!
 //! Provider records and stored announcements expire after the configured record lifetime unless
 //! the node refreshes them; announcements also carry their own issue time and lifetime, checked by
 //! every reader, so a record that outlives its node on some peer is still ignored.
@@ -37,6 +40,17 @@ pub fn announcement_key(model: &ContentHash, node: &PeerId) -> RecordKey {
         &ContentHasher::new("dht-announcement")
             .field(&model.0)
             .field(&node.to_bytes())
+            .finish()
+            .0,
+    )
+}
+
+/// The provider key of the nodes that host a fraud proof against `accused` about `model`.
+pub fn fraud_key(model: &ContentHash, accused: &PeerId) -> RecordKey {
+    RecordKey::new(
+        &ContentHasher::new("dht-fraud")
+            .field(&model.0)
+            .field(&accused.to_bytes())
             .finish()
             .0,
     )

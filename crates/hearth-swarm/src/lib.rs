@@ -32,6 +32,7 @@ pub mod adversary;
 pub mod client;
 pub mod dht;
 pub mod error;
+pub mod gossip;
 pub mod identity;
 pub mod net;
 pub mod node;

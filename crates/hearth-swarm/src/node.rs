@@ -2,8 +2,11 @@
 //! libp2p streams. Steps from concurrent sessions are batched into one forward pass.
 
 use crate::adversary::Adversary;
-use crate::dht::{announcement_key, block_key, find_servers, model_key, now_unix_ms};
+use crate::dht::{
+    announcement_key, block_key, find_servers, fraud_key, model_key, now_unix_ms, pick_announcement,
+};
 use crate::error::{Result, SwarmError};
+use crate::gossip::{recompute, FraudBoard};
 use crate::identity::NodeIdentity;
 use crate::net::{Net, NetConfig};
 use crate::placement::{self, SpanInfo};
@@ -13,9 +16,11 @@ use hearth_engine::identity::identity_cached;
 use hearth_engine::{
     EngineError, LoadOptions, ModelSource, SessionId, SessionLimits, SliceServer, Tensor,
 };
+use hearth_verify::{Replay, Verdict, HONEST_TOLERANCE};
 use hearth_wire::{
-    read_frame, write_frame, ActivationCommitment, Announcement, ErrorCode, HiddenStates, Limits,
-    OpenSession, Opened, ReceiptBody, Request, Response, Step, StepDone, INFERENCE_PROTOCOL,
+    read_frame, write_frame, ActivationCommitment, Announcement, ErrorCode, FraudProof, FraudReply,
+    FraudRequest, HiddenStates, Limits, OpenSession, Opened, ReceiptBody, Request, Response, Step,
+    StepDone, FRAUD_PROTOCOL, INFERENCE_PROTOCOL,
 };
 use libp2p::{kad, Multiaddr, PeerId, StreamProtocol};
 use std::collections::HashMap;
@@ -92,6 +97,10 @@ pub struct NodeConfig {
     pub rebalance_interval: Option<Duration>,
     /// Hysteresis: move only if the swarm's bottleneck rises by this factor.
     pub rebalance_min_gain: f64,
+    /// Announce this build class instead of the detected one (`hearth_engine::build_class`):
+    /// for a build known to compute the same bits as another class, and for tests. A wrong
+    /// value only hurts this node: verifiers of the claimed class would blame its honest work.
+    pub build_class: Option<u64>,
 }
 
 impl NodeConfig {
@@ -116,6 +125,7 @@ impl NodeConfig {
             step_delay: Duration::ZERO,
             rebalance_interval: Some(Duration::from_secs(60)),
             rebalance_min_gain: 1.1,
+            build_class: None,
         }
     }
 }
@@ -167,6 +177,10 @@ struct NodeState {
     serving: std::sync::atomic::AtomicBool,
     /// Wakes the announcer when `serving` changes.
     serving_changed: tokio::sync::Notify,
+    /// Fraud proofs this node re-checked and hosts for the swarm.
+    fraud: FraudBoard,
+    /// Which nodes compute the same bits as this one (announced; `hearth_engine::build_class`).
+    build_class: u64,
 }
 
 struct Job {
@@ -181,6 +195,10 @@ struct Job {
 const COMPUTE_QUEUE: usize = 256;
 /// Largest frame accepted before a session is open (an Open is 66 bytes).
 const OPEN_FRAME_LIMIT: usize = 1024;
+/// Most fraud-proof streams served at once (each may carry one large proof).
+const FRAUD_STREAMS: usize = 4;
+/// Longest a fraud-proof exchange may take to arrive or be sent.
+const FRAUD_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most steps fused into one forward pass.
 const MAX_BATCH: usize = 64;
 /// Longest wait for other sessions' steps before a batch starts.
@@ -235,6 +253,9 @@ impl Node {
         .map_err(|e| SwarmError::join("loading blocks", e))??;
         let hidden_size = slice.config().hidden_size;
         let server = Arc::new(SliceServer::new(Arc::new(slice), cfg.sessions.clone()));
+        let build_class = cfg
+            .build_class
+            .unwrap_or_else(|| hearth_engine::build_class(server.slice().device()));
         let block_ms = {
             let server = server.clone();
             tokio::task::spawn_blocking(move || measure_block_ms(&server, hidden_size))
@@ -271,6 +292,8 @@ impl Node {
             max_streams: cfg.sessions.max_sessions + 16,
             serving: std::sync::atomic::AtomicBool::new(true),
             serving_changed: tokio::sync::Notify::new(),
+            fraud: FraudBoard::new(),
+            build_class,
             // The widest wire dtype (f32) bounds a step's frame.
             step_frame_limit: (64 + cfg.limits.max_rows as usize * hidden_size * 4)
                 .min(cfg.limits.max_frame_bytes),
@@ -293,6 +316,28 @@ impl Node {
                     let state = state.clone();
                     tokio::spawn(async move {
                         serve_stream(state, peer, stream).await;
+                        drop(permit);
+                    });
+                }
+            });
+        }
+        let mut fraud_streams = control
+            .accept(StreamProtocol::new(FRAUD_PROTOCOL))
+            .map_err(|e| SwarmError::Internal(format!("cannot accept fraud streams: {e}")))?;
+        {
+            let (state, net) = (state.clone(), net.clone());
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                // A submitted proof may be a large frame: few at once.
+                let streams = Arc::new(tokio::sync::Semaphore::new(FRAUD_STREAMS));
+                while let Some((peer, stream)) = fraud_streams.next().await {
+                    let Ok(permit) = streams.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, "too many fraud-proof streams; dropping a new one");
+                        continue;
+                    };
+                    let (state, net) = (state.clone(), net.clone());
+                    tokio::spawn(async move {
+                        serve_fraud_stream(&state, &net, peer, stream).await;
                         drop(permit);
                     });
                 }
@@ -361,6 +406,7 @@ impl Node {
                     cache_free_tokens: free_cache_tokens(&served.server),
                     active_sessions: stats.sessions as u32,
                     price,
+                    build_class: state.build_class,
                     rtts: status
                         .rtts
                         .iter()
@@ -394,6 +440,9 @@ impl Node {
                 }
                 for b in served.span.start()..served.span.end() {
                     net.provide(block_key(&state.model_id, b)).await;
+                }
+                for accused in state.fraud.accused_peers() {
+                    net.provide(fraud_key(&state.model_id, &accused)).await;
                 }
                 provided = Some(served.span);
             }
@@ -730,6 +779,104 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(s) = session {
         let _ = s.served.server.close(s.id);
     }
+}
+
+/// Answers one fraud-proof request ([`crate::gossip`]) and closes the stream.
+async fn serve_fraud_stream(
+    state: &Arc<NodeState>,
+    net: &Net,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+) {
+    let read = read_frame(&mut stream, state.limits.max_frame_bytes);
+    let frame = match tokio::time::timeout(FRAUD_IO_TIMEOUT, read).await {
+        Ok(Ok(Some(f))) => f,
+        _ => return,
+    };
+    let reply = match FraudRequest::decode(&frame, &state.limits) {
+        Err(e) => FraudReply::Refused(format!("malformed request: {e}")).encode(),
+        Ok(FraudRequest::Fetch { model_id, accused }) => state
+            .fraud
+            .reply_for(&accused)
+            .filter(|_| model_id == state.model_id)
+            .map_or_else(|| FraudReply::NotFound.encode(), |r| r.to_vec()),
+        Ok(FraudRequest::Submit(proof)) => match host_proof(state, net, proof).await {
+            Ok(accused) => {
+                tracing::warn!(%peer, %accused, "re-checked a submitted fraud proof: hosting it");
+                FraudReply::Accepted.encode()
+            }
+            Err(why) => {
+                tracing::info!(%peer, "refused a submitted fraud proof: {why}");
+                FraudReply::Refused(why).encode()
+            }
+        },
+    };
+    let _ = tokio::time::timeout(FRAUD_IO_TIMEOUT, write_frame(&mut stream, &reply)).await;
+}
+
+/// Re-checks a submitted fraud proof on this node's own weights and, if it holds, hosts it and
+/// provides its DHT key. Returns the accused peer, or why the proof is not hosted.
+async fn host_proof(
+    state: &Arc<NodeState>,
+    net: &Net,
+    proof: FraudProof,
+) -> std::result::Result<PeerId, String> {
+    let replay = Replay::of(&proof).map_err(|e| format!("not a valid signed record: {e}"))?;
+    if replay.model_id != state.model_id {
+        return Err(format!("about model {}, not this node's", replay.model_id));
+    }
+    let served = state.current();
+    if replay.span.start() < served.span.start() || replay.span.end() > served.span.end() {
+        return Err(format!(
+            "about blocks {}; this node serves {}",
+            replay.span, served.span
+        ));
+    }
+    let accused = crate::identity::peer_of_key(&replay.node)
+        .ok_or("the accused key is not an ed25519 peer id")?;
+    if state.fraud.holds(&replay.node) {
+        return Ok(accused);
+    }
+    // A proof against a key that announces nothing protects nobody and would only take room
+    // here (anyone can make one against a throwaway key of their own).
+    let records = net
+        .get_records(announcement_key(&state.model_id, &accused))
+        .await;
+    let announced = pick_announcement(
+        &records,
+        &accused,
+        &state.model_id,
+        now_unix_ms(),
+        &state.limits,
+    )
+    .ok_or("the accused announces no service of this model")?;
+    // Another build computes other bits (candle's compile-time code paths): this node's
+    // recomputation could blame an honest node of another class.
+    if announced.announcement.build_class != state.build_class {
+        return Err("the accused is of another build class; this node cannot re-check it".into());
+    }
+    let _permit = state
+        .fraud
+        .checking
+        .try_acquire()
+        .map_err(|_| "busy re-checking another proof")?;
+    let (server, span, input) = (served.server.clone(), replay.span, replay.input.clone());
+    let recomputed = tokio::task::spawn_blocking(move || recompute(&server, span, &input))
+        .await
+        .map_err(|e| format!("re-check stopped: {e}"))?
+        .map_err(|e| format!("cannot re-check: {e}"))?;
+    let c = replay.judge(&recomputed);
+    if c.verdict(HONEST_TOLERANCE) == Verdict::Agrees {
+        return Err(format!(
+            "the recomputation agrees with the accused (worst row {:.2e} relative)",
+            c.max_error
+        ));
+    }
+    if !state.fraud.host(replay.node, accused, proof) {
+        return Err("the proof is larger than this node hosts".into());
+    }
+    net.provide(fraud_key(&state.model_id, &accused)).await;
+    Ok(accused)
 }
 
 fn open_session(

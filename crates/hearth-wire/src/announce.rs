@@ -8,7 +8,7 @@ use crate::{Limits, VERSION};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use hearth_core::{BlockRange, ContentHash};
 
-const ANNOUNCE_DOMAIN: &[u8] = b"hearth/announcement/v1";
+const ANNOUNCE_DOMAIN: &[u8] = b"hearth/announcement/v2";
 /// Most RTT entries one announcement carries.
 pub const MAX_RTTS: usize = 32;
 /// Most listen addresses one announcement carries.
@@ -45,6 +45,9 @@ pub struct Announcement {
     pub active_sessions: u32,
     /// Asking price in micro-credits per 1000 block-tokens (0 = free; for the market wave).
     pub price: u64,
+    /// Which nodes compute the same bits as this one on the same weights
+    /// (`hearth_engine::build_class`): spot checks pick verifiers of the same class.
+    pub build_class: u64,
     /// Measured RTTs to peers that serve the blocks after this span (likely next hops).
     pub rtts: Vec<PeerRtt>,
     /// Multiaddrs, binary form, where the node listens.
@@ -62,7 +65,7 @@ pub struct Announcement {
 pub struct SignedAnnouncement {
     /// The signed record.
     pub announcement: Announcement,
-    /// ed25519 signature by `announcement.node` over the domain `hearth/announcement/v1` followed
+    /// ed25519 signature by `announcement.node` over the domain `hearth/announcement/v2` followed
     /// by the record's encoding.
     pub signature: [u8; 64],
 }
@@ -78,6 +81,7 @@ impl Announcement {
             .u64(self.cache_free_tokens)
             .u32(self.active_sessions)
             .u64(self.price)
+            .u64(self.build_class)
             .u32(self.rtts.len() as u32);
         for r in &self.rtts {
             w.fixed(&r.node).u32(r.rtt_us);
@@ -174,6 +178,7 @@ impl SignedAnnouncement {
         let cache_free_tokens = r.u64("announcement cache_free_tokens")?;
         let active_sessions = r.u32("announcement active_sessions")?;
         let price = r.u64("announcement price")?;
+        let build_class = r.u64("announcement build class")?;
         let n_rtts = r.len("announcement rtts", MAX_RTTS)?;
         let mut rtts = Vec::with_capacity(n_rtts);
         for _ in 0..n_rtts {
@@ -196,6 +201,7 @@ impl SignedAnnouncement {
             cache_free_tokens,
             active_sessions,
             price,
+            build_class,
             rtts,
             addrs,
             issued_unix_ms: r.u64("announcement issued")?,

@@ -11,8 +11,10 @@
 use crate::codec::{Reader, Writer};
 use crate::error::{Result, WireError};
 use crate::hidden::HiddenStates;
+use crate::messages::{header, read_header, MAX_ERROR_MESSAGE};
 use crate::receipt::Receipt;
-use crate::{Limits, VERSION};
+use crate::Limits;
+use hearth_core::ContentHash;
 
 /// Kind byte of a stored or gossiped fraud proof (after the version byte).
 const KIND_FRAUD_PROOF: u8 = 201;
@@ -43,23 +45,29 @@ pub struct FraudProof {
 impl FraudProof {
     /// The versioned encoding, for files and gossip.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let payload: usize = self
-            .steps
+        let mut w = header(KIND_FRAUD_PROOF, self.encoded_len_hint());
+        self.encode_body(&mut w);
+        w.finish()
+    }
+
+    /// Bytes the encoding takes, about (for buffer sizes).
+    fn encoded_len_hint(&self) -> usize {
+        self.steps
             .iter()
             .map(|s| s.input.data.len() + s.output.data.len() + 512)
-            .sum();
-        let mut w = Writer::with_capacity(16 + payload);
-        w.u8(VERSION)
-            .u8(KIND_FRAUD_PROOF)
-            .u32(self.window_start)
+            .sum::<usize>()
+            + 16
+    }
+
+    fn encode_body(&self, w: &mut Writer) {
+        w.u32(self.window_start)
             .u32(self.window_rows)
             .u32(self.steps.len() as u32);
         for s in &self.steps {
-            s.input.encode(&mut w);
-            s.output.encode(&mut w);
-            s.receipt.encode(&mut w);
+            s.input.encode(w);
+            s.output.encode(w);
+            s.receipt.encode(w);
         }
-        w.finish()
     }
 
     /// Parses [`FraudProof::to_bytes`]: at most `limits.max_positions` steps, each state within
@@ -74,17 +82,16 @@ impl FraudProof {
             });
         }
         let mut r = Reader::new(bytes);
-        let version = r.u8("fraud proof version")?;
-        if version != VERSION {
-            return Err(WireError::Version {
-                got: version,
-                supported: VERSION,
-            });
-        }
-        let kind = r.u8("fraud proof kind")?;
+        let kind = read_header(&mut r)?;
         if kind != KIND_FRAUD_PROOF {
             return Err(WireError::UnknownKind(kind));
         }
+        let proof = Self::decode_body(&mut r, limits)?;
+        r.end("fraud proof")?;
+        Ok(proof)
+    }
+
+    fn decode_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Self> {
         let window_start = r.u32("fraud proof window start")?;
         let window_rows = r.u32("fraud proof window rows")?;
         if window_rows == 0 {
@@ -98,16 +105,129 @@ impl FraudProof {
         let mut steps = Vec::with_capacity(n.min(r.remaining() / 64));
         for _ in 0..n {
             steps.push(ProvenStep {
-                input: HiddenStates::decode(&mut r, limits)?,
-                output: HiddenStates::decode(&mut r, limits)?,
-                receipt: Receipt::decode(&mut r, limits)?,
+                input: HiddenStates::decode(r, limits)?,
+                output: HiddenStates::decode(r, limits)?,
+                receipt: Receipt::decode(r, limits)?,
             });
         }
-        r.end("fraud proof")?;
         Ok(Self {
             window_start,
             window_rows,
             steps,
         })
+    }
+}
+
+/// A request on a [`FRAUD_PROTOCOL`](crate::FRAUD_PROTOCOL) stream: the client sends one, the
+/// node answers with one [`FraudReply`], and the stream closes.
+///
+/// This is how fraud proofs spread: the client that caught a node submits the proof to nodes
+/// that serve the same blocks; each re-checks it on its own weights and, if it holds, hosts it
+/// and says so in the DHT; any later client finds the hosts, fetches the proof and re-checks it
+/// before excluding the accused. Nobody has to trust the submitter or the host.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FraudRequest {
+    /// Re-check this proof and, if it holds, host it (kind 11).
+    Submit(FraudProof),
+    /// Send the proof hosted against `accused` (an ed25519 key) about `model_id` (kind 12).
+    Fetch {
+        /// The model the accused served.
+        model_id: ContentHash,
+        /// The accused node's key.
+        accused: [u8; 32],
+    },
+}
+
+/// A node's answer to a [`FraudRequest`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum FraudReply {
+    /// The proof re-checked and is hosted (kind 111).
+    Accepted,
+    /// The proof was not hosted, and why (kind 112; at most [`MAX_ERROR_MESSAGE`] bytes).
+    Refused(String),
+    /// The hosted proof (kind 113).
+    Proof(FraudProof),
+    /// No proof hosted against that key (kind 114).
+    NotFound,
+}
+
+const KIND_SUBMIT: u8 = 11;
+const KIND_FETCH: u8 = 12;
+const KIND_ACCEPTED: u8 = 111;
+const KIND_REFUSED: u8 = 112;
+const KIND_PROOF: u8 = 113;
+const KIND_NOT_FOUND: u8 = 114;
+
+impl FraudRequest {
+    /// The frame body (without the length prefix).
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Submit(p) => {
+                let mut w = header(KIND_SUBMIT, p.encoded_len_hint());
+                p.encode_body(&mut w);
+                w.finish()
+            }
+            Self::Fetch { model_id, accused } => {
+                let mut w = header(KIND_FETCH, 64);
+                w.fixed(&model_id.0).fixed(accused);
+                w.finish()
+            }
+        }
+    }
+
+    /// Parses a frame body, checking every length against `limits`; trailing bytes are an error.
+    /// Checks nothing about a submitted proof's claim.
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        let out = match read_header(&mut r)? {
+            KIND_SUBMIT => Self::Submit(FraudProof::decode_body(&mut r, limits)?),
+            KIND_FETCH => Self::Fetch {
+                model_id: ContentHash(r.array("fetch model id")?),
+                accused: r.array("fetch accused key")?,
+            },
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        r.end("fraud request")?;
+        Ok(out)
+    }
+}
+
+impl FraudReply {
+    /// The frame body (without the length prefix); a refusal is cut to [`MAX_ERROR_MESSAGE`]
+    /// bytes at a character boundary.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Accepted => header(KIND_ACCEPTED, 0).finish(),
+            Self::Refused(why) => {
+                let mut end = why.len().min(MAX_ERROR_MESSAGE);
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let mut w = header(KIND_REFUSED, end + 4);
+                w.bytes(&why.as_bytes()[..end]);
+                w.finish()
+            }
+            Self::Proof(p) => {
+                let mut w = header(KIND_PROOF, p.encoded_len_hint());
+                p.encode_body(&mut w);
+                w.finish()
+            }
+            Self::NotFound => header(KIND_NOT_FOUND, 0).finish(),
+        }
+    }
+
+    /// Parses a frame body, checking every length against `limits`; trailing bytes are an error.
+    /// Checks nothing about a returned proof's claim.
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        let out = match read_header(&mut r)? {
+            KIND_ACCEPTED => Self::Accepted,
+            KIND_REFUSED => Self::Refused(r.string("refusal", MAX_ERROR_MESSAGE)?),
+            KIND_PROOF => Self::Proof(FraudProof::decode_body(&mut r, limits)?),
+            KIND_NOT_FOUND => Self::NotFound,
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        r.end("fraud reply")?;
+        Ok(out)
     }
 }

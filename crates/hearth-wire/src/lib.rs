@@ -25,7 +25,7 @@ pub use commitment::{
 pub use ed25519_dalek::SigningKey;
 pub use error::{Result, WireError};
 pub use frame::{read_frame, write_frame};
-pub use fraud::{FraudProof, ProvenStep};
+pub use fraud::{FraudProof, FraudReply, FraudRequest, ProvenStep};
 pub use hidden::{HiddenDType, HiddenStates};
 pub use messages::{
     ErrorCode, ErrorReply, OpenSession, Opened, Request, Response, Step, StepDone,
@@ -35,9 +35,11 @@ pub use receipt::{Receipt, ReceiptBody, SessionKey, SESSION_KEY_LEN};
 
 /// The libp2p protocol name of inference sessions.
 pub const INFERENCE_PROTOCOL: &str = "/hearth/inference/1";
+/// The libp2p protocol name of fraud-proof exchange ([`FraudRequest`], [`FraudReply`]).
+pub const FRAUD_PROTOCOL: &str = "/hearth/fraud/1";
 /// Wire format version; bumped on any incompatible change (2: receipts carry the start position
-/// and an activation commitment).
-pub const VERSION: u8 = 2;
+/// and an activation commitment; 3: announcements carry the build class).
+pub const VERSION: u8 = 3;
 
 /// Hard limits on everything a peer can make us allocate.
 #[derive(Clone, Debug)]

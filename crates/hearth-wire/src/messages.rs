@@ -144,13 +144,15 @@ const KIND_OPENED: u8 = 101;
 const KIND_STEP_DONE: u8 = 102;
 const KIND_ERROR: u8 = 103;
 
-fn header(kind: u8, capacity: usize) -> Writer {
+/// A writer that starts a message body: version byte, then `kind`.
+pub(crate) fn header(kind: u8, capacity: usize) -> Writer {
     let mut w = Writer::with_capacity(capacity + 2);
     w.u8(VERSION).u8(kind);
     w
 }
 
-fn read_header(r: &mut Reader<'_>) -> Result<u8> {
+/// Reads a message body's version byte (refusing any other version) and returns its kind.
+pub(crate) fn read_header(r: &mut Reader<'_>) -> Result<u8> {
     let version = r.u8("version")?;
     if version != VERSION {
         return Err(WireError::Version {

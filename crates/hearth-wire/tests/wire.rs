@@ -13,9 +13,9 @@ use futures::AsyncRead;
 use hearth_core::{BlockRange, ContentHash};
 use hearth_wire::{
     read_frame, write_frame, ActivationCommitment, Announcement, ErrorCode, ErrorReply, FraudProof,
-    HiddenDType, HiddenStates, Limits, OpenSession, Opened, PeerRtt, ProvenStep, Receipt,
-    ReceiptBody, Request, Response, SignedAnnouncement, SigningKey, Step, StepDone, WireError,
-    Writer, MAX_ADDRS, MAX_ADDR_LEN, MAX_ERROR_MESSAGE, MAX_RTTS, VERSION,
+    FraudReply, FraudRequest, HiddenDType, HiddenStates, Limits, OpenSession, Opened, PeerRtt,
+    ProvenStep, Receipt, ReceiptBody, Request, Response, SignedAnnouncement, SigningKey, Step,
+    StepDone, WireError, Writer, MAX_ADDRS, MAX_ADDR_LEN, MAX_ERROR_MESSAGE, MAX_RTTS, VERSION,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -49,7 +49,7 @@ const OPEN_DTYPE: usize = 62;
 const OPEN_LEN: usize = 63;
 /// Offsets inside a signed announcement.
 const ANN_N_BLOCKS: usize = 33;
-const ANN_N_RTTS: usize = 73;
+const ANN_N_RTTS: usize = 81;
 
 fn limits() -> Limits {
     Limits::default()
@@ -211,6 +211,7 @@ fn announcement() -> Announcement {
         cache_free_tokens: 65_536,
         active_sessions: 3,
         price: 0,
+        build_class: 0x0123_4567_89ab_cdef,
         rtts: vec![
             PeerRtt {
                 node: [1; 32],
@@ -246,6 +247,7 @@ fn raw_announcement(a: &Announcement, key: &SigningKey) -> Vec<u8> {
         .u64(a.cache_free_tokens)
         .u32(a.active_sessions)
         .u64(a.price)
+        .u64(a.build_class)
         .u32(a.rtts.len() as u32);
     for r in &a.rtts {
         body.fixed(&r.node).u32(r.rtt_us);
@@ -258,7 +260,7 @@ fn raw_announcement(a: &Announcement, key: &SigningKey) -> Vec<u8> {
         .u32(a.ttl_secs)
         .fixed(&key.verifying_key().to_bytes());
     let body = body.finish();
-    let mut signing = b"hearth/announcement/v1".to_vec();
+    let mut signing = b"hearth/announcement/v2".to_vec();
     signing.extend_from_slice(&body);
     let sig = key.sign(&signing).to_bytes();
     let mut out = vec![VERSION];
@@ -809,7 +811,84 @@ fn every_truncation_of_every_message_is_an_error() {
         assert!(matches!(r, Ok(Err(_))), "fraud proof cut at {n}: {r:?}");
         checked += 1;
     }
+    for msg in fraud_requests() {
+        let bytes = msg.encode();
+        assert_eq!(FraudRequest::decode(&bytes, &l).as_ref(), Ok(&msg));
+        for n in 0..bytes.len() {
+            let r = catch_unwind(|| FraudRequest::decode(&bytes[..n], &l));
+            assert!(matches!(r, Ok(Err(_))), "fraud request cut at {n}: {r:?}");
+            checked += 1;
+        }
+    }
+    for msg in fraud_replies() {
+        let bytes = msg.encode();
+        assert_eq!(FraudReply::decode(&bytes, &l).as_ref(), Ok(&msg));
+        for n in 0..bytes.len() {
+            let r = catch_unwind(|| FraudReply::decode(&bytes[..n], &l));
+            assert!(matches!(r, Ok(Err(_))), "fraud reply cut at {n}: {r:?}");
+            checked += 1;
+        }
+    }
     assert!(checked > 1000, "{checked}");
+}
+
+fn fraud_requests() -> Vec<FraudRequest> {
+    vec![
+        FraudRequest::Submit(fraud_proof()),
+        FraudRequest::Fetch {
+            model_id: ContentHash::of(b"m"),
+            accused: [9; 32],
+        },
+    ]
+}
+
+fn fraud_replies() -> Vec<FraudReply> {
+    vec![
+        FraudReply::Accepted,
+        FraudReply::Refused("the recomputation agrees".into()),
+        FraudReply::Proof(fraud_proof()),
+        FraudReply::NotFound,
+    ]
+}
+
+#[test]
+fn fraud_exchange_refuses_what_it_must() {
+    let l = limits();
+    // A refusal longer than the limit is cut at a character boundary by the sender.
+    let long = FraudReply::Refused("é".repeat(MAX_ERROR_MESSAGE));
+    match FraudReply::decode(&long.encode(), &l) {
+        Ok(FraudReply::Refused(why)) => assert!(why.len() <= MAX_ERROR_MESSAGE && !why.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // A request kind on the reply side (and the reverse) is an unknown kind, not a misparse.
+    let fetch = fraud_requests()[1].encode();
+    assert!(matches!(
+        FraudReply::decode(&fetch, &l),
+        Err(WireError::UnknownKind(12))
+    ));
+    assert!(matches!(
+        FraudRequest::decode(&FraudReply::Accepted.encode(), &l),
+        Err(WireError::UnknownKind(111))
+    ));
+    // Another wire version is refused before anything else is read.
+    let mut old = fetch.clone();
+    old[0] = VERSION - 1;
+    assert!(matches!(
+        FraudRequest::decode(&old, &l),
+        Err(WireError::Version { .. })
+    ));
+    // Trailing bytes are an error.
+    let mut long_fetch = fetch;
+    long_fetch.push(0);
+    assert!(FraudRequest::decode(&long_fetch, &l).is_err());
+    // A proof with more steps than the limit allows is refused.
+    let tight = Limits {
+        max_positions: 1,
+        ..limits()
+    };
+    let mut p = fraud_proof();
+    p.steps.push(p.steps[0].clone());
+    assert!(FraudRequest::decode(&FraudRequest::Submit(p).encode(), &tight).is_err());
 }
 
 #[test]
@@ -1439,6 +1518,25 @@ fn seeded_mutations_never_panic_and_decode_canonically() {
         FraudProof::from_bytes,
         FraudProof::to_bytes,
     );
+    let exchange: Vec<Vec<u8>> = fraud_requests()
+        .iter()
+        .map(FraudRequest::encode)
+        .chain(fraud_replies().iter().map(FraudReply::encode))
+        .collect();
+    let f = fuzz_kind(
+        "fraud request",
+        &exchange,
+        7,
+        FraudRequest::decode,
+        FraudRequest::encode,
+    );
+    let g = fuzz_kind(
+        "fraud reply",
+        &exchange,
+        8,
+        FraudReply::decode,
+        FraudReply::encode,
+    );
     // The mutator must not be so destructive that nothing ever decodes (then the Ok branch
     // above would be untested), nor so gentle that everything does.
     for (name, (ok, err)) in [
@@ -1446,6 +1544,8 @@ fn seeded_mutations_never_panic_and_decode_canonically() {
         ("response", b),
         ("receipt", d),
         ("fraud proof", e),
+        ("fraud request", f),
+        ("fraud reply", g),
     ] {
         assert!(ok > 100 && err > 100, "{name}: {ok} decoded, {err} refused");
     }
@@ -1528,6 +1628,14 @@ fn write_fuzz_seeds() {
         write("response", i, &r.encode());
     }
     write("fraud_proof", 0, &fraud_proof().to_bytes());
+    let exchange: Vec<Vec<u8>> = fraud_requests()
+        .iter()
+        .map(FraudRequest::encode)
+        .chain(fraud_replies().iter().map(FraudReply::encode))
+        .collect();
+    for (i, bytes) in exchange.iter().enumerate() {
+        write("fraud_exchange", i, bytes);
+    }
     let mut ann = vec![0u8];
     ann.extend_from_slice(&signed().encode());
     write("announcement", 0, &ann);
