@@ -26,6 +26,12 @@ pub(crate) struct NetArgs {
     /// Lifetime of DHT records, seconds (nodes refresh theirs at a third of it).
     #[arg(long, default_value_t = NetConfig::default().record_ttl.as_secs())]
     pub record_ttl: u64,
+    /// Most connections other peers may have established to this host at once.
+    #[arg(long, default_value_t = NetConfig::default().max_incoming)]
+    pub max_incoming: u32,
+    /// Most connections established with one peer.
+    #[arg(long, default_value_t = NetConfig::default().max_per_peer)]
+    pub max_connections_per_peer: u32,
     /// Route for throughput (spread parallel streams over replicas) instead of latency.
     #[arg(long)]
     pub throughput: bool,
@@ -102,6 +108,8 @@ impl NetArgs {
             bootstrap: self.bootstrap.clone(),
             mdns: !self.no_mdns,
             record_ttl: Duration::from_secs(self.record_ttl.max(1)),
+            max_incoming: self.max_incoming,
+            max_per_peer: self.max_connections_per_peer.max(1),
             ..base
         }
     }

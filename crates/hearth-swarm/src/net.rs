@@ -10,8 +10,8 @@ use libp2p::kad::{
 };
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    autonat, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId,
-    StreamProtocol, Swarm,
+    autonat, connection_limits, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, Multiaddr,
+    PeerId, StreamProtocol, Swarm,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -39,6 +39,14 @@ pub struct NetConfig {
     pub record_ttl: Duration,
     /// Interval of the ping protocol, which also measures RTTs.
     pub ping_interval: Duration,
+    /// Most connections other peers may have established to this host at once: connections
+    /// are cheap to open and identities are free, so without a cap a flood of them exhausts
+    /// file descriptors and memory.
+    pub max_incoming: u32,
+    /// Most connections being set up (handshakes) from other peers at once.
+    pub max_pending_incoming: u32,
+    /// Most connections established with one peer (TCP, QUIC and relayed together).
+    pub max_per_peer: u32,
 }
 
 impl Default for NetConfig {
@@ -55,6 +63,9 @@ impl Default for NetConfig {
             dht_server: true,
             record_ttl: Duration::from_secs(60),
             ping_interval: Duration::from_secs(5),
+            max_incoming: 512,
+            max_pending_incoming: 64,
+            max_per_peer: 4,
         }
     }
 }
@@ -69,6 +80,7 @@ struct Behaviour {
     dcutr: dcutr::Behaviour,
     autonat: autonat::Behaviour,
     stream: libp2p_stream::Behaviour,
+    limits: connection_limits::Behaviour,
 }
 
 enum Command {
@@ -162,6 +174,12 @@ impl Net {
                     dcutr: dcutr::Behaviour::new(peer_id),
                     autonat: autonat::Behaviour::new(peer_id, Default::default()),
                     stream: libp2p_stream::Behaviour::new(),
+                    limits: connection_limits::Behaviour::new(
+                        connection_limits::ConnectionLimits::default()
+                            .with_max_established_incoming(Some(cfg.max_incoming))
+                            .with_max_pending_incoming(Some(cfg.max_pending_incoming))
+                            .with_max_established_per_peer(Some(cfg.max_per_peer)),
+                    ),
                 })
             })
             .map_err(|e| SwarmError::transport("setting up the network behaviours", e))?

@@ -85,6 +85,12 @@ pub struct NodeConfig {
     pub price: u64,
     /// Close a session's stream after this long without a request.
     pub idle_timeout: Duration,
+    /// Close a stream that has not opened a session this long after it arrived (a peer must not
+    /// hold stream slots without using them).
+    pub open_timeout: Duration,
+    /// Drop a stream whose peer does not take a reply within this long (a client that stops
+    /// reading must not hold its session).
+    pub write_timeout: Duration,
     /// Caps on what a peer's messages may make the node allocate.
     pub limits: Limits,
     /// Testing only: misbehave this way on purpose (`None` in production).
@@ -119,6 +125,8 @@ impl NodeConfig {
             announce_ttl: Duration::from_secs(60),
             price: 0,
             idle_timeout: Duration::from_secs(120),
+            open_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             fault: None,
             adversary: None,
@@ -160,7 +168,13 @@ struct NodeState {
     compute: mpsc::Sender<Job>,
     limits: Limits,
     max_per_peer: usize,
-    per_peer: Mutex<HashMap<PeerId, usize>>,
+    /// Sessions open per peer (at most `max_per_peer`).
+    sessions_per_peer: PeerCounts,
+    /// Inference streams open per peer, session or not (at most `max_per_peer` +
+    /// `SPARE_STREAMS_PER_PEER`): without this one peer could hold every stream slot.
+    streams_per_peer: PeerCounts,
+    open_timeout: Duration,
+    write_timeout: Duration,
     idle_timeout: Duration,
     fault: Option<Fault>,
     #[cfg_attr(not(feature = "adversary"), allow(dead_code))]
@@ -195,6 +209,11 @@ struct Job {
 const COMPUTE_QUEUE: usize = 256;
 /// Largest frame accepted before a session is open (an Open is 66 bytes).
 const OPEN_FRAME_LIMIT: usize = 1024;
+/// Bytes of a step frame besides its values (version, kind, step index, the hidden states'
+/// header), rounded up.
+const STEP_HEADER_BYTES: usize = 64;
+/// Streams a peer may hold beyond its session cap (one opening while another closes).
+const SPARE_STREAMS_PER_PEER: usize = 2;
 /// Most fraud-proof streams served at once (each may carry one large proof).
 const FRAUD_STREAMS: usize = 4;
 /// Longest a fraud-proof exchange may take to arrive or be sent.
@@ -283,7 +302,10 @@ impl Node {
             compute: tx,
             limits: cfg.limits.clone(),
             max_per_peer: cfg.max_sessions_per_peer,
-            per_peer: Mutex::new(HashMap::new()),
+            sessions_per_peer: PeerCounts::default(),
+            streams_per_peer: PeerCounts::default(),
+            open_timeout: cfg.open_timeout,
+            write_timeout: cfg.write_timeout,
             idle_timeout: cfg.idle_timeout,
             fault: cfg.fault,
             adversary: cfg.adversary,
@@ -295,7 +317,7 @@ impl Node {
             fraud: FraudBoard::new(),
             build_class,
             // The widest wire dtype (f32) bounds a step's frame.
-            step_frame_limit: (64 + cfg.limits.max_rows as usize * hidden_size * 4)
+            step_frame_limit: (STEP_HEADER_BYTES + cfg.limits.max_rows as usize * hidden_size * 4)
                 .min(cfg.limits.max_frame_bytes),
         });
         let mut control = net.control();
@@ -309,6 +331,11 @@ impl Node {
                 // Every open stream may buffer up to one frame: cap how many exist at once.
                 let streams = Arc::new(tokio::sync::Semaphore::new(state.max_streams));
                 while let Some((peer, stream)) = incoming.next().await {
+                    let max = state.max_per_peer + SPARE_STREAMS_PER_PEER;
+                    let Some(peer_slot) = state.streams_per_peer.try_take(peer, max) else {
+                        tracing::debug!(%peer, "peer holds {max} streams; dropping a new one");
+                        continue;
+                    };
                     let Ok(permit) = streams.clone().try_acquire_owned() else {
                         tracing::debug!(%peer, "too many open streams; dropping a new one");
                         continue;
@@ -316,7 +343,7 @@ impl Node {
                     let state = state.clone();
                     tokio::spawn(async move {
                         serve_stream(state, peer, stream).await;
-                        drop(permit);
+                        drop((permit, peer_slot));
                     });
                 }
             });
@@ -680,19 +707,35 @@ fn compute_loop(mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Releases a peer's session slot when the stream ends, however it ends.
+/// How many of something (sessions, streams) each peer holds, with a per-peer cap.
+#[derive(Clone, Default)]
+struct PeerCounts(Arc<Mutex<HashMap<PeerId, usize>>>);
+
+impl PeerCounts {
+    /// One more for `peer` if it holds fewer than `max`; released when the slot drops.
+    fn try_take(&self, peer: PeerId, max: usize) -> Option<PeerSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(peer).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// One of a peer's counted slots; released however the stream or session ends.
 struct PeerSlot {
-    state: Arc<NodeState>,
+    counts: PeerCounts,
     peer: PeerId,
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut map = self
-            .state
-            .per_peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = map.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
@@ -705,6 +748,8 @@ impl Drop for PeerSlot {
 struct OpenState {
     served: Arc<Served>,
     id: SessionId,
+    /// Largest step frame this session can need: no more rows than its length, in its dtype.
+    frame_limit: usize,
     open: OpenSession,
     _slot: PeerSlot,
     /// The last row this session returned (for the `stale` adversary).
@@ -721,17 +766,16 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session: Option<OpenState> = None;
     loop {
         // Before a session is open only a small Open fits; after, at most the largest step this
-        // model can take (max rows × its hidden width), not the protocol's global maximum.
+        // session can take (its length in rows × the hidden width, in its dtype).
         let max_frame = match &session {
             None => OPEN_FRAME_LIMIT,
-            Some(_) => state.step_frame_limit,
+            Some(s) => s.frame_limit,
         };
-        let frame = match tokio::time::timeout(
-            state.idle_timeout,
-            read_frame(&mut stream, max_frame),
-        )
-        .await
-        {
+        let deadline = match &session {
+            None => state.open_timeout,
+            Some(_) => state.idle_timeout,
+        };
+        let frame = match tokio::time::timeout(deadline, read_frame(&mut stream, max_frame)).await {
             Ok(Ok(Some(f))) => f,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
@@ -772,7 +816,13 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             },
             Request::Close => break,
         };
-        if write_frame(&mut stream, &reply.encode()).await.is_err() || !keep_going {
+        let bytes = reply.encode();
+        let write = write_frame(&mut stream, &bytes);
+        let written = matches!(
+            tokio::time::timeout(state.write_timeout, write).await,
+            Ok(Ok(()))
+        );
+        if !written || !keep_going {
             break;
         }
     }
@@ -907,21 +957,15 @@ fn open_session(
             ),
         )));
     }
-    {
-        let mut map = state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(peer).or_insert(0);
-        if *n >= state.max_per_peer {
-            return Err(Box::new(Response::error(
+    let slot = state
+        .sessions_per_peer
+        .try_take(peer, state.max_per_peer)
+        .ok_or_else(|| {
+            Box::new(Response::error(
                 ErrorCode::Busy,
                 format!("at most {} sessions per peer", state.max_per_peer),
-            )));
-        }
-        *n += 1;
-    }
-    let slot = PeerSlot {
-        state: state.clone(),
-        peer,
-    };
+            ))
+        })?;
     #[allow(unused_mut)]
     let mut run_span = open.span;
     #[cfg(feature = "adversary")]
@@ -944,6 +988,11 @@ fn open_session(
         OpenState {
             served,
             id,
+            frame_limit: (STEP_HEADER_BYTES
+                + (open.max_len.min(state.limits.max_rows) as usize)
+                    * state.hidden_size
+                    * open.dtype.bytes_per_value())
+            .min(state.step_frame_limit),
             open,
             _slot: slot,
             #[cfg(feature = "adversary")]

@@ -23,6 +23,10 @@ fn loopback() -> NetConfig {
 }
 
 async fn start_node(dir: &std::path::Path) -> Node {
+    start_node_with(dir, |_| {}).await
+}
+
+async fn start_node_with(dir: &std::path::Path, tweak: impl FnOnce(&mut NodeConfig)) -> Node {
     let model = dir.join("model");
     SynthModel::new(shape("tiny").unwrap(), 1)
         .unwrap()
@@ -33,6 +37,7 @@ async fn start_node(dir: &std::path::Path) -> Node {
     cfg.net = loopback();
     cfg.max_sessions_per_peer = 2;
     cfg.announce_ttl = Duration::from_secs(3);
+    tweak(&mut cfg);
     Node::start(cfg).await.unwrap()
 }
 
@@ -190,19 +195,20 @@ async fn hostile_peer_gets_errors_and_the_node_keeps_serving() {
     }
     assert!(freed, "closing a stream did not free its session");
 
-    // Once open, a frame may be as large as the biggest step this model can take, no larger:
-    // 2048 rows × 256 wide × 4 bytes (f32, the widest wire dtype) + header.
+    // Once open, a frame may be as large as the biggest step this session can take, no larger:
+    // its 32 positions × 256 wide × 2 bytes (f16) + 64 bytes of header, not the model's largest
+    // step (2048 rows of f32, 2 MiB).
     let mut s4 = stream(&net, peer).await;
     assert!(matches!(
         exchange(&mut s4, &open(&node, node.model_id)).await,
         Some(Response::Opened(_))
     ));
-    s4.write_all(&2_200_000u32.to_le_bytes()).await.unwrap();
+    s4.write_all(&16_449u32.to_le_bytes()).await.unwrap();
     s4.flush().await.unwrap();
     let reply = read_frame(&mut s4, 1 << 20).await.unwrap().unwrap();
     assert!(matches!(
         Response::decode(&reply, &Limits::default()).unwrap(),
-        Response::Error(e) if e.message.contains("exceeds the limit of 2097216")
+        Response::Error(e) if e.message.contains("exceeds the limit of 16448")
     ));
     assert!(closed(&mut s4).await);
 
@@ -242,4 +248,101 @@ async fn hostile_peer_gets_errors_and_the_node_keeps_serving() {
     let log = log.lock().unwrap();
     assert_eq!(log.receipts.len(), 1);
     assert!(log.failovers.is_empty());
+}
+
+/// A peer may not hold stream slots it does not use: beyond its session cap plus two spare
+/// streams, a new stream is dropped at once (the ones it holds keep working).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_hold_more_streams_than_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node_with(dir.path(), |c| c.open_timeout = Duration::from_secs(60)).await;
+    let (net, peer) = attacker(&node).await;
+    // The session cap is 2, so 4 silent streams are allowed...
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(stream(&net, peer).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and a fifth is closed without a word.
+    let mut extra = stream(&net, peer).await;
+    assert!(closed(&mut extra).await, "a fifth silent stream was kept");
+    // The held ones still work.
+    assert!(matches!(
+        exchange(&mut held[0], &open(&node, node.model_id)).await,
+        Some(Response::Opened(_))
+    ));
+    // Releasing one makes room for another.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = stream(&net, peer).await;
+    assert!(matches!(
+        exchange(&mut again, &open(&node, node.model_id)).await,
+        Some(Response::Opened(_))
+    ));
+}
+
+/// A stream that never opens a session is closed after `open_timeout`, not after the (much
+/// longer) idle timeout of an open session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_opens_a_session_is_closed_soon() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node_with(dir.path(), |c| {
+        c.open_timeout = Duration::from_millis(300);
+        c.idle_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let (net, peer) = attacker(&node).await;
+    let mut silent = stream(&net, peer).await;
+    assert!(
+        closed(&mut silent).await,
+        "a silent stream outlived the open deadline"
+    );
+    // An opened session is not held to that deadline.
+    let mut s = stream(&net, peer).await;
+    assert!(matches!(
+        exchange(&mut s, &open(&node, node.model_id)).await,
+        Some(Response::Opened(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(matches!(
+        exchange(&mut s, &step(256, 0)).await,
+        Some(Response::StepDone(_))
+    ));
+}
+
+/// Connections are capped (identities are free, so a flood of peers must not exhaust the node):
+/// past `max_incoming` established connections a new peer is refused; when one leaves, room
+/// opens again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node_with(dir.path(), |c| c.net.max_incoming = 2).await;
+    let connected = |net: &Net| {
+        let (net, peer) = (net.clone(), node.peer_id);
+        async move {
+            for _ in 0..100 {
+                if net.status().await.connected.contains(&peer) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    let (first, _) = attacker(&node).await;
+    let (second, _) = attacker(&node).await;
+    assert!(connected(&first).await && connected(&second).await);
+    let (third, _) = attacker(&node).await;
+    assert!(!connected(&third).await, "a third peer got past a cap of 2");
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..50 {
+        let addrs = node.net.status().await.listen_addrs;
+        third.dial(node.peer_id, addrs).await;
+        if connected(&third).await {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "room did not open when a peer left");
 }
