@@ -72,6 +72,19 @@ async fn start_node_of_class(
     (node, addr)
 }
 
+/// A client (not a DHT server) bootstrapping from `boot`, checking windows by `spot_checks`.
+fn client_config(boot: &str, spot_checks: Option<SpotCheckPolicy>) -> ClientConfig {
+    ClientConfig {
+        net: NetConfig {
+            dht_server: false,
+            ..loopback(Some(boot))
+        },
+        cover_timeout: Duration::from_secs(20),
+        spot_checks,
+        ..ClientConfig::default()
+    }
+}
+
 /// One step of positions 0..8 "served" by `key`: its honest output, times `1 + skew`.
 fn proof(server: &SliceServer, node: &Node, key: &SigningKey, skew: f32) -> FraudProof {
     let rows = 8;
@@ -141,14 +154,7 @@ async fn a_proof_is_hosted_only_if_it_holds_and_other_clients_exclude_the_accuse
         .unwrap();
     let server = SliceServer::new(Arc::new(slice), SessionLimits::default());
 
-    let client_cfg = || ClientConfig {
-        net: NetConfig {
-            dht_server: false,
-            ..loopback(Some(&boot))
-        },
-        cover_timeout: Duration::from_secs(20),
-        ..ClientConfig::default()
-    };
+    let client_cfg = || client_config(&boot, ClientConfig::default().spot_checks);
     let submitter = SwarmClient::start(client_cfg()).await.unwrap();
     let servers = submitter
         .wait_for_coverage(&accused.model_id, accused.n_blocks)
@@ -259,20 +265,13 @@ async fn verifiers_are_of_the_checked_nodes_build_class() {
             .map(|s| s.announcement.build_class)
             .unwrap()
     };
-    let client = SwarmClient::start(ClientConfig {
-        net: NetConfig {
-            dht_server: false,
-            ..loopback(Some(&boot))
-        },
-        cover_timeout: Duration::from_secs(20),
-        spot_checks: Some(SpotCheckPolicy {
-            always_check_prefill: true,
-            ..SpotCheckPolicy::default()
-        }),
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
+    let policy = SpotCheckPolicy {
+        always_check_prefill: true,
+        ..SpotCheckPolicy::default()
+    };
+    let client = SwarmClient::start(client_config(&boot, Some(policy)))
+        .await
+        .unwrap();
     let x = || HiddenStates::from_f32(HiddenDType::F16, 0, 4, WIDTH, &[0.25; 4 * WIDTH as usize]);
     let servers = client
         .wait_for_coverage(&n1.model_id, n1.n_blocks)
@@ -322,22 +321,15 @@ async fn the_last_unfinished_window_is_checked_when_the_generation_ends() {
     let model = tiny_model(dir.path());
     let (n1, boot) = start_node(&model, &dir.path().join("n1"), None).await;
     let (_n2, _) = start_node(&model, &dir.path().join("n2"), Some(&boot)).await;
-    let client = SwarmClient::start(ClientConfig {
-        net: NetConfig {
-            dht_server: false,
-            ..loopback(Some(&boot))
-        },
-        cover_timeout: Duration::from_secs(20),
-        spot_checks: Some(SpotCheckPolicy {
-            window: 4,
-            probability: 1.0,
-            probation_probability: 1.0,
-            always_check_prefill: true,
-        }),
-        ..ClientConfig::default()
-    })
-    .await
-    .unwrap();
+    let policy = SpotCheckPolicy {
+        window: 4,
+        probability: 1.0,
+        probation_probability: 1.0,
+        always_check_prefill: true,
+    };
+    let client = SwarmClient::start(client_config(&boot, Some(policy)))
+        .await
+        .unwrap();
     client
         .wait_for_coverage(&n1.model_id, n1.n_blocks)
         .await
