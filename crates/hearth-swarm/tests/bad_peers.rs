@@ -261,7 +261,8 @@ async fn a_peer_cannot_hold_more_streams_than_its_share() {
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(stream(&net, peer).await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // One at a time: libp2p-stream drops a stream that arrives while its accept queue is full.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // ...and a fifth is closed without a word.
     let mut extra = stream(&net, peer).await;
@@ -312,34 +313,42 @@ async fn a_stream_that_never_opens_a_session_is_closed_soon() {
 
 /// Connections are capped (identities are free, so a flood of peers must not exhaust the node):
 /// past `max_incoming` established connections a new peer is refused; when one leaves, room
-/// opens again.
+/// opens again. Judged by the node's own view: a dialer may see its connection for a moment
+/// before the node closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_node_with(dir.path(), |c| c.net.max_incoming = 2).await;
-    let connected = |net: &Net| {
-        let (net, peer) = (net.clone(), node.peer_id);
-        async move {
-            for _ in 0..100 {
-                if net.status().await.connected.contains(&peer) {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let node_sees = |peer: PeerId| {
+        let net = node.net.clone();
+        async move { net.status().await.connected.contains(&peer) }
+    };
+    let wait_for = |peer: PeerId, want: bool| async move {
+        for _ in 0..100 {
+            if node_sees(peer).await == want {
+                return true;
             }
-            false
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        false
     };
     let (first, _) = attacker(&node).await;
     let (second, _) = attacker(&node).await;
-    assert!(connected(&first).await && connected(&second).await);
+    assert!(wait_for(first.peer_id(), true).await && wait_for(second.peer_id(), true).await);
     let (third, _) = attacker(&node).await;
-    assert!(!connected(&third).await, "a third peer got past a cap of 2");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !node_sees(third.peer_id()).await,
+        "a third peer got past a cap of 2"
+    );
+    let first_id = first.peer_id();
     drop(first);
+    assert!(wait_for(first_id, false).await, "the first peer never left");
     let mut admitted = false;
     for _ in 0..50 {
         let addrs = node.net.status().await.listen_addrs;
         third.dial(node.peer_id, addrs).await;
-        if connected(&third).await {
+        if wait_for(third.peer_id(), true).await {
             admitted = true;
             break;
         }
