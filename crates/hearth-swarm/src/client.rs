@@ -307,19 +307,32 @@ impl SwarmClient {
                 return false;
             }
         };
-        // Re-executed on servers other than the accused and the host, as a spot check would.
+        // Re-executed on servers other than the accused and the host, of the accused's build
+        // class (only they compute the bits it should have sent), as a spot check would.
+        let Some(class) = class_of(servers, &accused) else {
+            return false;
+        };
+        let excluded: HashSet<PeerId> = [accused, host].into_iter().collect();
+        let verifiers = of_class(servers, Some(class));
+        let request = RouteRequest {
+            range: replay.span,
+            need_tokens: u64::from(replay.input.rows),
+            banned: &excluded,
+            mode: self.cfg.mode,
+        };
+        // Only start when a route exists: a chain would wait `cover_timeout` for one.
+        if find_route(&views(&verifiers, &self.cfg, &self.reputations()), &request).is_err() {
+            tracing::info!(%accused, "no server can re-check a gossiped fraud proof now");
+            return false;
+        }
         let mut chain = self.chain_over(
             *model,
             n_blocks,
             replay.span,
             replay.input.rows as usize,
-            [accused, host].into_iter().collect(),
+            excluded,
         );
         chain.servers = servers.to_vec();
-        // Only a verifier of the accused's build class computes the bits it should have sent.
-        let Some(class) = class_of(servers, &accused) else {
-            return false;
-        };
         chain.only_class = Some(class);
         let recomputed = match Box::pin(chain.forward_hidden(replay.input.clone())).await {
             Ok(out) => out.to_f32(),
