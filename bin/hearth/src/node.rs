@@ -54,8 +54,8 @@ pub(crate) struct NodeArgs {
     #[arg(long, hide = true)]
     pub fault: Option<Fault>,
     /// Testing only: cheat in the given way (noise:REL, stale, random, copy-input, skip-block,
-    /// claim-model:HEX, each optionally @FRACTION); refused unless built with the `adversary`
-    /// feature, as test builds are.
+    /// claim-model:HEX, each optionally @FRACTION or @from:POSITION); refused unless built with
+    /// the `adversary` feature, as test builds are.
     #[arg(long, hide = true)]
     pub adversary: Option<Adversary>,
     /// Testing only: delay every answer by this many milliseconds.

@@ -184,10 +184,7 @@ pub(crate) fn generate_through_swarm(
     if let Some(path) = &outputs.trail {
         let mut trail =
             hearth_gateway::trail::trail_of(&ident.model_id, &log, client.config().dtype);
-        trail.tokens = Some(hearth_gateway::trail::TokensOut {
-            prompt: prompt.to_vec(),
-            generated: out.tokens.clone(),
-        });
+        trail.tokens = Some(hearth_gateway::trail::TokensOut::of(prompt, &out));
         trail.sampling = Some(params.clone());
         std::fs::write(path, serde_json::to_vec_pretty(&trail)?)?;
         eprintln!("trail: {}", path.display());

@@ -11,6 +11,7 @@ use hearth_engine::SessionId;
 use hearth_engine::{
     ClientHead, DType, Device, LoadOptions, ModelSource, SessionLimits, SliceServer, Tensor,
 };
+use hearth_gateway::trail::{RewindOut, TokensOut};
 use hearth_gateway::{verify_trail, Trail};
 use hearth_sampling::Sampler;
 use hearth_verify::compare::{compare_rows, compare_sketches, Comparison};
@@ -118,14 +119,16 @@ fn trail_command(path: &Path, model: Option<&Path>) -> Result<()> {
         let r = reexecute_trail(&trail, model)?;
         println!(
             "re-executed {} hops with {}: {} bit-exact, {} within tolerance, {} wrong (each one a \
-             node the trail records as caught); replayed {} of {} token choices; {:.0} ms",
+             node the trail records as caught); replayed {} of {} token choices ({} drawn from \
+             a caught node and taken back); {:.0} ms",
             r.exact + r.close + r.wrong,
             model.display(),
             r.exact,
             r.close,
             r.wrong,
             r.tokens_replayed,
-            trail.tokens.as_ref().map_or(0, |t| t.generated.len()),
+            trail.tokens.as_ref().map_or(0, |t| t.sampled().len()),
+            r.tokens_taken_back,
             started.elapsed().as_secs_f64() * 1000.0
         );
         if !r.problems.is_empty() {
@@ -149,6 +152,9 @@ struct Reexecution {
     close: usize,
     wrong: usize,
     tokens_replayed: usize,
+    /// Tokens drawn from a caught node's wrong output (then taken back, unless a problem says
+    /// otherwise).
+    tokens_taken_back: usize,
     problems: Vec<String>,
 }
 
@@ -266,17 +272,12 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
         Arc::new(src.load_slice(all, &opts, None)?),
         SessionLimits::default(),
     ));
-    let all_tokens: Vec<u32> = tokens
-        .prompt
-        .iter()
-        .chain(&tokens.generated)
-        .copied()
-        .collect();
+    let mut timeline = Timeline::new(tokens);
     let mut shadow = Shadow {
         server,
         dtype,
         cols: cfg.hidden_size,
-        max_len: all_tokens.len().max(1),
+        max_len: (tokens.prompt.len() + tokens.sampled().len()).max(1),
         sessions: HashMap::new(),
         boundary: HashMap::new(),
     };
@@ -311,8 +312,8 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
                 .with_context(|| format!("pass {i}: replayed positions never computed"))?
                 .to_vec()
         } else {
-            let ids = all_tokens
-                .get(start..start + rows)
+            let ids = timeline
+                .at_pass(start, rows)
                 .with_context(|| format!("pass {i}: positions beyond the trail's tokens"))?;
             let e = f32_values(&head.embed(ids)?)?;
             if blocks.start() > 0 {
@@ -336,6 +337,7 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
                 }
             ));
         }
+        let wrong_before = r.wrong;
         for k in &step.receipts {
             let (body, node) = (&receipts[*k].body, &trail.receipts[*k].node);
             if !diverged && shadow.digest(start, &x) != body.input {
@@ -371,10 +373,16 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
             x = shadow.run_with(tail, start, &x, false)?;
         }
         if !step.replay {
-            // The token sampled from this step's last row.
-            let end = start + rows;
-            let s = end.checked_sub(tokens.prompt.len());
-            if let Some((s, &want)) = s.and_then(|s| Some((s, tokens.generated.get(s)?))) {
+            // The token sampled from this step's last row (none when the generation took the
+            // step back at once).
+            // A wrong pass followed by replays was caught and corrected within its step: the
+            // client sampled from the corrected output, which is what the shadow computed.
+            let corrected = trail.steps.get(i + 1).is_some_and(|s| s.replay);
+            if timeline.sampled_next().is_some() && r.wrong > wrong_before && !corrected {
+                // Drawn from a caught node's wrong output: not the model's choice, so it must
+                // have been taken back (checked at the end).
+                timeline.taint_next();
+            } else if let Some(want) = timeline.sampled_next() {
                 let last = Tensor::from_vec(
                     x[(rows - 1) * shadow.cols..].to_vec(),
                     (1, 1, shadow.cols),
@@ -382,7 +390,8 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
                 )?
                 .to_dtype(head.dtype())?;
                 let logits = head.logits_last(&last)?;
-                let got = sampler.sample(&logits, &all_tokens[..end], s as u64)?;
+                let s = timeline.generated_len();
+                let got = sampler.sample(&logits, &timeline.history, s as u64)?;
                 if got == want {
                     r.tokens_replayed += 1;
                 } else {
@@ -393,7 +402,121 @@ fn reexecute_trail(trail: &Trail, model: &Path) -> Result<Reexecution> {
             }
         }
     }
+    r.tokens_taken_back = timeline.tainted.len();
+    match timeline.end() {
+        None => r
+            .problems
+            .push("the trail's generated tokens are not the ones it says were sampled".into()),
+        Some(tainted) if tainted > 0 => r.problems.push(format!(
+            "{tainted} tokens of the text were drawn from a caught node's wrong output and not \
+             taken back"
+        )),
+        Some(_) => {}
+    }
     Ok(r)
+}
+
+/// The token history as the generation saw it, pass by pass: sampled tokens join it in order
+/// and rewinds cut it back (`TokensOut::rewinds`).
+struct Timeline<'a> {
+    tokens: &'a TokensOut,
+    history: Vec<u32>,
+    /// The next sampled token to join.
+    next: usize,
+    /// The next rewind to apply.
+    next_rewind: usize,
+    /// Whether the next sampled token was drawn from a wrong output.
+    taint_next: bool,
+    /// Positions of tokens drawn from wrong outputs, ever (taken back or not).
+    tainted: Vec<usize>,
+    /// Those still in the history.
+    tainted_now: HashSet<usize>,
+}
+
+impl<'a> Timeline<'a> {
+    fn new(tokens: &'a TokensOut) -> Self {
+        Self {
+            tokens,
+            history: tokens.prompt.clone(),
+            next: 0,
+            next_rewind: 0,
+            taint_next: false,
+            tainted: Vec::new(),
+            tainted_now: HashSet::new(),
+        }
+    }
+
+    /// The ids of a pass over `start..start + rows`: every pass ends at the history's end (the
+    /// prompt, a newly sampled token, or the position a rewind cut back to).
+    fn at_pass(&mut self, start: usize, rows: usize) -> Option<&[u32]> {
+        while self.history.len() != start + rows {
+            self.advance()?;
+        }
+        self.history.get(start..)
+    }
+
+    /// Applies the next event (a rewind or a sampled token); `None` when there is none.
+    fn advance(&mut self) -> Option<()> {
+        if let Some(r) = self.pending_rewind() {
+            self.history.truncate(r.position + 1);
+            self.tainted_now.retain(|&p| p <= r.position);
+            self.next_rewind += 1;
+            return Some(());
+        }
+        let token = *self.tokens.sampled().get(self.next)?;
+        if std::mem::take(&mut self.taint_next) {
+            self.tainted.push(self.history.len());
+            self.tainted_now.insert(self.history.len());
+        }
+        self.history.push(token);
+        self.next += 1;
+        Some(())
+    }
+
+    /// Marks the next sampled token as drawn from a wrong output.
+    fn taint_next(&mut self) {
+        self.taint_next = true;
+    }
+
+    fn pending_rewind(&self) -> Option<RewindOut> {
+        self.tokens
+            .rewinds
+            .get(self.next_rewind)
+            .filter(|r| r.sampled == self.next)
+            .copied()
+    }
+
+    /// The token sampled from the pass just run: the next event when it is a token.
+    fn sampled_next(&self) -> Option<u32> {
+        if self.pending_rewind().is_some() {
+            return None;
+        }
+        self.tokens.sampled().get(self.next).copied()
+    }
+
+    /// Tokens generated so far in the history (the sampler's step index).
+    fn generated_len(&self) -> usize {
+        self.history.len() - self.tokens.prompt.len()
+    }
+
+    /// Applies every event left. `None` when the trail's generated tokens do not begin the
+    /// history then (a stop sequence may end them before the last token sampled); otherwise
+    /// how many of them were drawn from wrong outputs.
+    fn end(mut self) -> Option<usize> {
+        while self.advance().is_some() {}
+        let prompt = self.tokens.prompt.len();
+        let generated = self.tokens.generated.len();
+        let begins = self
+            .history
+            .get(prompt..)
+            .is_some_and(|h| h.starts_with(&self.tokens.generated));
+        begins.then(|| {
+            self.tainted_now
+                .iter()
+                .filter(|&&p| p < prompt + generated)
+                .count()
+        })
+    }
 }
 
 /// What the whole of `slice` computes from `input` in one prefill, wire-rounded as a node sends

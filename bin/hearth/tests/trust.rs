@@ -5,7 +5,9 @@
 //! that announces itself as the fastest server, so the client's route goes through it. The
 //! client checks the prefill before using it (`--check-prefill`) and every later window
 //! (`--check-probability 1`): the verifiers B and C both disagree with X, X is banned and
-//! replaced, a fraud proof is written, `hearth verify fraud-proof` re-checks it with the model,
+//! replaced (a cheat that starts after the prefill is caught when its decode window closes, and
+//! the tokens drawn from its output meanwhile, held back from the text, are sampled again), a
+//! fraud proof is written, `hearth verify fraud-proof` re-checks it with the model,
 //! `hearth verify` checks the trail offline, and the token ids equal those of a run without X.
 //! The verdict persists: a later client process on the same `$HEARTH_HOME` never routes to X.
 //! And it spreads: B and C re-check the proof and host it, and a client with its own, empty
@@ -116,6 +118,13 @@ fn every_adversary_is_caught_proven_and_replaced_and_the_text_is_the_honest_one(
         ("input copied to output", &model, "copy-input".into()),
         ("one block skipped", &model, "skip-block".into()),
         ("lower precision (Q4_0) claiming the F16 id", &lower, claim),
+        // An honest prefill, then random output: caught when a decode window closes, with the window's
+        // tokens already sampled; they are held back, taken back and sampled again.
+        (
+            "random output from position 20",
+            &model,
+            "random@from:20".into(),
+        ),
     ];
     for (i, (what, served, mode)) in modes.iter().enumerate() {
         let name = format!("x{i}");
@@ -205,6 +214,23 @@ fn every_adversary_is_caught_proven_and_replaced_and_the_text_is_the_honest_one(
             checks.iter().any(|c| c["outcome"] == "failed"),
             "{what}: no failed check in the trail"
         );
+        let rewinds = trail_json["tokens"]["rewinds"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if mode.contains("@from:") {
+            // Caught after tokens were drawn from its output: they were taken back, and the
+            // re-execution saw that they were.
+            assert_eq!(rewinds, 1, "{what}: {}", trail_json["tokens"]);
+            assert!(
+                !said.contains("(0 drawn from a caught node"),
+                "{what}: {said}"
+            );
+        } else {
+            assert_eq!(
+                rewinds, 0,
+                "{what}: caught at the prefill, nothing to take back"
+            );
+        }
         if i == 0 {
             // A light client notices any edit: change one receipt's claimed output.
             let mut tampered = trail_json.clone();

@@ -32,6 +32,7 @@ pub use weights::{BlockTensor, PackedWeight, TensorRole, Weight};
 pub use candle_core::{DType, Device, Tensor};
 pub use generate::{
     generate, generate_cancellable, FinishReason, Generation, HiddenStage, LocalStage, Pipeline,
+    Rewind,
 };
 pub use head_batch::{HeadBatchStats, HeadBatcher, Registration};
 pub use session::{ServerStats, SessionId, SessionLimits, SliceServer};

@@ -184,10 +184,7 @@ impl Backend for SwarmBackend {
         let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut trail = trail_of(&self.model_id, &log, self.client.config().dtype);
         if let Ok(g) = &result {
-            trail.tokens = Some(TokensOut {
-                prompt,
-                generated: g.tokens.clone(),
-            });
+            trail.tokens = Some(TokensOut::of(&prompt, g));
             trail.sampling = Some(params);
         }
         (result, trail)

@@ -59,6 +59,48 @@ pub struct TokensOut {
     pub prompt: Vec<u32>,
     /// The generated token ids, in order.
     pub generated: Vec<u32>,
+    /// When a stage corrected earlier outputs (a caught cheater) and tokens were sampled again:
+    /// empty when that never happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewinds: Vec<RewindOut>,
+    /// With rewinds: every token sampled, in order, the taken-back ones included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<Vec<u32>>,
+}
+
+impl TokensOut {
+    /// The tokens of `generation` from `prompt`.
+    pub fn of(prompt: &[u32], generation: &hearth_engine::Generation) -> Self {
+        let rewinds: Vec<RewindOut> = generation
+            .rewinds
+            .iter()
+            .map(|r| RewindOut {
+                sampled: r.sampled,
+                position: r.position,
+            })
+            .collect();
+        Self {
+            prompt: prompt.to_vec(),
+            generated: generation.tokens.clone(),
+            sampled: (!rewinds.is_empty()).then(|| generation.sampled.clone()),
+            rewinds,
+        }
+    }
+
+    /// Every token sampled, in order (the generated ones when nothing was taken back).
+    pub fn sampled(&self) -> &[u32] {
+        self.sampled.as_deref().unwrap_or(&self.generated)
+    }
+}
+
+/// A rewind ([`hearth_engine::Rewind`]): after `sampled` tokens had been sampled, every token
+/// drawn from outputs at or after `position` was taken back and sampled again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewindOut {
+    /// Tokens sampled (taken-back ones included) before it.
+    pub sampled: usize,
+    /// The first position recomputed.
+    pub position: usize,
 }
 
 /// One hop of a route: a node and the blocks it runs.

@@ -387,6 +387,8 @@ impl Backend for Scripted {
             prefill: Duration::ZERO,
             decode: Duration::ZERO,
             finish: hearth_engine::FinishReason::Length,
+            sampled: Vec::new(),
+            rewinds: Vec::new(),
         };
         for i in 0..job.params.max_tokens {
             if (job.cancelled)() || self.stop_all.load(Ordering::SeqCst) {

@@ -5,12 +5,13 @@
 //! production binary refuses `--adversary` instead of carrying the cheating code. Test builds of
 //! the workspace turn it on (hearth's dev-dependency on hearth-swarm names the feature).
 //!
-//! Syntax: `MODE[@FRACTION]`, where MODE is `noise:REL` (add Gaussian noise of REL times the
-//! row's RMS), `stale` (each row repeats the previous row's output), `random` (Gaussian values at
-//! the row's RMS), `copy-input` (return the input), `skip-block` (run one block fewer than the
-//! span) or `claim-model:HEX` (announce and sign another model id, e.g. while serving other
+//! Syntax: `MODE[@FRACTION|@from:POSITION]`, where MODE is `noise:REL` (add Gaussian noise of
+//! REL times the row's RMS), `stale` (each row repeats the previous row's output), `random`
+//! (Gaussian values at the row's RMS), `copy-input` (return the input), `skip-block` (run one
+//! block fewer than the span) or `claim-model:HEX` (announce and sign another model id, e.g. while serving other
 //! weights or a lower precision of the same ones); `@FRACTION` cheats only on that fraction of
-//! 32-position windows.
+//! 32-position windows, `@from:POSITION` only on steps from that position on (an honest prefill,
+//! then a cheat that only a decode window's check can catch).
 
 use hearth_core::ContentHash;
 
@@ -38,6 +39,8 @@ pub struct Adversary {
     pub cheat: Cheat,
     /// Fraction of 32-position windows it cheats on (1 = always).
     pub fraction: f64,
+    /// Cheats only on steps starting at this position or later (0 = from the start).
+    pub from_position: u32,
 }
 
 /// Whether this build can act on an [`Adversary`].
@@ -53,15 +56,24 @@ impl std::str::FromStr for Adversary {
                     .into(),
             );
         }
-        let (mode, fraction) = match s.split_once('@') {
-            Some((m, f)) => (
-                m,
-                f.parse::<f64>()
-                    .ok()
-                    .filter(|f| (0.0..=1.0).contains(f))
-                    .ok_or_else(|| format!("bad fraction {f:?} (expected 0..=1)"))?,
-            ),
-            None => (s, 1.0),
+        let (mode, fraction, from_position) = match s.split_once('@') {
+            Some((m, at)) => match at.strip_prefix("from:") {
+                Some(p) => (
+                    m,
+                    1.0,
+                    p.parse::<u32>()
+                        .map_err(|_| format!("bad position {p:?} (expected an integer)"))?,
+                ),
+                None => (
+                    m,
+                    at.parse::<f64>()
+                        .ok()
+                        .filter(|f| (0.0..=1.0).contains(f))
+                        .ok_or_else(|| format!("bad fraction {at:?} (expected 0..=1)"))?,
+                    0,
+                ),
+            },
+            None => (s, 1.0, 0),
         };
         let cheat = match mode {
             "stale" => Cheat::Stale,
@@ -84,12 +96,16 @@ impl std::str::FromStr for Adversary {
                 } else {
                     return Err(format!(
                         "unknown adversary mode {other:?} (noise:REL, stale, random, copy-input, \
-                         skip-block, claim-model:HEX, each optionally @FRACTION)"
+                         skip-block, claim-model:HEX, each optionally @FRACTION or @from:POSITION)"
                     ));
                 }
             }
         };
-        Ok(Self { cheat, fraction })
+        Ok(Self {
+            cheat,
+            fraction,
+            from_position,
+        })
     }
 }
 
@@ -112,6 +128,9 @@ mod enabled {
     impl Adversary {
         /// Whether to cheat on the window holding `position` of `session`.
         pub fn cheats_at(&self, session: &[u8; 16], position: u32) -> bool {
+            if position < self.from_position {
+                return false;
+            }
             if self.fraction >= 1.0 {
                 return true;
             }
@@ -211,6 +230,9 @@ mod tests {
         assert_eq!(a.cheat, Cheat::Noise(1e-3));
         assert_eq!(a.fraction, 0.25);
         assert_eq!("stale".parse::<Adversary>().unwrap().fraction, 1.0);
+        let a: Adversary = "random@from:20".parse().unwrap();
+        assert_eq!((a.fraction, a.from_position), (1.0, 20));
+        assert!(!a.cheats_at(&[1; 16], 19) && a.cheats_at(&[1; 16], 20));
         let id = ContentHash::of(b"x");
         let a: Adversary = format!("claim-model:{}", id.to_hex()).parse().unwrap();
         assert_eq!(a.cheat, Cheat::ClaimModel(id));
@@ -218,6 +240,8 @@ mod tests {
             "noise:-1",
             "noise:x",
             "stale@2",
+            "stale@from:x",
+            "stale@from:-1",
             "nonsense",
             "claim-model:zz",
         ] {

@@ -510,6 +510,8 @@ impl SwarmClient {
             only_class: None,
             prefill_end: 0,
             last_end: 0,
+            draws: HashMap::new(),
+            rewind: None,
             log: Arc::new(Mutex::new(ChainLog {
                 spot_commitment: Some(spot_seed.commitment()),
                 ..ChainLog::default()
@@ -750,6 +752,13 @@ pub struct SwarmChain {
     /// End of the prefill and of the latest step (positions), for the last window's check.
     prefill_end: u32,
     last_end: u32,
+    /// Whether the seed drew each (node, window) for a check, fixed at the first look: the
+    /// generation holds back the text of a drawn window before it closes, and the check when
+    /// it closes must be the one it waited for (a node's check probability may change between).
+    draws: HashMap<(PeerId, u64), (bool, f64)>,
+    /// The start of the earliest window a spot check caught and corrected since the generation
+    /// last asked ([`HiddenStage::take_rewind`]).
+    rewind: Option<u32>,
     log: Arc<Mutex<ChainLog>>,
 }
 
@@ -1084,26 +1093,30 @@ impl SwarmChain {
         let Some(caught) = self.spot_check(start, rows, first_step).await? else {
             return Ok(out);
         };
-        // Hop `caught` cheated and was replaced: its replacement's replay recomputed positions
-        // 0..end, and every later hop must recompute them too (their caches hold positions
-        // computed from the cheater's output).
+        self.rewind = Some(self.rewind.map_or(caught.from, |r| r.min(caught.from)));
+        let out = self.replace_caught(caught).await?;
+        Ok(last_rows(&out, rows))
+    }
+
+    /// Replaces a hop caught cheating: its replacement's replay recomputes every cached
+    /// position, and every later hop recomputes them too (their caches hold positions computed
+    /// from the cheater's output). Returns the chain's honest output for those positions.
+    async fn replace_caught(&mut self, caught: Caught) -> Result<HiddenStates> {
         let (count, replayed) = self.fail_over(caught.hop, caught.failure).await?;
         let replayed = replayed
             .ok_or_else(|| SwarmError::Internal("a caught hop had no history to replay".into()))?;
         let next = caught.hop + count;
-        let out = if next < self.hops.len() {
-            let blocks = BlockRange::new(self.hops[next].range.start(), self.range.end())?;
-            let digest = replayed.digest();
-            let mut receipts = Vec::new();
-            // `run_from` indexes receipts by hop; only the hops from `next` on are recorded.
-            receipts.resize(next, usize::MAX);
-            let out = self.run_from(next, replayed, &mut receipts).await?;
-            self.record_pass(true, blocks, digest, receipts.split_off(next));
-            out
-        } else {
-            replayed
-        };
-        Ok(last_rows(&out, rows))
+        if next >= self.hops.len() {
+            return Ok(replayed);
+        }
+        let blocks = BlockRange::new(self.hops[next].range.start(), self.range.end())?;
+        let digest = replayed.digest();
+        let mut receipts = Vec::new();
+        // `run_from` indexes receipts by hop; only the hops from `next` on are recorded.
+        receipts.resize(next, usize::MAX);
+        let out = self.run_from(next, replayed, &mut receipts).await?;
+        self.record_pass(true, blocks, digest, receipts.split_off(next));
+        Ok(out)
     }
 
     /// Spot-checks every hop whose window the step at `start..start + rows` closed (the prefill
@@ -1134,23 +1147,58 @@ impl SwarmChain {
             .await)
     }
 
-    /// Checks the generation's last window, which no step closed (it ends before a multiple of
-    /// the window length): without this, a node could cheat on the tail of every generation
-    /// unseen. The text is already out, so a cheater caught here is only banned, proven and
-    /// gossiped (reported in the log), not replaced.
-    pub async fn check_last_window(&mut self) {
-        let Some(policy) = self.spot_checks else {
-            return;
-        };
+    /// The open window (positions computed but not yet judged): its index and positions;
+    /// `None` when the last step closed a window or nothing follows the prefill (its own
+    /// window, checked when it ran).
+    fn open_window(&self, policy: &SpotCheckPolicy) -> Option<(u64, std::ops::Range<u32>)> {
         let end = self.last_end;
         let boundary = end - end % policy.window.max(1);
         if end == boundary || end <= self.prefill_end || self.hops.is_empty() {
-            // Closed by a step, or nothing after the prefill (its own window, already checked).
-            return;
+            return None;
         }
-        let from = boundary.max(self.prefill_end);
-        self.check_drawn(&policy, policy.window_of(end - 1), from..end, false)
-            .await;
+        Some((
+            policy.window_of(end - 1),
+            boundary.max(self.prefill_end)..end,
+        ))
+    }
+
+    /// The start of the open window when the seed drew it for a check on any hop: outputs
+    /// from there on may still be taken back.
+    pub fn pending_from(&mut self) -> Option<u32> {
+        let policy = self.spot_checks?;
+        let (window, positions) = self.open_window(&policy)?;
+        let drawn = (0..self.hops.len()).any(|i| self.drawn(&policy, i, window).0);
+        drawn.then_some(positions.start)
+    }
+
+    /// Checks the generation's last window, which no step closed (it ends before a multiple of
+    /// the window length): without this, a node could cheat on the tail of every generation
+    /// unseen. A cheater caught here is banned, proven, gossiped and replaced like any other;
+    /// returns the caught window's start, from which the generation samples again.
+    pub async fn check_last_window(&mut self) -> Option<u32> {
+        let policy = self.spot_checks?;
+        let (window, positions) = self.open_window(&policy)?;
+        let caught = self.check_drawn(&policy, window, positions, false).await?;
+        // Replace the cheater so the generation can go on from the window's start.
+        let from = caught.from;
+        match self.replace_caught(caught).await {
+            Ok(_) => Some(from),
+            Err(e) => {
+                tracing::warn!("no replacement for a node caught on the last window: {e}");
+                None
+            }
+        }
+    }
+
+    /// Whether the seed draws hop `i`'s node for a check of `window`, with the probability it
+    /// was drawn at; fixed at the first ask.
+    fn drawn(&mut self, policy: &SpotCheckPolicy, i: usize, window: u64) -> (bool, f64) {
+        let hop = &self.hops[i];
+        let (peer, key) = (hop.peer, hop.node_key);
+        *self.draws.entry((peer, window)).or_insert_with(|| {
+            let p = self.client.reputation(&peer).check_probability(policy);
+            (self.spot_seed.checks(&key, window, p), p)
+        })
     }
 
     /// Re-executes `positions` of every hop the seed draws for `window_index` (every hop for a
@@ -1163,10 +1211,9 @@ impl SwarmChain {
         first_step: bool,
     ) -> Option<Caught> {
         for i in 0..self.hops.len() {
-            let hop = &self.hops[i];
-            let p = self.client.reputation(&hop.peer).check_probability(policy);
             let forced = first_step && policy.always_check_prefill;
-            if !forced && !self.spot_seed.checks(&hop.node_key, window_index, p) {
+            let (checked, p) = self.drawn(policy, i, window_index);
+            if !forced && !checked {
                 continue;
             }
             let drawn = (window_index, (!forced).then_some(p));
@@ -1266,6 +1313,7 @@ impl SwarmChain {
             drop(log);
             caught = Some(Caught {
                 hop: i,
+                from: positions.start,
                 failure: HopFailure::misbehaved(format!(
                     "spot check: positions {}..{} are {:.2e} off (relative) on two verifiers",
                     positions.start, positions.end, record.max_error
@@ -1322,6 +1370,8 @@ impl SwarmChain {
 /// A hop a spot check caught, to be replaced.
 struct Caught {
     hop: usize,
+    /// The caught window's first position.
+    from: u32,
     failure: HopFailure,
 }
 
@@ -1607,9 +1657,19 @@ impl HiddenStage for SwarmChain {
         Ok(t.to_dtype(hidden.dtype())?)
     }
 
-    fn finish(&mut self) {
+    fn pending_from(&mut self) -> Option<usize> {
+        SwarmChain::pending_from(self).map(|p| p as usize)
+    }
+
+    fn take_rewind(&mut self) -> Option<usize> {
+        self.rewind.take().map(|p| p as usize)
+    }
+
+    fn finish(&mut self) -> Option<usize> {
         let runtime = self.client.runtime.clone();
-        runtime.block_on(self.check_last_window());
+        runtime
+            .block_on(self.check_last_window())
+            .map(|p| p as usize)
     }
 
     fn describe(&self) -> String {
