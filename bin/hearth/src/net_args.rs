@@ -51,6 +51,10 @@ pub(crate) struct NetArgs {
     /// output reaches a token).
     #[arg(long)]
     pub check_prefill: bool,
+    /// Never route through a node that no other server can check (none of its build class
+    /// covers its blocks); by default such nodes are used only when nothing else covers them.
+    #[arg(long)]
+    pub require_verifiable: bool,
     /// Where node reputations (checked windows, measured latency, exclusions) persist between
     /// runs (default: $HEARTH_HOME/reputation.json).
     #[arg(long)]
@@ -88,6 +92,7 @@ impl NetArgs {
                     ..default
                 }
             }),
+            require_verifiable: self.require_verifiable,
             reputation_file: Some(
                 self.reputation_file
                     .clone()

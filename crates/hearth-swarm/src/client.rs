@@ -61,6 +61,10 @@ pub struct ClientConfig {
     /// Where node reputations persist between runs (JSON; `None`: this process only). A node
     /// caught cheating stays excluded for every later chain that reads the file.
     pub reputation_file: Option<std::path::PathBuf>,
+    /// With spot checks on, never route through a node no other server can check (no server
+    /// of its build class covers its blocks): a generation waits or fails instead. Without it
+    /// such nodes are used only when no route avoids them.
+    pub require_verifiable: bool,
 }
 
 impl Default for ClientConfig {
@@ -80,6 +84,7 @@ impl Default for ClientConfig {
             spot_checks: Some(SpotCheckPolicy::default()),
             tolerance: hearth_verify::HONEST_TOLERANCE,
             reputation_file: None,
+            require_verifiable: false,
         }
     }
 }
@@ -599,6 +604,30 @@ fn class_of(servers: &[ServerEntry], peer: &PeerId) -> Option<u64> {
         .map(|s| s.announcement.build_class)
 }
 
+/// The servers no other server can check: no route over the others of the same build class
+/// (excluded nodes left out) covers their blocks.
+fn unverifiable(servers: &[ServerEntry], client: &SwarmClient) -> HashSet<PeerId> {
+    let reputations = client.reputations();
+    let none = HashSet::new();
+    servers
+        .iter()
+        .filter(|s| {
+            let others: Vec<ServerEntry> = of_class(servers, Some(s.announcement.build_class))
+                .into_iter()
+                .filter(|o| o.peer != s.peer)
+                .collect();
+            let request = RouteRequest {
+                range: s.announcement.span,
+                need_tokens: 1,
+                banned: &none,
+                mode: RouteMode::Latency,
+            };
+            find_route(&views(&others, &client.cfg, &reputations), &request).is_err()
+        })
+        .map(|s| s.peer)
+        .collect()
+}
+
 /// `servers` of build class `class` (all of them for `None`). A verifier must be of the checked
 /// node's class: another build computes other bits and could blame an honest node.
 fn of_class(servers: &[ServerEntry], class: Option<u64>) -> Vec<ServerEntry> {
@@ -825,8 +854,30 @@ impl SwarmChain {
                 banned,
                 mode: self.client.cfg.mode,
             };
-            let result = find_route(&views, &request(&failed))
-                .or_else(|_| find_route(&views, &request(&recently_failed)));
+            // Nodes nobody can check come last (or never, with `require_verifiable`): a cheater
+            // could otherwise announce a build class of its own and never be checked.
+            let unverifiable = match (self.spot_checks, self.only_class) {
+                (Some(_), None) => unverifiable(&self.servers, &self.client),
+                _ => HashSet::new(),
+            };
+            let without = |set: &HashSet<PeerId>| -> HashSet<PeerId> {
+                set.union(&unverifiable).copied().collect()
+            };
+            let mut tries = vec![without(&failed)];
+            if !self.client.cfg.require_verifiable {
+                tries.push(failed.clone());
+            }
+            tries.push(without(&recently_failed));
+            if !self.client.cfg.require_verifiable {
+                tries.push(recently_failed.clone());
+            }
+            let mut result = Err(RouteError::Uncovered { blocks: range });
+            for banned in &tries {
+                result = find_route(&views, &request(banned));
+                if result.is_ok() {
+                    break;
+                }
+            }
             match result {
                 Ok(route) => return Ok(route.hops),
                 Err(RouteError::Uncovered { blocks })

@@ -57,9 +57,19 @@ async fn start_node_of_class(
     bootstrap: Option<&str>,
     class: Option<u64>,
 ) -> (Node, String) {
+    start_node_serving(model, data, bootstrap, class, (0, 6)).await
+}
+
+async fn start_node_serving(
+    model: &Path,
+    data: &Path,
+    bootstrap: Option<&str>,
+    class: Option<u64>,
+    (start, end): (u32, u32),
+) -> (Node, String) {
     let mut cfg = NodeConfig::new(model.to_path_buf(), data.to_path_buf());
     cfg.build_class = class;
-    cfg.blocks = Some(BlockRange::new(0, 6).unwrap());
+    cfg.blocks = Some(BlockRange::new(start, end).unwrap());
     cfg.net = loopback(bootstrap);
     cfg.announce_ttl = Duration::from_secs(6);
     let node = Node::start(cfg).await.unwrap();
@@ -311,6 +321,91 @@ async fn verifiers_are_of_the_checked_nodes_build_class() {
             assert_eq!(class_of(v, &servers), class_of(&c.peer, &servers));
         }
     }
+}
+
+/// A node no other server can check (a build class of its own) is routed through only when
+/// nothing else covers its blocks, and never with `require_verifiable`: otherwise a cheater
+/// would announce a class of its own and never be checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_nobody_can_check_are_a_last_resort() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = |name: &str| dir.path().join(name);
+    // U serves every block in one hop (the fastest route) in a class of its own; A1 and A2
+    // serve the first half in the common class, which for now only U covers the rest of.
+    let (u, boot) = start_node_serving(&model, &data("u"), None, Some(99), (0, 6)).await;
+    let (a1, _) = start_node_serving(&model, &data("a1"), Some(&boot), None, (0, 3)).await;
+    let (a2, _) = start_node_serving(&model, &data("a2"), Some(&boot), None, (0, 3)).await;
+    let x = || HiddenStates::from_f32(HiddenDType::F16, 0, 4, WIDTH, &[0.25; 4 * WIDTH as usize]);
+    let wait_for = |client: SwarmClient, n: usize| async move {
+        for _ in 0..200 {
+            if client.servers(&u.model_id, u.n_blocks).await.len() == n {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the client never saw {n} servers");
+    };
+    let route_of = |client: &SwarmClient| {
+        let client = client.clone();
+        async move {
+            let mut chain = client.chain(u.model_id, u.n_blocks, 8);
+            let result = chain.forward_hidden(x()).await;
+            let route: Vec<libp2p::PeerId> = chain
+                .log()
+                .lock()
+                .unwrap()
+                .route
+                .iter()
+                .map(|(p, _)| *p)
+                .collect();
+            result.map(|_| route)
+        }
+    };
+    let checking = wait_for(
+        SwarmClient::start(client_config(&boot, Some(SpotCheckPolicy::default())))
+            .await
+            .unwrap(),
+        3,
+    )
+    .await;
+    // Only U covers blocks 3..6: a generation still runs, through U.
+    assert!(route_of(&checking).await.unwrap().contains(&u.peer_id));
+    // Unless the client refuses unverifiable nodes.
+    let strict = SwarmClient::start(ClientConfig {
+        require_verifiable: true,
+        cover_timeout: Duration::from_secs(2),
+        ..client_config(&boot, Some(SpotCheckPolicy::default()))
+    })
+    .await
+    .unwrap();
+    let strict = wait_for(strict, 3).await;
+    let refused = route_of(&strict).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // Two common-class servers of 3..6 join: every client now routes around U, although U's
+    // one hop is the fastest route...
+    let (a3, _) = start_node_serving(&model, &data("a3"), Some(&boot), None, (3, 6)).await;
+    let (a4, _) = start_node_serving(&model, &data("a4"), Some(&boot), None, (3, 6)).await;
+    let checking = wait_for(checking, 5).await;
+    let strict = wait_for(strict, 5).await;
+    let honest = [a1.peer_id, a2.peer_id, a3.peer_id, a4.peer_id];
+    for client in [&checking, &strict] {
+        for _ in 0..3 {
+            let route = route_of(client).await.unwrap();
+            assert_eq!(route.len(), 2, "{route:?}");
+            assert!(route.iter().all(|p| honest.contains(p)), "{route:?}");
+        }
+    }
+    // ...as a client that checks nothing shows: it takes U.
+    let unchecked = wait_for(
+        SwarmClient::start(client_config(&boot, None))
+            .await
+            .unwrap(),
+        5,
+    )
+    .await;
+    assert_eq!(route_of(&unchecked).await.unwrap(), vec![u.peer_id]);
 }
 
 /// The generation's last window, which ends between two window boundaries, is checked when the
