@@ -4,10 +4,15 @@
 use anyhow::Context;
 use hearth_core::ApiKeys;
 use hearth_energy::agent::{Agent, AgentConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The environment variable with the agent's accepted keys (comma-separated).
 const AGENT_KEYS_ENV: &str = "HEARTH_AGENT_KEYS";
+
+/// Where the agent keeps the token it generates when no key is configured.
+pub(crate) fn local_token_path() -> PathBuf {
+    crate::common::hearth_home().join("agent-token")
+}
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct AgentArgs {
@@ -40,9 +45,20 @@ pub(crate) struct AgentArgs {
     #[arg(long)]
     site_cap_kw: Option<f64>,
     /// Bearer token accepted on the write endpoints (events, prices, demand); repeatable. Also
-    /// read from HEARTH_AGENT_KEYS (comma-separated). Without one, only loopback addresses.
+    /// read from HEARTH_AGENT_KEYS (comma-separated). Without one the agent generates a token
+    /// in $HEARTH_HOME/agent-token (mode 0600) and requires it.
     #[arg(long = "api-key")]
     api_keys: Vec<String>,
+    /// Accept writes without any token (tests only): then only loopback addresses.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// A host name (besides IP addresses and localhost) the API answers to; repeatable.
+    /// Requests naming any other host are refused (DNS rebinding).
+    #[arg(long = "allow-host")]
+    allowed_hosts: Vec<String>,
+    /// A web origin allowed to call the API from a browser; repeatable.
+    #[arg(long = "allow-origin")]
+    allowed_origins: Vec<String>,
     /// Read once, decide once, print the decisions and exit (nothing is applied).
     #[arg(long)]
     once: bool,
@@ -104,7 +120,28 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         AGENT_KEYS_ENV,
     ));
     cfg.api_keys.retain(|k| !k.is_empty());
+    cfg.allowed_hosts.extend(args.allowed_hosts);
+    cfg.allowed_origins.extend(args.allowed_origins);
     cfg.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    if cfg.api_keys.is_empty() && !args.insecure_no_auth && !args.once {
+        // Anyone who can post an event can switch the site off: writes need a token even on
+        // loopback, where any local process or web page could otherwise reach them.
+        let path = local_token_path();
+        let (token, new) = local_token(&path)?;
+        if new {
+            eprintln!(
+                "generated the agent's API token (send `Authorization: Bearer <token>` to write): \
+                 {token}\nstored in {} (readable by you only); it is not printed again",
+                path.display()
+            );
+        } else {
+            eprintln!(
+                "writes to the agent's API need the token in {}",
+                path.display()
+            );
+        }
+        cfg.api_keys.push(token);
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -144,6 +181,39 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
             .await?;
         Ok(())
     })
+}
+
+/// The token in `path`, or a new one written there (mode 0600); true when new.
+fn local_token(path: &Path) -> anyhow::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_string();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "{} is empty: delete it to get a new token",
+                path.display()
+            );
+            return Ok((token, false));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    let token = hex::encode(bytes);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok((token, true))
 }
 
 fn print_snapshot(s: &hearth_energy::agent::Snapshot) {

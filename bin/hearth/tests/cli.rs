@@ -220,7 +220,13 @@ fn gateway_refuses_a_public_address_without_a_key() {
 fn agent_refuses_a_public_address_without_a_key() {
     let home = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(["agent", "--simulated", "--listen", "0.0.0.0:0"])
+        .args([
+            "agent",
+            "--simulated",
+            "--insecure-no-auth",
+            "--listen",
+            "0.0.0.0:0",
+        ])
         .env("HEARTH_HOME", home.path())
         .env_remove("HEARTH_AGENT_KEYS")
         .output()
@@ -288,6 +294,10 @@ fn help_shows_the_defaults_users_run_with() {
                 ("--default-max-tokens", "256"),
                 ("--max-running", "8"),
                 ("--max-queue", "32"),
+                ("--max-connections", "256"),
+                ("--header-timeout", "10"),
+                ("--body-timeout", "30"),
+                ("--write-timeout", "30"),
             ],
         ),
         (
@@ -371,4 +381,53 @@ fn calibration_finds_honest_paths_exact_and_every_cheat() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-trail.json"));
+}
+
+/// Started with no key, the agent generates a token, prints it once, stores it readable by the
+/// operator only, and requires it (`swarm.rs` posts with and without it); a restart reuses it
+/// without printing it again.
+#[test]
+fn agent_generates_its_token_once_and_keeps_it_private() {
+    use std::io::BufRead;
+    let home = tempfile::tempdir().unwrap();
+    // The agent's stderr up to its "listening" line.
+    let start = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["agent", "--simulated", "--listen", "127.0.0.1:0"])
+            .env("HEARTH_HOME", home.path())
+            .env_remove("HEARTH_AGENT_KEYS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hearth runs");
+        let mut said = String::new();
+        let stderr = child.stderr.take().expect("stderr");
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.expect("utf-8");
+            said.push_str(&line);
+            said.push('\n');
+            if line.starts_with("hearth agent:") {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        said
+    };
+    let first = start();
+    let path = home.path().join("agent-token");
+    let token = std::fs::read_to_string(&path).expect("a token file");
+    let token = token.trim();
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(first.contains(token), "the token is printed once: {first}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let second = start();
+    assert!(!second.contains(token), "printed again: {second}");
+    assert!(second.contains("need the token in"), "{second}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), token);
 }

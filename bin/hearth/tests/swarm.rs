@@ -370,12 +370,23 @@ trap 'kill -9 $P1 $P2' EXIT
 
 /// One HTTP/1.1 request to a local server; the status code and body (for the agent's API).
 fn http(method: &str, port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    http_as(method, port, path, body, "")
+}
+
+/// [`http`] with extra header lines (each ending in `\r\n`).
+fn http_as(
+    method: &str,
+    port: u16,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> Option<(u16, String)> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
@@ -425,13 +436,13 @@ fn a_node_follows_its_energy_agent() {
     wait_for("the node's announcement", Duration::from_secs(60), || {
         peers(&home, &node.addr).contains("1 servers")
     });
-    let (status, body) = http(
-        "POST",
-        port,
-        "/api/dr/events",
-        r#"{"id": "curtail-all", "duration": "PT1H", "target": {"limit_kw": 0}}"#,
-    )
-    .expect("post event");
+    // Writes need the token the agent generated in $HEARTH_HOME (no key was configured).
+    let event = r#"{"id": "curtail-all", "duration": "PT1H", "target": {"limit_kw": 0}}"#;
+    let (status, _) = http("POST", port, "/api/dr/events", event).expect("post event");
+    assert_eq!(status, 401, "a write without the agent's token");
+    let token = std::fs::read_to_string(home.join("agent-token")).expect("the agent's token");
+    let auth = format!("Authorization: Bearer {}\r\n", token.trim());
+    let (status, body) = http_as("POST", port, "/api/dr/events", event, &auth).expect("post event");
     assert!((200..300).contains(&status), "{status} {body}");
     wait_for("the node to pause", Duration::from_secs(30), || {
         node.log().contains("pause serving")
@@ -439,7 +450,8 @@ fn a_node_follows_its_energy_agent() {
     wait_for("the node to leave the DHT", Duration::from_secs(30), || {
         peers(&home, &node.addr).contains("0 servers")
     });
-    let (status, _) = http("DELETE", port, "/api/dr/events/curtail-all", "").expect("cancel");
+    let (status, _) =
+        http_as("DELETE", port, "/api/dr/events/curtail-all", "", &auth).expect("cancel");
     assert!((200..300).contains(&status));
     wait_for("the node to serve again", Duration::from_secs(60), || {
         peers(&home, &node.addr).contains("1 servers")

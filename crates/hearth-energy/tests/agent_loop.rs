@@ -699,3 +699,88 @@ async fn writes_need_a_key_when_keys_are_configured() {
     let body = http::get(&format!("{url}/api/state"), LONG).await.unwrap();
     assert!(String::from_utf8_lossy(&body).contains("grid-2"));
 }
+
+/// Sends `head` (a request head without the final blank line) and `body`; returns the status.
+async fn raw(url: &str, head: &str, body: &str) -> u16 {
+    let (hostport, _) = http::split_url(url).unwrap();
+    let mut s = tokio::net::TcpStream::connect(&hostport).await.unwrap();
+    let req = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A web page the operator visits cannot curtail the site through a key-less loopback agent:
+/// cross-origin posts (with or without a "simple" content type, which skips the browser's
+/// preflight), DNS-rebinding hosts and bodies not declared JSON are refused, and nothing
+/// changes. A tool's request (no Origin) and the API's own page still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_other_sites_cannot_reach_the_api() {
+    let (dev, _fake) = fake_device("asic0");
+    let agent = Agent::new(config(60.0), vec![dev]).unwrap();
+    let (url, _stop, shared) = start(agent).await;
+    let (hostport, _) = http::split_url(&url).unwrap();
+    let event = r#"{"id": "page", "duration": "PT1H", "target": {"limit_kw": 0}}"#;
+    let post =
+        |host: &str, extra: &str| format!("POST /api/dr/events HTTP/1.1\r\nHost: {host}{extra}");
+    for (what, head, want) in [
+        (
+            "cross-origin, text/plain",
+            post(
+                &hostport,
+                "\r\nOrigin: https://evil.example\r\nContent-Type: text/plain",
+            ),
+            403,
+        ),
+        (
+            "cross-origin, JSON",
+            post(
+                &hostport,
+                "\r\nOrigin: https://evil.example\r\nContent-Type: application/json",
+            ),
+            403,
+        ),
+        (
+            "DNS rebinding",
+            post(
+                "rebind.evil.example:9100",
+                "\r\nOrigin: http://rebind.evil.example:9100\r\nContent-Type: application/json",
+            ),
+            403,
+        ),
+        ("no content type", post(&hostport, ""), 415),
+        (
+            "a form",
+            post(
+                &hostport,
+                "\r\nContent-Type: application/x-www-form-urlencoded",
+            ),
+            415,
+        ),
+    ] {
+        assert_eq!(raw(&url, &head, event).await, want, "{what}");
+    }
+    // A rebinding page cannot read the state either.
+    let get = "GET /api/state HTTP/1.1\r\nHost: rebind.evil.example:9100";
+    assert_eq!(raw(&url, get, "").await, 403);
+    assert!(shared.dr.lock().unwrap().events().is_empty());
+
+    // The API's own page and a tool pass.
+    let own = format!("\r\nOrigin: http://{hostport}\r\nContent-Type: application/json");
+    assert_eq!(raw(&url, &post(&hostport, &own), event).await, 201);
+    let tool = post(
+        &hostport,
+        "\r\nContent-Type: application/json; charset=utf-8",
+    );
+    let second = r#"{"id": "tool", "duration": "PT1H", "target": {"limit_kw": 0}}"#;
+    assert_eq!(raw(&url, &tool, second).await, 201);
+    assert_eq!(shared.dr.lock().unwrap().events().len(), 2);
+}

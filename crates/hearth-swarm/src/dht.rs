@@ -7,8 +7,14 @@
 //! ([`crate::gossip`]); clients look the key up for every server they might route to.
 //!
 //! Provider records and stored announcements expire after the configured record lifetime unless
-//! the node refreshes them; announcements also carry their own issue time and lifetime, checked by
-//! every reader, so a record that outlives its node on some peer is still ignored.
+//! the node refreshes them; announcements also carry their own issue time and lifetime (at most
+//! [`MAX_ANNOUNCEMENT_TTL_SECS`]), checked by every reader, so a record that outlives its node on
+//! some peer is still ignored.
+//!
+//! Storing peers keep only valid announcements ([`check_record`]): a value that is not a signed
+//! announcement of the node and model its key names, or is expired, issued in the future or
+//! claims too long a life, is refused, and an older announcement never replaces a newer one, so
+//! nobody can shadow a node's record with junk or with its own stale copy.
 
 use crate::identity::peer_of_key;
 use crate::net::Net;
@@ -60,6 +66,39 @@ pub fn fraud_key(model: &ContentHash, accused: &PeerId) -> RecordKey {
 /// would otherwise stay valid past its real lifetime.
 pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 
+/// The longest lifetime an announcement may claim (nodes re-announce every few seconds to a
+/// minute): a longer one would keep a dead node routable.
+pub const MAX_ANNOUNCEMENT_TTL_SECS: u32 = 3600;
+
+/// Whether `value`, offered for storage under `key`, is a valid announcement: signed, stored
+/// under its own node's and model's key, unexpired, not issued in the future and with a capped
+/// lifetime. Returns it decoded, or why not.
+pub fn check_record(
+    key: &RecordKey,
+    value: &[u8],
+    now_unix_ms: u64,
+    limits: &Limits,
+) -> Result<SignedAnnouncement, &'static str> {
+    let signed =
+        SignedAnnouncement::decode(value, limits).map_err(|_| "not a signed announcement")?;
+    let a = &signed.announcement;
+    let node = peer_of_key(&a.node).ok_or("a signing key with no peer id")?;
+    if announcement_key(&a.model_id, &node) != *key {
+        return Err("stored under another key than its node's and model's");
+    }
+    if !valid_at(a, now_unix_ms) {
+        return Err("expired, issued in the future or claiming too long a life");
+    }
+    Ok(signed)
+}
+
+/// Unexpired at `now_unix_ms`, not issued in the future (beyond the skew), lifetime capped.
+fn valid_at(a: &Announcement, now_unix_ms: u64) -> bool {
+    !a.expired(now_unix_ms)
+        && a.issued_unix_ms <= now_unix_ms.saturating_add(MAX_CLOCK_SKEW_MS)
+        && a.ttl_secs <= MAX_ANNOUNCEMENT_TTL_SECS
+}
+
 /// The newest valid, unexpired announcement among `values` that really comes from `node` about
 /// `model`. Anything else (bad signature, another node's key, another model, expired, issued in
 /// the future) is dropped.
@@ -77,8 +116,7 @@ pub fn pick_announcement(
             let a = &s.announcement;
             a.model_id == *model
                 && peer_of_key(&a.node).as_ref() == Some(node)
-                && !a.expired(now_unix_ms)
-                && a.issued_unix_ms <= now_unix_ms.saturating_add(MAX_CLOCK_SKEW_MS)
+                && valid_at(a, now_unix_ms)
         })
         .max_by_key(|s| s.announcement.issued_unix_ms)
 }

@@ -22,6 +22,11 @@ const KAD_PROTOCOL: &str = "/hearth/kad/1";
 const IDENTIFY_PROTOCOL: &str = "/hearth/id/1";
 /// Commands queued for the swarm task; senders wait when it is full (backpressure, no growth).
 const COMMAND_QUEUE: usize = 256;
+/// Most providers one lookup collects (a key's providers come from many peers, each of which
+/// may list up to kad's per-key cap).
+const MAX_PROVIDERS_PER_QUERY: usize = 256;
+/// Most peers remembered from mDNS (a LAN can announce any number).
+const MAX_MDNS_PEERS: usize = 256;
 
 /// How a host takes part in the network.
 #[derive(Clone, Debug)]
@@ -141,7 +146,9 @@ impl Net {
                     // The node republishes on its own schedule (announce loop); no blind
                     // re-replication of stale copies.
                     .set_publication_interval(None)
-                    .set_provider_publication_interval(None);
+                    .set_provider_publication_interval(None)
+                    // Records and provider entries are stored only after checks (handle_event).
+                    .set_record_filtering(kad::StoreInserts::FilterBoth);
                 let mut kad =
                     kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_cfg);
                 kad.set_mode(Some(if cfg.dht_server {
@@ -376,6 +383,9 @@ fn handle_event(
         }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
             for (peer, addr) in found {
+                if mdns_peers.len() >= MAX_MDNS_PEERS && !mdns_peers.contains(&peer) {
+                    continue;
+                }
                 mdns_peers.insert(peer);
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                 if !swarm.is_connected(&peer) {
@@ -400,6 +410,14 @@ fn handle_event(
         })) => {
             rtts.insert(peer, rtt);
         }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+            for (peer, _) in gone {
+                mdns_peers.remove(&peer);
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
+            store_checked(&mut swarm.behaviour_mut().kad, request);
+        }
         SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
             id,
             result,
@@ -412,7 +430,11 @@ fn handle_event(
                         providers, ..
                     })),
                     Some(Pending::Providers(acc, _)),
-                ) => acc.extend(providers),
+                ) => acc.extend(
+                    providers
+                        .into_iter()
+                        .take(MAX_PROVIDERS_PER_QUERY.saturating_sub(acc.len())),
+                ),
                 // Bounded: a query returns at most one record per peer asked.
                 (
                     QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(rec))),
@@ -430,6 +452,52 @@ fn handle_event(
                     }
                     None => {}
                 }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Stores what a peer offered, if it passes the checks: a record only if it is a valid
+/// announcement ([`crate::dht::check_record`]) not older than the one already held under its key;
+/// a provider entry as kad received it (kad already binds it to the sending peer and gives it our
+/// own lifetime).
+fn store_checked(kad: &mut kad::Behaviour<MemoryStore>, request: kad::InboundRequest) {
+    use crate::dht::{check_record, now_unix_ms};
+    let limits = hearth_wire::Limits::default();
+    match request {
+        kad::InboundRequest::PutRecord {
+            source,
+            record: Some(record),
+            ..
+        } => {
+            let now = now_unix_ms();
+            let offered = match check_record(&record.key, &record.value, now, &limits) {
+                Ok(a) => a,
+                Err(why) => {
+                    tracing::debug!(%source, "refused a DHT record: {why}");
+                    return;
+                }
+            };
+            let store = kad.store_mut();
+            let held = store
+                .get(&record.key)
+                .and_then(|r| check_record(&r.key, &r.value, now, &limits).ok());
+            if held.is_some_and(|h| {
+                h.announcement.issued_unix_ms > offered.announcement.issued_unix_ms
+            }) {
+                tracing::debug!(%source, "refused an announcement older than the one held");
+                return;
+            }
+            if let Err(e) = store.put(record) {
+                tracing::debug!(%source, "record not stored: {e:?}");
+            }
+        }
+        kad::InboundRequest::AddProvider {
+            record: Some(record),
+        } => {
+            if let Err(e) = kad.store_mut().add_provider(record) {
+                tracing::debug!("provider record not stored: {e:?}");
             }
         }
         _ => {}

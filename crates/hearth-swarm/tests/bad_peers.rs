@@ -355,3 +355,98 @@ async fn connections_beyond_the_cap_are_refused() {
     }
     assert!(admitted, "room did not open when a peer left");
 }
+
+/// A signed announcement by `who` about `node`'s model, with lifetime `ttl_secs`.
+fn announcement_by(who: &NodeIdentity, node: &Node, ttl_secs: u32) -> Vec<u8> {
+    hearth_wire::Announcement {
+        model_id: node.model_id,
+        n_blocks: node.n_blocks,
+        span: BlockRange::new(0, node.n_blocks).unwrap(),
+        block_ms: 0.0,
+        throughput: 1e9,
+        cache_free_tokens: 1 << 40,
+        active_sessions: 0,
+        price: 0,
+        build_class: 0,
+        rtts: Vec::new(),
+        addrs: Vec::new(),
+        issued_unix_ms: hearth_swarm::dht::now_unix_ms(),
+        ttl_secs,
+        node: [0; 32],
+    }
+    .sign(&who.signing_key())
+    .encode()
+}
+
+/// Storing peers validate DHT records: junk, another node's announcement or one claiming a
+/// lifetime past the cap, stored under a victim's key, cannot shadow the victim's own record,
+/// and an announcement that claims too long a life is not stored under its own key either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_junk_cannot_shadow_a_nodes_announcement() {
+    use hearth_swarm::dht::{announcement_key, MAX_ANNOUNCEMENT_TTL_SECS};
+    use libp2p::kad::Record;
+    let dir = tempfile::tempdir().unwrap();
+    // Re-announcing every 20 s: the victim does not repair its record during the test.
+    let victim = start_node_with(dir.path(), |c| c.announce_ttl = Duration::from_secs(60)).await;
+    let addrs = victim.net.status().await.listen_addrs;
+    let boot: libp2p::Multiaddr = format!("{}/p2p/{}", addrs[0], victim.peer_id)
+        .parse()
+        .unwrap();
+    let client_net = |dht_server| NetConfig {
+        bootstrap: vec![boot.clone()],
+        dht_server,
+        ..loopback()
+    };
+    let client = SwarmClient::start(ClientConfig {
+        net: client_net(false),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    client
+        .wait_for_coverage(&victim.model_id, victim.n_blocks)
+        .await
+        .unwrap();
+    // The attacker is a DHT client: what lookups find is what the victim stored, not the
+    // attacker's own copies.
+    let identity = NodeIdentity::generate();
+    let net = Net::start(&identity, client_net(false)).await.unwrap();
+    net.dial(victim.peer_id, addrs.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let victims_key = announcement_key(&victim.model_id, &victim.peer_id);
+    for value in [
+        b"junk".to_vec(),
+        announcement_by(&identity, &victim, 60),
+        announcement_by(&identity, &victim, MAX_ANNOUNCEMENT_TTL_SECS + 1),
+    ] {
+        net.put_record(Record::new(victims_key.clone(), value))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The attacker's own record, claiming a day's life: refused where it would be stored.
+    let own_key = announcement_key(&victim.model_id, &net.peer_id());
+    net.put_record(Record::new(
+        own_key.clone(),
+        announcement_by(&identity, &victim, 86_400),
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let stored = victim.net.get_records(victims_key).await;
+    assert!(!stored.is_empty(), "the victim's record is gone");
+    for value in &stored {
+        let a = hearth_wire::SignedAnnouncement::decode(value, &Limits::default())
+            .expect("only valid announcements are stored");
+        assert_eq!(
+            hearth_swarm::identity::peer_of_key(&a.announcement.node),
+            Some(victim.peer_id)
+        );
+    }
+    assert!(victim.net.get_records(own_key).await.is_empty());
+    let servers = client.servers(&victim.model_id, victim.n_blocks).await;
+    assert_eq!(
+        servers.iter().map(|s| s.peer).collect::<Vec<_>>(),
+        vec![victim.peer_id]
+    );
+}

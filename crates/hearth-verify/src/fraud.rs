@@ -2,8 +2,8 @@
 //! does recomputing it disagree with what the node signed?
 //!
 //! [`Replay::of`] does every check that needs no model (signatures by one key, one session,
-//! model and span, digests and commitments matching the states, positions contiguous from 0, the
-//! window inside them) and returns the merged inputs to recompute; [`Replay::judge`] compares the
+//! model and span, digests and commitments matching the states, positions from 0 without gaps,
+//! the window inside them) and returns the merged inputs to recompute; [`Replay::judge`] compares the
 //! recomputation with the node's signed rows in the window. A proof holds when `judge` says
 //! [`Verdict::Disagrees`](crate::Verdict::Disagrees): the node signed outputs its blocks do not
 //! compute from inputs it signed for.
@@ -33,12 +33,13 @@ pub enum FraudError {
         /// Which part.
         what: &'static str,
     },
-    /// Steps do not cover positions 0.. contiguously.
-    #[error("step {step}: starts at position {got}, expected {expected}")]
+    /// A step starts past the positions before it (a gap): steps cover positions 0.., each
+    /// starting at the end of those before it or below (a rewind, which overwrites from there).
+    #[error("step {step}: starts at position {got}, past the {expected} positions before it")]
     Positions {
         /// Index of the step.
         step: usize,
-        /// Where the step had to start.
+        /// Positions covered before it (the latest start allowed).
         expected: u32,
         /// Where it starts.
         got: u32,
@@ -66,7 +67,8 @@ pub struct Replay {
     pub model_id: ContentHash,
     /// The blocks it claimed to run.
     pub span: BlockRange,
-    /// Every input, positions `0..end`, merged into one prefill.
+    /// Every input, positions `0..end`, merged into one prefill (a rewound position holds its
+    /// latest input, as the node's cache did).
     pub input: HiddenStates,
     /// The node's outputs at the disputed positions, row-major f32.
     pub claimed: Vec<f32>,
@@ -84,7 +86,10 @@ impl Replay {
         let mut input = first.input.clone();
         input.rows = 0;
         input.data.clear();
-        let mut outputs: Vec<&HiddenStates> = Vec::with_capacity(proof.steps.len());
+        let cols = input.cols as usize;
+        let row_bytes = cols * input.dtype.bytes_per_value();
+        // The latest output of every position, row-major f32.
+        let mut outputs: Vec<f32> = Vec::new();
         for (i, s) in proof.steps.iter().enumerate() {
             let r = &s.receipt;
             r.verify().map_err(|_| FraudError::Signature(i))?;
@@ -115,16 +120,21 @@ impl Replay {
             if r.body.commitment != ActivationCommitment::of(&s.output) {
                 return Err(mismatch("commitment"));
             }
-            if s.input.start != input.rows {
+            if s.input.start > input.rows {
                 return Err(FraudError::Positions {
                     step: i,
                     expected: input.rows,
                     got: s.input.start,
                 });
             }
-            input.rows += s.input.rows;
+            // A step below the end rewinds: the node replays from its start, so its rows replace
+            // everything from there on.
+            let start = s.input.start as usize;
+            input.data.truncate(start * row_bytes);
             input.data.extend_from_slice(&s.input.data);
-            outputs.push(&s.output);
+            input.rows = s.input.start + s.input.rows;
+            outputs.truncate(start * cols);
+            outputs.extend(s.output.to_f32());
         }
         let end = u64::from(proof.window_start) + u64::from(proof.window_rows);
         if end > u64::from(input.rows) {
@@ -134,17 +144,7 @@ impl Replay {
                 proven: input.rows,
             });
         }
-        let cols = input.cols as usize;
-        let mut claimed = Vec::with_capacity(proof.window_rows as usize * cols);
-        for out in outputs {
-            let values = out.to_f32();
-            for (r, row) in values.chunks_exact(cols.max(1)).enumerate() {
-                let pos = u64::from(out.start) + r as u64;
-                if pos >= u64::from(proof.window_start) && pos < end {
-                    claimed.extend_from_slice(row);
-                }
-            }
-        }
+        let claimed = outputs[proof.window_start as usize * cols..end as usize * cols].to_vec();
         Ok(Self {
             node: head.node,
             session: head.body.session,
@@ -233,6 +233,36 @@ mod tests {
     }
 
     #[test]
+    fn a_rewound_session_is_judged_on_the_latest_rows() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        // Positions 4 and 5 computed, then rewound to 4 (another node was caught and the
+        // generation sampled again): the node's later rows are the ones that count.
+        let rewound = |before: f32, after: f32| FraudProof {
+            window_start: 4,
+            window_rows: 2,
+            steps: vec![
+                step(&key, 0, 4, 0.0),
+                step(&key, 4, 1, before),
+                step(&key, 5, 1, before),
+                step(&key, 4, 1, after),
+                step(&key, 5, 1, after),
+            ],
+        };
+        let judge = |p: &FraudProof| {
+            let r = Replay::of(p).unwrap();
+            assert_eq!(r.input.rows, 6);
+            r.judge(&recompute(&r)).verdict(HONEST_TOLERANCE)
+        };
+        assert_eq!(judge(&rewound(0.0, 0.0)), Verdict::Agrees);
+        assert_eq!(
+            judge(&rewound(0.05, 0.0)),
+            Verdict::Agrees,
+            "superseded rows"
+        );
+        assert_eq!(judge(&rewound(0.0, 0.05)), Verdict::Disagrees);
+    }
+
+    #[test]
     fn forged_or_inconsistent_records_are_refused_before_any_recomputation() {
         let mut p = proof(0.0);
         p.steps[1].output.data[0] ^= 1;
@@ -251,6 +281,13 @@ mod tests {
         assert!(matches!(
             Replay::of(&p),
             Err(FraudError::Positions { step: 1, .. })
+        ));
+        // A gap is refused; a rewind is not (below).
+        let mut p = proof(0.0);
+        p.steps[2] = step(&SigningKey::from_bytes(&[3; 32]), 6, 1, 0.0);
+        assert!(matches!(
+            Replay::of(&p),
+            Err(FraudError::Positions { step: 2, .. })
         ));
         let mut p = proof(0.0);
         p.window_rows = 3;

@@ -17,8 +17,14 @@ pub struct AgentConfig {
     /// HTTP listen address for /metrics and /api.
     pub listen: String,
     /// Bearer tokens accepted on the API's write endpoints (events, prices, demand). Empty: no
-    /// auth, and the binary then refuses a non-loopback `listen`.
+    /// auth, and the binary then refuses a non-loopback `listen` (`hearth agent` generates a
+    /// local token unless told `--insecure-no-auth`).
     pub api_keys: Vec<String>,
+    /// Host names (besides IP addresses and `localhost`) the API answers to; anything else is
+    /// refused, which defeats DNS rebinding (`hearth_core::RequestGuard`).
+    pub allowed_hosts: Vec<String>,
+    /// Web origins allowed to call the API from a browser (besides the API's own).
+    pub allowed_origins: Vec<String>,
     /// Seconds between decisions.
     pub interval_s: f64,
     /// Site power cap, kW (`null`: none).
@@ -48,6 +54,8 @@ impl Default for AgentConfig {
         AgentConfig {
             listen: "127.0.0.1:9100".into(),
             api_keys: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             interval_s: 60.0,
             site_cap_kw: None,
             policy: PolicyConfig::default(),

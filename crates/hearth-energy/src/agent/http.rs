@@ -2,7 +2,9 @@
 //! `DELETE /api/dr/events/{id}`, `POST /api/price`, `POST /api/ai`, `POST /api/heat`.
 //!
 //! Bodies are limited to [`MAX_BODY`]; a malformed body is answered `400` with
-//! `{"error": "..."}` and changes nothing (the last good values stay).
+//! `{"error": "..."}` and changes nothing (the last good values stay). Every request first
+//! passes [`hearth_core::RequestGuard`]: JSON bodies only, no cross-origin browser requests, no
+//! unknown `Host` names (a web page the operator visits cannot curtail the site).
 
 use super::{parse_ai, unix_now, Shared};
 use crate::signals::dr::parse_event;
@@ -38,7 +40,36 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/dr/events", get(dr_list))
         .merge(writes)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            guard_browsers,
+        ))
         .with_state(shared)
+}
+
+async fn guard_browsers(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let head = hearth_core::RequestHead {
+        method: req.method().as_str(),
+        host: headers
+            .get(header::HOST)
+            .map(|v| v.as_bytes())
+            .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes())),
+        origin: headers.get(header::ORIGIN).map(|v| v.as_bytes()),
+        content_type: headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+    };
+    match s.guard.check(&head) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => {
+            tracing::warn!("refused an API request: {refusal}");
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
+            (status, Json(json!({ "error": refusal.to_string() }))).into_response()
+        }
+    }
 }
 
 async fn require_key(

@@ -122,6 +122,8 @@ pub struct Shared {
     pub workers: Mutex<Vec<WorkerHandle>>,
     /// Who may post events, prices and demand (anyone when empty).
     pub keys: hearth_core::ApiKeys,
+    /// What the API accepts from browsers (every request passes it first).
+    pub guard: hearth_core::RequestGuard,
 }
 
 impl Shared {
@@ -173,6 +175,7 @@ impl Agent {
         };
         let shared = Arc::new(Shared {
             keys: hearth_core::ApiKeys::new(&cfg.api_keys),
+            guard: hearth_core::RequestGuard::new(&cfg.allowed_hosts, &cfg.allowed_origins),
             ..Shared::default()
         });
         if let Ok(mut s) = shared.signals.lock() {
