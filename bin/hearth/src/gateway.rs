@@ -14,6 +14,7 @@ use hearth_swarm::SwarmClient;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The library's gateway defaults, which the flags show.
 fn defaults() -> GatewayConfig {
@@ -56,6 +57,27 @@ pub(crate) struct GatewayArgs {
     /// Generations waiting beyond those running; more get 429.
     #[arg(long, default_value_t = defaults().max_queue)]
     pub max_queue: usize,
+    /// Also accept requests for this host name (repeatable; IP addresses and localhost always
+    /// pass): the name clients or a reverse proxy use. Other names are refused (DNS rebinding).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// Also accept browser requests from this origin, e.g. https://dash.example.org
+    /// (repeatable). Other cross-origin requests are refused.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// HTTP connections open at once; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = defaults().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a connection has to send a request head (idle keep-alive connections too).
+    #[arg(long, value_name = "SECS", default_value_t = defaults().header_timeout.as_secs())]
+    pub header_timeout: u64,
+    /// Seconds a request has to send its whole body (408 after).
+    #[arg(long, value_name = "SECS", default_value_t = defaults().body_timeout.as_secs())]
+    pub body_timeout: u64,
+    /// Seconds a response write may stay blocked on a client that does not read; the
+    /// connection is then closed and its generation cancelled.
+    #[arg(long, value_name = "SECS", default_value_t = defaults().write_timeout.as_secs())]
+    pub write_timeout: u64,
     /// Write the gateway's base URL to this file once it listens (for scripts and tests).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -101,6 +123,12 @@ impl GatewayArgs {
             max_context: self.max_context,
             max_running: self.max_running.max(1),
             max_queue: self.max_queue,
+            allowed_hosts: self.allowed_hosts.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            max_connections: self.max_connections.max(1),
+            header_timeout: Duration::from_secs(self.header_timeout.max(1)),
+            body_timeout: Duration::from_secs(self.body_timeout.max(1)),
+            write_timeout: Duration::from_secs(self.write_timeout.max(1)),
             ..GatewayConfig::default()
         }
     }

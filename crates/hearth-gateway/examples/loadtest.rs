@@ -37,7 +37,7 @@ async fn one(
     });
     let response = match client
         .post(format!("{url}/v1/chat/completions"))
-        .body(body.to_string())
+        .json(&body)
         .send()
         .await
     {

@@ -11,8 +11,14 @@
 //! answered by the kind of its failure ([`failure`]: 503 + `Retry-After` when the swarm lacks
 //! working nodes, 502 for bad data from the route, 504 for a node that timed out, 500 for the
 //! gateway's own faults) and counted by kind in `/metrics`.
+//!
+//! Hostile clients are bounded: every request passes `hearth_core::RequestGuard` (no
+//! cross-origin or DNS-rebound browser requests, JSON bodies only) before anything else, and
+//! the accept loop caps open connections and puts deadlines on request heads, bodies and
+//! blocked response writes (see `GatewayConfig`).
 
 pub mod backend;
+mod connection;
 pub mod failure;
 pub mod metrics;
 pub mod openai;

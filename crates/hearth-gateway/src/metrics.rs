@@ -22,7 +22,8 @@ pub const MAX_NODE_SERIES: usize = 256;
 /// Labels of [`Metrics::requests`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Which endpoint answered: `chat`, `completions`, `models`, or `auth` for a refused key.
+    /// Which endpoint answered: `chat`, `completions`, `models`, `auth` for a refused key, or
+    /// `guard` for a request the browser guard refused.
     pub endpoint: &'static str,
     /// The HTTP status it answered with.
     pub status: u16,
@@ -68,6 +69,13 @@ pub struct Metrics {
     pub cancelled: Counter,
     /// Nodes replaced mid-generation.
     pub failovers: Counter,
+    /// HTTP connections open now.
+    pub connections_open: Gauge,
+    /// Connections closed at accept because `max_connections` were open.
+    pub connections_refused: Counter,
+    /// Connections closed because a response write stayed blocked for `write_timeout` (the
+    /// client stopped reading); a generation they carried is cancelled.
+    pub slow_clients: Counter,
     /// Failed generations, by [`SwarmErrorKind`]; every kind exists from the start at 0.
     pub generation_errors: Family<ErrorLabels, Counter>,
     /// Per node, the mean seconds it took to answer one step, one sample per generation.
@@ -144,6 +152,24 @@ impl Default for Metrics {
             "Nodes replaced mid-generation",
             failovers.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because max_connections were open",
+            connections_refused.clone(),
+        );
+        let slow_clients = Counter::default();
+        registry.register(
+            "slow_clients",
+            "Connections closed because the client did not read a response for write_timeout",
+            slow_clients.clone(),
+        );
         let generation_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "generation_errors",
@@ -189,6 +215,9 @@ impl Default for Metrics {
             rejected_busy,
             cancelled,
             failovers,
+            connections_open,
+            connections_refused,
+            slow_clients,
             generation_errors,
             node_step_seconds,
             known_nodes: Mutex::new(HashSet::new()),

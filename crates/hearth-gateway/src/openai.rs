@@ -274,6 +274,25 @@ impl ApiError {
         }
     }
 
+    /// 408: the body did not arrive within the gateway's `limit`.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The request body did not arrive within this gateway's limit of {} s.",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
+    /// 403 or 415: the browser guard refused the request (cross-origin, unknown host, or a
+    /// body not declared as JSON); the message says why and which flag would allow it.
+    pub fn refused(refusal: &hearth_core::Refusal) -> Self {
+        let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
+        Self::new(status, "invalid_request_error", refusal.to_string())
+    }
+
     /// 429: the generation queue is full; retry after `retry_after` seconds.
     pub fn busy(retry_after: u64) -> Self {
         Self {
@@ -356,6 +375,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a late body may still be on its way: do not read it as a next request.
+            response
+                .headers_mut()
+                .insert("connection", HeaderValue::from_static("close"));
         }
         response
     }

@@ -2,6 +2,8 @@
 //! streaming, cancellation and the verification trail of each response.
 //!
 //! Invariants:
+//! - every request passes the browser guard before the key check and before its body is read;
+//! - a request is rendered and tokenized only once admitted;
 //! - every failure is an OpenAI-style error body; bad input is a 4xx, never a 500 or a panic;
 //!   a failed generation gets the status of its kind of failure ([`crate::failure`]);
 //! - at most `max_running + max_queue` generations are admitted; more get 429 + `Retry-After`;
@@ -9,6 +11,7 @@
 //!   closed (the chain is dropped), so nodes free their caches at once.
 
 use crate::backend::{Backend, Job};
+use crate::connection::{ConnectionMetrics, Limits};
 use crate::failure::Failure;
 use crate::metrics::Metrics;
 use crate::openai::{
@@ -16,9 +19,8 @@ use crate::openai::{
     ModelCard, PromptIn, Usage,
 };
 use crate::trail::Trail;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
 use axum::http::{HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -26,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
-use hearth_core::ApiKeys;
+use hearth_core::{ApiKeys, RequestGuard, RequestHead};
 use hearth_engine::{FinishReason, Generation};
 use hearth_sampling::{SamplingError, SamplingParams};
 use hearth_tokenizer::ChatMessage;
@@ -59,6 +61,25 @@ pub struct GatewayConfig {
     pub max_queue: usize,
     /// Verification trails kept for `GET /v1/hearth/trails/{id}`.
     pub trails_kept: usize,
+    /// Host names (no port) accepted in `Host` besides IP addresses and `localhost`: the names
+    /// clients reach the gateway by, e.g. behind a reverse proxy. Other names are refused (403)
+    /// because a DNS-rebinding page's requests carry the attacker's name.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`scheme://host[:port]`) whose requests are accepted besides the
+    /// gateway's own; other cross-origin requests are refused (403).
+    pub allowed_origins: Vec<String>,
+    /// HTTP connections open at once; connections beyond it are closed as soon as they are
+    /// accepted, so idle connections cannot exhaust file descriptors or memory.
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request head, counted from when the
+    /// connection opens or its previous response ends (idle keep-alive connections included);
+    /// the connection is closed after it.
+    pub header_timeout: Duration,
+    /// Time a request has to send its whole body once its head arrived (408 after it).
+    pub body_timeout: Duration,
+    /// Longest time a response write may stay blocked because the client does not read; the
+    /// connection is then closed and its generation cancelled.
+    pub write_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -73,6 +94,12 @@ impl Default for GatewayConfig {
             max_running: 8,
             max_queue: 32,
             trails_kept: 256,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -82,6 +109,7 @@ pub struct Gateway {
     backend: Arc<dyn Backend>,
     cfg: GatewayConfig,
     keys: ApiKeys,
+    guard: RequestGuard,
     metrics: Metrics,
     admission: Admission,
     trails: Trails,
@@ -94,6 +122,7 @@ impl Gateway {
     pub fn new(backend: Arc<dyn Backend>, cfg: GatewayConfig) -> Arc<Self> {
         Arc::new(Self {
             keys: ApiKeys::new(&cfg.api_keys),
+            guard: RequestGuard::new(&cfg.allowed_hosts, &cfg.allowed_origins),
             admission: Admission::new(cfg.max_running.max(1), cfg.max_queue),
             trails: Trails::new(cfg.trails_kept),
             backend,
@@ -147,9 +176,37 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(gw.cfg.max_body_bytes))
+        // Around every route, the key check included: browser attacks cost no work at all.
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            browser_guard,
+        ))
         // One span per request (method, path, status, latency) for `RUST_LOG=tower_http=debug`.
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(gw)
+}
+
+/// Refuses what a web page could make the operator's browser send (`hearth_core::RequestGuard`):
+/// cross-origin requests, DNS-rebound host names and bodies not declared as JSON. Reads only
+/// the head, so nothing of the body is read for a refused request.
+async fn browser_guard(State(gw): State<Arc<Gateway>>, req: Request<Body>, next: Next) -> Response {
+    let headers = req.headers();
+    let header = |name| headers.get(name).map(HeaderValue::as_bytes);
+    let head = RequestHead {
+        method: req.method().as_str(),
+        host: header(axum::http::header::HOST)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes())),
+        origin: header(axum::http::header::ORIGIN),
+        content_type: header(axum::http::header::CONTENT_TYPE),
+    };
+    match gw.guard.check(&head) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => {
+            tracing::debug!(method = %req.method(), uri = %req.uri(), "refused: {refusal}");
+            gw.metrics.request("guard", refusal.status());
+            ApiError::refused(&refusal).into_response()
+        }
+    }
 }
 
 async fn require_key(
@@ -249,7 +306,33 @@ fn stopped_unexpectedly() -> ApiError {
     ApiError::internal("The generation stopped unexpectedly.")
 }
 
-/// A validated request, ready to run.
+/// A request whose cheap JSON fields passed validation. Its prompt is rendered and tokenized
+/// only once the request is admitted ([`tokenize`]), so a request refused as busy costs no
+/// template or tokenizer work.
+struct Checked {
+    prompt: PromptInput,
+    /// Validated sampling parameters; `max_tokens` is what the request asked for (or the
+    /// default), capped by the context once the prompt's length is known; `seed` is set then.
+    params: SamplingParams,
+    /// `max_tokens` as the request gave it: a prompt that leaves less room is then a 400
+    /// rather than a shorter completion.
+    asked_max_tokens: Option<usize>,
+    seed: Option<u64>,
+    stream: bool,
+    include_usage: bool,
+}
+
+/// The prompt as the request gave it.
+enum PromptInput {
+    /// Chat messages for the model's chat template (which writes its own BOS token).
+    Chat(Vec<ChatMessage>),
+    /// Text, tokenized after a BOS token.
+    Text(String),
+    /// Token ids, checked against the vocabulary when the prompt is tokenized.
+    Ids(Vec<u64>),
+}
+
+/// An admitted request, ready to run.
 struct Prepared {
     prompt: Vec<u32>,
     params: SamplingParams,
@@ -257,36 +340,39 @@ struct Prepared {
     include_usage: bool,
 }
 
-async fn chat_completions(
-    State(gw): State<Arc<Gateway>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn chat_completions(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
     let arrived = Instant::now();
-    let prepared = read_json::<ChatRequest>(&gw, body).and_then(|req| prepare_chat(&gw, req));
-    respond(gw, Kind::Chat, prepared, arrived).await
+    let checked = read_json::<ChatRequest>(&gw, req)
+        .await
+        .and_then(|req| check_chat(&gw, req));
+    respond(gw, Kind::Chat, checked, arrived).await
 }
 
-async fn completions(
-    State(gw): State<Arc<Gateway>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn completions(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
     let arrived = Instant::now();
-    let prepared =
-        read_json::<CompletionRequest>(&gw, body).and_then(|req| prepare_completion(&gw, req));
-    respond(gw, Kind::Completion, prepared, arrived).await
+    let checked = read_json::<CompletionRequest>(&gw, req)
+        .await
+        .and_then(|req| check_completion(&gw, req));
+    respond(gw, Kind::Completion, checked, arrived).await
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
+/// Reads and parses the body, which must arrive whole within `body_timeout`: a client
+/// trickling it in would otherwise hold its connection and this request open at will.
+async fn read_json<T: serde::de::DeserializeOwned>(
     gw: &Gateway,
-    body: Result<Bytes, BytesRejection>,
+    req: Request<Body>,
 ) -> Result<T, ApiError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(gw.cfg.max_body_bytes)
-        } else {
-            ApiError::invalid(format!("Could not read the request body: {e}"))
-        }
-    })?;
+    let limit = gw.cfg.body_timeout;
+    let bytes = tokio::time::timeout(limit, Bytes::from_request(req, &()))
+        .await
+        .map_err(|_| ApiError::body_timeout(limit))?
+        .map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(gw.cfg.max_body_bytes)
+            } else {
+                ApiError::invalid(format!("Could not read the request body: {e}"))
+            }
+        })?;
     if bytes.is_empty() {
         return Err(ApiError::invalid(
             "The request body is empty; send a JSON object.",
@@ -299,7 +385,7 @@ fn read_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn prepare_chat(gw: &Gateway, req: ChatRequest) -> Result<Prepared, ApiError> {
+fn check_chat(gw: &Gateway, req: ChatRequest) -> Result<Checked, ApiError> {
     if !gw.knows_model(&req.model) {
         return Err(ApiError::model_not_found(&req.model));
     }
@@ -315,21 +401,7 @@ fn prepare_chat(gw: &Gateway, req: ChatRequest) -> Result<Prepared, ApiError> {
         .enumerate()
         .map(|(i, m)| chat_message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
-    let tokenizer = gw.backend.tokenizer();
-    let template = tokenizer.chat_template().ok_or_else(|| {
-        ApiError::invalid("This model has no chat template; use /v1/completions instead.")
-    })?;
-    let text = template.render(&messages, true).map_err(|e| {
-        ApiError::invalid_param(
-            "messages",
-            format!("The chat template refused these messages: {e}"),
-        )
-    })?;
-    // The template writes its own BOS token.
-    let prompt = tokenizer
-        .encode(&text, false)
-        .map_err(|e| ApiError::invalid_param("messages", format!("Cannot tokenize: {e}")))?;
-    finish_prepare(gw, prompt, req.common)
+    check_common(gw, PromptInput::Chat(messages), req.common)
 }
 
 fn chat_message(i: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
@@ -366,7 +438,7 @@ fn chat_message(i: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage::new(role, content))
 }
 
-fn prepare_completion(gw: &Gateway, req: CompletionRequest) -> Result<Prepared, ApiError> {
+fn check_completion(gw: &Gateway, req: CompletionRequest) -> Result<Checked, ApiError> {
     if !gw.knows_model(&req.model) {
         return Err(ApiError::model_not_found(&req.model));
     }
@@ -379,39 +451,20 @@ fn prepare_completion(gw: &Gateway, req: CompletionRequest) -> Result<Prepared, 
             "`suffix` is not supported.",
         ));
     }
-    let tokenizer = gw.backend.tokenizer();
     let prompt = match req.prompt {
-        PromptIn::Text(t) => tokenizer
-            .encode(&t, true)
-            .map_err(|e| ApiError::invalid_param("prompt", format!("Cannot tokenize: {e}")))?,
-        PromptIn::Many(items) => prompt_list(tokenizer, items)?,
+        PromptIn::Text(t) => PromptInput::Text(t),
+        PromptIn::Many(items) => prompt_list(items)?,
     };
-    if prompt.is_empty() {
-        return Err(ApiError::invalid_param("prompt", "The prompt is empty."));
-    }
-    finish_prepare(gw, prompt, req.common)
+    check_common(gw, prompt, req.common)
 }
 
 /// `prompt` as a list: one string, or token ids.
-fn prompt_list(
-    tokenizer: &hearth_tokenizer::Tokenizer,
-    items: Vec<Value>,
-) -> Result<Vec<u32>, ApiError> {
-    let vocab = tokenizer.vocab_size() as u64;
+fn prompt_list(items: Vec<Value>) -> Result<PromptInput, ApiError> {
     match items.as_slice() {
-        [Value::String(s)] => tokenizer
-            .encode(s, true)
-            .map_err(|e| ApiError::invalid_param("prompt", format!("Cannot tokenize: {e}"))),
-        _ if !items.is_empty() && items.iter().all(Value::is_u64) => items
-            .iter()
-            .map(|v| match v.as_u64() {
-                Some(id) if id < vocab => Ok(id as u32),
-                _ => Err(ApiError::invalid_param(
-                    "prompt",
-                    format!("Token id {v} is outside the vocabulary (size {vocab})."),
-                )),
-            })
-            .collect(),
+        [Value::String(s)] => Ok(PromptInput::Text(s.clone())),
+        _ if !items.is_empty() && items.iter().all(Value::is_u64) => Ok(PromptInput::Ids(
+            items.iter().filter_map(Value::as_u64).collect(),
+        )),
         _ => Err(ApiError::invalid_param(
             "prompt",
             "`prompt` must be a string, a list with one string, or a list of token ids (one prompt per request).",
@@ -419,7 +472,8 @@ fn prompt_list(
     }
 }
 
-fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Prepared, ApiError> {
+/// The checks of the parameters both endpoints share that need no prompt.
+fn check_common(gw: &Gateway, prompt: PromptInput, p: CommonParams) -> Result<Checked, ApiError> {
     if p.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_param("n", "Only `n: 1` is supported."));
     }
@@ -438,18 +492,7 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
     {
         return Err(ApiError::invalid_param("tools", "Tools are not supported."));
     }
-    let ctx = gw.context_len();
-    if prompt.len() >= ctx {
-        return Err(ApiError::invalid_param(
-            "messages",
-            format!(
-                "This model's maximum context length is {ctx} tokens. However, your prompt is {} tokens, leaving no room for a completion.",
-                prompt.len()
-            ),
-        ));
-    }
-    let asked = p.max_completion_tokens.or(p.max_tokens);
-    let max_tokens = match asked {
+    let asked_max_tokens = match p.max_completion_tokens.or(p.max_tokens) {
         Some(0) => {
             return Err(ApiError::invalid_param(
                 "max_tokens",
@@ -465,21 +508,8 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
             ),
             ))
         }
-        Some(n) => {
-            let n = n as usize;
-            if prompt.len() + n > ctx {
-                return Err(ApiError::invalid_param(
-                    "max_tokens",
-                    format!(
-                        "This model's maximum context length is {ctx} tokens. However, you requested {} tokens ({} in the prompt, {n} in the completion). Please reduce the prompt or the completion length.",
-                        prompt.len() + n,
-                        prompt.len()
-                    ),
-                ));
-            }
-            n
-        }
-        None => gw.cfg.default_max_tokens.min(ctx - prompt.len()),
+        Some(n) => Some(n as usize),
+        None => None,
     };
     let stop = p.stop.map(|s| s.into_vec()).unwrap_or_default();
     if stop.len() > 4 {
@@ -512,11 +542,8 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
     let params = SamplingParams {
         temperature: temperature as f32,
         top_p: p.top_p.map(|t| t as f32),
-        seed: p
-            .seed
-            .map_or_else(|| unix_now() ^ prompt.len() as u64, |s| s as u64),
         stop,
-        max_tokens,
+        max_tokens: asked_max_tokens.unwrap_or(gw.cfg.default_max_tokens),
         frequency_penalty: p.frequency_penalty.unwrap_or(0.0) as f32,
         presence_penalty: p.presence_penalty.unwrap_or(0.0) as f32,
         ..SamplingParams::default()
@@ -527,14 +554,98 @@ fn finish_prepare(gw: &Gateway, prompt: Vec<u32>, p: CommonParams) -> Result<Pre
         }
         other => ApiError::invalid(other.to_string()),
     })?;
-    Ok(Prepared {
+    Ok(Checked {
         prompt,
         params,
+        asked_max_tokens,
+        seed: p.seed.map(|s| s as u64),
         stream: p.stream.unwrap_or(false),
         include_usage: p
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+    })
+}
+
+/// Renders and tokenizes the prompt of an admitted request, and fits `max_tokens` to the
+/// context left after it.
+fn tokenize(gw: &Gateway, checked: Checked) -> Result<Prepared, ApiError> {
+    let tokenizer = gw.backend.tokenizer();
+    let cannot_tokenize = |param: &'static str| {
+        move |e| ApiError::invalid_param(param, format!("Cannot tokenize: {e}"))
+    };
+    let prompt = match checked.prompt {
+        PromptInput::Chat(messages) => {
+            let template = tokenizer.chat_template().ok_or_else(|| {
+                ApiError::invalid("This model has no chat template; use /v1/completions instead.")
+            })?;
+            let text = template.render(&messages, true).map_err(|e| {
+                ApiError::invalid_param(
+                    "messages",
+                    format!("The chat template refused these messages: {e}"),
+                )
+            })?;
+            // The template writes its own BOS token.
+            tokenizer
+                .encode(&text, false)
+                .map_err(cannot_tokenize("messages"))?
+        }
+        PromptInput::Text(text) => tokenizer
+            .encode(&text, true)
+            .map_err(cannot_tokenize("prompt"))?,
+        PromptInput::Ids(ids) => {
+            let vocab = tokenizer.vocab_size() as u64;
+            ids.into_iter()
+                .map(|id| {
+                    u32::try_from(id)
+                        .ok()
+                        .filter(|_| id < vocab)
+                        .ok_or_else(|| {
+                            ApiError::invalid_param(
+                                "prompt",
+                                format!("Token id {id} is outside the vocabulary (size {vocab})."),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::invalid_param("prompt", "The prompt is empty."));
+    }
+    let ctx = gw.context_len();
+    if prompt.len() >= ctx {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!(
+                "This model's maximum context length is {ctx} tokens. However, your prompt is {} tokens, leaving no room for a completion.",
+                prompt.len()
+            ),
+        ));
+    }
+    let mut params = checked.params;
+    params.max_tokens = match checked.asked_max_tokens {
+        Some(n) if prompt.len() + n > ctx => {
+            return Err(ApiError::invalid_param(
+                "max_tokens",
+                format!(
+                    "This model's maximum context length is {ctx} tokens. However, you requested {} tokens ({} in the prompt, {n} in the completion). Please reduce the prompt or the completion length.",
+                    prompt.len() + n,
+                    prompt.len()
+                ),
+            ));
+        }
+        Some(n) => n,
+        None => params.max_tokens.min(ctx - prompt.len()),
+    };
+    params.seed = checked
+        .seed
+        .unwrap_or_else(|| unix_now() ^ prompt.len() as u64);
+    Ok(Prepared {
+        prompt,
+        params,
+        stream: checked.stream,
+        include_usage: checked.include_usage,
     })
 }
 
@@ -556,20 +667,26 @@ impl Drop for CancelOnDrop {
 async fn respond(
     gw: Arc<Gateway>,
     kind: Kind,
-    prepared: Result<Prepared, ApiError>,
+    checked: Result<Checked, ApiError>,
     arrived: Instant,
 ) -> Response {
-    let prepared = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            gw.metrics.request(kind.endpoint(), e.status.as_u16());
-            return e.into_response();
-        }
+    let refuse = |e: ApiError| {
+        gw.metrics.request(kind.endpoint(), e.status.as_u16());
+        e.into_response()
+    };
+    let checked = match checked {
+        Ok(c) => c,
+        Err(e) => return refuse(e),
     };
     let Some(ticket) = gw.admission.try_admit(&gw.metrics) else {
         gw.metrics.rejected_busy.inc();
-        gw.metrics.request(kind.endpoint(), 429);
-        return ApiError::busy(gw.admission.retry_after_secs()).into_response();
+        return refuse(ApiError::busy(gw.admission.retry_after_secs()));
+    };
+    // Tokenized only now, so that a busy gateway refuses without that work; a prompt refused
+    // here gives its place back as the ticket drops.
+    let prepared = match tokenize(&gw, checked) {
+        Ok(p) => p,
+        Err(e) => return refuse(e),
     };
     let id = gw.fresh_id();
     let cancel = Arc::new(AtomicBool::new(false));
@@ -1038,13 +1155,23 @@ impl Trails {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves [`router`] on `listener` until `shutdown` resolves, under the connection limits of
+/// the gateway's config (`max_connections`, `header_timeout`, `write_timeout`); then stops
+/// accepting and returns once the open responses have finished.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gw: Arc<Gateway>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(gw))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = Limits {
+        max_connections: gw.cfg.max_connections,
+        header_timeout: gw.cfg.header_timeout,
+        write_timeout: gw.cfg.write_timeout,
+    };
+    let metrics = ConnectionMetrics {
+        open: gw.metrics.connections_open.clone(),
+        refused: gw.metrics.connections_refused.clone(),
+        slow_clients: gw.metrics.slow_clients.clone(),
+    };
+    crate::connection::serve(listener, router(gw), limits, metrics, shutdown).await
 }

@@ -146,7 +146,7 @@ async fn chat_and_completions_match_local_generation_in_json_and_sse() {
     sreq["stream_options"] = json!({"include_usage": true});
     let r = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))
-        .body(sreq.to_string())
+        .json(&sreq)
         .send()
         .await
         .unwrap();
@@ -190,7 +190,7 @@ async fn chat_and_completions_match_local_generation_in_json_and_sse() {
     sreq["stream"] = json!(true);
     let r = reqwest::Client::new()
         .post(format!("{url}/v1/completions"))
-        .body(sreq.to_string())
+        .json(&sreq)
         .send()
         .await
         .unwrap();
@@ -351,7 +351,7 @@ async fn api_keys_are_required_when_configured() {
     let r = client
         .post(format!("{url}/v1/completions"))
         .bearer_auth("sk-right")
-        .body(json!({"model": MODEL, "prompt": "a", "max_tokens": 2}).to_string())
+        .json(&json!({"model": MODEL, "prompt": "a", "max_tokens": 2}))
         .send()
         .await
         .unwrap();
@@ -439,20 +439,19 @@ async fn a_full_queue_answers_429_with_retry_after() {
         },
     )
     .await;
-    let long =
-        json!({"model": MODEL, "prompt": "a", "max_tokens": 4000, "stream": true}).to_string();
+    let long = json!({"model": MODEL, "prompt": "a", "max_tokens": 4000, "stream": true});
     let client = reqwest::Client::new();
     // One running, one queued: both accepted (streams start at once).
     let first = client
         .post(format!("{url}/v1/completions"))
-        .body(long.clone())
+        .json(&long)
         .send()
         .await
         .unwrap();
     assert_eq!(first.status(), 200);
     let second = client
         .post(format!("{url}/v1/completions"))
-        .body(long.clone())
+        .json(&long)
         .send()
         .await
         .unwrap();
@@ -463,7 +462,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     .await;
     let third = client
         .post(format!("{url}/v1/completions"))
-        .body(long.clone())
+        .json(&long)
         .send()
         .await
         .unwrap();
@@ -488,7 +487,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     .await;
     let fourth = client
         .post(format!("{url}/v1/completions"))
-        .body(long)
+        .json(&long)
         .send()
         .await
         .unwrap();
@@ -501,13 +500,12 @@ async fn a_full_queue_answers_429_with_retry_after() {
 async fn client_disconnects_cancel_generations() {
     let backend = scripted();
     let (url, gw) = serve(backend.clone(), GatewayConfig::default()).await;
-    let body = |stream: bool| {
-        json!({"model": MODEL, "prompt": "a", "max_tokens": 4000, "stream": stream}).to_string()
-    };
+    let body =
+        |stream: bool| json!({"model": MODEL, "prompt": "a", "max_tokens": 4000, "stream": stream});
     // Streaming: read a few chunks, then hang up.
     let mut r = reqwest::Client::new()
         .post(format!("{url}/v1/completions"))
-        .body(body(true))
+        .json(&body(true))
         .send()
         .await
         .unwrap();
@@ -525,7 +523,7 @@ async fn client_disconnects_cancel_generations() {
     let timed_out = reqwest::Client::new()
         .post(format!("{url}/v1/completions"))
         .timeout(Duration::from_millis(300))
-        .body(body(false))
+        .json(&body(false))
         .send()
         .await;
     assert!(timed_out.is_err());
@@ -548,7 +546,7 @@ async fn trails_and_metrics_are_served() {
     let (url, _) = serve(Arc::new(local_backend()), GatewayConfig::default()).await;
     let r = reqwest::Client::new()
         .post(format!("{url}/v1/completions"))
-        .body(json!({"model": MODEL, "prompt": "a", "max_tokens": 3}).to_string())
+        .json(&json!({"model": MODEL, "prompt": "a", "max_tokens": 3}))
         .send()
         .await
         .unwrap();
@@ -666,6 +664,7 @@ async fn mutated_requests_never_get_a_server_error() {
         };
         let r = client
             .post(format!("{url}{path}"))
+            .header("content-type", "application/json")
             .body(body.clone())
             .send()
             .await

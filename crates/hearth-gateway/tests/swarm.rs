@@ -142,7 +142,7 @@ async fn swarm_answers_carry_verifiable_receipts_and_hangups_free_node_sessions(
     for url in &urls {
         let body: Value = http
             .post(format!("{url}/v1/chat/completions"))
-            .body(req.to_string())
+            .json(&req)
             .send()
             .await
             .unwrap()
@@ -240,7 +240,7 @@ async fn swarm_answers_carry_verifiable_receipts_and_hangups_free_node_sessions(
         "temperature": 0});
     let mut r = http
         .post(format!("{}/v1/completions", urls[0]))
-        .body(long.to_string())
+        .json(&long)
         .send()
         .await
         .unwrap();
@@ -344,7 +344,7 @@ async fn swarm_failures_get_the_status_of_their_kind_and_are_counted() {
     // A gap in coverage: 503 with Retry-After, naming the missing blocks.
     let r = http
         .post(format!("{url}/v1/chat/completions"))
-        .body(req.to_string())
+        .json(&req)
         .send()
         .await
         .unwrap();
@@ -371,7 +371,7 @@ async fn swarm_failures_get_the_status_of_their_kind_and_are_counted() {
     let streamed = json!({"model": "m", "prompt": "a", "max_tokens": 4, "stream": true});
     let text = http
         .post(format!("{url}/v1/completions"))
-        .body(streamed.to_string())
+        .json(&streamed)
         .send()
         .await
         .unwrap()
@@ -397,7 +397,7 @@ async fn swarm_failures_get_the_status_of_their_kind_and_are_counted() {
     wait_for_servers(&client, &a, 2).await;
     let r = http
         .post(format!("{url}/v1/chat/completions"))
-        .body(req.to_string())
+        .json(&req)
         .send()
         .await
         .unwrap();
@@ -446,7 +446,7 @@ async fn private_edges_run_in_the_gateway_and_change_nothing_else() {
         let url = serve(backend).await;
         let body: Value = reqwest::Client::new()
             .post(format!("{url}/v1/completions"))
-            .body(req.to_string())
+            .json(&req)
             .send()
             .await
             .unwrap()
