@@ -113,7 +113,7 @@ pub enum EngineError {
         "KV-cache budget exhausted: {requested} bytes requested, {available} of {budget} available"
     )]
     CacheBudget {
-        /// Bytes of KV cache the new session needs for its `max_len`.
+        /// Bytes of KV cache the session needed more (to open, or to grow for a step).
         requested: u64,
         /// Bytes of the budget not reserved by open sessions.
         available: u64,

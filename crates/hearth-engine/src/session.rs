@@ -1,15 +1,24 @@
 //! Many concurrent generation sessions on one slice, each with its own KV cache, position and
 //! length limit, under a node-wide cache budget.
 //!
-//! Memory is reserved up front for a session's whole `max_len`, so admission is decided when a
-//! session opens, never half-way through a generation.
+//! Cache is reserved as a session grows, the way its buffers grow (doubling, from
+//! [`INITIAL_RESERVED_POSITIONS`], never past its `max_len`): a session that asks for a long
+//! `max_len` and then idles holds only what it used, so one client cannot make the node refuse
+//! everyone else by opening sessions it never fills. A step that would take the reservations
+//! past the budget is refused ([`EngineError::CacheBudget`]) and leaves the session as it was;
+//! a swarm client then fails over to another server.
 
 use crate::error::{EngineError, Result};
 use crate::model::{ModelSlice, SliceCache};
 use candle_core::Tensor;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Positions reserved when a session opens (or its `max_len`, if smaller); a session's KV
+/// buffers start at this size too.
+pub const INITIAL_RESERVED_POSITIONS: usize = 64;
 
 /// Identifies a session on one server.
 pub type SessionId = u64;
@@ -41,13 +50,22 @@ impl Default for SessionLimits {
 struct Session {
     cache: SliceCache,
     max_len: usize,
-    reserved: u64,
+    /// Cache bytes per position of this session's span.
+    bytes_per_position: u64,
+    /// Positions reserved (at least the cached length; at most `max_len`).
+    reserved_positions: usize,
     last_used: Instant,
+}
+
+impl Session {
+    fn reserved_bytes(&self) -> u64 {
+        self.bytes_per_position
+            .saturating_mul(self.reserved_positions as u64)
+    }
 }
 
 struct Registry {
     sessions: HashMap<SessionId, Arc<Mutex<Session>>>,
-    reserved: u64,
     next_id: SessionId,
 }
 
@@ -57,6 +75,10 @@ pub struct SliceServer {
     slice: Arc<ModelSlice>,
     limits: SessionLimits,
     registry: Mutex<Registry>,
+    /// Cache bytes reserved by the open sessions. Atomic, not in the registry: a step grows its
+    /// session's reservation while holding the session's lock, and the registry is locked
+    /// before sessions elsewhere.
+    reserved: AtomicU64,
 }
 
 /// A snapshot of a server's load.
@@ -64,7 +86,8 @@ pub struct SliceServer {
 pub struct ServerStats {
     /// Sessions open now.
     pub sessions: usize,
-    /// Bytes of KV cache reserved by the open sessions (for their full `max_len`).
+    /// Bytes of KV cache reserved by the open sessions (for the positions they hold, rounded
+    /// up the way their buffers grow).
     pub reserved_bytes: u64,
     /// Bytes of KV cache all sessions together may reserve.
     pub budget_bytes: u64,
@@ -84,9 +107,9 @@ impl SliceServer {
             limits,
             registry: Mutex::new(Registry {
                 sessions: HashMap::new(),
-                reserved: 0,
                 next_id: 1,
             }),
+            reserved: AtomicU64::new(0),
         }
     }
 
@@ -100,7 +123,8 @@ impl SliceServer {
         &self.limits
     }
 
-    /// Opens a session that may hold up to `max_len` positions, reserving its cache.
+    /// Opens a session that may hold up to `max_len` positions, reserving cache for its first
+    /// [`INITIAL_RESERVED_POSITIONS`] (more as it grows).
     pub fn open(&self, max_len: usize) -> Result<SessionId> {
         self.open_span(max_len, self.slice.range())
     }
@@ -115,36 +139,60 @@ impl SliceServer {
                 limit: self.limits.max_len_cap,
             });
         }
-        let need = self
-            .slice
-            .cache_bytes_per_token_for(span)
-            .saturating_mul(max_len as u64);
+        let bytes_per_position = self.slice.cache_bytes_per_token_for(span);
+        let positions = max_len.min(INITIAL_RESERVED_POSITIONS);
         self.expire_idle(Instant::now());
         let mut reg = lock(&self.registry);
         if reg.sessions.len() >= self.limits.max_sessions {
             return Err(EngineError::TooManySessions(self.limits.max_sessions));
         }
-        let available = self.limits.cache_budget_bytes.saturating_sub(reg.reserved);
-        if need > available {
-            return Err(EngineError::CacheBudget {
-                requested: need,
-                available,
-                budget: self.limits.cache_budget_bytes,
-            });
-        }
+        self.reserve(bytes_per_position.saturating_mul(positions as u64))?;
         let id = reg.next_id;
         reg.next_id += 1;
-        reg.reserved += need;
         reg.sessions.insert(
             id,
             Arc::new(Mutex::new(Session {
                 cache,
                 max_len,
-                reserved: need,
+                bytes_per_position,
+                reserved_positions: positions,
                 last_used: Instant::now(),
             })),
         );
         Ok(id)
+    }
+
+    /// Takes `bytes` more of the cache budget, or says how much is left.
+    fn reserve(&self, bytes: u64) -> Result<()> {
+        let budget = self.limits.cache_budget_bytes;
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                r.checked_add(bytes).filter(|&total| total <= budget)
+            })
+            .map(|_| ())
+            .map_err(|reserved| EngineError::CacheBudget {
+                requested: bytes,
+                available: budget.saturating_sub(reserved),
+                budget,
+            })
+    }
+
+    /// Grows `s`'s reservation to cover `positions` (doubling, capped at its `max_len`).
+    fn reserve_positions(&self, s: &mut Session, positions: usize) -> Result<()> {
+        if positions <= s.reserved_positions {
+            return Ok(());
+        }
+        let want = positions
+            .next_power_of_two()
+            .max(INITIAL_RESERVED_POSITIONS)
+            .min(s.max_len)
+            .max(positions);
+        let extra = s
+            .bytes_per_position
+            .saturating_mul((want - s.reserved_positions) as u64);
+        self.reserve(extra)?;
+        s.reserved_positions = want;
+        Ok(())
     }
 
     fn session(&self, id: SessionId) -> Result<Arc<Mutex<Session>>> {
@@ -162,7 +210,8 @@ impl SliceServer {
     pub fn step(&self, id: SessionId, start: usize, hidden: &Tensor) -> Result<Tensor> {
         let session = self.session(id)?;
         let mut s = lock(&session);
-        self.check_step(id, &s, start, hidden)?;
+        let end = self.check_step(id, &s, start, hidden)?;
+        self.reserve_positions(&mut s, end)?;
         s.cache.truncate(start);
         let out = self.slice.forward(hidden, &mut s.cache);
         if out.is_err() {
@@ -203,7 +252,10 @@ impl SliceServer {
             found.iter().map(|(_, i, s)| (*i, lock(s))).collect();
         guards.retain_mut(|(i, s)| {
             let (id, start, hidden) = &steps[*i];
-            match self.check_step(*id, s, *start, hidden) {
+            let checked = self
+                .check_step(*id, s, *start, hidden)
+                .and_then(|end| self.reserve_positions(s, end));
+            match checked {
                 Ok(()) => {
                     s.cache.truncate(*start);
                     true
@@ -251,8 +303,15 @@ impl SliceServer {
             .collect()
     }
 
-    /// The checks of a step of session `id` (locked as `s`), in the order `step` applies them.
-    fn check_step(&self, id: SessionId, s: &Session, start: usize, hidden: &Tensor) -> Result<()> {
+    /// The checks of a step of session `id` (locked as `s`), in the order `step` applies them;
+    /// returns the session's length after the step.
+    fn check_step(
+        &self,
+        id: SessionId,
+        s: &Session,
+        start: usize,
+        hidden: &Tensor,
+    ) -> Result<usize> {
         let cached = s.cache.len();
         if start > cached {
             return Err(EngineError::PositionGap {
@@ -269,7 +328,7 @@ impl SliceServer {
                 max_len: s.max_len,
             });
         }
-        Ok(())
+        Ok(start + t)
     }
 
     /// Positions cached for a session.
@@ -286,7 +345,8 @@ impl SliceServer {
             .sessions
             .remove(&id)
             .ok_or(EngineError::UnknownSession(id))?;
-        reg.reserved -= lock(&session).reserved;
+        let bytes = lock(&session).reserved_bytes();
+        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
         Ok(())
     }
 
@@ -307,7 +367,8 @@ impl SliceServer {
             .collect();
         for id in &stale {
             if let Some(s) = reg.sessions.remove(id) {
-                reg.reserved -= lock(&s).reserved;
+                let bytes = lock(&s).reserved_bytes();
+                self.reserved.fetch_sub(bytes, Ordering::AcqRel);
             }
         }
         stale.len()
@@ -318,7 +379,7 @@ impl SliceServer {
         let reg = lock(&self.registry);
         ServerStats {
             sessions: reg.sessions.len(),
-            reserved_bytes: reg.reserved,
+            reserved_bytes: self.reserved.load(Ordering::Acquire),
             budget_bytes: self.limits.cache_budget_bytes,
         }
     }

@@ -82,15 +82,62 @@ fn cache_budget_is_enforced_and_released() {
         cache_budget_bytes: per_token * 250,
         ..SessionLimits::default()
     };
-    let (_d, srv, _src) = server(limits);
+    let (_d, srv, src) = server(limits);
+    // Opening reserves the first 64 positions (or max_len, if smaller), not the whole max_len.
     let a = srv.open(100).unwrap();
-    let _b = srv.open(100).unwrap();
+    let b = srv.open(100).unwrap();
+    let c = srv.open(100).unwrap();
+    assert_eq!(srv.stats().reserved_bytes, per_token * 192);
     let err = srv.open(100).unwrap_err();
     assert!(matches!(err, EngineError::CacheBudget { .. }), "{err}");
+    // Growing past 64 reserves up to max_len (the next doubling, capped): 100 for `a`.
+    let ids: Vec<u32> = (0..80).map(|i| (i * 7 % 200) as u32 + 1).collect();
+    srv.step(a, 0, &hidden(&src, &ids)).unwrap();
+    assert_eq!(srv.stats().reserved_bytes, per_token * (100 + 64 + 64));
+    // `b` cannot grow as far (100 + 100 + 64 > 250): the step is refused and changes nothing.
+    let err = srv.step(b, 0, &hidden(&src, &ids)).unwrap_err();
+    assert!(matches!(err, EngineError::CacheBudget { .. }), "{err}");
+    assert_eq!(srv.session_len(b).unwrap(), 0);
+    assert_eq!(srv.stats().reserved_bytes, per_token * (100 + 64 + 64));
+    // Within its first 64 positions it still runs; once `c` closes, it grows.
+    srv.step(b, 0, &hidden(&src, &ids[..60])).unwrap();
+    srv.close(c).unwrap();
+    srv.step(b, 60, &hidden(&src, &ids[60..])).unwrap();
+    assert_eq!(srv.session_len(b).unwrap(), 80);
     assert_eq!(srv.stats().reserved_bytes, per_token * 200);
     srv.close(a).unwrap();
-    srv.open(100).unwrap();
+    srv.close(b).unwrap();
+    assert_eq!(srv.stats().reserved_bytes, 0);
     assert!(matches!(srv.close(a), Err(EngineError::UnknownSession(_))));
+}
+
+/// One client asking for the longest sessions the node allows, and leaving them empty, holds
+/// only their first positions: others can still open and run sessions.
+#[test]
+fn sessions_opened_long_and_left_empty_do_not_lock_others_out() {
+    let probe = server(SessionLimits::default());
+    let per_token = probe.1.slice().cache_bytes_per_token();
+    let limits = SessionLimits {
+        cache_budget_bytes: per_token * 1024,
+        max_len_cap: 4096,
+        ..SessionLimits::default()
+    };
+    let (_d, srv, src) = server(limits);
+    // Before: one open of max_len 4096 (> the whole budget) was refused, and one of 1024 took
+    // everything; now each reserves 64 positions.
+    let squatters: Vec<_> = (0..8).map(|_| srv.open(4096).unwrap()).collect();
+    let honest = srv.open(256).unwrap();
+    let ids: Vec<u32> = (0..200).map(|i| (i * 13 % 200) as u32 + 1).collect();
+    srv.step(honest, 0, &hidden(&src, &ids)).unwrap();
+    assert_eq!(srv.session_len(honest).unwrap(), 200);
+    assert_eq!(
+        srv.stats().reserved_bytes,
+        per_token * (8 * 64 + 256),
+        "the squatters hold 64 positions each"
+    );
+    for s in squatters {
+        srv.close(s).unwrap();
+    }
 }
 
 #[test]

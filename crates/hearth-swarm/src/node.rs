@@ -1133,6 +1133,8 @@ fn engine_error(e: EngineError) -> Response {
         EngineError::HiddenShape { .. }
         | EngineError::PositionGap { .. }
         | EngineError::SessionFull { .. } => ErrorCode::BadRequest,
+        // The session could not grow within the node's cache budget: try another server.
+        EngineError::CacheBudget { .. } => ErrorCode::Busy,
         _ => ErrorCode::Internal,
     };
     Response::error(code, e.to_string())
