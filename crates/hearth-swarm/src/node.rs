@@ -754,7 +754,7 @@ struct OpenState {
     _slot: PeerSlot,
     /// The last row this session returned (for the `stale` adversary).
     #[cfg(feature = "adversary")]
-    last_row: Mutex<Option<Vec<f32>>>,
+    last_row: LastRow,
 }
 
 /// Serves one session on one stream until the client closes it, goes idle, or breaks protocol.
@@ -996,7 +996,7 @@ fn open_session(
             open,
             _slot: slot,
             #[cfg(feature = "adversary")]
-            last_row: Mutex::new(None),
+            last_row: Arc::new(Mutex::new(None)),
         },
     ))
 }
@@ -1012,7 +1012,7 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
             std::process::abort();
         }
     }
-    let h = &step.hidden;
+    let h = step.hidden;
     if h.cols as usize != state.hidden_size || h.dtype != s.open.dtype {
         return Response::error(
             ErrorCode::BadRequest,
@@ -1026,15 +1026,28 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
             ),
         );
     }
-    if h.first_non_finite().is_some() {
-        return Response::error(ErrorCode::BadRequest, "non-finite input hidden states");
-    }
-    let input = match Tensor::from_vec(
-        h.to_f32(),
-        (1, h.rows as usize, h.cols as usize),
-        &hearth_engine::Device::Cpu,
-    ) {
-        Ok(t) => t,
+    // Scanning, widening and (below) hashing a step's states take time in proportion to the
+    // frame: on the blocking pool, not on the runtime that also drives libp2p.
+    let prepared = tokio::task::spawn_blocking(move || {
+        if h.first_non_finite().is_some() {
+            return Err(Box::new(Response::error(
+                ErrorCode::BadRequest,
+                "non-finite input hidden states",
+            )));
+        }
+        let shape = (1, h.rows as usize, h.cols as usize);
+        match Tensor::from_vec(h.to_f32(), shape, &hearth_engine::Device::Cpu) {
+            Ok(t) => Ok((h, t)),
+            Err(e) => Err(Box::new(Response::error(
+                ErrorCode::Internal,
+                e.to_string(),
+            ))),
+        }
+    })
+    .await;
+    let (h, input) = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(reply)) => return *reply,
         Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
     };
     if !state.step_delay.is_zero() {
@@ -1056,75 +1069,113 @@ async fn run_step(state: &NodeState, s: &OpenState, step: Step) -> Response {
         Ok(Err(e)) => return engine_error(e),
         Err(_) => return Response::error(ErrorCode::Internal, "compute thread stopped"),
     };
-    #[allow(unused_mut)]
-    let mut values = match out
-        .to_dtype(hearth_engine::DType::F32)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-    {
-        Ok(v) => v,
-        Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
-    };
-    #[cfg(feature = "adversary")]
-    if let Some(a) = state.adversary {
-        let mut last = s.last_row.lock().unwrap_or_else(|p| p.into_inner());
-        let cols = h.cols as usize;
-        a.apply(
-            &s.open.session,
-            h.start,
-            cols,
-            &h.to_f32(),
-            &mut values,
-            &mut last,
-        );
-    }
-    let mut output = HiddenStates::from_f32(h.dtype, h.start, h.rows, h.cols, &values);
-    let mut body = ReceiptBody {
+    let signer = Signer {
+        key: state.identity.signing_key(),
         session: s.open.session,
         step: step.step,
         model_id: state.model_id,
         span: s.open.span,
-        input: h.digest(),
-        output: output.digest(),
-        start: h.start,
-        commitment: ActivationCommitment::of(&output),
+        fault: state.fault,
+        #[cfg(feature = "adversary")]
+        adversary: state.adversary.map(|a| (a, s.last_row.clone())),
     };
-    match state.fault {
-        Some(Fault::BadSignature) => body.output = ContentHash::of(b"not what was computed"),
-        Some(Fault::NonFinite) => {
-            output = HiddenStates::from_f32(
-                h.dtype,
+    tokio::task::spawn_blocking(move || signer.reply(&h, &out))
+        .await
+        .unwrap_or_else(|e| Response::error(ErrorCode::Internal, e.to_string()))
+}
+
+/// A session's last honest output row, for the `stale` adversary.
+#[cfg(feature = "adversary")]
+type LastRow = Arc<Mutex<Option<Vec<f32>>>>;
+
+/// What turns a step's computed output into the signed reply, owned so that it runs on the
+/// blocking pool.
+struct Signer {
+    key: hearth_wire::SigningKey,
+    session: hearth_wire::SessionKey,
+    step: u64,
+    model_id: ContentHash,
+    span: BlockRange,
+    fault: Option<Fault>,
+    /// The way this node cheats, and the session's last honest row (for `stale`).
+    #[cfg(feature = "adversary")]
+    adversary: Option<(Adversary, LastRow)>,
+}
+
+impl Signer {
+    /// The `StepDone` for output `out` of input `h`: states in the session's dtype, digests,
+    /// commitment and signature (bent as the test fault or the adversary says).
+    fn reply(self, h: &HiddenStates, out: &Tensor) -> Response {
+        #[allow(unused_mut)]
+        let mut values = match out
+            .to_dtype(hearth_engine::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+        {
+            Ok(v) => v,
+            Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
+        };
+        #[cfg(feature = "adversary")]
+        if let Some((a, last_row)) = &self.adversary {
+            let mut last = last_row.lock().unwrap_or_else(|p| p.into_inner());
+            let cols = h.cols as usize;
+            a.apply(
+                &self.session,
                 h.start,
-                h.rows,
-                h.cols,
-                &vec![f32::NAN; values.len()],
+                cols,
+                &h.to_f32(),
+                &mut values,
+                &mut last,
             );
-            // The commitment stays the honest rows' (a NaN sketch would not even decode): the
-            // client must catch the states themselves.
-            body.output = output.digest();
         }
-        Some(Fault::WrongShape) if h.rows > 1 => {
-            output.rows -= 1;
-            output
-                .data
-                .truncate(output.data.len() - h.dtype.bytes_per_value() * h.cols as usize);
-            body.output = output.digest();
+        let mut output = HiddenStates::from_f32(h.dtype, h.start, h.rows, h.cols, &values);
+        let mut body = ReceiptBody {
+            session: self.session,
+            step: self.step,
+            model_id: self.model_id,
+            span: self.span,
+            input: h.digest(),
+            output: output.digest(),
+            start: h.start,
+            commitment: ActivationCommitment::of(&output),
+        };
+        match self.fault {
+            Some(Fault::BadSignature) => body.output = ContentHash::of(b"not what was computed"),
+            Some(Fault::NonFinite) => {
+                output = HiddenStates::from_f32(
+                    h.dtype,
+                    h.start,
+                    h.rows,
+                    h.cols,
+                    &vec![f32::NAN; values.len()],
+                );
+                // The commitment stays the honest rows' (a NaN sketch would not even decode):
+                // the client must catch the states themselves.
+                body.output = output.digest();
+            }
+            Some(Fault::WrongShape) if h.rows > 1 => {
+                output.rows -= 1;
+                output
+                    .data
+                    .truncate(output.data.len() - h.dtype.bytes_per_value() * h.cols as usize);
+                body.output = output.digest();
+            }
+            Some(Fault::WrongShape) => {
+                output.cols -= 1;
+                output
+                    .data
+                    .truncate(output.data.len() - h.dtype.bytes_per_value());
+                body.output = output.digest();
+            }
+            Some(Fault::CrashAtStep(_)) | None => {}
         }
-        Some(Fault::WrongShape) => {
-            output.cols -= 1;
-            output
-                .data
-                .truncate(output.data.len() - h.dtype.bytes_per_value());
-            body.output = output.digest();
-        }
-        Some(Fault::CrashAtStep(_)) | None => {}
+        let receipt = body.sign(&self.key);
+        Response::StepDone(StepDone {
+            step: self.step,
+            hidden: output,
+            receipt,
+        })
     }
-    let receipt = body.sign(&state.identity.signing_key());
-    Response::StepDone(StepDone {
-        step: step.step,
-        hidden: output,
-        receipt,
-    })
 }
 
 fn engine_error(e: EngineError) -> Response {
