@@ -47,6 +47,12 @@ pub(crate) struct NodeArgs {
     /// KV-cache budget for all sessions together, MiB.
     #[arg(long, default_value_t = defaults().sessions.cache_budget_bytes >> 20)]
     pub cache_mib: u64,
+    /// Memory for request frames in flight across all streams, MiB (a frame waits for room).
+    #[arg(long, default_value_t = defaults().frame_budget_bytes >> 20)]
+    pub frame_budget_mib: usize,
+    /// Seconds a peer has to send the rest of a frame once it has sent its length.
+    #[arg(long, default_value_t = defaults().frame_timeout.as_secs())]
+    pub frame_timeout: u64,
     #[command(flatten)]
     pub net: NetArgs,
     /// Testing only: misbehave in the given way (bad-signature, non-finite, wrong-shape,
@@ -131,6 +137,8 @@ pub(crate) fn run(args: NodeArgs) -> Result<()> {
             cache_budget_bytes: args.cache_mib.saturating_mul(1 << 20),
             ..base.sessions
         },
+        frame_budget_bytes: args.frame_budget_mib.saturating_mul(1 << 20),
+        frame_timeout: Duration::from_secs(args.frame_timeout.max(1)),
         fault: args.fault,
         adversary: args.adversary,
         step_delay: args

@@ -281,6 +281,8 @@ fn help_shows_the_defaults_users_run_with() {
                 ("--discovery-secs", "3"),
                 ("--price", "0"),
                 ("--cache-mib", "2048"),
+                ("--frame-budget-mib", "512"),
+                ("--frame-timeout", "30"),
                 ("--agent-poll-secs", "5"),
             ],
         ),

@@ -18,9 +18,9 @@ use hearth_engine::{
 };
 use hearth_verify::{Replay, Verdict, HONEST_TOLERANCE};
 use hearth_wire::{
-    read_frame, write_frame, ActivationCommitment, Announcement, ErrorCode, FraudProof, FraudReply,
-    FraudRequest, HiddenStates, Limits, OpenSession, Opened, ReceiptBody, Request, Response, Step,
-    StepDone, FRAUD_PROTOCOL, INFERENCE_PROTOCOL,
+    read_frame, read_frame_body, read_frame_len, write_frame, ActivationCommitment, Announcement,
+    ErrorCode, FraudProof, FraudReply, FraudRequest, HiddenStates, Limits, OpenSession, Opened,
+    ReceiptBody, Request, Response, Step, StepDone, FRAUD_PROTOCOL, INFERENCE_PROTOCOL,
 };
 use libp2p::{kad, Multiaddr, PeerId, StreamProtocol};
 use std::collections::HashMap;
@@ -91,6 +91,13 @@ pub struct NodeConfig {
     /// Drop a stream whose peer does not take a reply within this long (a client that stops
     /// reading must not hold its session).
     pub write_timeout: Duration,
+    /// Drop a stream whose peer, once it has declared a frame's length, does not send the whole
+    /// frame within this long (a peer must not hold frame memory by trickling bytes).
+    pub frame_timeout: Duration,
+    /// Bytes of request frames all streams together may hold at once, from the moment a frame's
+    /// length is read until its reply is sent; a frame waits for room (a single frame larger
+    /// than the budget waits for the whole of it).
+    pub frame_budget_bytes: usize,
     /// Caps on what a peer's messages may make the node allocate.
     pub limits: Limits,
     /// Testing only: misbehave this way on purpose (`None` in production).
@@ -127,6 +134,8 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(120),
             open_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(30),
+            frame_budget_bytes: 512 << 20,
             limits: Limits::default(),
             fault: None,
             adversary: None,
@@ -176,6 +185,10 @@ struct NodeState {
     open_timeout: Duration,
     write_timeout: Duration,
     idle_timeout: Duration,
+    frame_timeout: Duration,
+    /// Room for request frames in flight, in bytes (one permit per byte).
+    frame_budget: Arc<tokio::sync::Semaphore>,
+    frame_budget_bytes: usize,
     fault: Option<Fault>,
     #[cfg_attr(not(feature = "adversary"), allow(dead_code))]
     adversary: Option<Adversary>,
@@ -307,6 +320,11 @@ impl Node {
             open_timeout: cfg.open_timeout,
             write_timeout: cfg.write_timeout,
             idle_timeout: cfg.idle_timeout,
+            frame_timeout: cfg.frame_timeout,
+            frame_budget: Arc::new(tokio::sync::Semaphore::new(frame_budget_permits(
+                cfg.frame_budget_bytes,
+            ))),
+            frame_budget_bytes: frame_budget_permits(cfg.frame_budget_bytes),
             fault: cfg.fault,
             adversary: cfg.adversary,
             steps_received: std::sync::atomic::AtomicU64::new(0),
@@ -775,8 +793,9 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             None => state.open_timeout,
             Some(_) => state.idle_timeout,
         };
-        let frame = match tokio::time::timeout(deadline, read_frame(&mut stream, max_frame)).await {
-            Ok(Ok(Some(f))) => f,
+        let len = match tokio::time::timeout(deadline, read_frame_len(&mut stream, max_frame)).await
+        {
+            Ok(Ok(Some(len))) => len,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, "stream error: {e}");
@@ -785,6 +804,26 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 break;
             }
             Err(_) => break,
+        };
+        // Room for the frame (and what it becomes) until its reply is sent; then the whole
+        // frame within `frame_timeout`.
+        let want = len.clamp(1, state.frame_budget_bytes) as u32;
+        let room = state.frame_budget.clone().acquire_many_owned(want);
+        let _room = match tokio::time::timeout(deadline, room).await {
+            Ok(Ok(permit)) => permit,
+            _ => break,
+        };
+        let body = read_frame_body(&mut stream, len);
+        let frame = match tokio::time::timeout(state.frame_timeout, body).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "stream error: {e}");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, len, "a frame did not arrive in time");
+                break;
+            }
         };
         let request = match Request::decode(&frame, &state.limits) {
             Ok(r) => r,
@@ -829,6 +868,15 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(s) = session {
         let _ = s.served.server.close(s.id);
     }
+}
+
+/// The frame budget in semaphore permits (one per byte, at least 1, at most what a semaphore
+/// holds and what one acquisition may take).
+fn frame_budget_permits(bytes: usize) -> usize {
+    bytes.clamp(
+        1,
+        (u32::MAX as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
+    )
 }
 
 /// Answers one fraud-proof request ([`crate::gossip`]) and closes the stream.

@@ -450,3 +450,43 @@ async fn dht_junk_cannot_shadow_a_nodes_announcement() {
         vec![victim.peer_id]
     );
 }
+
+/// A peer that declares a frame and then trickles it is dropped after the frame deadline (not
+/// the 120 s idle timeout), and while it holds its frame's room in the node-wide budget, steps
+/// that fit in the rest still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_trickles_a_frame_is_dropped_and_others_still_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node_with(dir.path(), |c| {
+        c.frame_timeout = Duration::from_millis(500);
+        // A session of 32 positions may send frames of up to 64 + 32 × 256 × 2 bytes.
+        c.frame_budget_bytes = 20 << 10;
+        c.idle_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let (net, peer) = attacker(&node).await;
+    let mut trickler = stream(&net, peer).await;
+    assert!(matches!(
+        exchange(&mut trickler, &open(&node, node.model_id)).await,
+        Some(Response::Opened(_))
+    ));
+    trickler.write_all(&16_000u32.to_le_bytes()).await.unwrap();
+    trickler.write_all(&[0u8; 100]).await.unwrap();
+    trickler.flush().await.unwrap();
+
+    let mut honest = stream(&net, peer).await;
+    assert!(matches!(
+        exchange(&mut honest, &open(&node, node.model_id)).await,
+        Some(Response::Opened(_))
+    ));
+    let answered =
+        tokio::time::timeout(Duration::from_secs(5), exchange(&mut honest, &step(256, 0))).await;
+    assert!(
+        matches!(answered, Ok(Some(Response::StepDone(_)))),
+        "a step that fits in the budget waited on the trickler"
+    );
+    assert!(
+        closed(&mut trickler).await,
+        "a peer trickling a frame outlived the frame deadline"
+    );
+}

@@ -10,6 +10,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> io::Result<Option<Vec<u8>>> {
+    match read_frame_len(r, max).await? {
+        Some(len) => read_frame_body(r, len).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's length prefix and checks it against `max` (nothing else is read or
+/// allocated): for a reader that reserves memory for the body before reading it. `Ok(None)`
+/// means the peer closed the stream cleanly between frames.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> io::Result<Option<usize>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -30,6 +43,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             format!("frame of {len} bytes exceeds the limit of {max}"),
         ));
     }
+    Ok(Some(len))
+}
+
+/// Reads the `len` bytes of a frame body whose length [`read_frame_len`] returned.
+pub async fn read_frame_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> io::Result<Vec<u8>> {
     // Grow with the bytes that actually arrive, so a peer that declares a large frame and then
     // stalls holds only what it sent.
     let mut buf = Vec::with_capacity(len.min(64 << 10));
@@ -37,7 +55,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if buf.len() != len {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(Some(buf))
+    Ok(buf)
 }
 
 /// Writes one frame and flushes it.

@@ -24,7 +24,7 @@ pub use commitment::{
 };
 pub use ed25519_dalek::SigningKey;
 pub use error::{Result, WireError};
-pub use frame::{read_frame, write_frame};
+pub use frame::{read_frame, read_frame_body, read_frame_len, write_frame};
 pub use fraud::{FraudProof, FraudReply, FraudRequest, ProvenStep};
 pub use hidden::{HiddenDType, HiddenStates};
 pub use messages::{
