@@ -3,36 +3,23 @@
 //! heads and bodies, streaming clients that stop reading, and busy refusals that must cost no
 //! tokenizer work. Generation runs on a scripted backend that counts what it was asked to do.
 
+mod common;
+
+use common::{model_dir, wait_until, MODEL};
+
 use hearth_core::ContentHash;
 use hearth_engine::identity::identity_cached;
-use hearth_engine::synth::{shape, SynthModel, SynthOptions};
-use hearth_engine::{DType, FinishReason, Generation, ModelSource};
+use hearth_engine::{FinishReason, Generation, ModelSource};
 use hearth_gateway::backend::Job;
 use hearth_gateway::{Gateway, GatewayConfig, LocalBackend, Trail};
 use hearth_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const MODEL: &str = "tiny-test";
-
-/// One synthesized model (for its tokenizer) for the whole test binary.
-fn model_dir() -> &'static std::path::Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        SynthModel::new(shape("tiny").unwrap(), 3)
-            .unwrap()
-            .write_hf(&dir.path().join("m"), DType::F32, &SynthOptions::default())
-            .unwrap();
-        dir
-    })
-    .path()
-}
 
 /// A backend whose generations emit `chunk` every `pause` until `max_tokens` or until
 /// cancelled, and that counts generations and tokenizer uses.
@@ -129,14 +116,6 @@ async fn serve_until(
 async fn serve(backend: Arc<Flood>, cfg: GatewayConfig) -> (SocketAddr, Arc<Gateway>) {
     let (addr, gw, _) = serve_until(backend, cfg, std::future::pending()).await;
     (addr, gw)
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Sends `request` as is on a fresh connection; the status and body of the answer.

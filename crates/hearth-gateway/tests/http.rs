@@ -2,40 +2,20 @@
 //! auth, admission (429), cancellation on disconnect, trails and metrics. Generation runs on
 //! in-process blocks of a synthesized model, or on a scripted backend where timing matters.
 
+mod common;
+
+use common::{local_backend, model_dir, wait_until, MODEL};
+
 use hearth_core::ContentHash;
-use hearth_engine::identity::identity_cached;
-use hearth_engine::synth::{shape, SynthModel, SynthOptions};
-use hearth_engine::{generate, DType, Generation, LoadOptions, ModelSource, Pipeline};
+use hearth_engine::{generate, Generation, LoadOptions, ModelSource, Pipeline};
 use hearth_gateway::backend::Job;
 use hearth_gateway::{Backend, Gateway, GatewayConfig, LocalBackend, Trail};
 use hearth_sampling::SamplingParams;
 use hearth_tokenizer::{ChatMessage, Tokenizer};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const MODEL: &str = "tiny-test";
-
-/// One synthesized model for the whole test binary.
-fn model_dir() -> &'static std::path::Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        SynthModel::new(shape("tiny").unwrap(), 3)
-            .unwrap()
-            .write_hf(&dir.path().join("m"), DType::F32, &SynthOptions::default())
-            .unwrap();
-        dir
-    })
-    .path()
-}
-
-fn local_backend() -> LocalBackend {
-    let src = ModelSource::open(&model_dir().join("m")).unwrap();
-    let id = identity_cached(&src, &model_dir().join("ids")).unwrap();
-    LocalBackend::new(src, id.model_id).unwrap()
-}
 
 /// Serves `backend` on an ephemeral loopback port; returns the base URL.
 async fn serve(backend: Arc<dyn Backend>, cfg: GatewayConfig) -> (String, Arc<Gateway>) {
@@ -417,14 +397,6 @@ fn scripted() -> Arc<Scripted> {
         finished: AtomicUsize::new(0),
         stop_all: AtomicBool::new(false),
     })
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
