@@ -15,7 +15,7 @@ use hearth_tokenizer::{ChatMessage, Tokenizer};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Serves `backend` on an ephemeral loopback port; returns the base URL.
 async fn serve(backend: Arc<dyn Backend>, cfg: GatewayConfig) -> (String, Arc<Gateway>) {
