@@ -262,6 +262,59 @@ mod tests {
         assert_eq!(judge(&rewound(0.0, 0.05)), Verdict::Disagrees);
     }
 
+    /// Any sequence of validly signed steps (gaps, rewinds, replays from 0) and any window:
+    /// `Replay::of` answers without panicking, and an accepted proof claims exactly the
+    /// window's rows.
+    #[test]
+    fn random_step_sequences_never_panic() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let mut rng = hearth_core::SplitMix64::new(7);
+        let mut pick = |n: u32| (rng.next_u64() % u64::from(n)) as u32;
+        let (mut accepted, mut rewound) = (0, 0);
+        for _ in 0..300 {
+            let mut end = 0u32;
+            let mut steps = Vec::new();
+            for _ in 0..1 + pick(6) {
+                // Mostly at the end, sometimes below it (a rewind), sometimes past it (a gap).
+                let start = match pick(4) {
+                    0 => pick(end + 1),
+                    1 => end + 1,
+                    _ => end,
+                };
+                let rows = 1 + pick(4);
+                steps.push(step(&key, start, rows, 0.0));
+                if start <= end {
+                    end = start + rows;
+                }
+            }
+            let p = FraudProof {
+                window_start: pick(12),
+                window_rows: 1 + pick(6),
+                steps,
+            };
+            let rewinds = p
+                .steps
+                .windows(2)
+                .any(|w| w[1].input.start < w[0].input.start + w[0].input.rows);
+            if let Ok(r) = Replay::of(&p) {
+                accepted += 1;
+                rewound += usize::from(rewinds);
+                assert_eq!(
+                    r.claimed.len(),
+                    p.window_rows as usize * r.input.cols as usize
+                );
+                assert!(
+                    u64::from(p.window_start) + u64::from(p.window_rows) <= u64::from(r.input.rows)
+                );
+                let _ = r.judge(&recompute(&r));
+            }
+        }
+        assert!(
+            accepted > 20 && rewound > 5 && accepted < 300,
+            "{accepted} accepted, {rewound} with rewinds"
+        );
+    }
+
     #[test]
     fn forged_or_inconsistent_records_are_refused_before_any_recomputation() {
         let mut p = proof(0.0);
