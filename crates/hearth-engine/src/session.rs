@@ -28,8 +28,11 @@ pub type SessionId = u64;
 pub struct SessionLimits {
     /// Bytes of KV cache all sessions together may reserve.
     pub cache_budget_bytes: u64,
-    /// Sessions idle longer than this are closed.
+    /// Sessions that have not grown for this long are closed: steps that only replay or rewind
+    /// do not keep a session (and its cache) alive.
     pub idle_timeout: Duration,
+    /// Sessions open longer than this are closed, however they are used.
+    pub max_lifetime: Duration,
     /// Most sessions open at once.
     pub max_sessions: usize,
     /// Longest `max_len` one session may ask for.
@@ -41,6 +44,7 @@ impl Default for SessionLimits {
         Self {
             cache_budget_bytes: 2 << 30,
             idle_timeout: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(2 * 3600),
             max_sessions: 256,
             max_len_cap: 32_768,
         }
@@ -54,10 +58,27 @@ struct Session {
     bytes_per_position: u64,
     /// Positions reserved (at least the cached length; at most `max_len`).
     reserved_positions: usize,
-    last_used: Instant,
+    opened: Instant,
+    /// The longest the cache has been, and when it last got longer (or the session opened).
+    longest: usize,
+    last_progress: Instant,
 }
 
 impl Session {
+    /// Notes the session's length after a step: progress only when it passes the longest yet.
+    fn stepped(&mut self, now: Instant) {
+        if self.cache.len() > self.longest {
+            self.longest = self.cache.len();
+            self.last_progress = now;
+        }
+    }
+
+    /// Whether [`SliceServer::expire_idle`] closes it at `now`.
+    fn expired(&self, now: Instant, limits: &SessionLimits) -> bool {
+        now.saturating_duration_since(self.last_progress) > limits.idle_timeout
+            || now.saturating_duration_since(self.opened) > limits.max_lifetime
+    }
+
     fn reserved_bytes(&self) -> u64 {
         self.bytes_per_position
             .saturating_mul(self.reserved_positions as u64)
@@ -156,7 +177,9 @@ impl SliceServer {
                 max_len,
                 bytes_per_position,
                 reserved_positions: positions,
-                last_used: Instant::now(),
+                opened: Instant::now(),
+                longest: 0,
+                last_progress: Instant::now(),
             })),
         );
         Ok(id)
@@ -218,7 +241,7 @@ impl SliceServer {
             // A failed step must not leave a half-written position behind.
             s.cache.truncate(start);
         }
-        s.last_used = Instant::now();
+        s.stepped(Instant::now());
         out
     }
 
@@ -294,7 +317,7 @@ impl SliceServer {
         }
         let now = Instant::now();
         for (_, s) in guards.iter_mut() {
-            s.last_used = now;
+            s.stepped(now);
         }
         drop(guards);
         results
@@ -350,17 +373,17 @@ impl SliceServer {
         Ok(())
     }
 
-    /// Closes every session idle since before `now - idle_timeout`; returns how many.
+    /// Closes every session that has not grown since before `now - idle_timeout`, or has been
+    /// open longer than `max_lifetime`; returns how many.
     pub fn expire_idle(&self, now: Instant) -> usize {
         let mut reg = lock(&self.registry);
-        let timeout = self.limits.idle_timeout;
         let stale: Vec<SessionId> = reg
             .sessions
             .iter()
             .filter(|(_, s)| {
                 // A session busy in a step is in use, not idle.
                 s.try_lock()
-                    .map(|s| now.saturating_duration_since(s.last_used) > timeout)
+                    .map(|s| s.expired(now, &self.limits))
                     .unwrap_or(false)
             })
             .map(|(&id, _)| id)

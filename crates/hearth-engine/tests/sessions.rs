@@ -269,3 +269,42 @@ fn sessions_over_part_of_a_slice_match_a_slice_of_those_blocks() {
     assert!(server.open_span(8, BlockRange::new(0, 2).unwrap()).is_err());
     assert!(server.open_span(8, BlockRange::new(3, 5).unwrap()).is_err());
 }
+
+/// Steps that only replay or rewind do not keep a session alive: a client stepping the same
+/// position over and over loses it after `idle_timeout`, one that grows keeps it; and no session
+/// outlives `max_lifetime`.
+#[test]
+fn only_progress_keeps_a_session_alive() {
+    let limits = SessionLimits {
+        idle_timeout: Duration::from_millis(400),
+        max_lifetime: Duration::from_secs(3600),
+        ..SessionLimits::default()
+    };
+    let (_d, srv, src) = server(limits);
+    let squatter = srv.open(64).unwrap();
+    let honest = srv.open(64).unwrap();
+    srv.step(squatter, 0, &hidden(&src, &[1, 2, 3])).unwrap();
+    srv.step(honest, 0, &hidden(&src, &[1, 2, 3])).unwrap();
+    let started = Instant::now();
+    let mut pos = 3;
+    // 0.75 s of steps every 150 ms: the squatter keeps rewriting position 2, the honest session
+    // adds a position each time.
+    while started.elapsed() < Duration::from_millis(750) {
+        std::thread::sleep(Duration::from_millis(150));
+        srv.step(squatter, 2, &hidden(&src, &[9])).unwrap();
+        srv.step(honest, pos, &hidden(&src, &[9])).unwrap();
+        pos += 1;
+    }
+    assert_eq!(srv.expire_idle(Instant::now()), 1);
+    assert!(matches!(
+        srv.step(squatter, 2, &hidden(&src, &[9])),
+        Err(EngineError::UnknownSession(_))
+    ));
+    assert_eq!(srv.session_len(honest).unwrap(), pos);
+    // However it grows, a session ends after max_lifetime.
+    assert_eq!(
+        srv.expire_idle(Instant::now() + Duration::from_secs(3601)),
+        1
+    );
+    assert_eq!(srv.stats().sessions, 0);
+}
