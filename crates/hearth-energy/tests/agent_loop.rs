@@ -83,9 +83,18 @@ mod agent_shared {
 
 async fn post(url: &str, path: &str, body: &str) -> (u16, String) {
     let (hostport, _) = http::split_url(url).unwrap();
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json");
+    raw(url, &head, body).await
+}
+
+/// Sends `head` (a request head without the final blank line) and `body`; returns the status
+/// and the whole answer.
+async fn raw(url: &str, head: &str, body: &str) -> (u16, String) {
+    let (hostport, _) = http::split_url(url).unwrap();
     let mut s = tokio::net::TcpStream::connect(&hostport).await.unwrap();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -700,24 +709,6 @@ async fn writes_need_a_key_when_keys_are_configured() {
     assert!(String::from_utf8_lossy(&body).contains("grid-2"));
 }
 
-/// Sends `head` (a request head without the final blank line) and `body`; returns the status.
-async fn raw(url: &str, head: &str, body: &str) -> u16 {
-    let (hostport, _) = http::split_url(url).unwrap();
-    let mut s = tokio::net::TcpStream::connect(&hostport).await.unwrap();
-    let req = format!(
-        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A web page the operator visits cannot curtail the site through a key-less loopback agent:
 /// cross-origin posts (with or without a "simple" content type, which skips the browser's
 /// preflight), DNS-rebinding hosts and bodies not declared JSON are refused, and nothing
@@ -766,21 +757,21 @@ async fn browsers_on_other_sites_cannot_reach_the_api() {
             415,
         ),
     ] {
-        assert_eq!(raw(&url, &head, event).await, want, "{what}");
+        assert_eq!(raw(&url, &head, event).await.0, want, "{what}");
     }
     // A rebinding page cannot read the state either.
     let get = "GET /api/state HTTP/1.1\r\nHost: rebind.evil.example:9100";
-    assert_eq!(raw(&url, get, "").await, 403);
+    assert_eq!(raw(&url, get, "").await.0, 403);
     assert!(shared.dr.lock().unwrap().events().is_empty());
 
     // The API's own page and a tool pass.
     let own = format!("\r\nOrigin: http://{hostport}\r\nContent-Type: application/json");
-    assert_eq!(raw(&url, &post(&hostport, &own), event).await, 201);
+    assert_eq!(raw(&url, &post(&hostport, &own), event).await.0, 201);
     let tool = post(
         &hostport,
         "\r\nContent-Type: application/json; charset=utf-8",
     );
     let second = r#"{"id": "tool", "duration": "PT1H", "target": {"limit_kw": 0}}"#;
-    assert_eq!(raw(&url, &tool, second).await, 201);
+    assert_eq!(raw(&url, &tool, second).await.0, 201);
     assert_eq!(shared.dr.lock().unwrap().events().len(), 2);
 }

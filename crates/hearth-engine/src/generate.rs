@@ -403,7 +403,7 @@ impl TextOut<'_> {
             }
             if let Some(piece) = self.stream.push(token)? {
                 let outcome = self.stops.push(&piece);
-                self.emit(&outcome.emit, out);
+                emit(self.on_text, &outcome.emit, out);
                 if outcome.stopped {
                     return Ok(true);
                 }
@@ -421,24 +421,19 @@ impl TextOut<'_> {
             on_text,
             ..
         } = self;
-        let mut emit = |piece: &str| {
-            if !piece.is_empty() {
-                on_text(piece);
-                out.push_str(piece);
-            }
-        };
         let outcome = stops.push(&stream.finish()?);
-        emit(&outcome.emit);
+        emit(on_text, &outcome.emit, out);
         if !outcome.stopped {
-            emit(&stops.flush());
+            emit(on_text, &stops.flush(), out);
         }
         Ok(outcome.stopped)
     }
+}
 
-    fn emit(&mut self, piece: &str, out: &mut String) {
-        if !piece.is_empty() {
-            (self.on_text)(piece);
-            out.push_str(piece);
-        }
+/// Passes a non-empty `piece` to `on_text` and appends it to the generation's text.
+fn emit(on_text: &mut dyn FnMut(&str), piece: &str, out: &mut String) {
+    if !piece.is_empty() {
+        on_text(piece);
+        out.push_str(piece);
     }
 }
