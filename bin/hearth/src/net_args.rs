@@ -32,6 +32,10 @@ pub(crate) struct NetArgs {
     /// Most connections established with one peer.
     #[arg(long, default_value_t = NetConfig::default().max_per_peer)]
     pub max_connections_per_peer: u32,
+    /// Refuse new connections while this process uses more than this much memory, MiB
+    /// (default: 90 % of the machine's physical memory).
+    #[arg(long)]
+    pub max_memory_mib: Option<u64>,
     /// Route for throughput (spread parallel streams over replicas) instead of latency.
     #[arg(long)]
     pub throughput: bool,
@@ -115,6 +119,10 @@ impl NetArgs {
             record_ttl: Duration::from_secs(self.record_ttl.max(1)),
             max_incoming: self.max_incoming,
             max_per_peer: self.max_connections_per_peer.max(1),
+            max_memory_bytes: self
+                .max_memory_mib
+                .map(|mib| mib.saturating_mul(1 << 20))
+                .or(base.max_memory_bytes),
             ..base
         }
     }

@@ -47,6 +47,10 @@ pub(crate) struct NodeArgs {
     /// KV-cache budget for all sessions together, MiB.
     #[arg(long, default_value_t = defaults().sessions.cache_budget_bytes >> 20)]
     pub cache_mib: u64,
+    /// Percent of that budget one peer's sessions may hold together (1 to 100).
+    #[arg(long, default_value_t = defaults().cache_percent_per_peer,
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub cache_percent_per_peer: u64,
     /// Memory for request frames in flight across all streams, MiB (a frame waits for room).
     #[arg(long, default_value_t = defaults().frame_budget_bytes >> 20)]
     pub frame_budget_mib: usize,
@@ -138,6 +142,7 @@ pub(crate) fn run(args: NodeArgs) -> Result<()> {
             ..base.sessions
         },
         frame_budget_bytes: args.frame_budget_mib.saturating_mul(1 << 20),
+        cache_percent_per_peer: args.cache_percent_per_peer,
         frame_timeout: Duration::from_secs(args.frame_timeout.max(1)),
         fault: args.fault,
         adversary: args.adversary,

@@ -120,6 +120,20 @@ pub enum EngineError {
         /// Bytes all sessions together may reserve.
         budget: u64,
     },
+    /// A session would take its owner's share of the KV cache ([`crate::CacheQuota`]) past its
+    /// limit.
+    #[error(
+        "this client's share of the KV cache is exhausted: {requested} bytes requested, \
+         {available} of {quota} available"
+    )]
+    CacheQuota {
+        /// Bytes of KV cache the session needed more.
+        requested: u64,
+        /// Bytes of the share not reserved by the owner's open sessions.
+        available: u64,
+        /// Bytes the owner's sessions together may reserve.
+        quota: u64,
+    },
     /// The server already has its maximum number of sessions open (the limit inside).
     #[error("too many open sessions (limit {0})")]
     TooManySessions(usize),

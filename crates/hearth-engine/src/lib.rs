@@ -35,5 +35,5 @@ pub use generate::{
     Rewind,
 };
 pub use head_batch::{HeadBatchStats, HeadBatcher, Registration};
-pub use session::{ServerStats, SessionId, SessionLimits, SliceServer};
+pub use session::{CacheQuota, ServerStats, SessionId, SessionLimits, SliceServer};
 pub use synth::{SynthModel, SynthOptions};

@@ -7,6 +7,10 @@
 //! everyone else by opening sessions it never fills. A step that would take the reservations
 //! past the budget is refused ([`EngineError::CacheBudget`]) and leaves the session as it was;
 //! a swarm client then fails over to another server.
+//!
+//! Sessions may also draw from a [`CacheQuota`], a share of the budget that several sessions
+//! of one owner hold together (a node gives one to each peer): many small sessions of one
+//! client cannot add up to the whole budget either.
 
 use crate::error::{EngineError, Result};
 use crate::model::{ModelSlice, SliceCache};
@@ -51,8 +55,55 @@ impl Default for SessionLimits {
     }
 }
 
+/// A share of the cache budget that the sessions opened with it reserve together. Shared
+/// (`Arc`) by those sessions; taken before the server's budget and given back with it.
+#[derive(Debug)]
+pub struct CacheQuota {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl CacheQuota {
+    /// A share of at most `limit` bytes, none used.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes reserved now by the sessions that share it.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The most bytes the sessions that share it may reserve together.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn take(&self, bytes: u64) -> Result<()> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .map(|_| ())
+            .map_err(|used| EngineError::CacheQuota {
+                requested: bytes,
+                available: self.limit.saturating_sub(used),
+                quota: self.limit,
+            })
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 struct Session {
     cache: SliceCache,
+    /// The share this session's reservation also counts against, if any.
+    quota: Option<Arc<CacheQuota>>,
     max_len: usize,
     /// Cache bytes per position of this session's span.
     bytes_per_position: u64,
@@ -153,6 +204,17 @@ impl SliceServer {
     /// Opens a session that runs only blocks `span` (a contiguous part of the slice), reserving
     /// cache for those blocks only.
     pub fn open_span(&self, max_len: usize, span: hearth_core::BlockRange) -> Result<SessionId> {
+        self.open_span_in(max_len, span, None)
+    }
+
+    /// [`Self::open_span`], with the session's reservation also counted against `quota` (shared
+    /// with the owner's other sessions).
+    pub fn open_span_in(
+        &self,
+        max_len: usize,
+        span: hearth_core::BlockRange,
+        quota: Option<Arc<CacheQuota>>,
+    ) -> Result<SessionId> {
         let cache = self.slice.new_cache_for(span)?;
         if max_len == 0 || max_len > self.limits.max_len_cap {
             return Err(EngineError::MaxLenTooLarge {
@@ -167,13 +229,17 @@ impl SliceServer {
         if reg.sessions.len() >= self.limits.max_sessions {
             return Err(EngineError::TooManySessions(self.limits.max_sessions));
         }
-        self.reserve(bytes_per_position.saturating_mul(positions as u64))?;
+        self.reserve(
+            quota.as_deref(),
+            bytes_per_position.saturating_mul(positions as u64),
+        )?;
         let id = reg.next_id;
         reg.next_id += 1;
         reg.sessions.insert(
             id,
             Arc::new(Mutex::new(Session {
                 cache,
+                quota,
                 max_len,
                 bytes_per_position,
                 reserved_positions: positions,
@@ -185,19 +251,37 @@ impl SliceServer {
         Ok(id)
     }
 
-    /// Takes `bytes` more of the cache budget, or says how much is left.
-    fn reserve(&self, bytes: u64) -> Result<()> {
+    /// Takes `bytes` more of `quota` (if any) and of the cache budget, or neither, and says
+    /// how much is left.
+    fn reserve(&self, quota: Option<&CacheQuota>, bytes: u64) -> Result<()> {
+        if let Some(q) = quota {
+            q.take(bytes)?;
+        }
         let budget = self.limits.cache_budget_bytes;
         self.reserved
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
                 r.checked_add(bytes).filter(|&total| total <= budget)
             })
             .map(|_| ())
-            .map_err(|reserved| EngineError::CacheBudget {
-                requested: bytes,
-                available: budget.saturating_sub(reserved),
-                budget,
+            .map_err(|reserved| {
+                if let Some(q) = quota {
+                    q.give_back(bytes);
+                }
+                EngineError::CacheBudget {
+                    requested: bytes,
+                    available: budget.saturating_sub(reserved),
+                    budget,
+                }
             })
+    }
+
+    /// Gives back a closing session's reservation.
+    fn release(&self, s: &Session) {
+        let bytes = s.reserved_bytes();
+        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(q) = &s.quota {
+            q.give_back(bytes);
+        }
     }
 
     /// Grows `s`'s reservation to cover `positions` (doubling, capped at its `max_len`).
@@ -213,7 +297,7 @@ impl SliceServer {
         let extra = s
             .bytes_per_position
             .saturating_mul((want - s.reserved_positions) as u64);
-        self.reserve(extra)?;
+        self.reserve(s.quota.as_deref(), extra)?;
         s.reserved_positions = want;
         Ok(())
     }
@@ -368,8 +452,7 @@ impl SliceServer {
             .sessions
             .remove(&id)
             .ok_or(EngineError::UnknownSession(id))?;
-        let bytes = lock(&session).reserved_bytes();
-        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        self.release(&lock(&session));
         Ok(())
     }
 
@@ -390,8 +473,7 @@ impl SliceServer {
             .collect();
         for id in &stale {
             if let Some(s) = reg.sessions.remove(id) {
-                let bytes = lock(&s).reserved_bytes();
-                self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+                self.release(&lock(&s));
             }
         }
         stale.len()

@@ -3,7 +3,8 @@
 use hearth_core::BlockRange;
 use hearth_engine::synth::{shape, SynthModel, SynthOptions};
 use hearth_engine::{
-    max_abs_diff, DType, EngineError, LoadOptions, ModelSource, SessionLimits, SliceServer, Tensor,
+    max_abs_diff, CacheQuota, DType, EngineError, LoadOptions, ModelSource, SessionLimits,
+    SliceServer, Tensor,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,6 +110,64 @@ fn cache_budget_is_enforced_and_released() {
     srv.close(b).unwrap();
     assert_eq!(srv.stats().reserved_bytes, 0);
     assert!(matches!(srv.close(a), Err(EngineError::UnknownSession(_))));
+}
+
+/// Sessions sharing a quota together stay within it, however many there are; other owners
+/// still have the rest of the budget, and closing or expiring gives the share back.
+#[test]
+fn a_quota_bounds_what_one_owners_sessions_reserve_together() {
+    let probe = server(SessionLimits::default());
+    let per_token = probe.1.slice().cache_bytes_per_token();
+    let limits = SessionLimits {
+        cache_budget_bytes: per_token * 1000,
+        idle_timeout: Duration::from_secs(60),
+        ..SessionLimits::default()
+    };
+    let (_d, srv, src) = server(limits);
+    let span = srv.slice().range();
+    let mine = CacheQuota::new(per_token * 180);
+    let a = srv.open_span_in(100, span, Some(mine.clone())).unwrap();
+    let b = srv.open_span_in(100, span, Some(mine.clone())).unwrap();
+    assert_eq!(mine.used(), per_token * 128);
+    let err = srv.open_span_in(100, span, Some(mine.clone())).unwrap_err();
+    assert!(matches!(err, EngineError::CacheQuota { .. }), "{err}");
+    // `a` grows to its max_len (100 + 64 = 164 of 180); then `b` cannot (100 + 100 > 180), and
+    // its refused step changes nothing.
+    let ids: Vec<u32> = (0..80).map(|i| (i * 7 % 200) as u32 + 1).collect();
+    srv.step(a, 0, &hidden(&src, &ids)).unwrap();
+    assert_eq!(mine.used(), per_token * 164);
+    let err = srv.step(b, 0, &hidden(&src, &ids)).unwrap_err();
+    assert!(matches!(err, EngineError::CacheQuota { .. }), "{err}");
+    assert_eq!(srv.session_len(b).unwrap(), 0);
+    assert_eq!(mine.used(), per_token * 164);
+    assert_eq!(srv.stats().reserved_bytes, per_token * 164);
+    // Someone else, with or without a quota, still gets the rest of the budget.
+    let theirs = CacheQuota::new(per_token * 1000);
+    let c = srv.open_span_in(100, span, Some(theirs.clone())).unwrap();
+    srv.step(c, 0, &hidden(&src, &ids)).unwrap();
+    let d = srv.open(100).unwrap();
+    assert_eq!(theirs.used(), per_token * 100);
+    // A refusal by the server's budget gives the quota back what it took.
+    let small = SessionLimits {
+        cache_budget_bytes: per_token * 100,
+        ..SessionLimits::default()
+    };
+    let (_d2, tight, _) = server(small);
+    let q = CacheQuota::new(per_token * 1000);
+    tight.open_span_in(64, span, Some(q.clone())).unwrap();
+    let err = tight.open_span_in(64, span, Some(q.clone())).unwrap_err();
+    assert!(matches!(err, EngineError::CacheBudget { .. }), "{err}");
+    assert_eq!(q.used(), per_token * 64);
+    // Closing and expiry give the share back.
+    srv.close(a).unwrap();
+    assert_eq!(mine.used(), per_token * 64);
+    srv.step(b, 0, &hidden(&src, &ids)).unwrap();
+    assert_eq!(mine.used(), per_token * 100);
+    srv.expire_idle(Instant::now() + Duration::from_secs(120));
+    assert_eq!(mine.used(), 0);
+    assert_eq!(theirs.used(), 0);
+    assert_eq!(srv.stats().reserved_bytes, 0);
+    assert!(matches!(srv.close(d), Err(EngineError::UnknownSession(_))));
 }
 
 /// One client asking for the longest sessions the node allows, and leaving them empty, holds

@@ -50,9 +50,9 @@ impl Failure {
 
     fn engine(e: &EngineError) -> Self {
         let status = match e {
-            EngineError::CacheBudget { .. } | EngineError::TooManySessions(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            EngineError::CacheBudget { .. }
+            | EngineError::CacheQuota { .. }
+            | EngineError::TooManySessions(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => status_of(SwarmErrorKind::Engine),
         };
         Self {

@@ -10,8 +10,8 @@ use libp2p::kad::{
 };
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    autonat, connection_limits, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, Multiaddr,
-    PeerId, StreamProtocol, Swarm,
+    autonat, connection_limits, dcutr, identify, mdns, memory_connection_limits, noise, ping,
+    relay, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -52,7 +52,15 @@ pub struct NetConfig {
     pub max_pending_incoming: u32,
     /// Most connections established with one peer (TCP, QUIC and relayed together).
     pub max_per_peer: u32,
+    /// New connections, in and out, are refused while the process's resident memory is above
+    /// this many bytes; `None`: [`DEFAULT_MEMORY_SHARE`] of the machine's physical memory. The
+    /// per-connection caps bound counts; this bounds what they cost together.
+    pub max_memory_bytes: Option<u64>,
 }
+
+/// Share of physical memory above which a host refuses new connections, unless
+/// [`NetConfig::max_memory_bytes`] says otherwise.
+pub const DEFAULT_MEMORY_SHARE: f64 = 0.9;
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -71,6 +79,7 @@ impl Default for NetConfig {
             max_incoming: 512,
             max_pending_incoming: 64,
             max_per_peer: 4,
+            max_memory_bytes: None,
         }
     }
 }
@@ -86,6 +95,7 @@ struct Behaviour {
     autonat: autonat::Behaviour,
     stream: libp2p_stream::Behaviour,
     limits: connection_limits::Behaviour,
+    memory: memory_connection_limits::Behaviour,
 }
 
 enum Command {
@@ -187,6 +197,14 @@ impl Net {
                             .with_max_pending_incoming(Some(cfg.max_pending_incoming))
                             .with_max_established_per_peer(Some(cfg.max_per_peer)),
                     ),
+                    memory: match cfg.max_memory_bytes {
+                        Some(bytes) => memory_connection_limits::Behaviour::with_max_bytes(
+                            usize::try_from(bytes).unwrap_or(usize::MAX),
+                        ),
+                        None => memory_connection_limits::Behaviour::with_max_percentage(
+                            DEFAULT_MEMORY_SHARE,
+                        ),
+                    },
                 })
             })
             .map_err(|e| SwarmError::transport("setting up the network behaviours", e))?
@@ -507,6 +525,55 @@ fn store_checked(kad: &mut kad::Behaviour<MemoryStore>, request: kad::InboundReq
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn loopback() -> NetConfig {
+        NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+            ..NetConfig::default()
+        }
+    }
+
+    async fn try_connect(from: &Net, to: &Net) -> bool {
+        let mut addrs = to.status().await.listen_addrs;
+        while addrs.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            addrs = to.status().await.listen_addrs;
+        }
+        from.dial(to.peer_id(), addrs).await;
+        for _ in 0..40 {
+            if from.status().await.connected.contains(&to.peer_id()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_host_over_its_memory_cap_refuses_new_connections() {
+        let dialer = Net::start(&NodeIdentity::generate(), loopback())
+            .await
+            .unwrap();
+        let roomy = Net::start(&NodeIdentity::generate(), loopback())
+            .await
+            .unwrap();
+        assert!(try_connect(&dialer, &roomy).await, "the default cap admits");
+        // Any process is above one kilobyte.
+        let full = Net::start(
+            &NodeIdentity::generate(),
+            NetConfig {
+                max_memory_bytes: Some(1024),
+                ..loopback()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            !try_connect(&dialer, &full).await,
+            "a host over its cap refuses"
+        );
+    }
 
     #[tokio::test]
     async fn an_address_no_transport_serves_is_an_io_error() {

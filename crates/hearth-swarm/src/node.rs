@@ -14,7 +14,8 @@ use futures::{AsyncRead, AsyncWrite};
 use hearth_core::{BlockRange, ContentHash};
 use hearth_engine::identity::identity_cached;
 use hearth_engine::{
-    EngineError, LoadOptions, ModelSource, SessionId, SessionLimits, SliceServer, Tensor,
+    CacheQuota, EngineError, LoadOptions, ModelSource, SessionId, SessionLimits, SliceServer,
+    Tensor,
 };
 use hearth_verify::{Replay, Verdict, HONEST_TOLERANCE};
 use hearth_wire::{
@@ -79,6 +80,8 @@ pub struct NodeConfig {
     pub sessions: SessionLimits,
     /// Most sessions one peer may hold open at once.
     pub max_sessions_per_peer: usize,
+    /// Percent of the KV-cache budget one peer's sessions may reserve together (1..=100).
+    pub cache_percent_per_peer: u64,
     /// Lifetime of this node's DHT announcements (refreshed at a third of it).
     pub announce_ttl: Duration,
     /// Asking price, micro-credits per 1000 block-tokens (announced; the market wave charges it).
@@ -129,6 +132,7 @@ impl NodeConfig {
             net: NetConfig::default(),
             sessions: SessionLimits::default(),
             max_sessions_per_peer: 64,
+            cache_percent_per_peer: 50,
             announce_ttl: Duration::from_secs(60),
             price: 0,
             idle_timeout: Duration::from_secs(120),
@@ -179,6 +183,8 @@ struct NodeState {
     max_per_peer: usize,
     /// Sessions open per peer (at most `max_per_peer`).
     sessions_per_peer: PeerCounts,
+    /// Each peer's share of the KV-cache budget, held by its open sessions.
+    cache_quotas: PeerQuotas,
     /// Inference streams open per peer, session or not (at most `max_per_peer` +
     /// `SPARE_STREAMS_PER_PEER`): without this one peer could hold every stream slot.
     streams_per_peer: PeerCounts,
@@ -316,6 +322,11 @@ impl Node {
             limits: cfg.limits.clone(),
             max_per_peer: cfg.max_sessions_per_peer,
             sessions_per_peer: PeerCounts::default(),
+            cache_quotas: PeerQuotas::new(
+                (u128::from(cfg.sessions.cache_budget_bytes)
+                    * u128::from(cfg.cache_percent_per_peer.clamp(1, 100))
+                    / 100) as u64,
+            ),
             streams_per_peer: PeerCounts::default(),
             open_timeout: cfg.open_timeout,
             write_timeout: cfg.write_timeout,
@@ -763,6 +774,38 @@ impl Drop for PeerSlot {
     }
 }
 
+/// One [`CacheQuota`] per peer with sessions open: the sessions hold it, so it lives exactly as
+/// long as the peer has any, and a peer's next session finds the same share.
+struct PeerQuotas {
+    limit: u64,
+    shares: Mutex<HashMap<PeerId, std::sync::Weak<CacheQuota>>>,
+}
+
+impl PeerQuotas {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            shares: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `peer`'s share, the one its open sessions hold or a fresh one.
+    fn of(&self, peer: PeerId) -> Arc<CacheQuota> {
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(share) = shares.get(&peer).and_then(std::sync::Weak::upgrade) {
+            return share;
+        }
+        // Entries of peers whose sessions all closed are dead; drop them before the map could
+        // outgrow the sessions that can be open.
+        if shares.len() >= 1024 {
+            shares.retain(|_, share| share.strong_count() > 0);
+        }
+        let share = CacheQuota::new(self.limit);
+        shares.insert(peer, Arc::downgrade(&share));
+        share
+    }
+}
+
 struct OpenState {
     served: Arc<Served>,
     id: SessionId,
@@ -1025,7 +1068,11 @@ fn open_session(
     }
     let id = served
         .server
-        .open_span(open.max_len as usize, run_span)
+        .open_span_in(
+            open.max_len as usize,
+            run_span,
+            Some(state.cache_quotas.of(peer)),
+        )
         .map_err(|e| Box::new(Response::error(ErrorCode::Busy, e.to_string())))?;
     tracing::info!(%peer, span = %open.span, max_len = open.max_len, "session opened");
     let free = free_cache_tokens(&served.server);
@@ -1233,7 +1280,7 @@ fn engine_error(e: EngineError) -> Response {
         | EngineError::PositionGap { .. }
         | EngineError::SessionFull { .. } => ErrorCode::BadRequest,
         // The session could not grow within the node's cache budget: try another server.
-        EngineError::CacheBudget { .. } => ErrorCode::Busy,
+        EngineError::CacheBudget { .. } | EngineError::CacheQuota { .. } => ErrorCode::Busy,
         _ => ErrorCode::Internal,
     };
     Response::error(code, e.to_string())

@@ -282,6 +282,52 @@ async fn a_peer_cannot_hold_more_streams_than_its_share() {
     ));
 }
 
+/// One identity cannot reserve more than its share of the KV cache, however many sessions it
+/// opens; another still gets the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_reserve_more_than_its_share_of_the_cache() {
+    // The tiny shape's 6 blocks cache 6 x (k,v) x 2 kv heads x 64 dims x f32 per position.
+    const PER_POSITION: u64 = 6 * 2 * 2 * 64 * 4;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node_with(dir.path(), |c| {
+        c.max_sessions_per_peer = 8;
+        c.sessions.cache_budget_bytes = PER_POSITION * 256;
+        c.cache_percent_per_peer = 50;
+    })
+    .await;
+    let open_64 = |session: u8| {
+        Request::Open(OpenSession {
+            session: [session; 16],
+            model_id: node.model_id,
+            span: node.span(),
+            max_len: 64,
+            dtype: HiddenDType::F16,
+        })
+        .encode()
+    };
+    let (squatter, peer) = attacker(&node).await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut s = stream(&squatter, peer).await;
+        let r = exchange(&mut s, &open_64(i)).await;
+        assert!(matches!(r, Some(Response::Opened(_))), "{r:?}");
+        held.push(s);
+    }
+    // Two sessions of 64 positions are its 50 %: a third is refused though the node has room.
+    let mut third = stream(&squatter, peer).await;
+    assert_eq!(
+        code(exchange(&mut third, &open_64(3)).await),
+        Some(ErrorCode::Busy)
+    );
+    let (honest, peer) = attacker(&node).await;
+    for i in 0..2 {
+        let mut s = stream(&honest, peer).await;
+        let r = exchange(&mut s, &open_64(10 + i)).await;
+        assert!(matches!(r, Some(Response::Opened(_))), "{r:?}");
+        held.push(s);
+    }
+}
+
 /// A stream that never opens a session is closed after `open_timeout`, not after the (much
 /// longer) idle timeout of an open session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
