@@ -151,7 +151,7 @@ fn demo_model(args: &DemoArgs) -> Result<(PathBuf, String)> {
     })
 }
 
-fn synthesized(shape: &str) -> Result<(PathBuf, String)> {
+pub(crate) fn synthesized(shape: &str) -> Result<(PathBuf, String)> {
     let path = model_path(None, Some(shape))?;
     let name = default_model_name(&path);
     Ok((path, name))
@@ -159,7 +159,7 @@ fn synthesized(shape: &str) -> Result<(PathBuf, String)> {
 
 /// A path, or a stored or known model's name; a known model that is not stored yet is pulled
 /// (with progress bars). A name is served under that name, a path under its file name.
-fn named_or_path(model: &str) -> Result<(PathBuf, String)> {
+pub(crate) fn named_or_path(model: &str) -> Result<(PathBuf, String)> {
     let path = match resolve_model(model, &hearth_home())? {
         Resolved::Path(path) => path,
         Resolved::NotPulled(known) => {

@@ -25,6 +25,7 @@ mod node;
 mod peers;
 mod serve;
 mod simulate;
+mod soak;
 mod swarm_bench;
 mod swarm_generate;
 mod verify;
@@ -72,6 +73,9 @@ enum Command {
     Verify(Box<verify::VerifyArgs>),
     /// Replay a fleet over price and AI-job traces with the agent's policies and report.
     Simulate(Box<simulate::SimulateArgs>),
+    /// Run the honest swarm on loopback under every hostile peer and client at once, with nodes
+    /// killed, and compare it with the same run without them.
+    Soak(soak::SoakArgs),
     /// Internal: load one slice in this process and report its memory (used by `bench --rss`).
     #[command(hide = true)]
     RssProbe(bench::RssProbeArgs),
@@ -107,6 +111,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(*args),
         Command::Simulate(args) => simulate::run(*args),
         Command::Verify(args) => verify::run(*args),
+        Command::Soak(args) => soak::run(args),
         Command::RssProbe(args) => bench::rss_probe(args),
     }
 }

@@ -479,6 +479,23 @@ impl SliceServer {
         stale.len()
     }
 
+    /// Open sessions that grew within `window` before `now` (or are in a step now): the ones
+    /// that load the server. Sessions held open without work are not load, so they must not
+    /// make the server look busy (and turn clients away from it).
+    pub fn active_sessions(&self, now: Instant, window: Duration) -> usize {
+        let reg = lock(&self.registry);
+        reg.sessions
+            .values()
+            .filter(|s| {
+                s.try_lock()
+                    .map(|s| {
+                        now.saturating_duration_since(s.last_progress) <= window && s.longest > 0
+                    })
+                    .unwrap_or(true)
+            })
+            .count()
+    }
+
     /// A snapshot of the open sessions and the cache they reserve.
     pub fn stats(&self) -> ServerStats {
         let reg = lock(&self.registry);

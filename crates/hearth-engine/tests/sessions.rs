@@ -112,6 +112,24 @@ fn cache_budget_is_enforced_and_released() {
     assert!(matches!(srv.close(a), Err(EngineError::UnknownSession(_))));
 }
 
+/// Only sessions that grew recently count as active: one held open without work does not.
+#[test]
+fn only_sessions_that_grew_recently_are_active() {
+    let (_d, srv, src) = server(SessionLimits::default());
+    let idle = srv.open(64).unwrap();
+    let busy = srv.open(64).unwrap();
+    let now = Instant::now();
+    assert_eq!(srv.active_sessions(now, Duration::from_secs(10)), 0);
+    srv.step(busy, 0, &hidden(&src, &[1, 2, 3])).unwrap();
+    let now = Instant::now();
+    assert_eq!(srv.active_sessions(now, Duration::from_secs(10)), 1);
+    // Past the window without growing, it no longer counts.
+    let later = now + Duration::from_secs(11);
+    assert_eq!(srv.active_sessions(later, Duration::from_secs(10)), 0);
+    srv.close(idle).unwrap();
+    srv.close(busy).unwrap();
+}
+
 /// Sessions sharing a quota together stay within it, however many there are; other owners
 /// still have the rest of the budget, and closing or expiring gives the share back.
 #[test]

@@ -720,6 +720,9 @@ async fn respond(
     response
 }
 
+/// Events a generation may run ahead of its client's reading.
+const GENERATION_AHEAD_EVENTS: usize = 16;
+
 /// Starts the generation on the blocking pool once a slot is free; events arrive on the
 /// returned channel. The generation stops when `cancel` is set or the receiver is dropped.
 fn spawn_generation(
@@ -729,7 +732,10 @@ fn spawn_generation(
     ticket: Ticket,
     cancel: Arc<AtomicBool>,
 ) -> mpsc::Receiver<GenEvent> {
-    let (tx, rx) = mpsc::channel(256);
+    // Small: a client that stops reading stops its generation (and the compute it takes from
+    // others) after this many tokens past what the socket buffers hold, until the write
+    // deadline cancels it.
+    let (tx, rx) = mpsc::channel(GENERATION_AHEAD_EVENTS);
     let prompt = prepared.prompt.clone();
     let params = prepared.params.clone();
     let id = id.to_string();

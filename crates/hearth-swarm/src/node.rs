@@ -241,6 +241,9 @@ const FRAUD_IO_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BATCH: usize = 64;
 /// Longest wait for other sessions' steps before a batch starts.
 const GATHER_WINDOW: Duration = Duration::from_micros(500);
+/// Sessions that grew this recently count as the node's load in its announcements (idle ones
+/// cost no compute, and counting them would let anyone divert traffic by opening sessions).
+const ANNOUNCED_ACTIVITY_WINDOW: Duration = Duration::from_secs(10);
 /// A session counts as stepping if its last step is this recent.
 const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 
@@ -452,7 +455,6 @@ impl Node {
                 }
                 served.server.expire_idle(Instant::now());
                 let status = net.status().await;
-                let stats = served.server.stats();
                 let announcement = Announcement {
                     model_id: state.model_id,
                     n_blocks,
@@ -460,7 +462,10 @@ impl Node {
                     block_ms: block_ms as f32,
                     throughput: offered_throughput(block_ms, served.span) as f32,
                     cache_free_tokens: free_cache_tokens(&served.server),
-                    active_sessions: stats.sessions as u32,
+                    active_sessions: served
+                        .server
+                        .active_sessions(Instant::now(), ANNOUNCED_ACTIVITY_WINDOW)
+                        as u32,
                     price,
                     build_class: state.build_class,
                     rtts: status

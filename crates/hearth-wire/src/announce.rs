@@ -41,7 +41,8 @@ pub struct Announcement {
     pub throughput: f32,
     /// KV-cache room left, in tokens of the whole span.
     pub cache_free_tokens: u64,
-    /// Sessions open now.
+    /// Sessions that did work recently (hearth nodes: grew in the last 10 s); sessions held
+    /// open without work do not count. Clients read it as the node's load.
     pub active_sessions: u32,
     /// Asking price in micro-credits per 1000 block-tokens (0 = free; for the market wave).
     pub price: u64,

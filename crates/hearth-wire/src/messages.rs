@@ -25,7 +25,7 @@ pub struct OpenSession {
     /// Blocks of the model this node is to run, within `0..Limits::max_blocks`.
     pub span: BlockRange,
     /// Most positions the session will reach, `1..=Limits::max_positions`; the node reserves KV
-    /// cache for all of them at open.
+    /// cache as the session grows, up to this.
     pub max_len: u32,
     /// Element type of every `Step`'s hidden states and of the replies.
     pub dtype: HiddenDType,
