@@ -12,7 +12,14 @@
 //!   a hop's [`SwarmError::PeerMisbehaved`], [`SwarmError::Unreachable`] or
 //!   [`SwarmError::Timeout`]. An unreachable or slow node stays a last-resort candidate (after
 //!   `UNREACHABLE_BACKOFF`, so that a node that joins meanwhile is preferred to retrying a dead
-//!   one at once), so those two reach the caller only this way.
+//!   one at once), so those two reach the caller only this way. A node that cannot be dialled
+//!   at all is dropped for the rest of the chain: its DHT record may outlive it for a whole TTL,
+//!   and retrying it would only burn failover attempts.
+//!
+//! Membership is read again while a chain runs (issue #19): its server list is refreshed from
+//! the DHT in the background between steps once it is `SERVER_LIST_MAX_AGE` old, and before
+//! routing a failover when it is that old, so a node that joined after the chain was built can
+//! replace a failed hop or check one.
 
 use crate::dht::{find_servers, fraud_key};
 use crate::error::{Result, SwarmError};
@@ -110,7 +117,13 @@ pub struct SwarmClient {
     reputations: Arc<Mutex<HashMap<PeerId, Reputation>>>,
     /// Which servers were last looked up for gossiped fraud proofs, and proofs that did not hold.
     fraud_watch: Arc<Mutex<FraudWatch>>,
+    /// The latest server list of each (model, block count) and when its lookup started: chains
+    /// that follow membership take it instead of each looking up the same list.
+    latest_servers: Arc<Mutex<LatestServers>>,
 }
+
+/// Per (model, block count): when the latest lookup of its servers started, and what it found.
+type LatestServers = HashMap<(ContentHash, u32), (Instant, Vec<ServerEntry>)>;
 
 /// A client's memory of gossiped fraud proofs ([`crate::gossip`]).
 #[derive(Default)]
@@ -143,6 +156,7 @@ impl SwarmClient {
             runtime: tokio::runtime::Handle::current(),
             reputations: Arc::new(Mutex::new(reputations)),
             fraud_watch: Arc::default(),
+            latest_servers: Arc::default(),
         })
     }
 
@@ -193,6 +207,7 @@ impl SwarmClient {
 
     /// Every server that currently announces `model` with a valid, unexpired record.
     pub async fn servers(&self, model: &ContentHash, n_blocks: u32) -> Vec<ServerEntry> {
+        let started = Instant::now();
         let found = find_servers(&self.net, model, n_blocks, &self.cfg.limits).await;
         for (peer, a) in &found {
             let addrs: Vec<Multiaddr> = a
@@ -213,7 +228,20 @@ impl SwarmClient {
             .collect();
         out.sort_by_key(|s| (s.announcement.span.start(), s.peer));
         self.absorb_fraud_proofs(model, n_blocks, &out).await;
+        let mut latest = self.latest_servers();
+        let entry = latest
+            .entry((*model, n_blocks))
+            .or_insert_with(|| (started, Vec::new()));
+        if entry.0 <= started {
+            *entry = (started, out.clone());
+        }
         out
+    }
+
+    fn latest_servers(&self) -> std::sync::MutexGuard<'_, LatestServers> {
+        self.latest_servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Looks up gossiped fraud proofs against `servers` (each at most every
@@ -338,7 +366,9 @@ impl SwarmClient {
             excluded,
         );
         chain.servers = servers.to_vec();
+        chain.servers_at = Some(Instant::now());
         chain.only_class = Some(class);
+        chain.cover_timeout = Duration::ZERO;
         let recomputed = match Box::pin(chain.forward_hidden(replay.input.clone())).await {
             Ok(out) => out.to_f32(),
             Err(e) => {
@@ -483,8 +513,11 @@ impl SwarmClient {
         range: BlockRange,
         max_len: usize,
     ) -> SwarmChain {
-        self.chain_over(model, n_blocks, range, max_len, HashSet::new())
-            .with_spot_checks(self.cfg.spot_checks)
+        let mut chain = self
+            .chain_over(model, n_blocks, range, max_len, HashSet::new())
+            .with_spot_checks(self.cfg.spot_checks);
+        chain.follow_membership = true;
+        chain
     }
 
     /// A chain over `range` only, never routed through `excluded`, without spot checks of its
@@ -508,8 +541,13 @@ impl SwarmClient {
             session,
             hops: Vec::new(),
             servers: Vec::new(),
+            servers_at: None,
+            refreshing: None,
+            follow_membership: false,
+            cover_timeout: self.cfg.cover_timeout,
             banned: excluded,
             unreachable: HashMap::new(),
+            dead: HashSet::new(),
             spot_checks: None,
             spot_seed,
             only_class: None,
@@ -765,12 +803,27 @@ pub struct SwarmChain {
     max_len: usize,
     session: SessionKey,
     hops: Vec<HopState>,
+    /// The servers this chain routes and checks over (never a `dead` one); set through
+    /// `set_servers`.
     servers: Vec<ServerEntry>,
+    /// When the lookup that gave `servers` started (`None`: never looked up by this chain).
+    servers_at: Option<Instant>,
+    /// A lookup running in the background between steps, and when it started.
+    refreshing: Option<(Instant, tokio::task::JoinHandle<Vec<ServerEntry>>)>,
+    /// Whether `servers` is read again while the chain runs (a generation's chain; a check's
+    /// re-execution lives one step on its parent's list).
+    follow_membership: bool,
+    /// How long routing waits for the swarm to cover its blocks (zero for a check's
+    /// re-execution: a check that cannot be made now is recorded as such, not waited for).
+    cover_timeout: Duration,
     /// Nodes caught misbehaving: never used again by this chain.
     banned: HashSet<PeerId>,
     /// Nodes that failed to answer: avoided while anything else covers their blocks.
     /// When each was last found unreachable.
     unreachable: HashMap<PeerId, Instant>,
+    /// Nodes no stream could be opened to (no connection, or the protocol refused): gone, even
+    /// while their DHT records live on. Never retried by this chain.
+    dead: HashSet<PeerId>,
     /// When windows are re-executed (`None`: never).
     spot_checks: Option<SpotCheckPolicy>,
     /// Secret until the chain is dropped; its commitment is in the log from the start.
@@ -793,6 +846,11 @@ pub struct SwarmChain {
 
 /// How long a node that failed to answer is skipped before it may be retried as a last resort.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Age at which a generation's server list is read again from the DHT: in the background
+/// between steps, and before routing a failover (then waited for). Nodes join and leave during
+/// long generations; a list read at the first step misses every node that joined since.
+const SERVER_LIST_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// Failovers one step may go through before the generation gives up.
 const MAX_FAILOVERS_PER_STEP: usize = 8;
@@ -821,9 +879,18 @@ impl SwarmChain {
     /// waiting for coverage) when needed. Nodes that were only unreachable (not caught
     /// misbehaving) are allowed again as a last resort once `UNREACHABLE_BACKOFF` has passed: a
     /// dropped connection may be transient, but a node that just died is better waited out.
+    /// A generation's chain reads the list again first when it is `SERVER_LIST_MAX_AGE` old
+    /// (or a background read is due), so a failover sees the nodes that joined since.
     async fn route(&mut self, range: BlockRange) -> Result<Vec<Hop>> {
-        let deadline = Instant::now() + self.client.cfg.cover_timeout;
+        let deadline = Instant::now() + self.cover_timeout;
         let mut refreshed = false;
+        if self.follow_membership
+            && self.servers_stale()
+            && (self.refreshing.is_some() || !self.adopt_latest())
+        {
+            self.refresh_servers().await;
+            refreshed = true;
+        }
         let none = HashSet::new();
         loop {
             let servers = of_class(&self.servers, self.only_class);
@@ -894,11 +961,120 @@ impl SwarmChain {
                     if refreshed {
                         tokio::time::sleep(Duration::from_millis(300)).await;
                     }
-                    self.servers = self.client.servers(&self.model, self.n_blocks).await;
+                    self.refresh_servers().await;
                     refreshed = true;
                 }
             }
         }
+    }
+
+    /// Whether the server list should be read again: never read, older than
+    /// `SERVER_LIST_MAX_AGE`, or a background read is under way (it began when the list was).
+    fn servers_stale(&self) -> bool {
+        self.refreshing.is_some()
+            || self
+                .servers_at
+                .is_none_or(|at| at.elapsed() >= SERVER_LIST_MAX_AGE)
+    }
+
+    /// Reads the server list from the DHT now: the background read under way if any (it is
+    /// the freshest there will be soon), else a new one.
+    async fn refresh_servers(&mut self) {
+        let (at, servers) = match self.refreshing.take() {
+            Some((at, task)) => match task.await {
+                Ok(servers) => (at, servers),
+                // Only cancelled or panicked: look up afresh.
+                Err(e) => {
+                    tracing::debug!("background server lookup failed: {e}");
+                    let at = Instant::now();
+                    (at, self.client.servers(&self.model, self.n_blocks).await)
+                }
+            },
+            None => {
+                let at = Instant::now();
+                (at, self.client.servers(&self.model, self.n_blocks).await)
+            }
+        };
+        self.set_servers(servers, at);
+    }
+
+    /// Between steps, without waiting: takes the result of a background lookup that finished,
+    /// or starts one when the list is `SERVER_LIST_MAX_AGE` old. A step never waits on the DHT;
+    /// only a failover does (`route`).
+    fn poll_membership(&mut self) {
+        if !self.follow_membership {
+            return;
+        }
+        if let Some((at, task)) = self.refreshing.take() {
+            if !task.is_finished() {
+                self.refreshing = Some((at, task));
+            } else if let Some(Ok(servers)) = futures::FutureExt::now_or_never(task) {
+                self.set_servers(servers, at);
+            }
+            return;
+        }
+        if self.servers_stale() && !self.adopt_latest() {
+            let client = self.client.clone();
+            let (model, n_blocks) = (self.model, self.n_blocks);
+            let task = self
+                .client
+                .runtime
+                .spawn(async move { client.servers(&model, n_blocks).await });
+            self.refreshing = Some((Instant::now(), task));
+        }
+    }
+
+    /// Takes the client's latest list of this model's servers if another lookup (another chain's,
+    /// or the client's own) made one newer than this chain's and younger than
+    /// `SERVER_LIST_MAX_AGE`; true when it did.
+    fn adopt_latest(&mut self) -> bool {
+        let latest = self
+            .client
+            .latest_servers()
+            .get(&(self.model, self.n_blocks))
+            .filter(|(at, _)| {
+                at.elapsed() < SERVER_LIST_MAX_AGE && self.servers_at.is_none_or(|mine| *at > mine)
+            })
+            .cloned();
+        match latest {
+            Some((at, servers)) => {
+                self.set_servers(servers, at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes `servers` (looked up at `at`) as the chain's list. Dead nodes stay out; a node on
+    /// the route keeps its old entry if the lookup missed it (its build class is what its spot
+    /// checks need, and a lookup can miss a live node).
+    fn set_servers(&mut self, servers: Vec<ServerEntry>, at: Instant) {
+        let mut servers: Vec<ServerEntry> = servers
+            .into_iter()
+            .filter(|s| !self.dead.contains(&s.peer))
+            .collect();
+        let kept: Vec<ServerEntry> = self
+            .servers
+            .iter()
+            .filter(|old| {
+                self.hops.iter().any(|h| h.peer == old.peer)
+                    && !servers.iter().any(|s| s.peer == old.peer)
+            })
+            .cloned()
+            .collect();
+        servers.extend(kept);
+        servers.sort_by_key(|s| (s.announcement.span.start(), s.peer));
+        self.servers = servers;
+        self.servers_at = Some(at);
+    }
+
+    /// Drops `peer` for the rest of the chain: no stream could be opened to it.
+    fn mark_dead(&mut self, peer: PeerId) {
+        if self.dead.insert(peer) {
+            tracing::info!(%peer, "cannot reach the node: not retried by this chain");
+        }
+        self.unreachable.remove(&peer);
+        self.servers.retain(|s| s.peer != peer);
     }
 
     fn new_hop(&self, hop: Hop) -> Result<HopState> {
@@ -1076,10 +1252,14 @@ impl SwarmChain {
     }
 
     fn ban(&mut self, peer: PeerId, failure: &HopFailure) {
-        if failure.is_misbehaviour() {
-            self.banned.insert(peer);
-        } else {
-            self.unreachable.insert(peer, Instant::now());
+        match failure {
+            HopFailure::Misbehaved(_) => {
+                self.banned.insert(peer);
+            }
+            HopFailure::NoConnection(_) => self.mark_dead(peer),
+            HopFailure::Unreachable(_) | HopFailure::TimedOut(_) => {
+                self.unreachable.insert(peer, Instant::now());
+            }
         }
     }
 
@@ -1127,6 +1307,7 @@ impl SwarmChain {
     /// The async form of [`HiddenStage::forward`], for callers that drive many chains at once.
     /// The module docs say which [`SwarmError`] a chain gives up with.
     pub async fn forward_hidden(&mut self, input: HiddenStates) -> Result<HiddenStates> {
+        self.poll_membership();
         if self.hops.is_empty() {
             let hops = self.route(self.range).await?;
             self.hops = hops
@@ -1292,7 +1473,19 @@ impl SwarmChain {
             positions.clone(),
         );
         let cols = inputs.cols as usize;
-        let mut excluded: HashSet<PeerId> = self.banned.iter().copied().collect();
+        // Nor a node that just failed this chain: it would likely fail the check too.
+        let mut excluded: HashSet<PeerId> = self
+            .banned
+            .iter()
+            .chain(&self.dead)
+            .chain(
+                self.unreachable
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() < UNREACHABLE_BACKOFF)
+                    .map(|(p, _)| p),
+            )
+            .copied()
+            .collect();
         excluded.insert(peer);
         let mut record = SpotCheck {
             peer,
@@ -1403,9 +1596,16 @@ impl SwarmChain {
             excluded.clone(),
         );
         chain.servers = self.servers.clone();
+        chain.servers_at = self.servers_at;
         chain.only_class = class;
+        chain.cover_timeout = Duration::ZERO;
         // Boxed: a check's chain has no checks of its own, but the future type is recursive.
-        match Box::pin(chain.forward_hidden(inputs.clone())).await {
+        let result = Box::pin(chain.forward_hidden(inputs.clone())).await;
+        // A verifier it could not reach is gone for this chain too (one failed dial is enough).
+        for peer in std::mem::take(&mut chain.dead) {
+            self.mark_dead(peer);
+        }
+        match result {
             Ok(out) => {
                 let verifiers = chain.hops.iter().map(|h| h.peer).collect();
                 Some((verifiers, out))
@@ -1453,12 +1653,15 @@ fn last_rows(states: &HiddenStates, rows: u32) -> HiddenStates {
 }
 
 /// Why a hop failed, before it is tied to its peer: whether the node broke the protocol
-/// (banned for good) or was only unreachable or slow (may be retried when nothing else covers
-/// its blocks). The reason is kept bare for [`Failover::reason`].
+/// (banned for good), could not be reached at all (dropped for the chain) or was only
+/// unreachable or slow (may be retried when nothing else covers its blocks). The reason is kept
+/// bare for [`Failover::reason`].
 #[derive(Debug)]
 enum HopFailure {
     Misbehaved(String),
     Unreachable(String),
+    /// No stream could be opened at all: the node is gone (or no longer speaks the protocol).
+    NoConnection(String),
     TimedOut(Duration),
 }
 
@@ -1478,7 +1681,9 @@ impl HopFailure {
     fn into_error(self, peer: PeerId) -> SwarmError {
         match self {
             Self::Misbehaved(reason) => SwarmError::PeerMisbehaved { peer, reason },
-            Self::Unreachable(reason) => SwarmError::Unreachable { peer, reason },
+            Self::Unreachable(reason) | Self::NoConnection(reason) => {
+                SwarmError::Unreachable { peer, reason }
+            }
             Self::TimedOut(after) => SwarmError::Timeout { peer, after },
         }
     }
@@ -1487,7 +1692,9 @@ impl HopFailure {
 impl std::fmt::Display for HopFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Misbehaved(reason) | Self::Unreachable(reason) => f.write_str(reason),
+            Self::Misbehaved(reason) | Self::Unreachable(reason) | Self::NoConnection(reason) => {
+                f.write_str(reason)
+            }
             Self::TimedOut(after) => write!(f, "no answer within {after:?}"),
         }
     }
@@ -1508,35 +1715,42 @@ struct StepContext {
 /// many sessions open at once; nothing reached the node then, so trying again is safe.
 const OPEN_ATTEMPTS: u32 = 4;
 
-/// Opens a stream to the hop's node and a session on it.
-async fn open_session(hop: &HopState, ctx: &StepContext) -> Result<libp2p::Stream, HopFailure> {
+/// Opens a stream to `peer` and a session over `span` on it. Takes no `&HopState`: its stream
+/// is not `Sync`, and chains also run in spawned tasks (background server lookups re-check
+/// gossiped fraud proofs).
+async fn open_session(
+    peer: PeerId,
+    span: BlockRange,
+    ctx: &StepContext,
+) -> Result<libp2p::Stream, HopFailure> {
     let cfg = &ctx.cfg;
     let open = Request::Open(OpenSession {
         session: ctx.session,
         model_id: ctx.model,
-        span: hop.range,
+        span,
         max_len: ctx.max_len as u32,
         dtype: cfg.dtype,
     })
     .encode();
-    let mut last = String::new();
+    let mut last = HopFailure::unreachable("");
     for attempt in 0..OPEN_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
         }
         let mut control = ctx.net.control();
         let mut stream = match control
-            .open_stream(hop.peer, StreamProtocol::new(INFERENCE_PROTOCOL))
+            .open_stream(peer, StreamProtocol::new(INFERENCE_PROTOCOL))
             .await
         {
             Ok(s) => s,
             Err(e) => {
-                last = format!("cannot open a stream: {e}");
+                // Dialling failed (or the node refused the protocol): nothing to talk to.
+                last = HopFailure::NoConnection(format!("cannot open a stream: {e}"));
                 continue;
             }
         };
         if let Err(e) = write_frame(&mut stream, &open).await {
-            last = e.to_string();
+            last = HopFailure::unreachable(e.to_string());
             continue;
         }
         match read_response(&mut stream, &cfg.limits).await {
@@ -1553,10 +1767,10 @@ async fn open_session(hop: &HopState, ctx: &StepContext) -> Result<libp2p::Strea
                 )))
             }
             Err(f) if f.is_misbehaviour() => return Err(f),
-            Err(f) => last = f.to_string(),
+            Err(f) => last = f,
         }
     }
-    Err(HopFailure::unreachable(last))
+    Err(last)
 }
 
 /// One step on `hop`: open the session if needed, send, await, and check shape, finiteness and
@@ -1569,7 +1783,7 @@ async fn step_on(
     let cfg = &ctx.cfg;
     let result = tokio::time::timeout(cfg.step_timeout, async {
         if hop.stream.is_none() {
-            hop.stream = Some(open_session(hop, ctx).await?);
+            hop.stream = Some(open_session(hop.peer, hop.range, ctx).await?);
         }
         let Some(stream) = hop.stream.as_mut() else {
             return Err(HopFailure::unreachable("no stream"));
@@ -1741,6 +1955,9 @@ pub fn short_peer(peer: &PeerId) -> String {
 
 impl Drop for SwarmChain {
     fn drop(&mut self) {
+        if let Some((_, task)) = self.refreshing.take() {
+            task.abort();
+        }
         self.log_mut().spot_seed = Some(self.spot_seed);
         if self.spot_checks.is_some() {
             // Only a generation's chain (a check's re-execution has no checks of its own).
@@ -1787,5 +2004,104 @@ mod tests {
         let x = HiddenStates::from_f32(HiddenDType::F16, 0, 1, 4, &[0.5; 4]);
         let err = chain.forward_hidden(x).await.unwrap_err();
         assert_eq!(err.kind(), SwarmErrorKind::NoCoverage, "{err}");
+    }
+
+    fn loopback_net(bootstrap: Vec<Multiaddr>) -> NetConfig {
+        NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap,
+            mdns: false,
+            ..NetConfig::default()
+        }
+    }
+
+    /// A server that died while its DHT records live on is dialled once, then dropped for the
+    /// chain: every later lookup still returns its record, and the chain waits for coverage
+    /// instead of dialling it again after `UNREACHABLE_BACKOFF` (which used to end in
+    /// `HopsExhausted`, each failover burnt on the dead address).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_servers_live_record_is_not_dialled_twice() {
+        // The client stores DHT records itself, so the ghost's records outlive the ghost.
+        let mut cfg = lone_client_config();
+        cfg.net = loopback_net(Vec::new());
+        cfg.cover_timeout = UNREACHABLE_BACKOFF + Duration::from_secs(1);
+        let client = SwarmClient::start(cfg).await.unwrap();
+        let mut client_addrs = client.net.status().await.listen_addrs;
+        while client_addrs.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client_addrs = client.net.status().await.listen_addrs;
+        }
+        let boot = format!("{}/p2p/{}", client_addrs[0], client.net.peer_id());
+        let ghost_id = NodeIdentity::generate();
+        let ghost = Net::start(&ghost_id, loopback_net(vec![boot.parse().unwrap()]))
+            .await
+            .unwrap();
+        let model = ContentHash::of(b"a model served by a ghost");
+        let n_blocks = 4;
+        let ghost_peer = ghost.peer_id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let a = Announcement {
+                model_id: model,
+                n_blocks,
+                span: BlockRange::full(n_blocks).unwrap(),
+                block_ms: 1.0,
+                throughput: 1.0,
+                cache_free_tokens: 1 << 20,
+                active_sessions: 0,
+                price: 0,
+                build_class: 0,
+                rtts: Vec::new(),
+                addrs: ghost
+                    .status()
+                    .await
+                    .listen_addrs
+                    .iter()
+                    .map(|a| a.to_vec())
+                    .collect(),
+                issued_unix_ms: crate::dht::now_unix_ms(),
+                ttl_secs: 600,
+                node: [0; 32],
+            }
+            .sign(&ghost_id.signing_key());
+            let record = libp2p::kad::Record::new(
+                crate::dht::announcement_key(&model, &ghost_peer),
+                a.encode(),
+            );
+            ghost.put_record(record).await;
+            ghost.provide(crate::dht::model_key(&model)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if !client.servers(&model, n_blocks).await.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the ghost's records never arrived"
+            );
+        }
+        drop(ghost);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.net.status().await.connected.contains(&ghost_peer) {
+            assert!(
+                Instant::now() < deadline,
+                "the ghost's connection stayed up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !client.servers(&model, n_blocks).await.is_empty(),
+            "the ghost's record should outlive it"
+        );
+
+        let mut chain = client.chain(model, n_blocks, 8);
+        let x = HiddenStates::from_f32(HiddenDType::F16, 0, 1, 4, &[0.5; 4]);
+        let err = chain.forward_hidden(x).await.unwrap_err();
+        assert_eq!(err.kind(), SwarmErrorKind::NoCoverage, "{err}");
+        assert!(chain.dead.contains(&ghost_peer));
+        assert!(chain.servers.is_empty(), "a refresh brought the ghost back");
+        assert!(
+            chain.servers_at.is_some(),
+            "the chain looked the servers up"
+        );
     }
 }
