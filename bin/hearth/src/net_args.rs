@@ -29,6 +29,9 @@ pub(crate) struct NetArgs {
     /// Most connections other peers may have established to this host at once.
     #[arg(long, default_value_t = NetConfig::default().max_incoming)]
     pub max_incoming: u32,
+    /// Most connections from other peers in their handshake at once.
+    #[arg(long, default_value_t = NetConfig::default().max_pending_incoming)]
+    pub max_pending_incoming: u32,
     /// Most connections established with one peer.
     #[arg(long, default_value_t = NetConfig::default().max_per_peer)]
     pub max_connections_per_peer: u32,
@@ -118,6 +121,7 @@ impl NetArgs {
             mdns: !self.no_mdns,
             record_ttl: Duration::from_secs(self.record_ttl.max(1)),
             max_incoming: self.max_incoming,
+            max_pending_incoming: self.max_pending_incoming,
             max_per_peer: self.max_connections_per_peer.max(1),
             max_memory_bytes: self
                 .max_memory_mib
