@@ -1,6 +1,6 @@
-//! `hearth soak`: the honest swarm on loopback under every hostile peer and client at once
-//! (see `hearth_soak`), measured against the same run without them. Depends on `demo` for the
-//! model it runs.
+//! `hearth soak`: the honest swarm on loopback under every hostile peer and client at once, or
+//! under churn (see `hearth_soak`), measured against the same run without them. Depends on
+//! `demo` for the model it runs.
 
 use crate::demo::{named_or_path, synthesized, DEFAULT_DEMO_MODEL};
 use anyhow::{bail, Result};
@@ -17,10 +17,10 @@ pub(crate) struct SoakArgs {
     /// Run a synthesized model of this shape instead (random weights, no download).
     #[arg(long)]
     pub synth: Option<String>,
-    /// Seconds of the attacked phase.
+    /// Seconds of the stressed phase.
     #[arg(long, default_value_t = 600)]
     pub seconds: u64,
-    /// Seconds of the attack-free phase (default: a third of --seconds, at least 30).
+    /// Seconds of the reference phase (default: a third of --seconds, at least 30).
     #[arg(long)]
     pub baseline_seconds: Option<u64>,
     /// Honest client streams through the gateway.
@@ -29,15 +29,22 @@ pub(crate) struct SoakArgs {
     /// Completion tokens per honest request.
     #[arg(long, default_value_t = 24)]
     pub max_tokens: usize,
-    /// Kill a random node with SIGKILL (and restart it) this often in the attacked phase,
-    /// seconds; 0: never.
-    #[arg(long, default_value_t = 60)]
-    pub kill_every: u64,
-    /// The attacks to run (comma-separated; default all): stream-flood, kv-squatting,
-    /// oversized-frames, slow-frames, session-churn, dht-junk, sybil-burst, slow-http-readers,
-    /// cross-origin.
+    /// Kill a random node with SIGKILL (and restart it) this often in the stressed phase,
+    /// seconds; 0: never (default: 60 when attacking, else never).
+    #[arg(long)]
+    pub kill_every: Option<u64>,
+    /// The attacks to run (comma-separated): stream-flood, kv-squatting, oversized-frames,
+    /// slow-frames, session-churn, dht-junk, sybil-burst, slow-http-readers, cross-origin.
+    /// Default: all, unless --churn is given (then none).
     #[arg(long, value_delimiter = ',')]
     pub attacks: Vec<Attack>,
+    /// Churn instead: nodes leave (SIGKILL) and new ones join at random, each living this many
+    /// seconds on average (exponentially distributed), every block always covered.
+    #[arg(long, value_name = "MEAN_LIFETIME_SECS")]
+    pub churn: Option<u64>,
+    /// Nodes serving each half of the model (default: 2, or 4 with --churn).
+    #[arg(long)]
+    pub nodes_per_span: Option<usize>,
     /// Keep the processes' homes and logs here (default: a temporary folder, removed after).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -54,6 +61,15 @@ pub(crate) fn run(args: SoakArgs) -> Result<()> {
         Some(shape) => synthesized(shape)?,
         None => named_or_path(&args.model)?,
     };
+    let churn = args.churn.is_some();
+    let attacks = match (args.attacks.is_empty(), churn) {
+        (false, _) => args.attacks.clone(),
+        (true, false) => Attack::ALL.to_vec(),
+        (true, true) => Vec::new(),
+    };
+    let kill_every = args
+        .kill_every
+        .unwrap_or(if attacks.is_empty() { 0 } else { 60 });
     let temp = tempfile::tempdir()?;
     let work = args
         .work_dir
@@ -65,15 +81,16 @@ pub(crate) fn run(args: SoakArgs) -> Result<()> {
         model,
         work,
         baseline: Duration::from_secs(args.baseline_seconds.unwrap_or((args.seconds / 3).max(30))),
-        attacked: Duration::from_secs(args.seconds.max(1)),
+        stressed: Duration::from_secs(args.seconds.max(1)),
         streams: args.streams.max(1),
         max_tokens: args.max_tokens.max(1),
-        kill_every: (args.kill_every > 0).then(|| Duration::from_secs(args.kill_every)),
-        attacks: if args.attacks.is_empty() {
-            Attack::ALL.to_vec()
-        } else {
-            args.attacks.clone()
-        },
+        nodes_per_span: args
+            .nodes_per_span
+            .unwrap_or(if churn { 4 } else { 2 })
+            .max(1),
+        kill_every: (kill_every > 0).then(|| Duration::from_secs(kill_every)),
+        churn_mean_lifetime: args.churn.filter(|&s| s > 0).map(Duration::from_secs),
+        attacks,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,7 +103,7 @@ pub(crate) fn run(args: SoakArgs) -> Result<()> {
     let mut problems = report.problems();
     if args.strict_throughput && !report.meets_throughput_target() {
         problems.push(format!(
-            "honest throughput under attack is {:.2} of the attack-free run (target {})",
+            "honest throughput under stress is {:.2} of the reference (target {})",
             report.throughput_ratio,
             hearth_soak::report::TARGET_THROUGHPUT_RATIO
         ));

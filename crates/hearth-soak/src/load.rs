@@ -67,6 +67,7 @@ async fn one(
     let asked = Instant::now();
     let mut ttft = None;
     let mut tokens = 0;
+    let mut trail = None;
     let outcome = async {
         let body = serde_json::json!({
             "model": "soak",
@@ -85,6 +86,11 @@ async fn one(
         if !resp.status().is_success() {
             return Err(format!("http {}", resp.status().as_u16()));
         }
+        trail = resp
+            .headers()
+            .get("x-hearth-trail")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         let mut text = String::new();
         let mut pending = String::new();
         let mut finished = false;
@@ -126,13 +132,39 @@ async fn one(
         }
     }
     .await;
+    let failover_ms = match (&outcome, trail) {
+        (Ok(_), Some(path)) => failovers(http, url, &path).await,
+        _ => Vec::new(),
+    };
     Generation {
         prompt,
         ended: start.elapsed(),
         ttft,
         tokens,
+        failover_ms,
         outcome,
     }
+}
+
+/// What each failover recorded in the generation's trail added, milliseconds.
+async fn failovers(http: &reqwest::Client, url: &str, path: &str) -> Vec<f64> {
+    let trail: Option<serde_json::Value> = async {
+        http.get(format!("{url}{path}"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+    .await;
+    trail
+        .and_then(|t| {
+            t["failovers"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|f| f["recovery_ms"].as_f64()).collect())
+        })
+        .unwrap_or_default()
 }
 
 fn cause_of(e: &reqwest::Error) -> String {

@@ -14,6 +14,8 @@ pub(crate) struct NodeProc {
     pub(crate) name: String,
     pub(crate) span: String,
     dir: PathBuf,
+    /// Lives with a fresh identity so far (its key lives in `dir/data<identity>`).
+    identity: usize,
     child: Option<Child>,
     /// Its multiaddr with `/p2p/<id>` (the port changes when it restarts; the id does not).
     pub(crate) addr: String,
@@ -21,6 +23,16 @@ pub(crate) struct NodeProc {
     pub(crate) peak_rss_kib: u64,
     /// Exits nobody asked for.
     pub(crate) crashes: usize,
+}
+
+/// What [`NodeProc::watch`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Health {
+    Running,
+    /// Exited without being killed on purpose (counted in `crashes`).
+    Crashed,
+    /// Killed on purpose and not restarted yet.
+    Down,
 }
 
 /// Memory settings of every node.
@@ -58,17 +70,27 @@ impl Launcher {
             name: name.to_string(),
             span: span.to_string(),
             dir: self.work.join(name),
+            identity: 0,
             child: None,
             addr: String::new(),
             peak_rss_kib: 0,
             crashes: 0,
         };
-        self.start(&mut node, bootstrap)?;
+        self.start(&mut node, bootstrap, false)?;
         Ok(node)
     }
 
-    /// (Re)starts `node`'s process with its identity and blocks.
-    pub(crate) fn start(&self, node: &mut NodeProc, bootstrap: Option<&str>) -> Result<()> {
+    /// (Re)starts `node`'s process with its blocks, and its identity unless `fresh` (then it
+    /// joins as a new node would).
+    pub(crate) fn start(
+        &self,
+        node: &mut NodeProc,
+        bootstrap: Option<&str>,
+        fresh: bool,
+    ) -> Result<()> {
+        if fresh {
+            node.identity += 1;
+        }
         std::fs::create_dir_all(&node.dir)?;
         let ready = node.dir.join("ready");
         let _ = std::fs::remove_file(&ready);
@@ -83,7 +105,7 @@ impl Launcher {
             .arg(&self.model)
             .args(["--blocks", &node.span])
             .arg("--data-dir")
-            .arg(node.dir.join("data"))
+            .arg(node.dir.join(format!("data{}", node.identity)))
             .arg("--ready-file")
             .arg(&ready)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
@@ -157,6 +179,11 @@ impl Launcher {
 }
 
 impl NodeProc {
+    /// Whether its process runs (as last seen; killed or crashed nodes are not up).
+    pub(crate) fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the process with SIGKILL (on purpose: not a crash).
     pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -166,23 +193,21 @@ impl NodeProc {
         }
     }
 
-    /// Notes its memory and whether it died on its own; returns whether it is running.
-    pub(crate) fn watch(&mut self) -> bool {
+    /// Notes its memory, and a crash if it exited on its own since the last look.
+    pub(crate) fn watch(&mut self) -> Health {
         let Some(c) = &mut self.child else {
-            return false;
+            return Health::Down;
         };
         match c.try_wait() {
             Ok(None) => {
-                let c = self.child.as_ref().map(Child::id);
-                if let Some(pid) = c {
-                    self.peak_rss_kib = self.peak_rss_kib.max(peak_rss_kib(pid).unwrap_or(0));
-                }
-                true
+                let pid = c.id();
+                self.peak_rss_kib = self.peak_rss_kib.max(peak_rss_kib(pid).unwrap_or(0));
+                Health::Running
             }
             _ => {
                 self.crashes += 1;
                 self.child = None;
-                false
+                Health::Crashed
             }
         }
     }

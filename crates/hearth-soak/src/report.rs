@@ -15,6 +15,8 @@ pub struct Generation {
     pub ttft: Option<Duration>,
     /// Completion tokens (from the usage the gateway reports).
     pub tokens: u64,
+    /// What each failover of the generation added, milliseconds (from its trail).
+    pub failover_ms: Vec<f64>,
     /// The text, or why the request failed.
     pub outcome: Result<String, String>,
 }
@@ -34,6 +36,11 @@ pub struct PhaseSummary {
     pub harness_cpu_per_second: f64,
     /// 95th percentile of the time to first text, milliseconds (`None`: nothing completed).
     pub p95_ttft_ms: Option<f64>,
+    /// Failovers in the completed generations (from their trails).
+    pub failovers: usize,
+    /// 95th percentile of the time a failover added (detection to replacement ready, replay
+    /// included), milliseconds.
+    pub p95_failover_ms: Option<f64>,
     /// Failed requests by cause.
     pub failed: BTreeMap<String, usize>,
 }
@@ -54,6 +61,7 @@ pub fn summarize(gens: &[Generation], seconds: f64) -> PhaseSummary {
     let mut failed = BTreeMap::new();
     let mut tokens = 0;
     let mut ttfts = Vec::new();
+    let mut failovers = Vec::new();
     let mut completed = 0;
     for g in gens {
         match &g.outcome {
@@ -65,6 +73,7 @@ pub fn summarize(gens: &[Generation], seconds: f64) -> PhaseSummary {
                 if let Some(t) = g.ttft {
                     ttfts.push(t.as_secs_f64() * 1e3);
                 }
+                failovers.extend_from_slice(&g.failover_ms);
             }
             Err(cause) => *failed.entry(cause.clone()).or_insert(0) += 1,
         }
@@ -78,6 +87,8 @@ pub fn summarize(gens: &[Generation], seconds: f64) -> PhaseSummary {
             0.0
         },
         p95_ttft_ms: quantile(&ttfts, 0.95),
+        failovers: failovers.len(),
+        p95_failover_ms: quantile(&failovers, 0.95),
         failed,
         harness_cpu_per_second: 0.0,
     }
@@ -133,20 +144,24 @@ pub struct NodeMemory {
 /// Everything a soak run reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// The honest load without attackers.
+    /// What the stressed phase did, in words.
+    pub stress: String,
+    /// The honest load alone.
     pub baseline: PhaseSummary,
-    /// The same load with every attack running and nodes killed.
-    pub attacked: PhaseSummary,
-    /// `attacked.tokens_per_second / baseline.tokens_per_second`.
+    /// The same load under stress.
+    pub stressed: PhaseSummary,
+    /// `stressed.tokens_per_second / baseline.tokens_per_second`.
     pub throughput_ratio: f64,
-    /// Attacked-phase generations compared with the baseline's text, and how many differed.
+    /// Stressed-phase generations compared with the reference text of their prompt.
     pub texts_compared: usize,
     /// Of those, how many differed.
     pub texts_differing: usize,
     /// Processes that exited without being killed on purpose.
     pub crashes: Vec<String>,
-    /// Nodes killed with SIGKILL on purpose (and restarted).
+    /// Nodes killed with SIGKILL on purpose.
     pub kills: usize,
+    /// Nodes that came (back) into the swarm during the stressed phase.
+    pub joins: usize,
     /// Peak memory of each node against its budget.
     pub memory: Vec<NodeMemory>,
     /// Per attack.
@@ -193,15 +208,15 @@ impl Report {
                 ));
             }
         }
-        if self.attacked.completed == 0 {
-            out.push("no honest generation completed under attack".into());
+        if self.stressed.completed == 0 {
+            out.push("no honest generation completed under stress".into());
         }
         out
     }
 
     /// A Markdown table of the figures, for docs/reliability.md.
     pub fn markdown(&self) -> String {
-        let ttft = |p: &PhaseSummary| p.p95_ttft_ms.map_or("-".into(), |t| format!("{t:.0} ms"));
+        let ms = |v: Option<f64>| v.map_or("-".into(), |t| format!("{t:.0} ms"));
         let failed = |p: &PhaseSummary| {
             if p.failed.is_empty() {
                 "none".to_string()
@@ -213,30 +228,32 @@ impl Report {
                     .join("; ")
             }
         };
-        let mut s = String::new();
-        s.push_str("| | attack-free | under attack |\n|---|---|---|\n");
+        let (b, t) = (&self.baseline, &self.stressed);
+        let mut s = format!("Stress: {}.\n\n", self.stress);
+        s.push_str("| | reference | under stress |\n|---|---|---|\n");
         s.push_str(&format!(
             "| seconds | {:.0} | {:.0} |\n| generations completed | {} | {} |\n",
-            self.baseline.seconds,
-            self.attacked.seconds,
-            self.baseline.completed,
-            self.attacked.completed
+            b.seconds, t.seconds, b.completed, t.completed
         ));
         s.push_str(&format!(
-            "| honest tok/s | {:.1} | {:.1} ({:.2}×) |\n| harness CPU (clients + attackers) | {:.2} cores | {:.2} cores |\n| p95 TTFT | {} | {} |\n| failed requests | {} | {} |\n",
-            self.baseline.tokens_per_second,
-            self.attacked.tokens_per_second,
+            "| honest tok/s | {:.1} | {:.1} ({:.2}×) |\n| harness CPU (clients + attackers) | {:.2} cores | {:.2} cores |\n| p95 TTFT | {} | {} |\n| failovers (p95 added) | {} ({}) | {} ({}) |\n| failed requests | {} | {} |\n",
+            b.tokens_per_second,
+            t.tokens_per_second,
             self.throughput_ratio,
-            self.baseline.harness_cpu_per_second,
-            self.attacked.harness_cpu_per_second,
-            ttft(&self.baseline),
-            ttft(&self.attacked),
-            failed(&self.baseline),
-            failed(&self.attacked)
+            b.harness_cpu_per_second,
+            t.harness_cpu_per_second,
+            ms(b.p95_ttft_ms),
+            ms(t.p95_ttft_ms),
+            b.failovers,
+            ms(b.p95_failover_ms),
+            t.failovers,
+            ms(t.p95_failover_ms),
+            failed(b),
+            failed(t)
         ));
         s.push_str(&format!(
-            "\nTexts differing from the attack-free run: {} of {}. Crashes: {}. Nodes killed \
-             with SIGKILL (and restarted): {}.\n\n",
+            "\nTexts differing from the reference: {} of {}. Crashes: {}. Nodes killed with \
+             SIGKILL: {}; nodes (re)joining: {}.\n\n",
             self.texts_differing,
             self.texts_compared,
             if self.crashes.is_empty() {
@@ -244,7 +261,8 @@ impl Report {
             } else {
                 self.crashes.join(", ")
             },
-            self.kills
+            self.kills,
+            self.joins
         ));
         s.push_str("| node | peak RSS | budget |\n|---|---|---|\n");
         for m in &self.memory {
@@ -253,17 +271,19 @@ impl Report {
                 m.node, m.peak_rss_mib, m.budget_mib
             ));
         }
-        s.push_str(
-            "\n| attack | attempts | refused or closed | accepted | must all be refused |\n|---|---|---|---|---|\n",
-        );
-        for (name, t) in &self.attacks {
-            s.push_str(&format!(
-                "| {name} | {} | {} | {} | {} |\n",
-                t.attempts,
-                t.refused,
-                t.accepted,
-                if t.must_refuse { "yes" } else { "no" }
-            ));
+        if !self.attacks.is_empty() {
+            s.push_str(
+                "\n| attack | attempts | refused or closed | accepted | must all be refused |\n|---|---|---|---|---|\n",
+            );
+            for (name, t) in &self.attacks {
+                s.push_str(&format!(
+                    "| {name} | {} | {} | {} | {} |\n",
+                    t.attempts,
+                    t.refused,
+                    t.accepted,
+                    if t.must_refuse { "yes" } else { "no" }
+                ));
+            }
         }
         s
     }
@@ -279,6 +299,7 @@ mod tests {
             ended: Duration::from_secs(1),
             ttft: Some(Duration::from_millis(ttft_ms)),
             tokens,
+            failover_ms: Vec::new(),
             outcome: outcome.map(String::from).map_err(String::from),
         }
     }
@@ -351,13 +372,15 @@ mod tests {
         );
         let summary = summarize(&[gen(0, Ok("a"), 10, 100)], 1.0);
         let report = Report {
+            stress: "every attack".into(),
             baseline: summary.clone(),
-            attacked: summary,
+            stressed: summary,
             throughput_ratio: 0.5,
             texts_compared: 4,
             texts_differing: 1,
             crashes: vec!["node2".into()],
             kills: 1,
+            joins: 1,
             memory: vec![NodeMemory {
                 node: "node0".into(),
                 peak_rss_mib: 900.0,

@@ -120,6 +120,10 @@ pub struct SwarmClient {
     /// The latest server list of each (model, block count) and when its lookup started: chains
     /// that follow membership take it instead of each looking up the same list.
     latest_servers: Arc<Mutex<LatestServers>>,
+    /// Nodes no stream could be opened to, with the issue time of the newest announcement seen
+    /// from them then: left out of every lookup until they announce again, so each of the
+    /// client's chains does not pay its own failed dial for a record that outlives its node.
+    departed: Arc<Mutex<HashMap<PeerId, u64>>>,
 }
 
 /// Per (model, block count): when the latest lookup of its servers started, and what it found.
@@ -157,6 +161,7 @@ impl SwarmClient {
             reputations: Arc::new(Mutex::new(reputations)),
             fraud_watch: Arc::default(),
             latest_servers: Arc::default(),
+            departed: Arc::default(),
         })
     }
 
@@ -208,7 +213,19 @@ impl SwarmClient {
     /// Every server that currently announces `model` with a valid, unexpired record.
     pub async fn servers(&self, model: &ContentHash, n_blocks: u32) -> Vec<ServerEntry> {
         let started = Instant::now();
-        let found = find_servers(&self.net, model, n_blocks, &self.cfg.limits).await;
+        let mut found = find_servers(&self.net, model, n_blocks, &self.cfg.limits).await;
+        {
+            let mut departed = self.departed();
+            found.retain(|(peer, a)| match departed.get(peer) {
+                Some(&seen) if a.issued_unix_ms <= seen => false,
+                Some(_) => {
+                    // Announced again since: back (a restart keeps its identity).
+                    departed.remove(peer);
+                    true
+                }
+                None => true,
+            });
+        }
         for (peer, a) in &found {
             let addrs: Vec<Multiaddr> = a
                 .addrs
@@ -236,6 +253,22 @@ impl SwarmClient {
             *entry = (started, out.clone());
         }
         out
+    }
+
+    fn departed(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, u64>> {
+        self.departed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that no stream could be opened to `peer`, whose newest announcement seen was
+    /// issued at `issued_unix_ms`: lookups leave it out until it announces again.
+    fn note_departed(&self, peer: PeerId, issued_unix_ms: u64) {
+        let mut departed = self.departed();
+        // No record lives longer than the TTL cap: older entries can no longer match one.
+        let oldest = crate::dht::now_unix_ms()
+            .saturating_sub(u64::from(crate::dht::MAX_ANNOUNCEMENT_TTL_SECS) * 1000);
+        departed.retain(|_, seen| *seen >= oldest);
+        let seen = departed.entry(peer).or_insert(issued_unix_ms);
+        *seen = (*seen).max(issued_unix_ms);
     }
 
     fn latest_servers(&self) -> std::sync::MutexGuard<'_, LatestServers> {
@@ -1072,6 +1105,10 @@ impl SwarmChain {
     fn mark_dead(&mut self, peer: PeerId) {
         if self.dead.insert(peer) {
             tracing::info!(%peer, "cannot reach the node: not retried by this chain");
+        }
+        if let Some(s) = self.servers.iter().find(|s| s.peer == peer) {
+            self.client
+                .note_departed(peer, s.announcement.issued_unix_ms);
         }
         self.unreachable.remove(&peer);
         self.servers.retain(|s| s.peer != peer);
@@ -2015,29 +2052,15 @@ mod tests {
         }
     }
 
-    /// A server that died while its DHT records live on is dialled once, then dropped for the
-    /// chain: every later lookup still returns its record, and the chain waits for coverage
-    /// instead of dialling it again after `UNREACHABLE_BACKOFF` (which used to end in
-    /// `HopsExhausted`, each failover burnt on the dead address).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_dead_servers_live_record_is_not_dialled_twice() {
-        // The client stores DHT records itself, so the ghost's records outlive the ghost.
-        let mut cfg = lone_client_config();
-        cfg.net = loopback_net(Vec::new());
-        cfg.cover_timeout = UNREACHABLE_BACKOFF + Duration::from_secs(1);
-        let client = SwarmClient::start(cfg).await.unwrap();
-        let mut client_addrs = client.net.status().await.listen_addrs;
-        while client_addrs.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            client_addrs = client.net.status().await.listen_addrs;
-        }
-        let boot = format!("{}/p2p/{}", client_addrs[0], client.net.peer_id());
-        let ghost_id = NodeIdentity::generate();
-        let ghost = Net::start(&ghost_id, loopback_net(vec![boot.parse().unwrap()]))
-            .await
-            .unwrap();
-        let model = ContentHash::of(b"a model served by a ghost");
-        let n_blocks = 4;
+    /// Publishes `ghost_id`'s announcement of `model` (all blocks) from `ghost` until `client`
+    /// lists it.
+    async fn announce_until_listed(
+        client: &SwarmClient,
+        ghost: &Net,
+        ghost_id: &NodeIdentity,
+        model: ContentHash,
+        n_blocks: u32,
+    ) {
         let ghost_peer = ghost.peer_id();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -2079,6 +2102,33 @@ mod tests {
                 "the ghost's records never arrived"
             );
         }
+    }
+
+    /// A server that died while its DHT records live on is dialled once, then dropped for the
+    /// chain: every later lookup still returns its record, and the chain waits for coverage
+    /// instead of dialling it again after `UNREACHABLE_BACKOFF` (which used to end in
+    /// `HopsExhausted`, each failover burnt on the dead address).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_servers_live_record_is_not_dialled_twice() {
+        // The client stores DHT records itself, so the ghost's records outlive the ghost.
+        let mut cfg = lone_client_config();
+        cfg.net = loopback_net(Vec::new());
+        cfg.cover_timeout = UNREACHABLE_BACKOFF + Duration::from_secs(1);
+        let client = SwarmClient::start(cfg).await.unwrap();
+        let mut client_addrs = client.net.status().await.listen_addrs;
+        while client_addrs.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client_addrs = client.net.status().await.listen_addrs;
+        }
+        let boot = format!("{}/p2p/{}", client_addrs[0], client.net.peer_id());
+        let ghost_id = NodeIdentity::generate();
+        let ghost = Net::start(&ghost_id, loopback_net(vec![boot.parse().unwrap()]))
+            .await
+            .unwrap();
+        let model = ContentHash::of(b"a model served by a ghost");
+        let n_blocks = 4;
+        let ghost_peer = ghost.peer_id();
+        announce_until_listed(&client, &ghost, &ghost_id, model, n_blocks).await;
         drop(ghost);
         let deadline = Instant::now() + Duration::from_secs(20);
         while client.net.status().await.connected.contains(&ghost_peer) {
@@ -2103,5 +2153,13 @@ mod tests {
             chain.servers_at.is_some(),
             "the chain looked the servers up"
         );
+        // The client remembers it: its other chains do not see the record at all...
+        assert!(client.servers(&model, n_blocks).await.is_empty());
+        // ...until the node announces again (a restart keeps its identity).
+        let back = Net::start(&ghost_id, loopback_net(vec![boot.parse().unwrap()]))
+            .await
+            .unwrap();
+        announce_until_listed(&client, &back, &ghost_id, model, n_blocks).await;
+        assert!(client.departed().is_empty());
     }
 }
