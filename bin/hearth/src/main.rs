@@ -73,8 +73,8 @@ enum Command {
     Verify(Box<verify::VerifyArgs>),
     /// Replay a fleet over price and AI-job traces with the agent's policies and report.
     Simulate(Box<simulate::SimulateArgs>),
-    /// Run the honest swarm on loopback under every hostile peer and client at once, with nodes
-    /// killed, and compare it with the same run without them.
+    /// Run an honest swarm on loopback under every hostile peer and client at once (or under
+    /// churn, `--churn`), and compare it with the same run without them.
     Soak(soak::SoakArgs),
     /// Internal: load one slice in this process and report its memory (used by `bench --rss`).
     #[command(hide = true)]

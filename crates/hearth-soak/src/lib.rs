@@ -195,6 +195,7 @@ pub async fn run(cfg: SoakConfig) -> Result<Report> {
         crashes,
         kills: stressed.kills,
         joins: stressed.joins,
+        failures_are_problems: cfg.churn_mean_lifetime.is_some() && cfg.attacks.is_empty(),
         memory: swarm
             .nodes
             .iter()

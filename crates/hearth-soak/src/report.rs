@@ -162,6 +162,9 @@ pub struct Report {
     pub kills: usize,
     /// Nodes that came (back) into the swarm during the stressed phase.
     pub joins: usize,
+    /// Whether an honest request that failed under stress is a problem (churn: every block
+    /// stays covered, so none should fail) or only reported (attacks).
+    pub failures_are_problems: bool,
     /// Peak memory of each node against its budget.
     pub memory: Vec<NodeMemory>,
     /// Per attack.
@@ -207,6 +210,10 @@ impl Report {
                     t.accepted, t.attempts
                 ));
             }
+        }
+        let failed: usize = self.stressed.failed.values().sum();
+        if self.failures_are_problems && failed > 0 {
+            out.push(format!("{failed} honest requests failed under stress"));
         }
         if self.stressed.completed == 0 {
             out.push("no honest generation completed under stress".into());
@@ -381,6 +388,7 @@ mod tests {
             crashes: vec!["node2".into()],
             kills: 1,
             joins: 1,
+            failures_are_problems: false,
             memory: vec![NodeMemory {
                 node: "node0".into(),
                 peak_rss_mib: 900.0,

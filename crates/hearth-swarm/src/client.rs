@@ -17,8 +17,8 @@
 //!   and retrying it would only burn failover attempts.
 //!
 //! Membership is read again while a chain runs (issue #19): its server list is refreshed from
-//! the DHT in the background between steps once it is `SERVER_LIST_MAX_AGE` old, and before
-//! routing a failover when it is that old, so a node that joined after the chain was built can
+//! the DHT in the background between steps once it is `SERVER_LIST_MAX_AGE` old, and by a
+//! failover that finds no route in it, so a node that joined after the chain was built can
 //! replace a failed hop or check one.
 
 use crate::dht::{find_servers, fraud_key};
@@ -880,8 +880,13 @@ pub struct SwarmChain {
 /// How long a node that failed to answer is skipped before it may be retried as a last resort.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Age at which a generation's server list is read again from the DHT: in the background
-/// between steps, and before routing a failover (then waited for). Nodes join and leave during
+/// How long a node that failed this chain (timed out, dropped a stream) is not asked to verify
+/// another: unlike routing, a check has no need to fall back on it, and asking a silent node
+/// stalls the generation for a step timeout per try.
+const FAILED_VERIFIER_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Age at which a generation's server list is read again from the DHT, in the background
+/// (between steps, or when a failover routes with it). Nodes join and leave during
 /// long generations; a list read at the first step misses every node that joined since.
 const SERVER_LIST_MAX_AGE: Duration = Duration::from_secs(10);
 
@@ -912,17 +917,21 @@ impl SwarmChain {
     /// waiting for coverage) when needed. Nodes that were only unreachable (not caught
     /// misbehaving) are allowed again as a last resort once `UNREACHABLE_BACKOFF` has passed: a
     /// dropped connection may be transient, but a node that just died is better waited out.
-    /// A generation's chain reads the list again first when it is `SERVER_LIST_MAX_AGE` old
-    /// (or a background read is due), so a failover sees the nodes that joined since.
+    /// Routing uses the list the chain has; a stale list starts a background lookup, and a route
+    /// that the list cannot give waits for a fresh one, so a failover sees the nodes that joined
+    /// since when it needs them.
     async fn route(&mut self, range: BlockRange) -> Result<Vec<Hop>> {
         let deadline = Instant::now() + self.cover_timeout;
         let mut refreshed = false;
-        if self.follow_membership
-            && self.servers_stale()
-            && (self.refreshing.is_some() || !self.adopt_latest())
-        {
+        if self.servers_at.is_none() && !(self.follow_membership && self.adopt_latest()) {
+            // Never looked up: nothing to route with yet.
             self.refresh_servers().await;
             refreshed = true;
+        } else {
+            // A failover routes with the list it has (a lookup can take seconds on a busy DHT)
+            // and reads it again only when that list has no route (below); a stale list starts
+            // a lookup in the background meanwhile.
+            self.poll_membership();
         }
         let none = HashSet::new();
         loop {
@@ -980,8 +989,11 @@ impl SwarmChain {
             }
             match result {
                 Ok(route) => return Ok(route.hops),
+                // A check's re-execution (no cover timeout) gives up at once: a lookup can take
+                // seconds, and a check that cannot be made now is recorded as such.
                 Err(RouteError::Uncovered { blocks })
-                    if refreshed && Instant::now() >= deadline =>
+                    if (refreshed || self.cover_timeout.is_zero())
+                        && Instant::now() >= deadline =>
                 {
                     // A gap even with banned servers counted is missing coverage; otherwise the
                     // banned servers are all that cover `blocks`.
@@ -1510,7 +1522,8 @@ impl SwarmChain {
             positions.clone(),
         );
         let cols = inputs.cols as usize;
-        // Nor a node that just failed this chain: it would likely fail the check too.
+        // Nor a node that failed this chain lately: it would likely fail the check too, and a
+        // silent verifier costs the generation a step timeout per try.
         let mut excluded: HashSet<PeerId> = self
             .banned
             .iter()
@@ -1518,7 +1531,7 @@ impl SwarmChain {
             .chain(
                 self.unreachable
                     .iter()
-                    .filter(|(_, at)| at.elapsed() < UNREACHABLE_BACKOFF)
+                    .filter(|(_, at)| at.elapsed() < FAILED_VERIFIER_BACKOFF)
                     .map(|(p, _)| p),
             )
             .copied()
@@ -1638,9 +1651,14 @@ impl SwarmChain {
         chain.cover_timeout = Duration::ZERO;
         // Boxed: a check's chain has no checks of its own, but the future type is recursive.
         let result = Box::pin(chain.forward_hidden(inputs.clone())).await;
-        // A verifier it could not reach is gone for this chain too (one failed dial is enough).
+        // A verifier it could not reach is gone for this chain too (one failed dial is enough),
+        // and one that did not answer is not asked again by later checks (below).
         for peer in std::mem::take(&mut chain.dead) {
             self.mark_dead(peer);
+        }
+        for (peer, at) in std::mem::take(&mut chain.unreachable) {
+            let seen = self.unreachable.entry(peer).or_insert(at);
+            *seen = (*seen).max(at);
         }
         match result {
             Ok(out) => {

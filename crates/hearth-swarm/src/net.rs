@@ -153,6 +153,13 @@ impl Net {
                     .set_record_ttl(Some(cfg.record_ttl))
                     .set_provider_record_ttl(Some(cfg.record_ttl))
                     .set_query_timeout(Duration::from_secs(10))
+                    // One silent peer holds a whole query for this long per request (a put waits
+                    // out its lookup of the closest peers first): short enough that
+                    // announcements still arrive well within their lifetime.
+                    .set_substreams_timeout(Duration::from_secs(4))
+                    // Refresh the routing table often: home nodes come and go within minutes,
+                    // and a host whose table holds only departed peers finds no one.
+                    .set_periodic_bootstrap_interval(Some(Duration::from_secs(30)))
                     // The node republishes on its own schedule (announce loop); no blind
                     // re-replication of stale copies.
                     .set_publication_interval(None)

@@ -17,7 +17,18 @@ pub(crate) fn hearth(home: &Path) -> Command {
     cmd
 }
 
+/// [`hearth`] run in network namespace `netns` (`ip netns exec`, which execs it: the child is
+/// the `hearth` process itself, so killing it kills `hearth`).
+pub(crate) fn hearth_in(netns: &str, home: &Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_hearth")])
+        .env("HEARTH_HOME", home)
+        .env("RUST_LOG", "hearth_swarm=info");
+    cmd
+}
+
 /// A `hearth node` process on loopback (no mDNS, 3 s DHT records); killed (SIGKILL) on drop.
+/// [`NodeProc::start_in`] runs one in a network namespace instead.
 pub(crate) struct NodeProc {
     pub(crate) child: Child,
     /// Its multiaddr with `/p2p/<peer id>`, as a bootstrap address for others.
@@ -37,9 +48,26 @@ impl NodeProc {
         bootstrap: Option<&str>,
         extra: &[&str],
     ) -> Self {
+        Self::start_in(home, name, model, blocks, bootstrap, extra, None)
+    }
+
+    /// [`NodeProc::start`] in network namespace `netns`, listening on `ip` there (`at` =
+    /// `Some((netns, ip))`; `None`: on loopback, as `start`).
+    pub(crate) fn start_in<S: AsRef<OsStr>>(
+        home: &Path,
+        name: &str,
+        model: &[S],
+        blocks: &str,
+        bootstrap: Option<&str>,
+        extra: &[&str],
+        at: Option<(&str, &str)>,
+    ) -> Self {
         let ready = home.join(format!("{name}.addr"));
         let _ = std::fs::remove_file(&ready);
-        let mut cmd = hearth(home);
+        let (mut cmd, listen) = match at {
+            Some((netns, ip)) => (hearth_in(netns, home), format!("/ip4/{ip}/tcp/0")),
+            None => (hearth(home), "/ip4/127.0.0.1/tcp/0".to_string()),
+        };
         cmd.args(["--threads", "1", "node"]).args(model);
         if blocks == "auto" {
             cmd.args(["--max-blocks", "3", "--discovery-secs", "1"]);
@@ -50,7 +78,7 @@ impl NodeProc {
             .arg(home.join(name))
             .arg("--ready-file")
             .arg(&ready)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(["--listen", &listen, "--no-mdns"])
             .args(["--record-ttl", "3"])
             .args(extra)
             .stdout(Stdio::null())
@@ -77,6 +105,11 @@ impl NodeProc {
     /// Its stderr so far.
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Its stderr as it grows (readable after the node is gone, e.g. to print on a failure).
+    pub(crate) fn log_handle(&self) -> Arc<Mutex<String>> {
+        self.log.clone()
     }
 }
 
