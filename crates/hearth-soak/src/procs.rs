@@ -58,9 +58,13 @@ pub(crate) struct Launcher {
 impl Launcher {
     fn hearth(&self, home: &Path) -> Command {
         let mut cmd = Command::new(&self.exe);
-        cmd.env("HEARTH_HOME", home)
-            .env_remove("RUST_LOG")
-            .args(["--threads", "1"]);
+        cmd.env("HEARTH_HOME", home).args(["--threads", "1"]);
+        // The processes log what `HEARTH_SOAK_RUST_LOG` asks for (their logs are in the work
+        // folder), not what the harness itself was given.
+        match std::env::var_os("HEARTH_SOAK_RUST_LOG") {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
         cmd
     }
 

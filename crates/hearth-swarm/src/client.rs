@@ -1094,9 +1094,17 @@ impl SwarmChain {
     /// the route keeps its old entry if the lookup missed it (its build class is what its spot
     /// checks need, and a lookup can miss a live node).
     fn set_servers(&mut self, servers: Vec<ServerEntry>, at: Instant) {
+        let departed = self.client.departed().clone();
         let mut servers: Vec<ServerEntry> = servers
             .into_iter()
-            .filter(|s| !self.dead.contains(&s.peer))
+            .filter(|s| {
+                // Dead for this chain, or known gone to the client since the list was made (an
+                // adopted list may predate the failed dial of another chain).
+                !self.dead.contains(&s.peer)
+                    && departed
+                        .get(&s.peer)
+                        .is_none_or(|&seen| s.announcement.issued_unix_ms > seen)
+            })
             .collect();
         let kept: Vec<ServerEntry> = self
             .servers
