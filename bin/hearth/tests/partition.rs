@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{hearth_in, smollm2, wait_for, NodeProc};
+use common::{hearth_in, parse_token_ids, smollm2, wait_for, NodeProc};
 use std::ffi::OsStr;
 use std::io::Read;
 use std::path::Path;
@@ -321,14 +321,7 @@ impl Client {
         }
         let log = self.stderr();
         assert!(status.success(), "client failed ({status}): {log}");
-        let ids = log
-            .lines()
-            .find_map(|l| l.strip_prefix("token ids: "))
-            .unwrap_or_else(|| panic!("no token ids printed: {log}"))
-            .split_whitespace()
-            .map(|t| t.parse().expect("token id"))
-            .collect();
-        (ids, log)
+        (parse_token_ids(&log), log)
     }
 }
 

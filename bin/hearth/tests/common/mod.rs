@@ -166,12 +166,15 @@ pub(crate) fn smollm2() -> Option<std::path::PathBuf> {
 pub(crate) fn token_ids(output: std::process::Output) -> (Vec<u32>, String) {
     let log = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "client failed: {log}");
-    let ids = log
-        .lines()
+    (parse_token_ids(&log), log)
+}
+
+/// The ids of the `token ids: ...` line of a `hearth generate --token-ids` log (panics if none).
+pub(crate) fn parse_token_ids(log: &str) -> Vec<u32> {
+    log.lines()
         .find_map(|l| l.strip_prefix("token ids: "))
         .unwrap_or_else(|| panic!("no token ids printed: {log}"))
         .split_whitespace()
         .map(|t| t.parse().expect("token id"))
-        .collect();
-    (ids, log)
+        .collect()
 }
