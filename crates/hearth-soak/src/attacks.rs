@@ -189,18 +189,12 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     !*stop.borrow()
 }
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b)
-}
-
 fn pick(targets: &Targets) -> Option<NodeTarget> {
     let nodes = targets.nodes.read().unwrap_or_else(|p| p.into_inner());
     if nodes.is_empty() {
         return None;
     }
-    Some(nodes[(random_u64() % nodes.len() as u64) as usize].clone())
+    Some(nodes[crate::random_index(nodes.len())].clone())
 }
 
 /// A fresh identity on loopback (a DHT client joined through `bootstrap`, if any).
@@ -472,7 +466,7 @@ async fn dht_junk(t: Arc<Targets>, tally: Tallies, mut stop: watch::Receiver<boo
         attacker
             .put_record(kad::Record::new(key.clone(), junk.clone()))
             .await;
-        let block = (random_u64() % u64::from(t.n_blocks.max(1))) as u32;
+        let block = crate::random_index(t.n_blocks as usize) as u32;
         attacker
             .put_record(kad::Record::new(block_key(&t.model_id, block), junk))
             .await;

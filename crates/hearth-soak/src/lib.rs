@@ -390,10 +390,8 @@ async fn phase(
 
 /// A sample of the exponential distribution with this mean.
 fn exponential(mean: Duration) -> Duration {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
     // Uniform in (0, 1]: never ln(0).
-    let u = ((u64::from_le_bytes(b) >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    let u = ((random_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
     mean.mul_f64(-u.ln())
 }
 
@@ -414,10 +412,15 @@ fn node_targets(nodes: &[NodeProc], spans: &[BlockRange; 2]) -> Vec<NodeTarget> 
         .collect()
 }
 
-fn random_index(n: usize) -> usize {
+fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
-    (u64::from_le_bytes(b) % n.max(1) as u64) as usize
+    u64::from_le_bytes(b)
+}
+
+/// A random index below `n` (0 when `n` is 0; the modulo bias is immaterial here).
+pub(crate) fn random_index(n: usize) -> usize {
+    (random_u64() % n.max(1) as u64) as usize
 }
 
 /// Size of the model's files, MiB (rounded up).

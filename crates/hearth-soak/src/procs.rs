@@ -16,7 +16,8 @@ pub(crate) struct NodeProc {
     dir: PathBuf,
     /// Lives with a fresh identity so far (its key lives in `dir/data<identity>`).
     identity: usize,
-    child: Option<Child>,
+    /// Its running process (killed when dropped).
+    child: Option<Guarded>,
     /// Its multiaddr with `/p2p/<id>` (the port changes when it restarts; the id does not).
     pub(crate) addr: String,
     /// Highest resident memory seen over all its lives, KiB.
@@ -123,7 +124,7 @@ impl Launcher {
         if let Some(addr) = bootstrap {
             cmd.args(["--bootstrap", addr]);
         }
-        node.child = Some(cmd.spawn().context("starting a node")?);
+        node.child = Some(Guarded(cmd.spawn().context("starting a node")?));
         node.addr = wait_for_line(&ready, READY_TIMEOUT)
             .with_context(|| format!("{} did not start", node.name))?;
         Ok(())
@@ -190,10 +191,9 @@ impl NodeProc {
 
     /// Kills the process with SIGKILL (on purpose: not a crash).
     pub(crate) fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            self.sample_rss_of(&c);
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            self.note_rss(c.0.id());
+            // Dropping it kills it.
         }
     }
 
@@ -202,22 +202,19 @@ impl NodeProc {
         let Some(c) = &mut self.child else {
             return Health::Down;
         };
-        match c.try_wait() {
-            Ok(None) => {
-                let pid = c.id();
-                self.peak_rss_kib = self.peak_rss_kib.max(peak_rss_kib(pid).unwrap_or(0));
-                Health::Running
-            }
-            _ => {
-                self.crashes += 1;
-                self.child = None;
-                Health::Crashed
-            }
+        if c.alive() {
+            let pid = c.0.id();
+            self.note_rss(pid);
+            Health::Running
+        } else {
+            self.crashes += 1;
+            self.child = None;
+            Health::Crashed
         }
     }
 
-    fn sample_rss_of(&mut self, c: &Child) {
-        self.peak_rss_kib = self.peak_rss_kib.max(peak_rss_kib(c.id()).unwrap_or(0));
+    fn note_rss(&mut self, pid: u32) {
+        self.peak_rss_kib = self.peak_rss_kib.max(peak_rss_kib(pid).unwrap_or(0));
     }
 
     /// The tail of its log, for a report on why it stopped.
@@ -225,12 +222,6 @@ impl NodeProc {
         let text = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
