@@ -82,12 +82,17 @@ impl CacheQuota {
         self.limit
     }
 
-    fn take(&self, bytes: u64) -> Result<()> {
+    /// Takes `bytes` more if they fit; else says how many were in use.
+    fn try_take(&self, bytes: u64) -> std::result::Result<(), u64> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
                 u.checked_add(bytes).filter(|&total| total <= self.limit)
             })
             .map(|_| ())
+    }
+
+    fn take(&self, bytes: u64) -> Result<()> {
+        self.try_take(bytes)
             .map_err(|used| EngineError::CacheQuota {
                 requested: bytes,
                 available: self.limit.saturating_sub(used),
@@ -147,10 +152,10 @@ pub struct SliceServer {
     slice: Arc<ModelSlice>,
     limits: SessionLimits,
     registry: Mutex<Registry>,
-    /// Cache bytes reserved by the open sessions. Atomic, not in the registry: a step grows its
-    /// session's reservation while holding the session's lock, and the registry is locked
-    /// before sessions elsewhere.
-    reserved: AtomicU64,
+    /// Cache bytes reserved by the open sessions, within the budget (`limits.cache_budget_bytes`).
+    /// Atomic, not in the registry: a step grows its session's reservation while holding the
+    /// session's lock, and the registry is locked before sessions elsewhere.
+    budget: CacheQuota,
 }
 
 /// A snapshot of a server's load.
@@ -176,12 +181,15 @@ impl SliceServer {
     pub fn new(slice: Arc<ModelSlice>, limits: SessionLimits) -> Self {
         Self {
             slice,
+            budget: CacheQuota {
+                limit: limits.cache_budget_bytes,
+                used: AtomicU64::new(0),
+            },
             limits,
             registry: Mutex::new(Registry {
                 sessions: HashMap::new(),
                 next_id: 1,
             }),
-            reserved: AtomicU64::new(0),
         }
     }
 
@@ -257,28 +265,22 @@ impl SliceServer {
         if let Some(q) = quota {
             q.take(bytes)?;
         }
-        let budget = self.limits.cache_budget_bytes;
-        self.reserved
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                r.checked_add(bytes).filter(|&total| total <= budget)
-            })
-            .map(|_| ())
-            .map_err(|reserved| {
-                if let Some(q) = quota {
-                    q.give_back(bytes);
-                }
-                EngineError::CacheBudget {
-                    requested: bytes,
-                    available: budget.saturating_sub(reserved),
-                    budget,
-                }
-            })
+        self.budget.try_take(bytes).map_err(|reserved| {
+            if let Some(q) = quota {
+                q.give_back(bytes);
+            }
+            EngineError::CacheBudget {
+                requested: bytes,
+                available: self.budget.limit.saturating_sub(reserved),
+                budget: self.budget.limit,
+            }
+        })
     }
 
     /// Gives back a closing session's reservation.
     fn release(&self, s: &Session) {
         let bytes = s.reserved_bytes();
-        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        self.budget.give_back(bytes);
         if let Some(q) = &s.quota {
             q.give_back(bytes);
         }
@@ -501,8 +503,8 @@ impl SliceServer {
         let reg = lock(&self.registry);
         ServerStats {
             sessions: reg.sessions.len(),
-            reserved_bytes: self.reserved.load(Ordering::Acquire),
-            budget_bytes: self.limits.cache_budget_bytes,
+            reserved_bytes: self.budget.used(),
+            budget_bytes: self.budget.limit,
         }
     }
 }
